@@ -1,0 +1,34 @@
+# skysync: the two quickstart commands (`make run`, `make test`) work on a fresh machine: they
+# build .venv from this project's own files first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: the daemon on the embedded default (SQLite, serverless broker, built-in SkyHub emulator)
+run: $(STAMP)
+	$(BIN)/skysync migrate
+	$(BIN)/skysync status
+
+## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check skysync tests bench migrations
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.relay_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

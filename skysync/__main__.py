@@ -1,0 +1,3 @@
+from skysync.cli import main
+
+main()

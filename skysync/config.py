@@ -1,0 +1,184 @@
+"""The one Settings object: every knob skysync has, read from ``SKYSYNC_*`` variables and ``.env``.
+
+No other module reads ``os.environ``. Secrets are ``SecretStr`` so that a repr, a log line or a
+validation error never shows them; :func:`load_settings` turns a validation failure into a
+message that names the variable and the problem, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_FILE = "skysync.db"
+DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
+
+_SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key"})
+_DSN_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I
+)
+
+
+def mask_dsn(url: str) -> str:
+    """Hide the password in a database or broker URL (``postgresql://u:***@host/db``)."""
+    return _DSN_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+class ConfigError(Exception):
+    """A setting has a bad value. The message names the variable and never echoes a secret."""
+
+
+class Settings(BaseSettings):
+    """Every setting of skysync. Field ``x`` is read from ``SKYSYNC_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SKYSYNC_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_SQLITE_FILE}",
+        description="SQLAlchemy URL of the outbox database (default: a SQLite file here).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL. Unset: a SQLite-backed broker beside the database.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for the shared rate limiter. Unset: an in-process limiter.",
+    )
+    skyhub_url: str = Field(default=DEFAULT_SKYHUB_URL, description="SkyHub API base URL.")
+    skyhub_email: str | None = Field(default=None, description="X-User-Email.")
+    skyhub_api_key: SecretStr | None = Field(default=None, description="X-Api-Key (secret).")
+    skyhub_account_key: SecretStr | None = Field(
+        default=None, description="X-Accountmanager-Key (secret)."
+    )
+    sync_interval: float = Field(default=900.0, gt=0, description="Seconds between relay batches.")
+    order_poll_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between order queue polls."
+    )
+    rate_limit: float = Field(
+        default=8.5, gt=0, le=1000, description="Requests per second per SkyHub bucket."
+    )
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows claimed per batch.")
+    max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Failed attempts before a row is dead."
+    )
+    lease_seconds: float = Field(
+        default=300.0, ge=5, description="How long a claim holds rows before it is reclaimed."
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if value.startswith(("postgresql://", "postgres://")):
+            # psycopg 3 is the driver we ship; the bare scheme would ask for psycopg2.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("skyhub_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("skyhub_email", "broker_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("skyhub_api_key", "skyhub_account_key", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def has_skyhub_credentials(self) -> bool:
+        """All three SkyHub credentials are set: talk to the configured SkyHub."""
+        return bool(self.skyhub_email and self.skyhub_api_key and self.skyhub_account_key)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file behind ``database_url``, or None (PostgreSQL, in-memory)."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split(":///", 1)[-1]
+        return None if path in ("", ":memory:") else Path(path)
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker Celery uses: the configured one, else SQLite (kombu SQLAlchemy transport)."""
+        if self.broker_url:
+            return self.broker_url
+        base = self.sqlite_path or Path(DEFAULT_SQLITE_FILE)
+        return f"sqla+sqlite:///{base.with_suffix('.broker.db')}"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display: secrets as ``**********``, DSN passwords hidden."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in _SECRET_FIELDS:
+                shown[name] = "**********" if value else None
+            elif isinstance(value, str):
+                shown[name] = mask_dsn(value)
+            else:
+                shown[name] = value
+        shown["effective_broker_url"] = mask_dsn(self.effective_broker_url)
+        shown["skyhub_target"] = "configured SkyHub" if self.has_skyhub_credentials else "emulator"
+        return shown
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming its variable, without the offending value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        lines.append(f"SKYSYNC_{field.upper()}: {error['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment, ``.env`` and ``overrides``; raise ConfigError if bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings (entrypoints call this once; tests build their own)."""
+    return load_settings()

@@ -1,0 +1,118 @@
+"""Engines and sessions. One engine per process and URL; SQLite gets the pragmas that make it a
+sane embedded database for several threads and processes (WAL, a busy timeout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling is turned off so that SQLAlchemy's BEGIN is the one
+    # that counts (see the SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional
+    # DDL"): it lets us take the write lock up front with BEGIN IMMEDIATE where we need it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    immediate = conn.get_execution_options().get("sqlite_begin_immediate")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_ENGINES: dict[str, sa.Engine] = {}
+
+
+def get_engine(url: str) -> sa.Engine:
+    """The engine for ``url`` (one pool per process and database)."""
+    engine = _ENGINES.get(url)
+    if engine is not None:
+        return engine
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    _ENGINES[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (after a fork, or at the end of tests)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
+    _FACTORIES.clear()
+
+
+_FACTORIES: dict[str, sessionmaker[Session]] = {}
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    factory = _FACTORIES.get(url)
+    if factory is None:
+        factory = _FACTORIES[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return factory
+
+
+@contextmanager
+def session_scope(url: str, *, write_lock: bool = False) -> Iterator[Session]:
+    """A unit of work: commits when the block ends cleanly, rolls back otherwise.
+
+    ``write_lock`` takes SQLite's write lock at BEGIN (``BEGIN IMMEDIATE``), which serializes
+    claimers there the way the advisory lock does on PostgreSQL. PostgreSQL ignores it.
+    """
+    session = session_factory(url)()
+    if write_lock and url.startswith("sqlite"):
+        session.connection(execution_options={"sqlite_begin_immediate": True})
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config for our migrations and ``url``, independent of the working directory."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.attributes["database_url"] = url
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema of ``url`` to ``revision`` (alembic upgrade)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

@@ -1,0 +1,246 @@
+"""Tables. Created only by the Alembic migrations in ``migrations/``; these definitions describe
+them for queries. They run on PostgreSQL (production) and SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+OUTBOX_KINDS = (
+    "product",
+    "price",
+    "stock",
+    "order_invoice",
+    "order_shipment",
+    "order_delivery",
+    "order_cancel",
+    "order_shipment_exception",
+)
+ORDER_KINDS = tuple(k for k in OUTBOX_KINDS if k.startswith("order_"))
+SKU_KINDS = ("product", "price", "stock")
+
+OUTBOX_STATES = ("pending", "in_flight", "sent", "superseded", "withheld", "rejected", "dead")
+# States whose rows are done; every one of them except `sent` must say why.
+FINAL_STATES = ("sent", "superseded", "withheld", "rejected", "dead")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class UnreadableJSON:
+    """A payload column whose text is not JSON at all (possible on SQLite, where the ERP can
+    INSERT any text). Kept so that validation can reject the row with a reason instead of the
+    relay crashing on it."""
+
+    raw: str
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # CURRENT_TIMESTAMP text written by a plain-SQL default
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class LenientJSON(sa.TypeDecorator[Any]):
+    """JSON (jsonb on PostgreSQL) that reads malformed text as :class:`UnreadableJSON`."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB())
+        # On SQLite read the raw text ourselves so that garbage cannot raise inside the driver.
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return value
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql" or value is None:
+            return value
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return UnreadableJSON(repr(value[:200]))
+        try:
+            return json.loads(value)
+        except (TypeError, ValueError):
+            return UnreadableJSON(str(value)[:200])
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class OutboxRow(Base):
+    """One change written by the ERP. The ERP writes kind, ref and payload; the rest is ours."""
+
+    __tablename__ = "skysync_outbox"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
+    )
+    kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    ref: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    payload: Mapped[Any] = mapped_column(LenientJSON(), nullable=True)
+    state: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, server_default="0")
+    available_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
+    )
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claim_token: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(sa.Integer(), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("kind", OUTBOX_KINDS), name="ck_skysync_outbox_kind"),
+        sa.CheckConstraint(_in("state", OUTBOX_STATES), name="ck_skysync_outbox_state"),
+        sa.CheckConstraint(
+            "state IN ('pending', 'in_flight', 'sent') OR reason IS NOT NULL",
+            name="ck_skysync_outbox_reason",
+        ),
+        sa.CheckConstraint("attempts >= 0", name="ck_skysync_outbox_attempts"),
+        sa.Index("ix_skysync_outbox_ref_state", "ref", "state"),
+        sa.Index("ix_skysync_outbox_state_id", "state", "id"),
+        sa.Index(
+            "ix_skysync_outbox_due",
+            "available_at",
+            "id",
+            postgresql_where=sa.text("state = 'pending'"),
+            sqlite_where=sa.text("state = 'pending'"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class Item(Base):
+    """Per SKU: what SkyHub last acknowledged, and whether the marketplace froze it."""
+
+    __tablename__ = "skysync_item"
+
+    sku: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    parent_sku: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    in_skyhub: Mapped[bool] = mapped_column(sa.Boolean(), nullable=False, server_default=sa.false())
+    acknowledged: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
+    linked: Mapped[bool] = mapped_column(sa.Boolean(), nullable=False, server_default=sa.false())
+    linked_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    frozen: Mapped[bool] = mapped_column(sa.Boolean(), nullable=False, server_default=sa.false())
+    frozen_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    unfrozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_applied: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (sa.Index("ix_skysync_item_parent", "parent_sku"),)
+
+
+class OrderInbox(Base):
+    """One row per order state received from SkyHub's queue, for the ERP to read."""
+
+    __tablename__ = "skysync_order_inbox"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    status: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    dedupe_key: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    raw: Mapped[Any] = mapped_column(LenientJSON(), nullable=False)
+    parse_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
+    )
+    consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key", name="uq_skysync_order_inbox_dedupe_key"),
+        sa.Index("ix_skysync_order_inbox_code", "code"),
+        sa.Index(
+            "ix_skysync_order_inbox_unconsumed",
+            "id",
+            postgresql_where=sa.text("consumed_at IS NULL"),
+            sqlite_where=sa.text("consumed_at IS NULL"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class Order(Base):
+    """The current state of each order skysync has seen or pushed."""
+
+    __tablename__ = "skysync_order"
+
+    code: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    status: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    status_source: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    last_inbox_id: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
+    parse_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RunLog(Base):
+    """One row per relay batch or order pull: when it ran, what it did, why it stopped."""
+
+    __tablename__ = "skysync_run"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
+    error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+
+    __table_args__ = (
+        sa.Index("ix_skysync_run_kind_started", "kind", "started_at"),
+        {"sqlite_autoincrement": True},
+    )

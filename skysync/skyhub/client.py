@@ -1,0 +1,378 @@
+"""The SkyHub API client: one typed method per endpoint skysync uses, on one pooled httpx client.
+
+* Auth headers come from Settings and never leave this module: not in a log line, a repr, an
+  exception. Only method, path, status and SkyHub's ``error`` text are reported.
+* SKUs and order codes are percent-encoded as one path segment (order codes contain spaces).
+* Timeouts are explicit; TLS verification stays on.
+* Every failure is one of the classes in :mod:`skysync.skyhub.errors`; no httpx exception
+  escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
+  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`.
+* With a :class:`~skysync.ratelimit.RateLimiter`, each request first takes a slot from the bucket
+  of its endpoint and method (see :func:`bucket_for`), so all workers together stay under
+  SkyHub's limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from skysync import __version__
+from skysync.skyhub import payloads
+from skysync.skyhub.errors import (
+    AuthenticationError,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    SkyHubError,
+    TransportError,
+    Unprocessable,
+)
+from skysync.skyhub.payloads import QueuedOrder, parse_order
+
+if TYPE_CHECKING:
+    from skysync.config import Settings
+    from skysync.ratelimit import RateLimiter
+
+log = logging.getLogger("skysync.skyhub")
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=30.0)
+_TAGS = re.compile(r"<[^>]+>")
+_ORDER_ACTIONS = ("invoice", "shipments", "delivery", "cancel", "shipment_exception", "approval")
+
+
+def segment(value: str) -> str:
+    """One URL path segment: spaces, slashes and every reserved character percent-encoded."""
+    return quote(value, safe="")
+
+
+def bucket_for(method: str, path: str) -> str:
+    """The SkyHub rate-limit bucket of a request: endpoint family and method
+    (skyhub-api.md §5: products, variations, order actions, queues at 9/s; the rest 1/s)."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    head = parts[0] if parts else ""
+    if head == "products" and len(parts) >= 3 and parts[2] == "variations":
+        return f"variations:{method}"
+    if head in ("products", "variations", "queues"):
+        return f"{head}:{method}"
+    if head == "orders":
+        if method == "GET":
+            return "orders:GET:one" if len(parts) >= 2 else "orders:GET:list"
+        if len(parts) >= 3 and parts[2] in _ORDER_ACTIONS:
+            return f"orders/{parts[2]}:{method}"
+        return f"orders:{method}"
+    return f"other:{head}:{method}"
+
+
+# Buckets that SkyHub limits at 1/s (everything that is not a 9/s family).
+SLOW_BUCKET_PREFIXES = ("orders:GET", "other:")
+
+
+def bucket_rate(bucket: str, rate: float) -> float:
+    """Our pace for a bucket: ``rate`` for SkyHub's 9/s families, 1/s for the others."""
+    return min(rate, 1.0) if bucket.startswith(SLOW_BUCKET_PREFIXES) else rate
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    products: list[dict[str, Any]]
+    total: int | None
+    next_cursor: str | None
+
+
+def _error_text(response: httpx.Response) -> str:
+    """SkyHub's own explanation: ``{"error": ...}`` (or ``message``), else a short plain text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "errors"):
+            if body.get(key):
+                value = body[key]
+                return value if isinstance(value, str) else str(value)[:300]
+    text = response.text.strip()
+    if "<html" in text[:500].lower():
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        summary = title.group(1).strip() if title else _TAGS.sub(" ", text)[:120].strip()
+        return f"HTML page: {' '.join(summary.split())}"
+    return text[:300] or response.reason_phrase or "no explanation given"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date; SkyHub is not known to send one: wait a window instead
+
+
+class SkyHubClient:
+    """A client for one SkyHub account. Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        email: str,
+        api_key: str,
+        account_key: str,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        limiter: RateLimiter | None = None,
+        max_rate_limit_waits: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.email = email
+        self.limiter = limiter
+        self.max_rate_limit_waits = max_rate_limit_waits
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={
+                "X-User-Email": email,
+                "X-Api-Key": api_key,
+                "X-Accountmanager-Key": account_key,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "User-Agent": f"skysync/{__version__}",
+            },
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            transport=transport,
+            verify=True,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, base_url: str | None = None, **kw: Any
+    ) -> SkyHubClient:
+        """A client with the configured credentials (the caller decides emulator or SkyHub)."""
+        return cls(
+            base_url or settings.skyhub_url,
+            email=settings.skyhub_email or "",
+            api_key=settings.skyhub_api_key.get_secret_value() if settings.skyhub_api_key else "",
+            account_key=(
+                settings.skyhub_account_key.get_secret_value()
+                if settings.skyhub_account_key
+                else ""
+            ),
+            **kw,
+        )
+
+    def __repr__(self) -> str:
+        return f"SkyHubClient(base_url={self.base_url!r}, email={self.email!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SkyHubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the wire -------------------------------------------------------------------------
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """Send one request (waiting out 429s); return a 2xx response or raise a SkyHubError."""
+        bucket = bucket_for(method, path)
+        waits = 0
+        while True:
+            if self.limiter is not None:
+                self.limiter.acquire(bucket)
+            response = self._send(method, path, json=json, params=params)
+            if response.status_code != 429:
+                break
+            retry_after = _retry_after(response)
+            if waits >= self.max_rate_limit_waits:
+                raise RateLimited(
+                    _error_text(response),
+                    retry_after=retry_after,
+                    method=method,
+                    path=path,
+                    status=429,
+                )
+            waits += 1
+            delay = retry_after if retry_after is not None else 1.0 - (time.time() % 1.0) + 0.01
+            log.info("rate limited on %s %s; waiting %.2f s", method, path, delay)
+            self._sleep(delay)
+        if response.is_success:
+            return response
+        raise self._error(method, path, response)
+
+    def _send(
+        self, method: str, path: str, *, json: Any, params: dict[str, Any] | None
+    ) -> httpx.Response:
+        started = time.monotonic()
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise TransportError(
+                f"timed out ({type(exc).__name__}); the request may have been applied",
+                method=method,
+                path=path,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"no answer ({type(exc).__name__}: {exc}); the request may have been applied",
+                method=method,
+                path=path,
+            ) from exc
+        except httpx.HTTPError as exc:  # anything else httpx raises on the way
+            raise TransportError(f"{type(exc).__name__}: {exc}", method=method, path=path) from exc
+        log.debug(
+            "%s %s -> %s in %.0f ms",
+            method,
+            path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    @staticmethod
+    def _error(method: str, path: str, response: httpx.Response) -> SkyHubError:
+        status = response.status_code
+        text = _error_text(response)
+        kw: dict[str, Any] = {"method": method, "path": path, "status": status}
+        if status in (401, 403):
+            return AuthenticationError(text, **kw)
+        if status == 404:
+            return NotFound(text, **kw)
+        if status == 422:
+            return Unprocessable(text, **kw)
+        if 400 <= status < 500:
+            return PermanentError(text, **kw)
+        if status >= 500:
+            return ServerError(text, **kw)
+        return TransportError(f"unexpected status {status}: {text}", **kw)
+
+    @staticmethod
+    def _json(response: httpx.Response, method: str, path: str) -> Any:
+        if not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransportError(
+                f"answer is not JSON: {response.text[:80]!r}",
+                method=method,
+                path=path,
+                status=response.status_code,
+            ) from exc
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self._json(self.request("GET", path, params=params), "GET", path)
+
+    # -- products and variations ----------------------------------------------------------
+    def create_product(self, product: dict[str, Any]) -> None:
+        """POST /products. A SKU SkyHub already has answers 422 (:class:`Unprocessable`)."""
+        self.request("POST", "/products", json=payloads.product_body(product))
+
+    def update_product(self, sku: str, fields: dict[str, Any]) -> None:
+        """PUT /products/{sku} with only the given fields (price and stock updates too)."""
+        self.request("PUT", f"/products/{segment(sku)}", json=payloads.product_body(fields))
+
+    def get_product(self, sku: str) -> dict[str, Any]:
+        """GET /products/{sku}, with ``associations`` and ``variations``; 404 -> NotFound."""
+        path = f"/products/{segment(sku)}"
+        return self._get(path) or {}
+
+    def delete_product(self, sku: str) -> None:
+        self.request("DELETE", f"/products/{segment(sku)}")
+
+    def list_products(
+        self, *, page: int | None = None, per_page: int | None = None, cursor: str | None = None
+    ) -> ProductPage:
+        """One page of GET /products; ``next_cursor`` feeds the next call (None at the end)."""
+        params: dict[str, Any] = {}
+        if cursor:
+            params["cursor"] = cursor
+        if page:
+            params["page"] = page
+        if per_page:
+            params["per_page"] = per_page
+        body = self._get("/products", params) or {}
+        next_url = body.get("next")
+        next_cursor = None
+        if next_url:
+            found = re.search(r"[?&]cursor=([^&]+)", next_url)
+            next_cursor = httpx.QueryParams(f"cursor={found.group(1)}")["cursor"] if found else None
+        return ProductPage(body.get("products") or [], body.get("total"), next_cursor)
+
+    def iter_products(self, *, per_page: int = 100) -> Iterator[dict[str, Any]]:
+        """Every product, following the ``next`` cursor."""
+        page = self.list_products(per_page=per_page)
+        yield from page.products
+        while page.next_cursor:
+            page = self.list_products(per_page=per_page, cursor=page.next_cursor)
+            yield from page.products
+
+    def create_variation(self, parent_sku: str, variation: dict[str, Any]) -> None:
+        path = f"/products/{segment(parent_sku)}/variations"
+        self.request("POST", path, json=payloads.variation_body(variation))
+
+    def update_variation(self, sku: str, fields: dict[str, Any]) -> None:
+        """PUT /variations/{sku}: price and stock of one variation."""
+        self.request("PUT", f"/variations/{segment(sku)}", json=payloads.variation_body(fields))
+
+    def get_variation(self, sku: str) -> dict[str, Any]:
+        return self._get(f"/variations/{segment(sku)}") or {}
+
+    def product_sync_errors(self, category: str | None = None) -> Any:
+        params = {"error_category_code": category} if category else None
+        return self._get("/sync_errors/products", params)
+
+    # -- orders ---------------------------------------------------------------------------
+    def next_queued_order(self) -> QueuedOrder | None:
+        """GET /queues/orders: the next order, or None when the queue is empty (204, or 200 with
+        an empty body or ``{}``). The order is parsed leniently (see payloads.parse_order)."""
+        response = self.request("GET", "/queues/orders")
+        if response.status_code == 204 or not response.content.strip():
+            return None
+        try:
+            raw = response.json()
+        except ValueError:
+            return QueuedOrder(raw=response.text, order=None, problem="queue answer is not JSON")
+        if raw == {} or raw is None:
+            return None
+        return parse_order(raw)
+
+    def ack_order(self, code: str) -> None:
+        """DELETE /queues/orders/{code}: SkyHub stops delivering this order state."""
+        self.request("DELETE", f"/queues/orders/{segment(code)}")
+
+    def get_order(self, code: str) -> dict[str, Any]:
+        return self._get(f"/orders/{segment(code)}") or {}
+
+    def _order_action(self, code: str, action: str, body: dict[str, Any]) -> None:
+        self.request("POST", f"/orders/{segment(code)}/{action}", json=body)
+
+    def invoice_order(self, code: str, key: str, issue_date: str | None = None) -> None:
+        self._order_action(code, "invoice", payloads.invoice_body(key, issue_date))
+
+    def ship_order(self, code: str, shipment: dict[str, Any]) -> None:
+        self._order_action(code, "shipments", payloads.shipment_body(shipment))
+
+    def deliver_order(self, code: str, delivered_date: str) -> None:
+        self._order_action(code, "delivery", payloads.delivery_body(delivered_date))
+
+    def cancel_order(self, code: str) -> None:
+        self._order_action(code, "cancel", payloads.cancel_body())
+
+    def shipment_exception(self, code: str, occurrence_date: str, observation: str) -> None:
+        body = payloads.shipment_exception_body(occurrence_date, observation)
+        self._order_action(code, "shipment_exception", body)

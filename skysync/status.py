@@ -1,0 +1,53 @@
+"""What `skysync status` reports: outbox counts, the oldest due row, the last runs, the orders
+waiting for the ERP. Read-only queries, gathered into one plain dict."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.models import OrderInbox, RunLog, utcnow
+from skysync.outbox import count_by_state, oldest_pending
+
+
+def _last_run(session: Session, kind: str) -> dict[str, Any] | None:
+    run = session.scalars(
+        sa.select(RunLog).where(RunLog.kind == kind).order_by(RunLog.started_at.desc()).limit(1)
+    ).first()
+    if run is None:
+        return None
+    return {
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "summary": run.summary,
+        "error": run.error,
+    }
+
+
+def collect_status(session: Session, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    oldest_due = oldest_pending(session, due_only=True, now=now)
+    oldest_any = oldest_pending(session, due_only=False)
+    unconsumed = session.execute(
+        sa.select(sa.func.count()).select_from(OrderInbox).where(OrderInbox.consumed_at.is_(None))
+    ).scalar_one()
+    flagged = session.execute(
+        sa.select(sa.func.count())
+        .select_from(OrderInbox)
+        .where(OrderInbox.parse_error.is_not(None))
+    ).scalar_one()
+    return {
+        "outbox": count_by_state(session),
+        "oldest_pending_age_s": round((now - oldest_due).total_seconds(), 1)
+        if oldest_due
+        else None,
+        "oldest_pending_any_age_s": (
+            round((now - oldest_any).total_seconds(), 1) if oldest_any else None
+        ),
+        "last_relay": _last_run(session, "relay"),
+        "last_order_pull": _last_run(session, "pull_orders"),
+        "orders": {"unconsumed": unconsumed, "flagged": flagged},
+    }

@@ -1,0 +1,370 @@
+"""Validation of outbox rows: pure functions, no I/O.
+
+The same functions judge a row given to ``skysync enqueue`` and a row the ERP inserted with
+plain SQL, so a payload that the CLI refuses is exactly one that the relay would reject. Every
+problem names its field (``payload.price``) and says what is wrong, and every problem of a row is
+reported at once so the ERP team can fix a row in one go.
+
+Rules (design.md, "The outbox contract", and the seed article):
+
+* an absent key means "no change"; ``null`` or ``""`` mean "no value" and are not sent;
+  ``0`` is a value (stock 0 is a normal out-of-stock);
+* a price must be a JSON number > 0 (SkyHub refuses 0 since 2025), finite, never a string;
+* ``promotional_price`` may not exceed ``price``;
+* ``qty`` is an absolute integer >= 0, never a delta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from skysync.models import OUTBOX_KINDS, UnreadableJSON
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_REF_LENGTH = 255
+
+PRODUCT_FIELDS = frozenset(
+    {
+        "name", "description", "status", "qty", "price", "promotional_price", "cost",
+        "weight", "height", "width", "length", "brand", "ean", "nbm", "categories",
+        "images", "specifications", "variations", "variation_attributes", "crossdocking",
+    }
+)  # fmt: skip
+PRODUCT_TEXT_FIELDS = ("name", "description", "brand", "ean", "nbm")
+PRODUCT_MEASURES = ("cost", "weight", "height", "width", "length")
+VARIATION_FIELDS = frozenset(
+    {
+        "sku", "qty", "ean", "images", "specifications", "price", "promotional_price",
+        "weight", "height", "width", "length", "crossdocking",
+    }
+)  # fmt: skip
+INVOICE_KEY = re.compile(r"\d{44}")
+
+
+class ValidationFailed(ValueError):
+    """A row cannot be sent. ``problems`` holds one "field: what is wrong" line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass
+class _Check:
+    """Collects problems while a payload is walked, so all of them are reported together."""
+
+    problems: list[str] = field(default_factory=list)
+
+    def fail(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+
+def describe(value: Any) -> str:
+    """A short description of a bad value for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def is_blank(value: Any) -> bool:
+    """``null`` and ``""`` mean "no value": such a field is not sent (design rule 3)."""
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _number(check: _Check, where: str, value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = " (use a JSON number with a dot, e.g. 12.5)" if isinstance(value, str) else ""
+        check.fail(where, f"must be a JSON number, got {describe(value)}{hint}")
+        return None
+    if not math.isfinite(value):
+        check.fail(where, f"must be a finite number, got {value!r}")
+        return None
+    return float(value)
+
+
+def _price(check: _Check, where: str, value: Any) -> float | None:
+    number = _number(check, where, value)
+    if number is not None and number <= 0:
+        check.fail(where, f"must be greater than 0 (SkyHub refuses a zero price), got {value!r}")
+        return None
+    return number
+
+
+def _qty(check: _Check, where: str, value: Any, *, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        check.fail(where, f"must be a whole number, got {describe(value)}")
+    elif isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        check.fail(where, f"must be a whole number, got {value!r}")
+    elif value < minimum:
+        check.fail(
+            where, f"must be >= {minimum} (an absolute quantity, not a delta), got {value!r}"
+        )
+
+
+def _text(check: _Check, where: str, value: Any, *, required: bool = False) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            check.fail(where, "is required and may not be empty")
+    elif not isinstance(value, str):
+        check.fail(where, f"must be a string, got {describe(value)}")
+
+
+def _date(check: _Check, where: str, value: Any, *, required: bool = False) -> None:
+    if value is None or value == "":
+        if required:
+            check.fail(where, "is required (an ISO-8601 date, e.g. 2026-11-28T14:30:00-03:00)")
+        return
+    if not isinstance(value, str):
+        check.fail(where, f"must be an ISO-8601 date string, got {describe(value)}")
+        return
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        check.fail(
+            where,
+            f"must be an ISO-8601 date (e.g. 2026-11-28T14:30:00-03:00), got {describe(value)}",
+        )
+
+
+def _unknown_keys(check: _Check, where: str, obj: dict[str, Any], allowed: frozenset[str]) -> None:
+    for key in sorted(set(obj) - allowed):
+        check.fail(f"{where}.{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _list_of(check: _Check, where: str, value: Any, kind: type) -> list[Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        check.fail(where, f"must be a list, got {describe(value)}")
+        return None
+    for i, element in enumerate(value):
+        if not isinstance(element, kind):
+            expected = "string" if kind is str else "object"
+            check.fail(f"{where}[{i}]", f"must be a {expected}, got {describe(element)}")
+    return value
+
+
+def _prices(check: _Check, where: str, payload: dict[str, Any], *, price_required: bool) -> None:
+    price = payload.get("price")
+    promo = payload.get("promotional_price")
+    p = None
+    if is_blank(price):
+        if price_required:
+            check.fail(f"{where}.price", "is required (a JSON number > 0)")
+    else:
+        p = _price(check, f"{where}.price", price)
+    q = None if is_blank(promo) else _price(check, f"{where}.promotional_price", promo)
+    if p is not None and q is not None and q > p:
+        check.fail(
+            f"{where}.promotional_price",
+            f"must not exceed price ({promo!r} > {price!r})",
+        )
+
+
+def _product(check: _Check, payload: dict[str, Any]) -> None:
+    w = "payload"
+    _unknown_keys(check, w, payload, PRODUCT_FIELDS)
+    for name in PRODUCT_TEXT_FIELDS:
+        _text(check, f"{w}.{name}", payload.get(name))
+    status = payload.get("status")
+    if not is_blank(status) and status not in ("enabled", "disabled"):
+        check.fail(f"{w}.status", f'must be "enabled" or "disabled", got {describe(status)}')
+    if not is_blank(payload.get("qty")):
+        _qty(check, f"{w}.qty", payload["qty"])
+    _prices(check, w, payload, price_required=False)
+    for name in PRODUCT_MEASURES:
+        value = payload.get(name)
+        if not is_blank(value):
+            number = _number(check, f"{w}.{name}", value)
+            if number is not None and number < 0:
+                check.fail(f"{w}.{name}", f"must be >= 0, got {value!r}")
+    if not is_blank(payload.get("crossdocking")):
+        _qty(check, f"{w}.crossdocking", payload["crossdocking"])
+    for i, url in enumerate(_list_of(check, f"{w}.images", payload.get("images"), str) or []):
+        if isinstance(url, str) and not url.startswith(("http://", "https://")):
+            check.fail(f"{w}.images[{i}]", f"must be an http(s) URL, got {describe(url)}")
+    categories = _list_of(check, f"{w}.categories", payload.get("categories"), dict) or []
+    for i, category in enumerate(categories):
+        if isinstance(category, dict):
+            _text(check, f"{w}.categories[{i}].code", category.get("code"), required=True)
+            _text(check, f"{w}.categories[{i}].name", category.get("name"), required=True)
+    _specifications(check, f"{w}.specifications", payload.get("specifications"))
+    _list_of(check, f"{w}.variation_attributes", payload.get("variation_attributes"), str)
+    variations = _list_of(check, f"{w}.variations", payload.get("variations"), dict) or []
+    seen: set[str] = set()
+    for i, variation in enumerate(variations):
+        if not isinstance(variation, dict):
+            continue
+        vw = f"{w}.variations[{i}]"
+        _unknown_keys(check, vw, variation, VARIATION_FIELDS)
+        _text(check, f"{vw}.sku", variation.get("sku"), required=True)
+        sku = variation.get("sku")
+        if isinstance(sku, str) and sku in seen:
+            check.fail(f"{vw}.sku", f"duplicates another variation's SKU {sku!r}")
+        if isinstance(sku, str):
+            seen.add(sku)
+        if not is_blank(variation.get("qty")):
+            _qty(check, f"{vw}.qty", variation["qty"])
+        _text(check, f"{vw}.ean", variation.get("ean"))
+        _prices(check, vw, variation, price_required=False)
+        _list_of(check, f"{vw}.images", variation.get("images"), str)
+        _specifications(check, f"{vw}.specifications", variation.get("specifications"))
+
+
+def _specifications(check: _Check, where: str, value: Any) -> None:
+    for i, spec in enumerate(_list_of(check, where, value, dict) or []):
+        if isinstance(spec, dict):
+            _text(check, f"{where}[{i}].key", spec.get("key"), required=True)
+            if is_blank(spec.get("value")):
+                check.fail(f"{where}[{i}].value", "is required and may not be empty")
+
+
+def _exact_keys(check: _Check, payload: dict[str, Any], allowed: set[str]) -> None:
+    _unknown_keys(check, "payload", payload, frozenset(allowed))
+
+
+def _price_row(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"price", "promotional_price"})
+    _prices(check, "payload", payload, price_required=True)
+
+
+def _stock_row(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"qty"})
+    if "qty" not in payload or payload["qty"] is None:
+        check.fail("payload.qty", "is required (a whole number >= 0)")
+    else:
+        _qty(check, "payload.qty", payload["qty"])
+
+
+def _invoice(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"key", "issue_date"})
+    key = payload.get("key")
+    if is_blank(key):
+        check.fail("payload.key", "is required (the 44-digit NF-e access key)")
+    elif not isinstance(key, str):
+        check.fail("payload.key", f"must be a string of 44 digits, got {describe(key)}")
+    elif not INVOICE_KEY.fullmatch(key):
+        check.fail("payload.key", f"must be exactly 44 digits, got {len(key)} characters")
+    _date(check, "payload.issue_date", payload.get("issue_date"))
+
+
+def _shipment(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"code", "items", "track", "delivered_carrier_date"})
+    _text(check, "payload.code", payload.get("code"), required=True)
+    items = payload.get("items")
+    if not isinstance(items, list) or not items:
+        check.fail(
+            "payload.items", f"must be a non-empty list of {{sku, qty}}, got {describe(items)}"
+        )
+    else:
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                check.fail(f"payload.items[{i}]", f"must be an object, got {describe(item)}")
+                continue
+            _text(check, f"payload.items[{i}].sku", item.get("sku"), required=True)
+            if item.get("qty") is None:
+                check.fail(f"payload.items[{i}].qty", "is required (a whole number >= 1)")
+            else:
+                _qty(check, f"payload.items[{i}].qty", item["qty"], minimum=1)
+    track = payload.get("track")
+    if not isinstance(track, dict):
+        check.fail(
+            "payload.track", f"must be an object with the tracking code, got {describe(track)}"
+        )
+    else:
+        _unknown_keys(
+            check, "payload.track", track, frozenset({"code", "carrier", "method", "url"})
+        )
+        _text(check, "payload.track.code", track.get("code"), required=True)
+        _text(check, "payload.track.carrier", track.get("carrier"), required=True)
+        _text(check, "payload.track.method", track.get("method"))
+        _text(check, "payload.track.url", track.get("url"))
+    _date(check, "payload.delivered_carrier_date", payload.get("delivered_carrier_date"))
+
+
+def _delivery(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"delivered_date"})
+    _date(check, "payload.delivered_date", payload.get("delivered_date"), required=True)
+
+
+def _cancel(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, set())
+
+
+def _shipment_exception(check: _Check, payload: dict[str, Any]) -> None:
+    _exact_keys(check, payload, {"occurrence_date", "observation"})
+    _date(check, "payload.occurrence_date", payload.get("occurrence_date"), required=True)
+    _text(check, "payload.observation", payload.get("observation"), required=True)
+
+
+_BY_KIND = {
+    "product": _product,
+    "price": _price_row,
+    "stock": _stock_row,
+    "order_invoice": _invoice,
+    "order_shipment": _shipment,
+    "order_delivery": _delivery,
+    "order_cancel": _cancel,
+    "order_shipment_exception": _shipment_exception,
+}
+assert set(_BY_KIND) == set(OUTBOX_KINDS)
+
+
+def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
+    """Every problem of one outbox row, each as "field: what is wrong"; empty when it is good."""
+    check = _Check()
+    if kind not in _BY_KIND:
+        check.fail(
+            "kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(OUTBOX_KINDS)})"
+        )
+    if not isinstance(ref, str) or not ref.strip():
+        check.fail("ref", "is required: the SKU, or the order code for order_* kinds")
+    elif len(ref) > MAX_REF_LENGTH:
+        check.fail("ref", f"is {len(ref)} characters long (at most {MAX_REF_LENGTH})")
+    elif ref != ref.strip():
+        check.fail("ref", f"has leading or trailing spaces: {describe(ref)}")
+    if isinstance(payload, UnreadableJSON):
+        check.fail("payload", f"is not valid JSON: {payload.raw[:60]!r}")
+        return check.problems
+    if not isinstance(payload, dict):
+        check.fail("payload", f"must be a JSON object, got {describe(payload)}")
+        return check.problems
+    size = len(json.dumps(payload, ensure_ascii=False).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        check.fail("payload", f"is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+        return check.problems
+    if kind in _BY_KIND:
+        _BY_KIND[kind](check, payload)
+    return check.problems
+
+
+def validate(kind: Any, ref: Any, payload: Any) -> dict[str, Any]:
+    """Return the payload unchanged when the row is good; raise ValidationFailed otherwise."""
+    found = problems(kind, ref, payload)
+    if found:
+        raise ValidationFailed(found)
+    return payload
+
+
+def parse_payload_text(text: str) -> Any:
+    """Parse a payload given on the command line; invalid JSON becomes UnreadableJSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return UnreadableJSON(text[:200])

@@ -1,0 +1,97 @@
+"""Shared fixtures: real databases (a SQLite file and a PostgreSQL database made for this run),
+built by the Alembic migrations, emptied before each test.
+
+PostgreSQL is required: when it cannot be reached the tests that need it fail (never skip).
+Point SKYSYNC_TEST_PG_ADMIN_URL at a role that may CREATE DATABASE if the default does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from skysync.db import dispose_engines, migrate
+
+PG_ADMIN_URL = os.environ.get(
+    "SKYSYNC_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TABLES = ("skysync_outbox", "skysync_item", "skysync_order_inbox", "skysync_order", "skysync_run")
+
+
+def _pg_admin() -> sa.Engine:
+    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def create_pg_database(prefix: str = "skysync_test") -> str:
+    """A new, empty PostgreSQL database; returns its URL."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    engine = _pg_admin()
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for this test and is not reachable at "
+            f"{PG_ADMIN_URL} ({exc.orig}). Start it (see .ci/run) or set SKYSYNC_TEST_PG_ADMIN_URL."
+        )
+    finally:
+        engine.dispose()
+    return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    dispose_engines()
+    name = sa.make_url(url).database
+    engine = _pg_admin()
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    migrate(url)
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "skysync.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    return url
+
+
+def empty_tables(url: str) -> None:
+    from skysync.db import get_engine
+
+    with get_engine(url).begin() as conn:
+        if url.startswith("postgresql"):
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+        else:
+            for table in TABLES:
+                conn.exec_driver_sql(f"DELETE FROM {table}")
+            conn.exec_driver_sql("DELETE FROM sqlite_sequence")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database: each test using it runs once on SQLite, once on PostgreSQL."""
+    url = request.getfixturevalue(f"{'pg' if request.param == 'postgresql' else 'sqlite'}_url")
+    empty_tables(url)
+    return url
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[sa.orm.Session]:
+    from skysync.db import session_scope
+
+    with session_scope(db_url) as s:
+        yield s
