@@ -131,20 +131,20 @@ def erp_role_sql(role: str) -> str:
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-    CREATE ROLE {role} LOGIN;
+    CREATE ROLE "{role}" LOGIN;
   END IF;
 END
 $$;
 REVOKE ALL ON skysync_outbox, skysync_item, skysync_order_inbox, skysync_order, skysync_run,
-  alembic_version FROM {role};
-GRANT USAGE ON SCHEMA public TO {role};
+  alembic_version FROM "{role}";
+GRANT USAGE ON SCHEMA public TO "{role}";
 -- write changes: only the ERP's columns; id, created_at and the rest come from defaults
-GRANT INSERT (kind, ref, payload) ON skysync_outbox TO {role};
-GRANT USAGE ON SEQUENCE skysync_outbox_id_seq TO {role};
+GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "{role}";
+GRANT USAGE ON SEQUENCE skysync_outbox_id_seq TO "{role}";
 -- read new orders and mark them consumed
-GRANT SELECT ON skysync_order_inbox TO {role};
-GRANT UPDATE (consumed_at) ON skysync_order_inbox TO {role};
--- then set its password: ALTER ROLE {role} PASSWORD '...';
+GRANT SELECT ON skysync_order_inbox TO "{role}";
+GRANT UPDATE (consumed_at) ON skysync_order_inbox TO "{role}";
+-- then set its password: ALTER ROLE "{role}" PASSWORD '...';
 """
 
 

@@ -28,8 +28,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
-    immediate = conn.get_execution_options().get("sqlite_begin_immediate")
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # A deferred transaction that reads and then writes fails at once with "database is locked"
+    # when another connection wrote in between (WAL cannot upgrade a stale read snapshot), and
+    # the busy timeout does not help. So every transaction takes the write lock up front, except
+    # those that promise to only read.
+    readonly = conn.get_execution_options().get("sqlite_readonly")
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 _ENGINES: dict[str, sa.Engine] = {}
@@ -69,15 +73,16 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str, *, write_lock: bool = False) -> Iterator[Session]:
+def session_scope(url: str, *, readonly: bool = False) -> Iterator[Session]:
     """A unit of work: commits when the block ends cleanly, rolls back otherwise.
 
-    ``write_lock`` takes SQLite's write lock at BEGIN (``BEGIN IMMEDIATE``), which serializes
-    claimers there the way the advisory lock does on PostgreSQL. PostgreSQL ignores it.
+    On SQLite every transaction takes the write lock at BEGIN (``BEGIN IMMEDIATE``), which also
+    serializes claimers there the way the advisory lock does on PostgreSQL; ``readonly`` skips
+    it for pure reads.
     """
     session = session_factory(url)()
-    if write_lock and url.startswith("sqlite"):
-        session.connection(execution_options={"sqlite_begin_immediate": True})
+    if readonly and url.startswith("sqlite"):
+        session.connection(execution_options={"sqlite_readonly": True})
     try:
         yield session
         session.commit()

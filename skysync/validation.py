@@ -27,6 +27,7 @@ from skysync.models import OUTBOX_KINDS, UnreadableJSON
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_REF_LENGTH = 255
+MAX_QTY = 2_147_483_647  # SkyHub stores quantities as 32-bit integers
 
 PRODUCT_FIELDS = frozenset(
     {
@@ -43,7 +44,7 @@ VARIATION_FIELDS = frozenset(
         "weight", "height", "width", "length", "crossdocking",
     }
 )  # fmt: skip
-INVOICE_KEY = re.compile(r"\d{44}")
+INVOICE_KEY = re.compile(r"[0-9]{44}")  # ASCII digits only: \d would admit other scripts
 
 
 class ValidationFailed(ValueError):
@@ -92,10 +93,15 @@ def _number(check: _Check, where: str, value: Any) -> float | None:
         hint = " (use a JSON number with a dot, e.g. 12.5)" if isinstance(value, str) else ""
         check.fail(where, f"must be a JSON number, got {describe(value)}{hint}")
         return None
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        check.fail(where, f"is too large ({len(str(value))} digits)")
+        return None
+    if not math.isfinite(number):
         check.fail(where, f"must be a finite number, got {value!r}")
         return None
-    return float(value)
+    return number
 
 
 def _price(check: _Check, where: str, value: Any) -> float | None:
@@ -115,6 +121,8 @@ def _qty(check: _Check, where: str, value: Any, *, minimum: int = 0) -> None:
         check.fail(
             where, f"must be >= {minimum} (an absolute quantity, not a delta), got {value!r}"
         )
+    elif value > MAX_QTY:
+        check.fail(where, f"must be at most {MAX_QTY}, got {str(value)[:20]}")
 
 
 def _text(check: _Check, where: str, value: Any, *, required: bool = False) -> None:
@@ -148,7 +156,7 @@ def _unknown_keys(check: _Check, where: str, obj: dict[str, Any], allowed: froze
 
 
 def _list_of(check: _Check, where: str, value: Any, kind: type) -> list[Any] | None:
-    if value is None:
+    if is_blank(value):
         return None
     if not isinstance(value, list):
         check.fail(where, f"must be a list, got {describe(value)}")
