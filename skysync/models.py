@@ -233,6 +233,7 @@ class RunLog(Base):
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
     kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    claim_token: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(
@@ -242,5 +243,6 @@ class RunLog(Base):
 
     __table_args__ = (
         sa.Index("ix_skysync_run_kind_started", "kind", "started_at"),
+        sa.Index("ix_skysync_run_claim_token", "claim_token"),
         {"sqlite_autoincrement": True},
     )

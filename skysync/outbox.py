@@ -43,3 +43,190 @@ def oldest_pending(
     if due_only:
         query = query.where(OutboxRow.available_at <= (now or utcnow()))
     return session.execute(query).scalar()
+
+
+# -- the relay's side ---------------------------------------------------------------------
+CLAIM_LOCK_ID = 0x5C75_0B0C  # arbitrary, fixed: "skysync claim"
+
+
+def _lock_claimers(session: Session) -> None:
+    """Serialize claimers: a transaction-scoped advisory lock on PostgreSQL. On SQLite the
+    transaction began with ``BEGIN IMMEDIATE`` (see db.session_scope) and holds the write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_ID})
+
+
+def reclaim_expired(session: Session, now: datetime) -> int:
+    """in_flight rows whose lease ran out (their worker died) go back to pending."""
+    result = session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.state == "in_flight", OutboxRow.lease_until < now)
+        .values(
+            state="pending",
+            claim_token=None,
+            lease_until=None,
+            reason="lease expired: the worker handling it stopped; retrying",
+            updated_at=now,
+        )
+    )
+    return result.rowcount or 0
+
+
+def claim_due(
+    session: Session, *, token: str, now: datetime, lease_until: datetime, limit: int
+) -> list[OutboxRow]:
+    """Claim pending rows due now, oldest first, up to ``limit``, never a key (ref) that still has
+    an in_flight row; with them every other pending row of the same keys, so that all of a
+    key's changes are folded together. Returns the claimed rows in id order."""
+    _lock_claimers(session)
+    o = sa.orm.aliased(OutboxRow, name="o")
+    in_flight = sa.orm.aliased(OutboxRow, name="f")
+    busy = sa.select(sa.literal(1)).where(in_flight.state == "in_flight", in_flight.ref == o.ref)
+    due = (
+        sa.select(o.id, o.ref)
+        .where(o.state == "pending", o.available_at <= now, ~busy.exists())
+        .order_by(o.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True, of=o)
+    refs = list(dict.fromkeys(ref for _id, ref in session.execute(due)))
+    if not refs:
+        return []
+    claimed: list[OutboxRow] = []
+    for start in range(0, len(refs), 500):  # stay under bound-parameter limits
+        chunk = refs[start : start + 500]
+        session.execute(
+            sa.update(OutboxRow)
+            .where(OutboxRow.state == "pending", OutboxRow.ref.in_(chunk))
+            .values(state="in_flight", claim_token=token, lease_until=lease_until, updated_at=now)
+        )
+        claimed.extend(
+            session.scalars(
+                sa.select(OutboxRow)
+                .where(OutboxRow.claim_token == token, OutboxRow.ref.in_(chunk))
+                .where(OutboxRow.state == "in_flight")
+            )
+        )
+    return sorted(claimed, key=lambda r: r.id)
+
+
+def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow]:
+    """The rows of ``ids`` still in_flight under ``token`` (a redelivered task finds none)."""
+    return list(
+        session.scalars(
+            sa.select(OutboxRow)
+            .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+            .where(OutboxRow.state == "in_flight")
+            .order_by(OutboxRow.id)
+        )
+    )
+
+
+def finish(
+    session: Session,
+    ids: list[int],
+    token: str,
+    *,
+    state: str,
+    now: datetime,
+    reason: str | None = None,
+    superseded_by: int | None = None,
+    last_error: str | None = None,
+    last_status: int | None = None,
+) -> int:
+    """Move claimed rows to a final state. Only rows still held by ``token`` change, so a task
+    whose lease was reclaimed cannot overwrite what a later claim decided."""
+    if not ids:
+        return 0
+    values: dict[str, Any] = {
+        "state": state,
+        "reason": reason,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_until": None,
+    }
+    if superseded_by is not None:
+        values["superseded_by"] = superseded_by
+    if last_error is not None:
+        values["last_error"] = last_error
+    if last_status is not None:
+        values["last_status"] = last_status
+    result = session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+        .where(OutboxRow.state == "in_flight")
+        .values(**values)
+    )
+    return result.rowcount or 0
+
+
+def release(
+    session: Session,
+    ids: list[int],
+    token: str,
+    *,
+    now: datetime,
+    available_at: datetime,
+    reason: str,
+    count_attempt: bool,
+    last_error: str | None = None,
+    last_status: int | None = None,
+) -> int:
+    """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops."""
+    if not ids:
+        return 0
+    values: dict[str, Any] = {
+        "state": "pending",
+        "claim_token": None,
+        "lease_until": None,
+        "available_at": available_at,
+        "reason": reason,
+        "updated_at": now,
+    }
+    if count_attempt:
+        values["attempts"] = OutboxRow.attempts + 1
+    if last_error is not None:
+        values["last_error"] = last_error
+    if last_status is not None:
+        values["last_status"] = last_status
+    result = session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+        .where(OutboxRow.state == "in_flight")
+        .values(**values)
+    )
+    return result.rowcount or 0
+
+
+def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
+    """Whether ``ref`` still has rows of ``kinds`` waiting or in flight."""
+    query = sa.select(sa.literal(1)).where(
+        OutboxRow.ref == ref,
+        OutboxRow.kind.in_(kinds),
+        OutboxRow.state.in_(("pending", "in_flight")),
+    )
+    return session.execute(query.limit(1)).first() is not None
+
+
+def requeue(
+    session: Session, *, ids: list[int] | None = None, state: str | None = None, now: datetime
+) -> int:
+    """An operator's requeue: dead (or rejected) rows back to pending, attempts reset."""
+    query = sa.update(OutboxRow).where(OutboxRow.state.in_(("dead", "rejected", "withheld")))
+    if ids:
+        query = query.where(OutboxRow.id.in_(ids))
+    if state:
+        query = query.where(OutboxRow.state == state)
+    result = session.execute(
+        query.values(
+            state="pending",
+            attempts=0,
+            available_at=now,
+            claim_token=None,
+            finished_at=None,
+            reason="requeued by an operator",
+            updated_at=now,
+        )
+    )
+    return result.rowcount or 0

@@ -119,6 +119,7 @@ def upgrade() -> None:
         "skysync_run",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
         sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("claim_token", sa.Text(), nullable=True),
         sa.Column("started_at", UTCDateTime(), nullable=False),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
         sa.Column("summary", Json, nullable=False, server_default="{}"),
@@ -126,6 +127,7 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index("ix_skysync_run_kind_started", "skysync_run", ["kind", "started_at"])
+    op.create_index("ix_skysync_run_claim_token", "skysync_run", ["claim_token"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,121 @@
+"""The SQL on ``skysync_item``: what SkyHub last acknowledged per SKU, and its frozen state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.models import Item
+from skysync.planner import ItemView
+
+
+def view(item: Item | None, sku: str) -> ItemView:
+    if item is None:
+        return ItemView(sku=sku)
+    return ItemView(
+        sku=item.sku,
+        in_skyhub=item.in_skyhub,
+        parent_sku=item.parent_sku,
+        acknowledged=dict(item.acknowledged or {}),
+        frozen=item.frozen,
+        frozen_since=item.frozen_since,
+        last_applied={k: int(v) for k, v in (item.last_applied or {}).items()},
+    )
+
+
+def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> Item:
+    query = sa.select(Item).where(Item.sku == sku)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    item = session.scalars(query).first()
+    if item is None:
+        item = Item(sku=sku, acknowledged={}, last_applied={}, in_skyhub=False)
+        session.add(item)
+        session.flush()
+    return item
+
+
+def parents_of(session: Session, skus: Iterable[str]) -> dict[str, str | None]:
+    skus = list(skus)
+    if not skus:
+        return {}
+    rows = session.execute(sa.select(Item.sku, Item.parent_sku).where(Item.sku.in_(skus)))
+    return {sku: parent for sku, parent in rows}
+
+
+def register_variations(
+    session: Session, parent_sku: str, variation_skus: Iterable[str], now: datetime
+) -> None:
+    """Remember that these SKUs are variations of ``parent_sku`` (learned from a product row),
+    so their price and stock go to /variations and wait for the parent."""
+    for sku in variation_skus:
+        item = get_or_create(session, sku)
+        if item.parent_sku != parent_sku:
+            item.parent_sku = parent_sku
+            item.updated_at = now
+
+
+def record_ack(
+    session: Session,
+    sku: str,
+    sent: Mapping[str, Any],
+    sources: Mapping[str, int],
+    now: datetime,
+    *,
+    parent_sku: str | None = None,
+) -> None:
+    """SkyHub accepted ``sent`` for ``sku``: remember the values and the row each came from."""
+    item = get_or_create(session, sku, for_update=True)
+    acknowledged = dict(item.acknowledged or {})
+    applied = dict(item.last_applied or {})
+    for name, value in sent.items():
+        if name == "variations":
+            continue
+        acknowledged[name] = value
+        source = sources.get(name)
+        if source is not None and source > int(applied.get(name, 0)):
+            applied[name] = source
+    item.acknowledged = acknowledged
+    item.last_applied = applied
+    item.in_skyhub = True
+    if parent_sku is not None:
+        item.parent_sku = parent_sku
+    item.updated_at = now
+
+
+def mark_exists(session: Session, sku: str, exists: bool, now: datetime) -> None:
+    item = get_or_create(session, sku)
+    item.in_skyhub = exists
+    item.checked_at = now
+    item.updated_at = now
+
+
+def mark_linked(session: Session, sku: str, now: datetime) -> Item:
+    """SkyHub shows the product linked: freeze its attributes (unless an operator unfroze it
+    after it was linked)."""
+    item = get_or_create(session, sku)
+    if not item.linked:
+        item.linked = True
+        item.linked_since = now
+    if not item.frozen and item.unfrozen_at is None:
+        item.frozen = True
+        item.frozen_since = item.linked_since or now
+    item.in_skyhub = True
+    item.checked_at = now
+    item.updated_at = now
+    return item
+
+
+def unfreeze(session: Session, sku: str, now: datetime) -> bool:
+    """An operator lets attribute changes through again. Returns False for an unknown SKU."""
+    item = session.get(Item, sku)
+    if item is None:
+        return False
+    item.frozen = False
+    item.unfrozen_at = now
+    item.updated_at = now
+    return True

@@ -1,0 +1,193 @@
+"""The relay's decisions, as pure functions over plain data: no database, no network, no clock
+(the caller passes ``now`` and the random source).
+
+* :func:`coalesce` folds the valid rows of one SKU into one request: later rows win field by
+  field, ``null``/``""`` mean "no value" and never erase a value, and each field remembers the
+  row it came from.
+* :func:`decide` compares that request with what SkyHub last acknowledged for the SKU: it drops
+  unchanged fields and fields a newer row already set (no stale overwrite), and withholds the
+  attributes of a product the marketplace froze, saying which and why.
+* :func:`backoff_delay` spaces out retries (exponential, with jitter).
+* :func:`families` orders keys so a parent product goes out before its variations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from skysync.models import ORDER_KINDS
+from skysync.validation import is_blank
+
+# Fields that keep flowing after the marketplace froze a product (seed rule 2).
+FLOWING_FIELDS = frozenset({"price", "promotional_price", "qty"})
+
+
+@dataclass(frozen=True)
+class Row:
+    """An outbox row as the planner sees it."""
+
+    id: int
+    kind: str
+    ref: str
+    payload: Any
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """What skysync knows of one SKU in SkyHub (a ``skysync_item`` row, or nothing yet)."""
+
+    sku: str
+    in_skyhub: bool = False
+    parent_sku: str | None = None
+    acknowledged: Mapping[str, Any] = field(default_factory=dict)
+    frozen: bool = False
+    frozen_since: datetime | None = None
+    last_applied: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def is_variation(self) -> bool:
+        return self.parent_sku is not None
+
+
+@dataclass
+class SkuRequest:
+    """All valid rows of one SKU folded into one request."""
+
+    sku: str
+    row_ids: list[int]
+    fields: dict[str, Any]
+    sources: dict[str, int]
+    has_product_row: bool
+    variations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variation_sources: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def winner_id(self) -> int:
+        """The newest row: it carries the request; the older ones are superseded by it."""
+        return max(self.row_ids)
+
+
+def coalesce(rows: Sequence[Row]) -> SkuRequest:
+    """Fold the product, price and stock rows of ONE SKU (already validated) in id order."""
+    if not rows:
+        raise ValueError("coalesce needs at least one row")
+    ordered = sorted(rows, key=lambda r: r.id)
+    request = SkuRequest(
+        sku=ordered[0].ref,
+        row_ids=[r.id for r in ordered],
+        fields={},
+        sources={},
+        has_product_row=any(r.kind == "product" for r in ordered),
+    )
+    for row in ordered:
+        for name, value in row.payload.items():
+            if name == "variations":
+                _fold_variations(request, row.id, value or [])
+            elif not is_blank(value):
+                request.fields[name] = value
+                request.sources[name] = row.id
+    return request
+
+
+def _fold_variations(request: SkuRequest, row_id: int, variations: list[dict[str, Any]]) -> None:
+    for variation in variations:
+        sku = variation["sku"]
+        merged = request.variations.setdefault(sku, {"sku": sku})
+        for name, value in variation.items():
+            if not is_blank(value):
+                merged[name] = value
+        request.variation_sources[sku] = row_id
+
+
+@dataclass
+class Decision:
+    """What to send for one SKU, and what not to send with the reason for each field."""
+
+    send: dict[str, Any]
+    withheld: dict[str, str]
+
+    @property
+    def nothing_to_send(self) -> bool:
+        return not self.send
+
+    def reason(self) -> str:
+        """One line naming every withheld field, grouped by reason."""
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.withheld.items():
+            by_reason.setdefault(why, []).append(name)
+        return "; ".join(f"{', '.join(sorted(names))}: {why}" for why, names in by_reason.items())
+
+
+def frozen_reason(item: ItemView) -> str:
+    since = item.frozen_since.isoformat(timespec="seconds") if item.frozen_since else "unknown"
+    return f"frozen: product linked to the marketplace since {since}"
+
+
+def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -> Decision:
+    """Drop frozen attributes, unchanged values and values older than what was applied."""
+    is_frozen = item.frozen if frozen is None else frozen
+    send: dict[str, Any] = {}
+    withheld: dict[str, str] = {}
+    for name, value in request.fields.items():
+        source = request.sources[name]
+        applied = item.last_applied.get(name)
+        if applied is not None and applied > source:
+            withheld[name] = f"row {applied} already applied a newer value"
+        elif is_frozen and name not in FLOWING_FIELDS:
+            withheld[name] = frozen_reason(item)
+        elif item.in_skyhub and name in item.acknowledged and item.acknowledged[name] == value:
+            withheld[name] = "unchanged: SkyHub already has this value"
+        else:
+            send[name] = value
+    if request.variations:
+        if is_frozen:
+            withheld["variations"] = frozen_reason(item)
+        else:
+            send["variations"] = list(request.variations.values())
+    return Decision(send=send, withheld=withheld)
+
+
+def split_flowing(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(price/qty fields, attribute fields)."""
+    flowing = {k: v for k, v in fields.items() if k in FLOWING_FIELDS}
+    attrs = {k: v for k, v in fields.items() if k not in FLOWING_FIELDS}
+    return flowing, attrs
+
+
+def backoff_delay(
+    attempts: int, *, base: float = 30.0, cap: float = 3600.0, rng: random.Random | None = None
+) -> float:
+    """Seconds before retry number ``attempts`` (1-based): base * 2^(n-1), capped, with jitter
+    drawn from [50 %, 100 %] so that rows failed together do not come back together."""
+    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+def key_of(row: Row) -> tuple[str, str]:
+    """Rows of one key are delivered together and in order: a SKU, or an order code."""
+    return ("order" if row.kind in ORDER_KINDS else "sku", row.ref)
+
+
+def families(refs: Iterable[str], parent_of: Mapping[str, str | None]) -> list[list[str]]:
+    """Group keys into families that must go out in sequence: a parent SKU first, then its
+    variations. Keys without a parent in the set form a family of one."""
+    refs = list(dict.fromkeys(refs))
+    present = set(refs)
+    groups: dict[str, list[str]] = {}
+    for ref in refs:
+        parent = parent_of.get(ref)
+        head = parent if parent in present else ref
+        groups.setdefault(head, [])
+    for ref in refs:
+        parent = parent_of.get(ref)
+        head = parent if parent in present else ref
+        if ref == head:
+            groups[head].insert(0, ref)
+        else:
+            groups[head].append(ref)
+    return list(groups.values())

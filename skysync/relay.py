@@ -1,0 +1,763 @@
+"""The relay: outbox rows to SkyHub. ``run_batch`` claims and checks rows and hands them out in
+chunks; ``deliver`` pushes one chunk and records every outcome. Celery tasks (tasks.py) and
+the CLI (``skysync relay``/``drain``) call these; the decisions live in planner.py.
+
+Outcomes per key (design.md, "Relay: one batch"):
+
+========================  ==================================================================
+2xx                       newest row ``sent`` (its reason lists withheld fields, if any),
+                          older rows ``superseded`` by it
+nothing left to send      newest row ``withheld`` with the reason, older rows superseded
+429                       waited out inside the client; if it persists the rows go back to
+                          pending due in a second, not counted as an attempt
+5xx, timeout, no answer   a few quick retries here, then all rows back to pending with
+                          exponential backoff, one attempt counted; ``dead`` at max_attempts
+other 4xx                 all rows of the request ``rejected`` with SkyHub's text
+401/403                   rows back to pending, not counted; the batch stops (every request
+                          would fail) and the reason is on the rows and in ``skysync status``
+parent not in SkyHub yet  the variation's rows wait (pending, not counted) with the reason
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync import items as item_store
+from skysync import outbox
+from skysync.config import Settings
+from skysync.db import session_scope
+from skysync.models import ORDER_KINDS, SKU_KINDS, OutboxRow, RunLog, utcnow
+from skysync.planner import (
+    ItemView,
+    Row,
+    SkuRequest,
+    backoff_delay,
+    coalesce,
+    decide,
+    families,
+    key_of,
+)
+from skysync.skyhub.client import SkyHubClient
+from skysync.skyhub.errors import (
+    AuthenticationError,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    RetryableError,
+    SkyHubError,
+    Unprocessable,
+)
+from skysync.validation import problems
+
+log = logging.getLogger("skysync.relay")
+
+CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
+
+
+# -- outcomes -----------------------------------------------------------------------------
+@dataclass
+class Ack:
+    """SkyHub accepted these fields for this SKU."""
+
+    sku: str
+    sent: dict[str, Any]
+    sources: dict[str, int]
+    parent_sku: str | None = None
+
+
+@dataclass
+class Outcome:
+    """How one key ended, plus everything learned on the way (recorded in one transaction)."""
+
+    state: str  # sent | withheld | rejected | retry | wait | auth
+    reason: str | None = None
+    status: int | None = None
+    error: str | None = None
+    delay: float = 0.0
+    acks: list[Ack] = field(default_factory=list)
+    exists: dict[str, bool] = field(default_factory=dict)
+    linked: set[str] = field(default_factory=set)
+
+
+class _Stop(Exception):
+    """Carries an Outcome out of the middle of a key's request sequence."""
+
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+
+
+@dataclass
+class BatchSummary:
+    token: str | None
+    reclaimed: int = 0
+    claimed: int = 0
+    rejected: int = 0
+    keys: int = 0
+    chunks: int = 0
+    delivery: DeliverySummary | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "delivery"}
+        if self.delivery is not None:
+            data["delivery"] = self.delivery.as_dict()
+        return data
+
+
+@dataclass
+class DeliverySummary:
+    keys: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    auth_failed: bool = False
+
+    def count(self, outcome: str) -> None:
+        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+
+    def merge(self, other: DeliverySummary) -> None:
+        self.keys += other.keys
+        for name, n in other.by_outcome.items():
+            self.by_outcome[name] = self.by_outcome.get(name, 0) + n
+        self.auth_failed = self.auth_failed or other.auth_failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys, **self.by_outcome, "auth_failed": self.auth_failed}
+
+
+def _linked(product: dict[str, Any]) -> bool:
+    associations = product.get("associations") or []
+    return any(isinstance(a, dict) and a.get("status") == "linked" for a in associations)
+
+
+def _exists_error(exc: Unprocessable) -> bool:
+    text = exc.message.lower()
+    return "exist" in text or "já existe" in text or "ja existe" in text
+
+
+class Relay:
+    """One relay per process: a SkyHub client, the database, and the knobs from Settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: SkyHubClient,
+        *,
+        database_url: str | None = None,
+        concurrency: int = 8,
+        quick_retries: int = 2,
+        quick_retry_delay: float = 0.5,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self.client = client
+        self.url = database_url or settings.database_url
+        self.concurrency = concurrency
+        self.quick_retries = quick_retries
+        self.quick_retry_delay = quick_retry_delay
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.sleep = sleep
+
+    # -- batch ----------------------------------------------------------------------------
+    def run_batch(self, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
+        """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key.
+
+        ``dispatch(token, row_ids)`` sends a chunk to a worker (Celery); without it the chunks
+        are delivered here, in this process.
+        """
+        token = secrets.token_hex(8)
+        now = self.clock()
+        summary = BatchSummary(token=token)
+        with session_scope(self.url) as session:
+            run = RunLog(kind="relay", claim_token=token, started_at=now, summary={})
+            session.add(run)
+            session.flush()
+            run_id = run.id
+        try:
+            chunks = self._claim(token, summary)
+            summary.chunks = len(chunks)
+            if dispatch is not None:
+                for chunk in chunks:
+                    dispatch(token, chunk)
+            else:
+                summary.delivery = self.deliver(token, [i for chunk in chunks for i in chunk])
+        except Exception as exc:
+            self._finish_run(run_id, summary, error=f"{type(exc).__name__}: {exc}")
+            raise
+        error = None
+        if summary.delivery is not None and summary.delivery.auth_failed:
+            error = self._auth_error(token)
+        self._finish_run(run_id, summary, error=error)
+        return summary
+
+    def _claim(self, token: str, summary: BatchSummary) -> list[list[int]]:
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        with session_scope(self.url) as session:
+            summary.reclaimed = outbox.reclaim_expired(session, now)
+            claimed = outbox.claim_due(
+                session,
+                token=token,
+                now=now,
+                lease_until=lease_until,
+                limit=self.settings.batch_size,
+            )
+            summary.claimed = len(claimed)
+            valid: list[OutboxRow] = []
+            for row in claimed:
+                found = problems(row.kind, row.ref, row.payload)
+                if found:
+                    outbox.finish(
+                        session,
+                        [row.id],
+                        token,
+                        state="rejected",
+                        now=now,
+                        reason="invalid: " + "; ".join(found),
+                    )
+                    summary.rejected += 1
+                    log.warning("row %s (%s %s) rejected: %s", row.id, row.kind, row.ref, found)
+                else:
+                    valid.append(row)
+            for row in valid:
+                variations = row.payload.get("variations") if row.kind == "product" else None
+                if variations:
+                    item_store.register_variations(
+                        session, row.ref, [v["sku"] for v in variations], now
+                    )
+            by_ref: dict[str, list[int]] = {}
+            for row in valid:
+                by_ref.setdefault(row.ref, []).append(row.id)
+            parents = item_store.parents_of(session, by_ref)
+        summary.keys = len(by_ref)
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        keys_in_current = 0
+        for family in families(by_ref, parents):
+            if current and keys_in_current + len(family) > CHUNK_KEYS:
+                chunks.append(current)
+                current, keys_in_current = [], 0
+            for ref in family:
+                current.extend(by_ref[ref])
+            keys_in_current += len(family)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _finish_run(self, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
+        with session_scope(self.url) as session:
+            run = session.get(RunLog, run_id)
+            if run is not None:
+                run.finished_at = self.clock()
+                run.summary = summary.as_dict()
+                run.error = error
+
+    def _auth_error(self, token: str) -> str | None:
+        with session_scope(self.url) as session:
+            return session.scalars(
+                sa.select(RunLog.error).where(RunLog.claim_token == token)
+            ).first()
+
+    def _note_auth_failure(self, token: str, reason: str) -> None:
+        with session_scope(self.url) as session:
+            session.execute(
+                sa.update(RunLog)
+                .where(RunLog.claim_token == token, RunLog.error.is_(None))
+                .values(error=reason)
+            )
+
+    # -- delivery -------------------------------------------------------------------------
+    def deliver(self, token: str, row_ids: list[int]) -> DeliverySummary:
+        """Push the rows of ``row_ids`` still claimed by ``token``; a duplicate or redelivered
+        task finds them already finished and does nothing."""
+        summary = DeliverySummary()
+        if not row_ids:
+            return summary
+        with session_scope(self.url) as session:
+            rows = [
+                Row(r.id, r.kind, r.ref, r.payload, r.attempts)
+                for r in outbox.load_claimed(session, token, row_ids)
+            ]
+            by_key: dict[tuple[str, str], list[Row]] = {}
+            for row in rows:
+                by_key.setdefault(key_of(row), []).append(row)
+            sku_refs = [ref for (cls, ref) in by_key if cls == "sku"]
+            parents = item_store.parents_of(session, sku_refs)
+        stopped_before = self._auth_error(token) is not None
+        if not rows:
+            return summary
+        groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, parents)]
+        groups += [[key] for key in by_key if key[0] == "order"]
+        auth_failed = threading.Event()
+        if stopped_before:
+            auth_failed.set()
+        lock = threading.Lock()
+
+        def run_family(keys: list[tuple[str, str]]) -> None:
+            for key in keys:
+                outcome = self._deliver_key(token, key, by_key[key], auth_failed)
+                with lock:
+                    summary.keys += 1
+                    summary.count(outcome)
+
+        workers = max(1, min(self.concurrency, len(groups)))
+        if workers == 1:
+            for group in groups:
+                run_family(group)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="skysync-push") as pool:
+                for future in [pool.submit(run_family, g) for g in groups]:
+                    future.result()
+        summary.auth_failed = auth_failed.is_set()
+        return summary
+
+    def _deliver_key(
+        self,
+        token: str,
+        key: tuple[str, str],
+        rows: list[Row],
+        auth_failed: threading.Event,
+    ) -> str:
+        ids = [r.id for r in rows]
+        if auth_failed.is_set():
+            reason = self._auth_error(token) or "SkyHub refused the credentials"
+            self._record(token, rows, Outcome(state="auth", reason=reason))
+            return "auth"
+        try:
+            if key[0] == "order":
+                return self._deliver_order(token, rows)
+            outcome = self._push_sku(coalesce(rows))
+        except AuthenticationError as exc:
+            reason = (
+                f"stopped: SkyHub refused the credentials ({exc}); fix them and the rows go out"
+            )
+            auth_failed.set()
+            self._note_auth_failure(token, reason)
+            outcome = Outcome(state="auth", reason=reason, status=exc.status)
+        except Exception as exc:  # a bug must not lose rows: they go back with the error
+            log.exception("unexpected error delivering %s rows %s", key[1], ids)
+            outcome = Outcome(state="retry", reason=f"internal error: {type(exc).__name__}: {exc}")
+        self._record(token, rows, outcome)
+        log.info(
+            "%s %s: %s%s",
+            key[0],
+            key[1],
+            outcome.state,
+            f" ({outcome.reason})" if outcome.reason else "",
+        )
+        return outcome.state
+
+    # -- one SKU --------------------------------------------------------------------------
+    def _load_item(self, sku: str) -> ItemView:
+        with session_scope(self.url) as session:
+            return item_store.view(session.get(item_store.Item, sku), sku)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """One SkyHub call with a few quick retries for transient failures."""
+        for attempt in range(self.quick_retries + 1):
+            try:
+                return fn()
+            except RetryableError:
+                if attempt >= self.quick_retries:
+                    raise
+                self.sleep(self.quick_retry_delay * (2**attempt))
+        raise AssertionError("unreachable")
+
+    def _push_sku(self, request: SkuRequest) -> Outcome:
+        item = self._load_item(request.sku)
+        learned = Outcome(state="sent")
+        try:
+            if item.is_variation:
+                return self._push_variation(request, item, learned)
+            return self._push_product(request, item, learned)
+        except _Stop as stop:
+            stop.outcome.acks = learned.acks + stop.outcome.acks
+            stop.outcome.exists.update(learned.exists)
+            stop.outcome.linked |= learned.linked
+            return stop.outcome
+        except RateLimited as exc:
+            return self._with(
+                learned, Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
+            )
+        except RetryableError as exc:
+            return self._with(
+                learned, Outcome(state="retry", reason=str(exc), error=str(exc), status=exc.status)
+            )
+        except PermanentError as exc:
+            return self._with(
+                learned,
+                Outcome(
+                    state="rejected",
+                    reason=f"SkyHub refused it: {exc}",
+                    error=str(exc),
+                    status=exc.status,
+                ),
+            )
+
+    @staticmethod
+    def _with(learned: Outcome, outcome: Outcome) -> Outcome:
+        outcome.acks = learned.acks + outcome.acks
+        outcome.exists.update(learned.exists)
+        outcome.linked |= learned.linked
+        return outcome
+
+    def _push_product(self, request: SkuRequest, item: ItemView, learned: Outcome) -> Outcome:
+        sku = request.sku
+        attrs = [k for k in request.fields if k not in ("price", "promotional_price", "qty")]
+        if (
+            request.has_product_row
+            and (attrs or request.variations or not item.in_skyhub)
+            and (not item.frozen)
+        ):
+            # Learn whether SkyHub has the product and whether the marketplace froze it, before
+            # spending a write on attributes that would be ignored.
+            try:
+                remote = self._call(lambda: self.client.get_product(sku))
+            except NotFound:
+                remote = None
+            learned.exists[sku] = remote is not None
+            item = replace(item, in_skyhub=remote is not None)
+            if remote is not None and _linked(remote):
+                learned.linked.add(sku)
+                item = replace(item, frozen=True, frozen_since=self.clock())
+        decision = decide(request, item)
+        if decision.nothing_to_send:
+            return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
+        send = dict(decision.send)
+        variations = send.pop("variations", None)
+        if not item.in_skyhub and request.has_product_row:
+            body = {"sku": sku, **send}
+            if variations:
+                body["variations"] = variations
+            try:
+                self._call(lambda: self.client.create_product(body))
+                learned.acks.append(Ack(sku, send, request.sources))
+                for v in variations or []:
+                    fields = {k: val for k, val in v.items() if k != "sku"}
+                    sources = dict.fromkeys(fields, request.variation_sources[v["sku"]])
+                    learned.acks.append(Ack(v["sku"], fields, sources, parent_sku=sku))
+                return self._sent(learned, decision)
+            except Unprocessable as exc:
+                if not _exists_error(exc):
+                    raise
+                learned.exists[sku] = True  # it exists after all: update it instead
+        if send:
+            try:
+                self._call(lambda: self.client.update_product(sku, send))
+            except NotFound:
+                if request.has_product_row:
+                    raise
+                return self._push_unknown_as_variation(request, send, learned, decision)
+            learned.acks.append(Ack(sku, send, request.sources))
+        for v in variations or []:
+            self._push_variation_entry(sku, v, request.variation_sources[v["sku"]], learned)
+        return self._sent(learned, decision)
+
+    def _push_variation_entry(
+        self, parent: str, variation: dict[str, Any], source: int, learned: Outcome
+    ) -> None:
+        vsku = variation["sku"]
+        fields = {k: v for k, v in variation.items() if k != "sku"}
+        sources = dict.fromkeys(fields, source)
+        known = self._load_item(vsku)
+        if known.in_skyhub:
+            try:
+                self._call(lambda: self.client.update_variation(vsku, fields))
+                learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
+                return
+            except NotFound:
+                pass
+        try:
+            self._call(lambda: self.client.create_variation(parent, variation))
+        except Unprocessable as exc:
+            if not _exists_error(exc):
+                raise
+            self._call(lambda: self.client.update_variation(vsku, fields))
+        learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
+
+    def _push_unknown_as_variation(
+        self, request: SkuRequest, send: dict[str, Any], learned: Outcome, decision: Any
+    ) -> Outcome:
+        """A price/stock row for a SKU we never saw, that SkyHub has no product for: it may be a
+        variation created outside skysync."""
+        sku = request.sku
+        try:
+            self._call(lambda: self.client.update_variation(sku, send))
+        except NotFound:
+            return self._with(
+                learned,
+                Outcome(
+                    state="rejected",
+                    status=404,
+                    reason=(
+                        f"SkyHub has no product or variation with SKU {sku!r}: "
+                        "send a product row that creates it first"
+                    ),
+                ),
+            )
+        learned.acks.append(Ack(sku, send, request.sources))
+        return self._sent(learned, decision)
+
+    def _push_variation(self, request: SkuRequest, item: ItemView, learned: Outcome) -> Outcome:
+        parent_sku = item.parent_sku or ""
+        parent = self._load_item(parent_sku)
+        frozen = parent.frozen or item.frozen
+        if frozen and not item.frozen:
+            item = replace(item, frozen=True, frozen_since=parent.frozen_since)
+        decision = decide(request, item, frozen=frozen)
+        if decision.nothing_to_send:
+            return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
+        send = {k: v for k, v in decision.send.items() if k != "variations"}
+        waiting = self._parent_on_its_way(parent_sku)
+        if not parent.in_skyhub and waiting:
+            raise _Stop(
+                Outcome(
+                    state="wait",
+                    delay=5.0,
+                    reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
+                )
+            )
+        try:
+            self._call(lambda: self.client.update_variation(request.sku, send))
+        except NotFound:
+            if self._parent_on_its_way(parent_sku):
+                raise _Stop(
+                    Outcome(
+                        state="wait",
+                        delay=5.0,
+                        reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
+                    )
+                ) from None
+            raise
+        learned.acks.append(Ack(request.sku, send, request.sources, parent_sku=parent_sku))
+        return self._sent(learned, decision)
+
+    def _parent_on_its_way(self, parent_sku: str) -> bool:
+        with session_scope(self.url) as session:
+            return outbox.has_open_rows(session, parent_sku, ("product",))
+
+    @staticmethod
+    def _sent(learned: Outcome, decision: Any) -> Outcome:
+        sent_fields = sorted(k for ack in learned.acks for k in ack.sent)
+        reason = None
+        if decision.withheld:
+            sent = ", ".join(dict.fromkeys(sent_fields)) or "nothing new"
+            reason = f"sent {sent}; withheld {decision.reason()}"
+        return Relay._with(learned, Outcome(state="sent", reason=reason))
+
+    # -- orders ---------------------------------------------------------------------------
+    def _deliver_order(self, token: str, rows: list[Row]) -> str:
+        """Order steps go out one by one in id order; a step that cannot go now holds back the
+        later ones, which never overtake it."""
+        last = "sent"
+        for index, row in enumerate(rows):
+            outcome = self._push_order_step(row)
+            self._record(token, [row], outcome)
+            last = outcome.state
+            if outcome.state != "sent":
+                later = rows[index + 1 :]
+                if later:
+                    wait = Outcome(
+                        state="wait",
+                        delay=max(outcome.delay, 1.0),
+                        reason=f"waiting for row {row.id} ({row.kind}) to go first",
+                    )
+                    self._record(token, later, wait)
+                if outcome.state == "auth":
+                    raise AuthenticationError(outcome.reason or "", status=outcome.status)
+                break
+        return last
+
+    def _push_order_step(self, row: Row) -> Outcome:
+        code, payload = row.ref, row.payload
+        actions: dict[str, Callable[[], None]] = {
+            "order_invoice": lambda: self.client.invoice_order(
+                code, payload["key"], payload.get("issue_date")
+            ),
+            "order_shipment": lambda: self.client.ship_order(code, payload),
+            "order_delivery": lambda: self.client.deliver_order(code, payload["delivered_date"]),
+            "order_cancel": lambda: self.client.cancel_order(code),
+            "order_shipment_exception": lambda: self.client.shipment_exception(
+                code, payload["occurrence_date"], payload["observation"]
+            ),
+        }
+        try:
+            self._call(actions[row.kind])
+        except RateLimited as exc:
+            return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
+        except RetryableError as exc:
+            return Outcome(state="retry", reason=str(exc), error=str(exc), status=exc.status)
+        except PermanentError as exc:
+            return Outcome(
+                state="rejected",
+                reason=f"SkyHub refused it: {exc}",
+                error=str(exc),
+                status=exc.status,
+            )
+        except AuthenticationError as exc:
+            return Outcome(
+                state="auth",
+                reason=f"stopped: SkyHub refused the credentials ({exc})",
+                status=exc.status,
+            )
+        return Outcome(state="sent")
+
+    # -- recording ------------------------------------------------------------------------
+    def _record(self, token: str, rows: list[Row], outcome: Outcome) -> None:
+        """Write the rows' new state and everything learned about the items, in one transaction."""
+        now = self.clock()
+        ids = [r.id for r in rows]
+        winner = max(ids)
+        older = [i for i in ids if i != winner]
+        with session_scope(self.url) as session:
+            for sku, exists in outcome.exists.items():
+                item_store.mark_exists(session, sku, exists, now)
+            for sku in outcome.linked:
+                item_store.mark_linked(session, sku, now)
+            for ack in outcome.acks:
+                item_store.record_ack(
+                    session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
+                )
+            self._settle_rows(session, token, rows, ids, winner, older, outcome, now)
+
+    def _settle_rows(
+        self,
+        session: Session,
+        token: str,
+        rows: list[Row],
+        ids: list[int],
+        winner: int,
+        older: list[int],
+        outcome: Outcome,
+        now: datetime,
+    ) -> None:
+        state = outcome.state
+        if state in ("sent", "withheld"):
+            outbox.finish(
+                session,
+                [winner],
+                token,
+                state=state,
+                now=now,
+                reason=outcome.reason,
+                last_status=outcome.status,
+            )
+            outbox.finish(
+                session,
+                older,
+                token,
+                state="superseded",
+                now=now,
+                superseded_by=winner,
+                reason=f"folded into row {winner}",
+            )
+        elif state == "rejected":
+            outbox.finish(
+                session,
+                [winner],
+                token,
+                state="rejected",
+                now=now,
+                reason=outcome.reason,
+                last_error=outcome.error,
+                last_status=outcome.status,
+            )
+            outbox.finish(
+                session,
+                older,
+                token,
+                state="rejected",
+                now=now,
+                reason=f"folded into row {winner}, which was refused: {outcome.reason}",
+                last_status=outcome.status,
+            )
+        elif state == "retry":
+            attempts = max(r.attempts for r in rows) + 1
+            if attempts >= self.settings.max_attempts:
+                outbox.finish(
+                    session,
+                    ids,
+                    token,
+                    state="dead",
+                    now=now,
+                    reason=f"gave up after {attempts} attempts; last error: {outcome.reason}",
+                    last_error=outcome.error,
+                    last_status=outcome.status,
+                )
+            else:
+                delay = backoff_delay(attempts, rng=self.rng)
+                outbox.release(
+                    session,
+                    ids,
+                    token,
+                    now=now,
+                    available_at=now + timedelta(seconds=delay),
+                    count_attempt=True,
+                    reason=(
+                        f"attempt {attempts} failed, retrying in {delay:.0f} s: {outcome.reason}"
+                    ),
+                    last_error=outcome.error,
+                    last_status=outcome.status,
+                )
+        else:  # wait, auth: not the row's fault, not counted
+            outbox.release(
+                session,
+                ids,
+                token,
+                now=now,
+                available_at=now + timedelta(seconds=outcome.delay),
+                count_attempt=False,
+                reason=outcome.reason or state,
+                last_status=outcome.status,
+            )
+
+
+def drain(
+    relay: Relay, *, max_batches: int = 1000, pause: float = 0.0
+) -> tuple[int, dict[str, int]]:
+    """Run batches in this process until nothing is due. Returns (batches, final counts)."""
+    batches = 0
+    while batches < max_batches:
+        summary = relay.run_batch()
+        batches += 1
+        if summary.delivery is not None and summary.delivery.auth_failed:
+            break
+        with session_scope(relay.url) as session:
+            due = session.execute(
+                sa.select(sa.func.count())
+                .select_from(OutboxRow)
+                .where(OutboxRow.state == "pending", OutboxRow.available_at <= relay.clock())
+            ).scalar_one()
+        if summary.claimed == 0 and due == 0:
+            break
+        if due == 0:
+            break
+        if pause:
+            relay.sleep(pause)
+    with session_scope(relay.url) as session:
+        counts = outbox.count_by_state(session)
+    return batches, counts
+
+
+__all__ = [
+    "ORDER_KINDS",
+    "SKU_KINDS",
+    "BatchSummary",
+    "DeliverySummary",
+    "Relay",
+    "SkyHubError",
+    "drain",
+]
