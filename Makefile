@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 
 ## run: the daemon on the embedded default (SQLite, serverless broker, built-in SkyHub emulator)
 run: $(STAMP)
-	$(BIN)/skysync migrate
-	$(BIN)/skysync status
+	$(BIN)/skysync run --demo
 
 ## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable)
 test: $(STAMP)

@@ -16,6 +16,7 @@ import click
 
 from skysync import __version__
 from skysync.config import ConfigError, Settings, load_settings, mask_dsn
+from skysync.models import OUTBOX_KINDS, OUTBOX_STATES
 
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -122,6 +123,216 @@ def status(ctx: Context, as_json: bool) -> None:
             click.echo(f"  stopped: {run['error']}")
     orders = report["orders"]
     click.echo(f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)")
+
+
+def _relay_or_exit(settings: Settings) -> Any:
+    from skysync.bootstrap import NoSkyHubTarget, build_relay
+
+    try:
+        return build_relay(settings)
+    except NoSkyHubTarget as exc:
+        click.echo(f"skysync: {exc}", err=True)
+        sys.exit(2)
+
+
+@cli.command()
+@pass_ctx
+def relay(ctx: Context) -> None:
+    """Run one relay batch in this process and print its summary."""
+    summary = _relay_or_exit(ctx.settings).run_batch()
+    _echo_json(summary.as_dict())
+
+
+@cli.command()
+@click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
+@pass_ctx
+def drain(ctx: Context, max_batches: int) -> None:
+    """Run batches in this process until nothing is due. Exit 0 when no row is left pending or
+    in flight, 1 otherwise (rows backing off, or a stop such as refused credentials)."""
+    from skysync.relay import drain as drain_outbox
+
+    batches, counts = drain_outbox(_relay_or_exit(ctx.settings), max_batches=max_batches)
+    _echo_json({"batches": batches, "outbox": counts})
+    if counts["pending"] or counts["in_flight"]:
+        click.echo(
+            f"skysync: {counts['pending']} pending and {counts['in_flight']} in-flight rows left; "
+            "see `skysync outbox list --state pending`",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@cli.command()
+@pass_ctx
+def trigger(ctx: Context) -> None:
+    """Ask the workers for a relay batch now (instead of waiting for beat)."""
+    ctx.settings  # noqa: B018 - validate the configuration before touching the broker
+    from skysync.tasks import relay_batch
+
+    result = relay_batch.delay()
+    click.echo(f"relay batch queued as task {result.id}")
+
+
+@cli.command()
+@click.option("--demo", is_flag=True, help="Seed demo rows into an empty outbox.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--emulator-port", default=8710, show_default=True, type=int)
+@pass_ctx
+def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
+    """The daemon in one process: a Celery worker with embedded beat (and, without SkyHub
+    credentials, the built-in SkyHub emulator)."""
+    from skysync.embedded import run_daemon
+
+    run_daemon(ctx.settings, demo=demo, concurrency=concurrency, emulator_port=emulator_port)
+
+
+@cli.group()
+def outbox() -> None:
+    """Inspect and requeue outbox rows."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice(OUTBOX_STATES))
+@click.option("--kind", type=click.Choice(OUTBOX_KINDS))
+@click.option("--ref", help="SKU or order code.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def outbox_list(
+    ctx: Context, state: str | None, kind: str | None, ref: str | None, limit: int, as_json: bool
+) -> None:
+    """The newest rows first, with their state and reason."""
+    import sqlalchemy as sa
+
+    from skysync.db import session_scope
+    from skysync.models import OutboxRow
+
+    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    if state:
+        query = query.where(OutboxRow.state == state)
+    if kind:
+        query = query.where(OutboxRow.kind == kind)
+    if ref:
+        query = query.where(OutboxRow.ref == ref)
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        rows = [_row_dict(r) for r in session.scalars(query)]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no rows")
+    for r in rows:
+        line = f"{r['id']:>8} {r['state']:<10} {r['kind']:<24} {r['ref']:<24} tries={r['attempts']}"
+        click.echo(line + (f"  {r['reason']}" if r["reason"] else ""))
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "ref": row.ref,
+        "state": row.state,
+        "attempts": row.attempts,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "available_at": row.available_at.isoformat() if row.available_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "reason": row.reason,
+        "superseded_by": row.superseded_by,
+        "last_status": row.last_status,
+    }
+
+
+@outbox.command("requeue")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--state", type=click.Choice(["dead", "rejected", "withheld"]))
+@pass_ctx
+def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> None:
+    """Put dead (or rejected, withheld) rows back to pending with their attempts reset:
+    `skysync outbox requeue 12 13` or `skysync outbox requeue --state dead`."""
+    from skysync.db import session_scope
+    from skysync.models import utcnow
+    from skysync.outbox import requeue
+
+    if not ids and not state:
+        raise click.UsageError("give row IDS or --state")
+    with session_scope(ctx.settings.database_url) as session:
+        n = requeue(session, ids=list(ids) or None, state=state, now=utcnow())
+    click.echo(f"requeued {n} row(s)")
+
+
+@cli.group()
+def item() -> None:
+    """What SkyHub acknowledged per SKU, and its frozen state."""
+
+
+@item.command("show")
+@click.argument("sku")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def item_show(ctx: Context, sku: str, as_json: bool) -> None:
+    """Acknowledged values, linked/frozen state and the SKU's recent rows with their reasons."""
+    import sqlalchemy as sa
+
+    from skysync.db import session_scope
+    from skysync.models import Item, OutboxRow
+
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        found = session.get(Item, sku)
+        recent = session.scalars(
+            sa.select(OutboxRow).where(OutboxRow.ref == sku).order_by(OutboxRow.id.desc()).limit(10)
+        ).all()
+        data: dict[str, Any] = {"sku": sku, "known": found is not None}
+        if found is not None:
+            data.update(
+                in_skyhub=found.in_skyhub,
+                parent_sku=found.parent_sku,
+                acknowledged=found.acknowledged,
+                linked=found.linked,
+                linked_since=found.linked_since.isoformat() if found.linked_since else None,
+                frozen=found.frozen,
+                frozen_since=found.frozen_since.isoformat() if found.frozen_since else None,
+                unfrozen_at=found.unfrozen_at.isoformat() if found.unfrozen_at else None,
+                last_applied=found.last_applied,
+            )
+        data["recent_rows"] = [_row_dict(r) for r in recent]
+    if as_json:
+        _echo_json(data)
+        return
+    if not data["known"]:
+        click.echo(f"{sku}: skysync has not delivered anything for this SKU yet")
+    else:
+        state = "frozen" if data["frozen"] else "not frozen"
+        if data["frozen"]:
+            state += f" since {data['frozen_since']} (linked to the marketplace)"
+        click.echo(f"{sku}: {'in SkyHub' if data['in_skyhub'] else 'not in SkyHub yet'}, {state}")
+        if data["parent_sku"]:
+            click.echo(f"  variation of {data['parent_sku']}")
+        click.echo("  acknowledged by SkyHub:")
+        for name, value in sorted(data["acknowledged"].items()):
+            click.echo(f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}")
+    click.echo("  recent rows:")
+    for r in data["recent_rows"]:
+        click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {r['reason'] or ''}")
+
+
+@item.command("unfreeze")
+@click.argument("sku")
+@pass_ctx
+def item_unfreeze(ctx: Context, sku: str) -> None:
+    """Let attribute changes of a linked product through again (an operator's decision: the
+    marketplace may still ignore them). Withheld rows can then be requeued."""
+    from skysync.db import session_scope
+    from skysync.items import unfreeze
+    from skysync.models import utcnow
+
+    with session_scope(ctx.settings.database_url) as session:
+        if not unfreeze(session, sku, utcnow()):
+            click.echo(f"skysync: unknown SKU {sku!r}", err=True)
+            sys.exit(1)
+    click.echo(
+        f"{sku} unfrozen: attribute changes go out again. "
+        f"Requeue its withheld rows with `skysync outbox requeue ID...`."
+    )
 
 
 def erp_role_sql(role: str) -> str:

@@ -1,0 +1,103 @@
+"""The composition root: builds the SkyHub client, the rate limiter and the relay from Settings,
+once per process. Entrypoints (Celery tasks, CLI) ask here; nothing else wires objects together.
+
+Where requests go: the configured SkyHub when all three credentials are set. Without them, the
+emulator: the one this process started (``skysync run``), or the one SKYSYNC_SKYHUB_URL points at
+when that is not SkyHub's own address. Credentials never go to SkyHub empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from skysync.config import DEFAULT_SKYHUB_URL, Settings, get_settings
+from skysync.ratelimit import RateLimiter, account_namespace
+from skysync.relay import Relay
+from skysync.skyhub.client import SkyHubClient, bucket_rate
+
+log = logging.getLogger("skysync")
+
+# Any non-empty credentials open the emulator; these say where they came from.
+EMULATOR_CREDENTIALS = {
+    "email": "emulator@skysync.local",
+    "api_key": "emulator-key",
+    "account_key": "emulator-account",
+}
+
+
+class NoSkyHubTarget(RuntimeError):
+    """No credentials and no emulator: refusing to send anonymous requests to SkyHub."""
+
+
+@dataclass
+class _State:
+    emulator_url: str | None = None
+    relay: Relay | None = None
+    settings: Settings | None = None
+
+
+_state = _State()
+_lock = threading.Lock()
+
+
+def use_emulator(url: str) -> None:
+    """This process started an emulator at ``url``: send there (``skysync run`` with no
+    credentials)."""
+    with _lock:
+        _state.emulator_url = url
+        _state.relay = None
+
+
+def skyhub_target(settings: Settings) -> tuple[str, bool]:
+    """(base URL, is it the emulator)."""
+    if settings.has_skyhub_credentials:
+        return settings.skyhub_url, False
+    if _state.emulator_url:
+        return _state.emulator_url, True
+    if settings.skyhub_url != DEFAULT_SKYHUB_URL:
+        return settings.skyhub_url, True
+    raise NoSkyHubTarget(
+        "no SkyHub credentials: set SKYSYNC_SKYHUB_EMAIL, SKYSYNC_SKYHUB_API_KEY and "
+        "SKYSYNC_SKYHUB_ACCOUNT_KEY, or point SKYSYNC_SKYHUB_URL at an emulator "
+        "(`skysync sandbox`), or use `skysync run`, which starts one"
+    )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(
+        settings.rate_limit,
+        storage_url=settings.redis_url,
+        namespace=account_namespace(settings.skyhub_url, settings.skyhub_email),
+        rate_for=lambda bucket: bucket_rate(bucket, settings.rate_limit),
+    )
+
+
+def build_client(settings: Settings, *, limiter: RateLimiter | None = None) -> SkyHubClient:
+    url, emulated = skyhub_target(settings)
+    if emulated:
+        return SkyHubClient(url, limiter=limiter, **EMULATOR_CREDENTIALS)
+    return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter)
+
+
+def build_relay(settings: Settings) -> Relay:
+    return Relay(settings, build_client(settings, limiter=build_limiter(settings)))
+
+
+def get_relay() -> Relay:
+    """The process-wide relay (built on first use, after a fork too)."""
+    with _lock:
+        if _state.relay is None:
+            _state.settings = _state.settings or get_settings()
+            _state.relay = build_relay(_state.settings)
+        return _state.relay
+
+
+def reset() -> None:
+    """Forget the built objects (after fork, in tests)."""
+    with _lock:
+        if _state.relay is not None:
+            _state.relay.client.close()
+        _state.relay = None
+        _state.settings = None

@@ -1,0 +1,69 @@
+"""The Celery application: ``celery -A skysync.celery_app worker|beat|flower``.
+
+Delivery contract: JSON only, late acks (a task whose worker dies is delivered again, and the
+tasks are idempotent: they act only on rows still claimed by their token), results ignored,
+time limits under the relay's lease so a stuck task is killed before its rows are reclaimed.
+The database is the source of truth; the broker is a doorbell that may lose messages.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from skysync.config import get_settings
+
+
+def _time_limits(lease_seconds: float) -> tuple[float, float]:
+    hard = max(10.0, min(600.0, lease_seconds * 0.9))
+    return hard * 0.9, hard
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    soft, hard = _time_limits(settings.lease_seconds)
+    app = Celery("skysync", broker=settings.effective_broker_url, include=["skysync.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_soft_time_limit=soft,
+        task_time_limit=hard,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        beat_schedule={
+            "relay": {
+                "task": "skysync.relay_batch",
+                "schedule": timedelta(seconds=settings.sync_interval),
+                "options": {"expires": settings.sync_interval},
+            },
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    if settings.effective_broker_url.startswith(("redis", "rediss", "sqs")):
+        # These brokers redeliver an unacknowledged task after this; keep it well above the
+        # task time limit. (The SQLAlchemy transport hands its options to create_engine.)
+        app.conf.broker_transport_options = {"visibility_timeout": max(3600, int(hard * 4))}
+    return app
+
+
+app = make_app()
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs: object) -> None:
+    # Pooled connections must not cross a fork.
+    from skysync import bootstrap
+    from skysync.db import dispose_engines
+
+    dispose_engines()
+    bootstrap.reset()

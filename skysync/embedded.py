@@ -1,0 +1,128 @@
+"""`skysync run`: the whole daemon in one process. A Celery worker (threads pool) with embedded
+beat, on whatever broker Settings name (a SQLite file by default: no server needed), and, when no
+SkyHub credentials are configured, the built-in SkyHub emulator, announced loudly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from skysync.config import DEFAULT_SKYHUB_URL, Settings, mask_dsn
+
+log = logging.getLogger("skysync")
+
+DEMO_ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "product",
+        "DEMO-CANECA-AZUL",
+        {
+            "name": "[DEMO] Caneca azul 300 ml",
+            "description": "Demo data seeded by `skysync run --demo`.",
+            "status": "enabled",
+            "qty": 12,
+            "price": 39.9,
+            "brand": "skysync demo",
+            "images": ["https://example.com/demo/caneca-azul.jpg"],
+            "categories": [{"code": "demo", "name": "Demo > Cozinha"}],
+        },
+    ),
+    ("price", "DEMO-CANECA-AZUL", {"price": 42.5, "promotional_price": 37.9}),
+    ("stock", "DEMO-CANECA-AZUL", {"qty": 9}),
+    ("stock", "DEMO-CANECA-AZUL", {"qty": 0}),
+    ("price", "DEMO-NAO-EXISTE", {"price": 10.0}),
+    ("price", "DEMO-PRECO-RUIM", {"price": "12,50"}),
+]
+
+
+def seed_demo(settings: Settings) -> int:
+    """Write the demo rows when the outbox is empty; return how many were written."""
+    import sqlalchemy as sa
+
+    from skysync.db import session_scope
+    from skysync.models import OutboxRow
+
+    with session_scope(settings.database_url) as session:
+        if session.execute(sa.select(sa.func.count()).select_from(OutboxRow)).scalar_one():
+            return 0
+        # Plain rows, as an ERP would INSERT them: the bad one is rejected by the relay.
+        for kind, ref, payload in DEMO_ROWS:
+            session.add(OutboxRow(kind=kind, ref=ref, payload=payload))
+    return len(DEMO_ROWS)
+
+
+def _banner(lines: list[str]) -> None:
+    width = max(len(line) for line in lines) + 4
+    click.echo("=" * width, err=True)
+    for line in lines:
+        click.echo(f"  {line}", err=True)
+    click.echo("=" * width, err=True)
+
+
+def run_daemon(settings: Settings, *, demo: bool, concurrency: int, emulator_port: int) -> None:
+    from celery.signals import worker_ready
+
+    from skysync import bootstrap
+    from skysync.db import migrate
+    from skysync.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    migrate(settings.database_url)
+    sandbox = None
+    if not settings.has_skyhub_credentials and settings.skyhub_url == DEFAULT_SKYHUB_URL:
+        from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+
+        sandbox = Sandbox(SandboxConfig(port=emulator_port))
+        url = sandbox.start()
+        bootstrap.use_emulator(url)
+        _banner(
+            [
+                "NO SKYHUB CREDENTIALS: talking to the BUILT-IN SKYHUB EMULATOR, not to SkyHub.",
+                f"Emulator: {url}  (state: {url}/_sandbox/state)",
+                "Set SKYSYNC_SKYHUB_EMAIL, SKYSYNC_SKYHUB_API_KEY and SKYSYNC_SKYHUB_ACCOUNT_KEY",
+                "to deliver to your SkyHub account.",
+            ]
+        )
+    seeded = seed_demo(settings) if demo else 0
+    where = [
+        f"database: {mask_dsn(settings.database_url)}",
+        f"broker:   {mask_dsn(settings.effective_broker_url)}",
+        f"relay every {settings.sync_interval:.0f} s; one batch runs now at start",
+        "watch:    skysync status  |  skysync outbox list  |  skysync item show SKU",
+    ]
+    if seeded:
+        where.insert(0, f"seeded {seeded} DEMO rows (SKUs DEMO-*) into the empty outbox")
+    _banner(where)
+
+    def _first_batch(**_kw: object) -> None:
+        from skysync.tasks import relay_batch
+
+        relay_batch.delay()
+
+    worker_ready.connect(_first_batch, weak=False)
+    from skysync.celery_app import app
+
+    schedule = _beat_schedule_path(settings)
+    argv = [
+        "worker",
+        "--beat",
+        f"--schedule={schedule}",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname=skysync@%h",
+    ]
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def _beat_schedule_path(settings: Settings) -> Path:
+    base = settings.sqlite_path or Path("skysync.db")
+    return base.with_name(base.stem + ".beat-schedule")
