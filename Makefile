@@ -26,8 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations
 
+## bench: relay throughput through a real Celery worker, and limiter accuracy (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
+	$(BIN)/python -m bench.limiter_accuracy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

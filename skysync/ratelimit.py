@@ -1,34 +1,51 @@
-"""The request pacer shared by every worker: one moving one-second window per SkyHub account,
-endpoint and method, kept in Redis when ``SKYSYNC_REDIS_URL`` is set (so every process on every
-machine draws from the same budget) and in memory otherwise (one process: the embedded default).
+"""The request pacer shared by every worker: one budget per SkyHub account, endpoint and method,
+kept in Redis when ``SKYSYNC_REDIS_URL`` is set (every process on every machine draws from the
+same budget) and in memory otherwise (one process: the embedded default).
 
-Built on the ``limits`` package (moving window strategy). Its windows hold whole requests, so a
-fractional rate is applied as the whole number below it: the default 8.5/s paces at 8 requests
-in any one-second window, under SkyHub's 9/s even when network jitter bunches arrivals. Rates
-below 1/s become one request per ``round(1/rate)`` seconds.
+Algorithm: GCRA (the generic cell rate algorithm, "leaky bucket as a meter"). Each bucket keeps
+one number, the theoretical arrival time (TAT) of the next request; a request may go when
+``TAT - tolerance <= now`` and pushes TAT forward by ``1/rate``. With no burst tolerance the
+requests leave evenly spaced ``1/rate`` apart, so at 8.5/s no one-second window ever holds more
+than 9, SkyHub's limit, and fractional rates are honoured exactly. In Redis the check-and-set is
+one Lua script using the Redis server's clock, so it is atomic and immune to clock skew between
+worker machines.
+
+Why not the ``limits`` package: its Redis moving window let 16 requests through in one second at
+a limit of 8/s under 16 concurrent threads (``bench/limiter_accuracy.py``), which SkyHub answers
+with 429s. Its in-memory window was exact, but one algorithm for both storages is simpler.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+_GCRA_LUA = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - tolerance > now then
+  return tat - tolerance - now
+end
+local new_tat = tat + interval
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+return 0
+"""
 
 
 class RateLimitTimeout(Exception):
     """No request slot came free within the wait the caller allowed."""
 
 
-def window_item(rate: float) -> RateLimitItem:
-    """The ``limits`` item for ``rate`` requests per second (see the module docstring)."""
-    if rate >= 1:
-        return RateLimitItemPerSecond(math.floor(rate), 1)
-    return RateLimitItemPerSecond(1, max(1, round(1 / rate)))
+class RateLimiterUnavailable(Exception):
+    """The shared limiter's storage (Redis) cannot be reached."""
 
 
 def account_namespace(skyhub_url: str, email: str | None) -> str:
@@ -37,11 +54,62 @@ def account_namespace(skyhub_url: str, email: str | None) -> str:
     return f"skysync:rl:{digest}"
 
 
+class _Store(Protocol):
+    def take(self, key: str, interval_us: int, tolerance_us: int) -> float:
+        """0 when a slot was taken, else the seconds to wait before asking again."""
+
+    def reset(self, prefix: str) -> None: ...
+
+
+class _MemoryStore:
+    def __init__(self) -> None:
+        self._tat: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, interval_us: int, tolerance_us: int) -> float:
+        with self._lock:
+            now = time.monotonic_ns() // 1000
+            tat = max(self._tat.get(key, 0), now)
+            if tat - tolerance_us > now:
+                return (tat - tolerance_us - now) / 1e6
+            self._tat[key] = tat + interval_us
+            return 0.0
+
+    def reset(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._tat if k.startswith(prefix)]:
+                del self._tat[key]
+
+
+class _RedisStore:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._script = self._redis.register_script(_GCRA_LUA)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+
+    def take(self, key: str, interval_us: int, tolerance_us: int) -> float:
+        try:
+            wait_us = self._script(keys=[key], args=[interval_us, tolerance_us])
+        except self._errors as exc:
+            raise RateLimiterUnavailable(f"rate limiter storage: {type(exc).__name__}") from exc
+        return int(wait_us) / 1e6
+
+    def reset(self, prefix: str) -> None:
+        try:
+            for key in self._redis.scan_iter(match=f"{prefix}*", count=500):
+                self._redis.delete(key)
+        except self._errors as exc:
+            raise RateLimiterUnavailable(f"rate limiter storage: {type(exc).__name__}") from exc
+
+
 class RateLimiter:
     """``acquire(bucket)`` blocks until a request to that bucket may go out.
 
-    ``rate_for(bucket)`` gives a bucket's own rate (SkyHub allows 1/s on some endpoints);
-    by default every bucket runs at ``rate``.
+    ``rate_for(bucket)`` gives a bucket's own rate in requests per second (SkyHub allows 1/s on
+    some endpoints); by default every bucket runs at ``rate``. ``burst`` is how many requests may
+    leave back to back after a quiet spell (1: always evenly spaced).
     """
 
     def __init__(
@@ -51,36 +119,34 @@ class RateLimiter:
         storage_url: str | None = None,
         namespace: str = "skysync:rl:local",
         rate_for: Callable[[str], float] | None = None,
+        burst: int = 1,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
         self.rate = rate
         self.namespace = namespace
-        self.storage_url = storage_url or "memory://"
-        self._limiter = MovingWindowRateLimiter(storage_from_string(self.storage_url))
-        self._items: dict[str, RateLimitItem] = {}
+        self.burst = max(1, burst)
+        self.shared = bool(storage_url and not storage_url.startswith("memory"))
+        self._store: _Store = _RedisStore(storage_url) if self.shared else _MemoryStore()  # type: ignore[arg-type]
         self._rate_for = rate_for or (lambda _bucket: rate)
         self._sleep = sleep
 
-    def _item(self, bucket: str) -> RateLimitItem:
-        item = self._items.get(bucket)
-        if item is None:
-            item = self._items[bucket] = window_item(self._rate_for(bucket))
-        return item
+    def _params(self, bucket: str) -> tuple[int, int]:
+        interval = round(1_000_000 / self._rate_for(bucket))
+        return interval, interval * (self.burst - 1)
 
     def try_acquire(self, bucket: str) -> float:
         """Take a slot now and return 0, or return how many seconds until one may be free."""
-        item = self._item(bucket)
-        if self._limiter.hit(item, self.namespace, bucket):
-            return 0.0
-        stats = self._limiter.get_window_stats(item, self.namespace, bucket)
-        return max(0.005, stats.reset_time - time.time())
+        interval, tolerance = self._params(bucket)
+        return self._store.take(f"{self.namespace}:{bucket}", interval, tolerance)
 
     def acquire(self, bucket: str, *, max_wait: float = 120.0) -> float:
         """Block until a slot for ``bucket`` is taken; return the seconds spent waiting."""
         waited = 0.0
         while True:
             delay = self.try_acquire(bucket)
-            if delay == 0.0:
+            if delay <= 0.0:
                 return waited
             if waited + delay > max_wait:
                 raise RateLimitTimeout(f"no request slot for {bucket} within {max_wait:.0f} s")
@@ -88,5 +154,5 @@ class RateLimiter:
             waited += delay
 
     def reset(self) -> None:
-        """Forget every window (tests and the emulator-backed demo)."""
-        self._limiter.storage.reset()
+        """Forget every bucket of this namespace (tests, benchmarks)."""
+        self._store.reset(self.namespace)
