@@ -45,6 +45,11 @@ def make_app() -> Celery:
                 "schedule": timedelta(seconds=settings.sync_interval),
                 "options": {"expires": settings.sync_interval},
             },
+            "pull-orders": {
+                "task": "skysync.pull_orders",
+                "schedule": timedelta(seconds=settings.order_poll_interval),
+                "options": {"expires": settings.order_poll_interval},
+            },
         },
         timezone="UTC",
         enable_utc=True,

@@ -335,6 +335,131 @@ def item_unfreeze(ctx: Context, sku: str) -> None:
     )
 
 
+@cli.group()
+def orders() -> None:
+    """Orders from SkyHub's queue, and the status steps sent back."""
+
+
+@orders.command("pull")
+@click.option("--max-orders", default=500, show_default=True, type=click.IntRange(1))
+@pass_ctx
+def orders_pull(ctx: Context, max_orders: int) -> None:
+    """Drain SkyHub's order queue into the inbox once, in this process."""
+    from skysync.orders import pull_orders
+
+    relay = _relay_or_exit(ctx.settings)
+    summary = pull_orders(relay.url, relay.client, max_orders=max_orders)
+    _echo_json(summary.as_dict())
+    if summary.stopped:
+        sys.exit(1)
+
+
+@orders.command("list")
+@click.option("--status", help="Current status code, e.g. payment_received.")
+@click.option(
+    "--unconsumed", is_flag=True, help="Only orders with inbox rows the ERP has not read."
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def orders_list(
+    ctx: Context, status: str | None, unconsumed: bool, limit: int, as_json: bool
+) -> None:
+    """Orders skysync knows, newest first, with their current status."""
+    import sqlalchemy as sa
+
+    from skysync.db import session_scope
+    from skysync.models import Order, OrderInbox
+
+    waiting = (
+        sa.select(sa.func.count())
+        .where(OrderInbox.code == Order.code, OrderInbox.consumed_at.is_(None))
+        .scalar_subquery()
+    )
+    query = sa.select(Order, waiting).order_by(Order.updated_at.desc()).limit(limit)
+    if status:
+        query = query.where(Order.status == status)
+    if unconsumed:
+        query = query.where(waiting > 0)
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        found = [
+            {
+                "code": order.code,
+                "status": order.status,
+                "status_source": order.status_source,
+                "unconsumed_inbox_rows": n,
+                "parse_error": order.parse_error,
+                "updated_at": order.updated_at.isoformat() if order.updated_at else None,
+            }
+            for order, n in session.execute(query)
+        ]
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no orders")
+    for o in found:
+        flag = f"  FLAGGED: {o['parse_error']}" if o["parse_error"] else ""
+        click.echo(
+            f"{o['code']:<40} {o['status'] or '?':<20} from {o['status_source'] or '?':<8} "
+            f"unread={o['unconsumed_inbox_rows']}{flag}"
+        )
+
+
+@orders.command("show")
+@click.argument("code")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def orders_show(ctx: Context, code: str, as_json: bool) -> None:
+    """One order: its inbox history and the status steps sent back, with their states."""
+    import sqlalchemy as sa
+
+    from skysync.db import session_scope
+    from skysync.models import ORDER_KINDS, Order, OrderInbox, OutboxRow
+
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        order = session.get(Order, code)
+        inbox = session.scalars(
+            sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
+        ).all()
+        steps = session.scalars(
+            sa.select(OutboxRow)
+            .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+            .order_by(OutboxRow.id)
+        ).all()
+        data = {
+            "code": code,
+            "status": order.status if order else None,
+            "status_source": order.status_source if order else None,
+            "inbox": [
+                {
+                    "id": r.id,
+                    "status": r.status,
+                    "received_at": r.received_at.isoformat(),
+                    "consumed_at": r.consumed_at.isoformat() if r.consumed_at else None,
+                    "parse_error": r.parse_error,
+                }
+                for r in inbox
+            ],
+            "steps": [_row_dict(r) for r in steps],
+        }
+    if as_json:
+        _echo_json(data)
+        return
+    if order is None and not inbox and not steps:
+        click.echo(f"skysync: unknown order {code!r}", err=True)
+        sys.exit(1)
+    click.echo(f"{code}: {data['status'] or 'status unknown'} (from {data['status_source']})")
+    click.echo("  received from SkyHub:")
+    for r in data["inbox"]:
+        read = f"read by the ERP {r['consumed_at']}" if r["consumed_at"] else "not read yet"
+        flag = f"  FLAGGED: {r['parse_error']}" if r["parse_error"] else ""
+        click.echo(f"    {r['id']:>8} {r['status'] or '?':<20} {r['received_at']}  {read}{flag}")
+    click.echo("  steps sent back:")
+    for r in data["steps"]:
+        click.echo(f"    {r['id']:>8} {r['kind']:<26} {r['state']:<10} {r['reason'] or ''}")
+
+
 def erp_role_sql(role: str) -> str:
     """The least-privilege grants for the ERP's database role (PostgreSQL)."""
     return f"""\

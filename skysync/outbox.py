@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import OUTBOX_STATES, OutboxRow, UTCDateTime, utcnow
+from skysync.models import OUTBOX_STATES, SKU_KINDS, OutboxRow, UTCDateTime, utcnow
 from skysync.validation import validate
 
 
@@ -76,8 +76,8 @@ def claim_due(
     session: Session, *, token: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[OutboxRow]:
     """Claim pending rows due now, oldest first, up to ``limit``, never a key (ref) that still has
-    an in_flight row; with them every other pending row of the same keys, so that all of a
-    key's changes are folded together. Returns the claimed rows in id order."""
+    an in_flight row; with them every other pending product/price/stock row of the same SKUs,
+    so that all of a SKU's changes are folded together. Returns the claimed rows in id order."""
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     in_flight = sa.orm.aliased(OutboxRow, name="f")
@@ -99,6 +99,8 @@ def claim_due(
         session.execute(
             sa.update(OutboxRow)
             .where(OutboxRow.state == "pending", OutboxRow.ref.in_(chunk))
+            # a SKU's not-yet-due rows fold into this request; an order's wait their turn
+            .where(sa.or_(OutboxRow.kind.in_(SKU_KINDS), OutboxRow.available_at <= now))
             .values(state="in_flight", claim_token=token, lease_until=lease_until, updated_at=now)
         )
         claimed.extend(

@@ -36,10 +36,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync import items as item_store
-from skysync import outbox
+from skysync import order_store, outbox
 from skysync.config import Settings
 from skysync.db import session_scope
 from skysync.models import ORDER_KINDS, SKU_KINDS, OutboxRow, RunLog, utcnow
+from skysync.order_flow import TARGET_STATUS, check_step
 from skysync.planner import (
     ItemView,
     Row,
@@ -90,6 +91,8 @@ class Outcome:
     acks: list[Ack] = field(default_factory=list)
     exists: dict[str, bool] = field(default_factory=dict)
     linked: set[str] = field(default_factory=set)
+    order_status: tuple[str, str] | None = None  # (code, status) after a step went out
+    blocks_later: bool = False  # later steps of the same order must wait for this one
 
 
 class _Stop(Exception):
@@ -560,29 +563,50 @@ class Relay:
 
     # -- orders ---------------------------------------------------------------------------
     def _deliver_order(self, token: str, rows: list[Row]) -> str:
-        """Order steps go out one by one in id order; a step that cannot go now holds back the
-        later ones, which never overtake it."""
+        """Order steps go out one by one in id order and never overtake an earlier step of the
+        same order that has not gone yet (pending, or refused by SkyHub, or dead) unless they
+        are a newer row of that same kind: the fix."""
+        code = rows[0].ref
+        claimed = {r.id for r in rows}
+        with session_scope(self.url) as session:
+            open_steps = order_store.unresolved_steps(session, code, exclude=claimed)
+            current = order_store.current_status(session, code)
         last = "sent"
         for index, row in enumerate(rows):
-            outcome = self._push_order_step(row)
+            blocker = next((b for b in open_steps if b.id < row.id and b.kind != row.kind), None)
+            if blocker is not None:
+                outcome = Outcome(
+                    state="wait",
+                    delay=5.0,
+                    reason=f"waiting for row {blocker.id} ({blocker.kind}, {blocker.state}) "
+                    "to go first",
+                )
+            else:
+                outcome = self._push_order_step(row, current)
             self._record(token, [row], outcome)
             last = outcome.state
-            if outcome.state != "sent":
-                later = rows[index + 1 :]
-                if later:
-                    wait = Outcome(
-                        state="wait",
-                        delay=max(outcome.delay, 1.0),
-                        reason=f"waiting for row {row.id} ({row.kind}) to go first",
-                    )
-                    self._record(token, later, wait)
-                if outcome.state == "auth":
-                    raise AuthenticationError(outcome.reason or "", status=outcome.status)
-                break
+            if outcome.state == "auth":
+                rest = rows[index + 1 :]
+                if rest:
+                    self._record(token, rest, Outcome(state="auth", reason=outcome.reason))
+                raise AuthenticationError(outcome.reason or "", status=outcome.status)
+            if outcome.state == "sent":
+                current = outcome.order_status[1] if outcome.order_status else current
+                # a newer row of a blocker's kind went out: that blocker is resolved
+                open_steps = [b for b in open_steps if b.kind != row.kind or b.id > row.id]
+            elif blocker is None and outcome.blocks_later:
+                open_steps.append(order_store.Step(row.id, row.kind, outcome.state))
         return last
 
-    def _push_order_step(self, row: Row) -> Outcome:
+    def _push_order_step(self, row: Row, current: str | None) -> Outcome:
         code, payload = row.ref, row.payload
+        target = TARGET_STATUS[row.kind]
+        check = check_step(row.kind, current)
+        if check.verdict == "done":
+            return Outcome(state="sent", reason=check.reason, order_status=(code, target))
+        if check.verdict == "refuse":
+            # Refused here, no request spent; it does not hold later steps back.
+            return Outcome(state="rejected", reason=f"refused locally: {check.reason}")
         actions: dict[str, Callable[[], None]] = {
             "order_invoice": lambda: self.client.invoice_order(
                 code, payload["key"], payload.get("issue_date")
@@ -599,21 +623,44 @@ class Relay:
         except RateLimited as exc:
             return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
         except RetryableError as exc:
-            return Outcome(state="retry", reason=str(exc), error=str(exc), status=exc.status)
+            return Outcome(
+                state="retry", reason=str(exc), error=str(exc), status=exc.status,
+                blocks_later=True,
+            )  # fmt: skip
+        except Unprocessable as exc:
+            if self._order_has_status(code, target):
+                return Outcome(
+                    state="sent",
+                    reason=f"order was already {target} in SkyHub ({exc.message})",
+                    order_status=(code, target),
+                )
+            return Outcome(
+                state="rejected", reason=f"SkyHub refused it: {exc}", error=str(exc),
+                status=exc.status, blocks_later=True,
+            )  # fmt: skip
         except PermanentError as exc:
             return Outcome(
-                state="rejected",
-                reason=f"SkyHub refused it: {exc}",
-                error=str(exc),
-                status=exc.status,
-            )
+                state="rejected", reason=f"SkyHub refused it: {exc}", error=str(exc),
+                status=exc.status, blocks_later=True,
+            )  # fmt: skip
         except AuthenticationError as exc:
             return Outcome(
                 state="auth",
                 reason=f"stopped: SkyHub refused the credentials ({exc})",
                 status=exc.status,
             )
-        return Outcome(state="sent")
+        return Outcome(state="sent", order_status=(code, target))
+
+    def _order_has_status(self, code: str, status: str) -> bool:
+        """After a 422: is the order already in the status we asked for (a repeat)?"""
+        try:
+            order = self._call(lambda: self.client.get_order(code))
+        except SkyHubError:
+            return False
+        current = order.get("status") if isinstance(order, dict) else None
+        if isinstance(current, dict):
+            current = current.get("code")
+        return current == status
 
     # -- recording ------------------------------------------------------------------------
     def _record(self, token: str, rows: list[Row], outcome: Outcome) -> None:
@@ -631,6 +678,8 @@ class Relay:
                 item_store.record_ack(
                     session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
                 )
+            if outcome.order_status is not None:
+                order_store.record_status(session, *outcome.order_status, now)
             self._settle_rows(session, token, rows, ids, winner, older, outcome, now)
 
     def _settle_rows(

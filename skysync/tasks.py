@@ -20,3 +20,12 @@ def relay_batch() -> dict[str, Any]:
 def deliver_chunk(token: str, row_ids: list[int]) -> dict[str, Any]:
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops)."""
     return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
+
+
+@app.task(name="skysync.pull_orders", acks_late=True, ignore_result=True)
+def pull_orders() -> dict[str, Any]:
+    """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
+    from skysync.orders import pull_orders as pull
+
+    relay = get_relay()
+    return pull(relay.url, relay.client).as_dict()

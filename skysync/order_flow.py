@@ -1,0 +1,57 @@
+"""Order status rules, pure: which step an outbox row asks for, and whether the order's last known
+status allows it. skysync refuses an impossible step itself instead of spending a request that
+SkyHub would answer with 422 (skyhub-api.md §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The status each outbox kind moves an order to.
+TARGET_STATUS = {
+    "order_invoice": "order_invoiced",
+    "order_shipment": "order_shipped",
+    "order_delivery": "complete",
+    "order_cancel": "order_canceled",
+    "order_shipment_exception": "shipment_exception",
+}
+
+# Where an order may go from each status (the status table of SkyHub's order guide).
+NEXT_STATUSES: dict[str, frozenset[str]] = {
+    "book_product": frozenset({"payment_received", "order_canceled"}),
+    "payment_received": frozenset({"order_invoiced", "order_canceled"}),
+    "order_invoiced": frozenset({"order_shipped", "order_canceled", "shipment_exception"}),
+    "order_shipped": frozenset({"complete", "shipment_exception"}),
+    "shipment_exception": frozenset({"complete", "order_shipped"}),
+    "complete": frozenset(),
+    "order_canceled": frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """``go``: send it. ``done``: the order already has that status (counts as done).
+    ``refuse``: impossible from the current status; ``reason`` says why."""
+
+    verdict: str
+    reason: str | None = None
+
+
+def check_step(kind: str, current: str | None) -> StepCheck:
+    """May an order whose last known status is ``current`` take the step of ``kind``?
+
+    An unknown order, or a status outside the table (SkyHub adds some: waiting_payment,
+    processing_store...), is not guarded: SkyHub decides.
+    """
+    target = TARGET_STATUS[kind]
+    if current is None or current not in NEXT_STATUSES:
+        return StepCheck("go")
+    if current == target:
+        return StepCheck("done", f"order is already {target}; nothing sent")
+    allowed = NEXT_STATUSES[current]
+    if target in allowed:
+        return StepCheck("go")
+    nexts = ", ".join(sorted(allowed)) or "none: the order is final"
+    return StepCheck(
+        "refuse",
+        f"order is {current}; cannot move it to {target} ({kind}); possible next: {nexts}",
+    )

@@ -1,0 +1,60 @@
+"""The SQL on ``skysync_order`` and on the order rows of the outbox that the relay consults before
+sending a step: the order's last known status, and the earlier steps still open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.models import ORDER_KINDS, Order, OutboxRow
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    kind: str
+    state: str
+
+
+def current_status(session: Session, code: str) -> str | None:
+    return session.execute(sa.select(Order.status).where(Order.code == code)).scalar()
+
+
+def record_status(session: Session, code: str, status: str, now: datetime) -> None:
+    """A step of ours went out: the order now has ``status``."""
+    order = session.get(Order, code)
+    if order is None:
+        order = Order(code=code)
+        session.add(order)
+    order.status = status
+    order.status_source = "skysync"
+    order.updated_at = now
+
+
+def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[Step]:
+    """Earlier steps of this order that later ones must not overtake: rows still waiting (not
+    claimed now), and rows SkyHub refused or that died, unless a newer row of the same kind has
+    been sent since. Rows skysync refused locally (impossible steps) block nothing."""
+    rows = session.execute(
+        sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.state, OutboxRow.last_status)
+        .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+        .where(OutboxRow.state.in_(("pending", "in_flight", "rejected", "dead", "sent")))
+        .order_by(OutboxRow.id)
+    ).all()
+    sent_after: dict[str, int] = {}
+    for row_id, kind, state, _status in rows:
+        if state == "sent":
+            sent_after[kind] = max(sent_after.get(kind, 0), row_id)
+    steps = []
+    for row_id, kind, state, last_status in rows:
+        if row_id in exclude or state == "sent":
+            continue
+        if state == "rejected" and last_status is None:
+            continue  # refused locally or invalid input: not a step that SkyHub saw
+        if state in ("rejected", "dead") and sent_after.get(kind, 0) > row_id:
+            continue  # a newer row of the same kind went out: resolved
+        steps.append(Step(row_id, kind, state))
+    return steps

@@ -1,0 +1,160 @@
+"""Orders in: SkyHub's order queue into ``skysync_order_inbox`` for the ERP.
+
+One run loops ``GET /queues/orders`` until the queue is empty (bounded per run). Each order is
+stored raw, with its status, and the order's current state is kept in ``skysync_order``; the
+transaction commits, and only then ``DELETE /queues/orders/{code}`` acknowledges it. So:
+
+* a crash or a failed acknowledgement means SkyHub delivers the order again later; the inbox's
+  unique ``dedupe_key`` (code + status) keeps that from making a second row;
+* an order that cannot be parsed (no status, fields of the wrong type) is stored raw and flagged
+  with the problem, acknowledged, and counted by ``skysync status``: never dropped, never left to
+  block the queue. One without even a code cannot be acknowledged; it is stored once and then
+  recognised by its content each time SkyHub redelivers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.db import session_scope
+from skysync.models import Order, OrderInbox, RunLog, utcnow
+from skysync.skyhub.client import SkyHubClient
+from skysync.skyhub.errors import AuthenticationError, SkyHubError
+from skysync.skyhub.payloads import QueuedOrder
+
+log = logging.getLogger("skysync.orders")
+
+MAX_ORDERS_PER_RUN = 500
+
+
+@dataclass
+class PullSummary:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    flagged: int = 0
+    acknowledged: int = 0
+    ack_failed: int = 0
+    unacknowledgeable: int = 0
+    stopped: str | None = None
+    codes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["codes"] = self.codes[:50]
+        return data
+
+
+def dedupe_key(queued: QueuedOrder) -> str:
+    """One inbox row per order state: the code and status, or the content when unparseable."""
+    if queued.problem is None and queued.code and queued.status_code:
+        return f"{queued.code}|{queued.status_code}"
+    raw = json.dumps(queued.raw, sort_keys=True, ensure_ascii=False, default=str)
+    return f"{queued.code or '?'}|malformed|{hashlib.sha256(raw.encode()).hexdigest()[:24]}"
+
+
+def store_order(session: Session, queued: QueuedOrder, now: datetime) -> bool:
+    """Write one queued order; False when this order state was already stored."""
+    key = dedupe_key(queued)
+    exists = session.execute(sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == key)).first()
+    if exists is not None:
+        return False
+    code = queued.code or "?"
+    row = OrderInbox(
+        code=code,
+        status=queued.status_code,
+        dedupe_key=key,
+        raw=queued.raw if queued.raw is not None else {},
+        parse_error=queued.problem,
+        received_at=now,
+    )
+    session.add(row)
+    session.flush()
+    if queued.code:
+        order = session.get(Order, queued.code)
+        if order is None:
+            order = Order(code=queued.code)
+            session.add(order)
+        if queued.status_code:
+            order.status = queued.status_code
+            order.status_source = "skyhub"
+        order.parse_error = queued.problem
+        order.last_inbox_id = row.id
+        order.updated_at = now
+    return True
+
+
+def pull_orders(
+    url: str, client: SkyHubClient, *, max_orders: int = MAX_ORDERS_PER_RUN
+) -> PullSummary:
+    """Drain SkyHub's order queue into the inbox (one run). Records the run for `status`."""
+    summary = PullSummary()
+    started = utcnow()
+    error: str | None = None
+    try:
+        _pull(url, client, summary, max_orders)
+    except AuthenticationError as exc:
+        error = f"stopped: SkyHub refused the credentials ({exc})"
+        summary.stopped = error
+    except SkyHubError as exc:
+        # Stored orders are safe; the rest stay in SkyHub's queue for the next run.
+        error = f"stopped: {exc}"
+        summary.stopped = error
+    with session_scope(url) as session:
+        session.add(
+            RunLog(
+                kind="pull_orders",
+                started_at=started,
+                finished_at=utcnow(),
+                summary=summary.as_dict(),
+                error=error,
+            )
+        )
+    return summary
+
+
+def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int) -> None:
+    seen_unackable: set[str] = set()
+    while summary.received < max_orders:
+        queued = client.next_queued_order()
+        if queued is None:
+            return
+        summary.received += 1
+        try:
+            with session_scope(url) as session:
+                stored = store_order(session, queued, utcnow())
+        except sa.exc.IntegrityError:
+            stored = False  # another puller stored this same order state a moment ago
+        if stored:
+            summary.stored += 1
+            if queued.problem:
+                summary.flagged += 1
+                log.warning("order %s stored raw and flagged: %s", queued.code, queued.problem)
+        else:
+            summary.duplicates += 1
+        if not queued.code:
+            # Nothing to acknowledge it by; SkyHub hides it for a while, then sends it again.
+            summary.unacknowledgeable += 1
+            key = dedupe_key(queued)
+            if key in seen_unackable:
+                return  # only such orders left this run
+            seen_unackable.add(key)
+            continue
+        summary.codes.append(queued.code)
+        try:
+            client.ack_order(queued.code)
+            summary.acknowledged += 1
+        except AuthenticationError:
+            raise
+        except SkyHubError as exc:
+            # Stored already: SkyHub delivers it again later and the dedupe key absorbs it.
+            summary.ack_failed += 1
+            log.warning("acknowledging order %s failed (%s); it will come again", queued.code, exc)
