@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import closing
 from typing import Any
 
 import click
@@ -139,7 +140,9 @@ def _relay_or_exit(settings: Settings) -> Any:
 @pass_ctx
 def relay(ctx: Context) -> None:
     """Run one relay batch in this process and print its summary."""
-    summary = _relay_or_exit(ctx.settings).run_batch()
+    relay_ = _relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        summary = relay_.run_batch()
     _echo_json(summary.as_dict())
 
 
@@ -151,7 +154,9 @@ def drain(ctx: Context, max_batches: int) -> None:
     in flight, 1 otherwise (rows backing off, or a stop such as refused credentials)."""
     from skysync.relay import drain as drain_outbox
 
-    batches, counts = drain_outbox(_relay_or_exit(ctx.settings), max_batches=max_batches)
+    relay_ = _relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        batches, counts = drain_outbox(relay_, max_batches=max_batches)
     _echo_json({"batches": batches, "outbox": counts})
     if counts["pending"] or counts["in_flight"]:
         click.echo(
@@ -347,8 +352,9 @@ def orders_pull(ctx: Context, max_orders: int) -> None:
     """Drain SkyHub's order queue into the inbox once, in this process."""
     from skysync.orders import pull_orders
 
-    relay = _relay_or_exit(ctx.settings)
-    summary = pull_orders(relay.url, relay.client, max_orders=max_orders)
+    relay_ = _relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        summary = pull_orders(relay_.url, relay_.client, max_orders=max_orders)
     _echo_json(summary.as_dict())
     if summary.stopped:
         sys.exit(1)

@@ -23,6 +23,7 @@ def view(item: Item | None, sku: str) -> ItemView:
         acknowledged=dict(item.acknowledged or {}),
         frozen=item.frozen,
         frozen_since=item.frozen_since,
+        unfrozen=item.unfrozen_at is not None and not item.frozen,
         last_applied={k: int(v) for k, v in (item.last_applied or {}).items()},
     )
 

@@ -136,6 +136,7 @@ def finish(
     superseded_by: int | None = None,
     last_error: str | None = None,
     last_status: int | None = None,
+    attempts: int | None = None,
 ) -> int:
     """Move claimed rows to a final state. Only rows still held by ``token`` change, so a task
     whose lease was reclaimed cannot overwrite what a later claim decided."""
@@ -150,6 +151,8 @@ def finish(
     }
     if superseded_by is not None:
         values["superseded_by"] = superseded_by
+    if attempts is not None:
+        values["attempts"] = attempts
     if last_error is not None:
         values["last_error"] = last_error
     if last_status is not None:

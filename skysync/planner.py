@@ -47,6 +47,7 @@ class ItemView:
     acknowledged: Mapping[str, Any] = field(default_factory=dict)
     frozen: bool = False
     frozen_since: datetime | None = None
+    unfrozen: bool = False  # an operator let attribute changes through (`skysync item unfreeze`)
     last_applied: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -89,9 +90,19 @@ def coalesce(rows: Sequence[Row]) -> SkuRequest:
             if name == "variations":
                 _fold_variations(request, row.id, value or [])
             elif not is_blank(value):
-                request.fields[name] = value
+                request.fields[name] = _wire_value(name, value)
                 request.sources[name] = row.id
     return request
+
+
+INTEGER_FIELDS = frozenset({"qty", "crossdocking"})
+
+
+def _wire_value(name: str, value: Any) -> Any:
+    """SkyHub's quantities are integers: a validated 5.0 goes out as 5."""
+    if name in INTEGER_FIELDS and isinstance(value, float):
+        return int(value)
+    return value
 
 
 def _fold_variations(request: SkuRequest, row_id: int, variations: list[dict[str, Any]]) -> None:
@@ -100,7 +111,7 @@ def _fold_variations(request: SkuRequest, row_id: int, variations: list[dict[str
         merged = request.variations.setdefault(sku, {"sku": sku})
         for name, value in variation.items():
             if not is_blank(value):
-                merged[name] = value
+                merged[name] = _wire_value(name, value)
         request.variation_sources[sku] = row_id
 
 
@@ -117,6 +128,8 @@ class Decision:
 
     def reason(self) -> str:
         """One line naming every withheld field, grouped by reason."""
+        if not self.withheld:
+            return "nothing to send: every field was empty (null or \"\" mean no value)"
         by_reason: dict[str, list[str]] = {}
         for name, why in self.withheld.items():
             by_reason.setdefault(why, []).append(name)

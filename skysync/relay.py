@@ -143,11 +143,6 @@ def _linked(product: dict[str, Any]) -> bool:
     return any(isinstance(a, dict) and a.get("status") == "linked" for a in associations)
 
 
-def _exists_error(exc: Unprocessable) -> bool:
-    text = exc.message.lower()
-    return "exist" in text or "já existe" in text or "ja existe" in text
-
-
 class Relay:
     """One relay per process: a SkyHub client, the database, and the knobs from Settings."""
 
@@ -316,13 +311,17 @@ class Relay:
                     summary.keys += 1
                     summary.count(outcome)
 
-        workers = max(1, min(self.concurrency, len(groups)))
+        # The first family goes alone: if SkyHub refuses the credentials, that one request is
+        # all the batch spends; the rest are released untouched.
+        run_family(groups[0])
+        rest = groups[1:]
+        workers = max(1, min(self.concurrency, len(rest)))
         if workers == 1:
-            for group in groups:
+            for group in rest:
                 run_family(group)
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="skysync-push") as pool:
-                for future in [pool.submit(run_family, g) for g in groups]:
+                for future in [pool.submit(run_family, g) for g in rest]:
                     future.result()
         summary.auth_failed = auth_failed.is_set()
         return summary
@@ -435,7 +434,8 @@ class Relay:
             item = replace(item, in_skyhub=remote is not None)
             if remote is not None and _linked(remote):
                 learned.linked.add(sku)
-                item = replace(item, frozen=True, frozen_since=self.clock())
+                if not item.unfrozen:
+                    item = replace(item, frozen=True, frozen_since=self.clock())
         decision = decide(request, item)
         if decision.nothing_to_send:
             return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
@@ -453,10 +453,12 @@ class Relay:
                     sources = dict.fromkeys(fields, request.variation_sources[v["sku"]])
                     learned.acks.append(Ack(v["sku"], fields, sources, parent_sku=sku))
                 return self._sent(learned, decision)
-            except Unprocessable as exc:
-                if not _exists_error(exc):
+            except Unprocessable:
+                # "Already exists" (a lost answer to our own POST, or a product created
+                # elsewhere meanwhile) means update it; any other 422 stands as SkyHub said it.
+                if not self._product_exists(sku):
                     raise
-                learned.exists[sku] = True  # it exists after all: update it instead
+                learned.exists[sku] = True
         if send:
             try:
                 self._call(lambda: self.client.update_product(sku, send))
@@ -485,8 +487,8 @@ class Relay:
                 pass
         try:
             self._call(lambda: self.client.create_variation(parent, variation))
-        except Unprocessable as exc:
-            if not _exists_error(exc):
+        except Unprocessable:
+            if not self._variation_exists(vsku):
                 raise
             self._call(lambda: self.client.update_variation(vsku, fields))
         learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
@@ -547,6 +549,20 @@ class Relay:
             raise
         learned.acks.append(Ack(request.sku, send, request.sources, parent_sku=parent_sku))
         return self._sent(learned, decision)
+
+    def _product_exists(self, sku: str) -> bool:
+        try:
+            self._call(lambda: self.client.get_product(sku))
+        except NotFound:
+            return False
+        return True
+
+    def _variation_exists(self, sku: str) -> bool:
+        try:
+            self._call(lambda: self.client.get_variation(sku))
+        except NotFound:
+            return False
+        return True
 
     def _parent_on_its_way(self, parent_sku: str) -> bool:
         with session_scope(self.url) as session:
@@ -740,6 +756,7 @@ class Relay:
                     session,
                     ids,
                     token,
+                    attempts=attempts,
                     state="dead",
                     now=now,
                     reason=f"gave up after {attempts} attempts; last error: {outcome.reason}",

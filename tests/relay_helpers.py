@@ -1,0 +1,168 @@
+"""Helpers for the relay's behaviour tests: write outbox rows the way an ERP does (plain SQL),
+read them back, build a relay against an emulator, look at what the emulator received."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+import skysync.config
+from skysync.db import get_engine, session_scope
+from skysync.models import OutboxRow, utcnow
+from skysync.relay import Relay, drain
+from skysync.skyhub.client import SkyHubClient
+from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+
+CLIENT_CREDENTIALS = {"email": "e@x", "api_key": "k", "account_key": "a"}
+
+
+def is_pg(db_url: str) -> bool:
+    return db_url.startswith("postgresql")
+
+
+def insert_raw(db_url: str, kind: str, ref: str, payload_text: str | None) -> int:
+    """INSERT one row with only kind, ref and payload, as the ERP does; returns its id."""
+    value = "CAST(:p AS jsonb)" if is_pg(db_url) else ":p"
+    sql = sa.text(
+        f"INSERT INTO skysync_outbox (kind, ref, payload) VALUES (:k, :r, {value}) RETURNING id"
+    )
+    with get_engine(db_url).begin() as conn:
+        return int(conn.execute(sql, {"k": kind, "r": ref, "p": payload_text}).scalar_one())
+
+
+def insert(db_url: str, kind: str, ref: str, payload: Any) -> int:
+    return insert_raw(db_url, kind, ref, json.dumps(payload, ensure_ascii=False))
+
+
+@dataclass(frozen=True)
+class RowView:
+    id: int
+    kind: str
+    ref: str
+    payload: Any
+    state: str
+    attempts: int
+    reason: str | None
+    superseded_by: int | None
+    available_at: datetime
+    lease_until: datetime | None
+    claim_token: str | None
+    last_error: str | None
+    last_status: int | None
+    finished_at: datetime | None
+
+
+def rows(db_url: str) -> dict[int, RowView]:
+    with session_scope(db_url) as session:
+        found = session.scalars(sa.select(OutboxRow).order_by(OutboxRow.id)).all()
+        return {
+            r.id: RowView(
+                r.id,
+                r.kind,
+                r.ref,
+                r.payload,
+                r.state,
+                r.attempts,
+                r.reason,
+                r.superseded_by,
+                r.available_at,
+                r.lease_until,
+                r.claim_token,
+                r.last_error,
+                r.last_status,
+                r.finished_at,
+            )
+            for r in found
+        }
+
+
+def row(db_url: str, row_id: int) -> RowView:
+    return rows(db_url)[row_id]
+
+
+def make_due(db_url: str, *ids: int) -> None:
+    """Time passes: the given rows (all pending rows when none given) are due again."""
+    past = utcnow() - timedelta(seconds=1)
+    query = sa.update(OutboxRow).where(OutboxRow.state == "pending").values(available_at=past)
+    if ids:
+        query = query.where(OutboxRow.id.in_(ids))
+    with session_scope(db_url) as session:
+        session.execute(query)
+
+
+def expire_leases(db_url: str) -> None:
+    past = utcnow() - timedelta(seconds=1)
+    with session_scope(db_url) as session:
+        session.execute(
+            sa.update(OutboxRow).where(OutboxRow.state == "in_flight").values(lease_until=past)
+        )
+
+
+def settings_for(db_url: str, **overrides: Any) -> skysync.config.Settings:
+    values: dict[str, Any] = {"database_url": db_url, "max_attempts": 3, "lease_seconds": 60}
+    values.update(overrides)
+    return skysync.config.load_settings(**values)
+
+
+def make_client(base_url: str, **kw: Any) -> SkyHubClient:
+    options: dict[str, Any] = {"timeout": httpx.Timeout(2.0), "max_rate_limit_waits": 3}
+    options.update(kw)
+    return SkyHubClient(base_url, **CLIENT_CREDENTIALS, **options)
+
+
+@contextmanager
+def relay_for(
+    db_url: str,
+    sb: Sandbox,
+    *,
+    client_kw: dict[str, Any] | None = None,
+    settings_kw: dict[str, Any] | None = None,
+    **relay_kw: Any,
+) -> Iterator[Relay]:
+    client = make_client(sb.base_url, **(client_kw or {}))
+    options: dict[str, Any] = {"quick_retry_delay": 0.01, "rng": random.Random(1)}
+    options.update(relay_kw)
+    try:
+        yield Relay(settings_for(db_url, **(settings_kw or {})), client, **options)
+    finally:
+        client.close()
+
+
+def sandbox_config(**kw: Any) -> SandboxConfig:
+    """Products never linked unless a test links them; no rate limits unless a test wants them."""
+    values: dict[str, Any] = {"link_delay": None, "rate_limits_enabled": False}
+    values.update(kw)
+    return SandboxConfig(**values)
+
+
+def requests(sb: Sandbox, method: str | None = None, route: str | None = None) -> list[dict]:
+    return [
+        e
+        for e in sb.request_log()
+        if (method is None or e["method"] == method) and (route is None or e["route"] == route)
+    ]
+
+
+def bodies(sb: Sandbox, method: str, path: str) -> list[Any]:
+    """Bodies of the requests sent to exactly ``method path`` (decoded path)."""
+    return [e["body"] for e in sb.request_log() if e["method"] == method and e["path"] == path]
+
+
+def product(sb: Sandbox, sku: str) -> dict[str, Any]:
+    return sb.state()["products"][sku]
+
+
+def create_product(db_url: str, relay: Relay, sku: str, **fields: Any) -> int:
+    """A product row for a new SKU, delivered: the SKU exists in SkyHub and skysync knows it."""
+    row_id = insert(db_url, "product", sku, {"name": f"Produto {sku}", **fields})
+    drain(relay)
+    assert row(db_url, row_id).state == "sent", row(db_url, row_id)
+    return row_id
