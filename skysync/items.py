@@ -120,3 +120,14 @@ def unfreeze(session: Session, sku: str, now: datetime) -> bool:
     item.unfrozen_at = now
     item.updated_at = now
     return True
+
+
+def forget(session: Session, sku: str, names: Iterable[str], now: datetime) -> None:
+    """Drop the acknowledged values of ``names``: SkyHub may hold something else now."""
+    item = session.get(Item, sku)
+    if item is None:
+        return
+    acknowledged = {k: v for k, v in (item.acknowledged or {}).items() if k not in set(names)}
+    if acknowledged != item.acknowledged:
+        item.acknowledged = acknowledged
+        item.updated_at = now

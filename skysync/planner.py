@@ -65,7 +65,7 @@ class SkuRequest:
     sources: dict[str, int]
     has_product_row: bool
     variations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    variation_sources: dict[str, int] = field(default_factory=dict)
+    variation_sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def winner_id(self) -> int:
@@ -109,10 +109,11 @@ def _fold_variations(request: SkuRequest, row_id: int, variations: list[dict[str
     for variation in variations:
         sku = variation["sku"]
         merged = request.variations.setdefault(sku, {"sku": sku})
+        sources = request.variation_sources.setdefault(sku, {})
         for name, value in variation.items():
-            if not is_blank(value):
+            if not is_blank(value) and name != "sku":
                 merged[name] = _wire_value(name, value)
-        request.variation_sources[sku] = row_id
+                sources[name] = row_id
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Decision:
     def reason(self) -> str:
         """One line naming every withheld field, grouped by reason."""
         if not self.withheld:
-            return "nothing to send: every field was empty (null or \"\" mean no value)"
+            return 'nothing to send: every field was empty (null or "" mean no value)'
         by_reason: dict[str, list[str]] = {}
         for name, why in self.withheld.items():
             by_reason.setdefault(why, []).append(name)
@@ -165,6 +166,20 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
     return Decision(send=send, withheld=withheld)
 
 
+def variation_request(parent: SkuRequest, variation_sku: str) -> SkuRequest:
+    """One variation carried by a product row, as a request of its own, so that it is diffed
+    against that variation's own acknowledged values and applied rows."""
+    fields = {k: v for k, v in parent.variations[variation_sku].items() if k != "sku"}
+    sources = parent.variation_sources.get(variation_sku, {})
+    return SkuRequest(
+        sku=variation_sku,
+        row_ids=sorted(set(sources.values())) or list(parent.row_ids),
+        fields=fields,
+        sources={k: sources.get(k, parent.winner_id) for k in fields},
+        has_product_row=True,
+    )
+
+
 def split_flowing(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(price/qty fields, attribute fields)."""
     flowing = {k: v for k, v in fields.items() if k in FLOWING_FIELDS}
@@ -177,7 +192,7 @@ def backoff_delay(
 ) -> float:
     """Seconds before retry number ``attempts`` (1-based): base * 2^(n-1), capped, with jitter
     drawn from [50 %, 100 %] so that rows failed together do not come back together."""
-    ceiling = min(cap, base * (2 ** max(0, attempts - 1)))
+    ceiling = min(cap, base * (2 ** min(max(0, attempts - 1), 60)))
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 

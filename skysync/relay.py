@@ -50,6 +50,7 @@ from skysync.planner import (
     decide,
     families,
     key_of,
+    variation_request,
 )
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import (
@@ -91,7 +92,13 @@ class Outcome:
     acks: list[Ack] = field(default_factory=list)
     exists: dict[str, bool] = field(default_factory=dict)
     linked: set[str] = field(default_factory=set)
+    # fields sent without a clear answer may have been applied: forget their acknowledged value
+    attempted: dict[str, set[str]] = field(default_factory=dict)
     order_status: tuple[str, str] | None = None  # (code, status) after a step went out
+
+    def attempt(self, sku: str, fields: dict[str, Any]) -> None:
+        self.attempted.setdefault(sku, set()).update(fields)
+
     blocks_later: bool = False  # later steps of the same order must wait for this one
 
 
@@ -386,10 +393,7 @@ class Relay:
                 return self._push_variation(request, item, learned)
             return self._push_product(request, item, learned)
         except _Stop as stop:
-            stop.outcome.acks = learned.acks + stop.outcome.acks
-            stop.outcome.exists.update(learned.exists)
-            stop.outcome.linked |= learned.linked
-            return stop.outcome
+            return self._with(learned, stop.outcome)
         except RateLimited as exc:
             return self._with(
                 learned, Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
@@ -411,6 +415,8 @@ class Relay:
 
     @staticmethod
     def _with(learned: Outcome, outcome: Outcome) -> Outcome:
+        for sku, names in learned.attempted.items():
+            outcome.attempted.setdefault(sku, set()).update(names)
         outcome.acks = learned.acks + outcome.acks
         outcome.exists.update(learned.exists)
         outcome.linked |= learned.linked
@@ -446,12 +452,12 @@ class Relay:
             if variations:
                 body["variations"] = variations
             try:
+                learned.attempt(sku, send)
                 self._call(lambda: self.client.create_product(body))
                 learned.acks.append(Ack(sku, send, request.sources))
                 for v in variations or []:
-                    fields = {k: val for k, val in v.items() if k != "sku"}
-                    sources = dict.fromkeys(fields, request.variation_sources[v["sku"]])
-                    learned.acks.append(Ack(v["sku"], fields, sources, parent_sku=sku))
+                    part = variation_request(request, v["sku"])
+                    learned.acks.append(Ack(part.sku, part.fields, part.sources, parent_sku=sku))
                 return self._sent(learned, decision)
             except Unprocessable:
                 # "Already exists" (a lost answer to our own POST, or a product created
@@ -461,6 +467,7 @@ class Relay:
                 learned.exists[sku] = True
         if send:
             try:
+                learned.attempt(sku, send)
                 self._call(lambda: self.client.update_product(sku, send))
             except NotFound:
                 if request.has_product_row:
@@ -468,24 +475,29 @@ class Relay:
                 return self._push_unknown_as_variation(request, send, learned, decision)
             learned.acks.append(Ack(sku, send, request.sources))
         for v in variations or []:
-            self._push_variation_entry(sku, v, request.variation_sources[v["sku"]], learned)
+            self._push_variation_entry(sku, variation_request(request, v["sku"]), learned)
         return self._sent(learned, decision)
 
-    def _push_variation_entry(
-        self, parent: str, variation: dict[str, Any], source: int, learned: Outcome
-    ) -> None:
-        vsku = variation["sku"]
-        fields = {k: v for k, v in variation.items() if k != "sku"}
-        sources = dict.fromkeys(fields, source)
+    def _push_variation_entry(self, parent: str, part: SkuRequest, learned: Outcome) -> None:
+        """One variation of a product row: created under its parent, or updated with the
+        fields that changed and that no newer row (a stock row for it, say) already set."""
+        vsku = part.sku
         known = self._load_item(vsku)
+        fields = decide(part, known, frozen=False).send
+        sources = part.sources
         if known.in_skyhub:
+            if not fields:
+                return
             try:
+                learned.attempt(vsku, fields)
                 self._call(lambda: self.client.update_variation(vsku, fields))
                 learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
                 return
             except NotFound:
                 pass
+        variation = {"sku": vsku, **fields}
         try:
+            learned.attempt(vsku, fields)
             self._call(lambda: self.client.create_variation(parent, variation))
         except Unprocessable:
             if not self._variation_exists(vsku):
@@ -500,6 +512,7 @@ class Relay:
         variation created outside skysync."""
         sku = request.sku
         try:
+            learned.attempt(sku, send)
             self._call(lambda: self.client.update_variation(sku, send))
         except NotFound:
             return self._with(
@@ -536,6 +549,7 @@ class Relay:
                 )
             )
         try:
+            learned.attempt(request.sku, send)
             self._call(lambda: self.client.update_variation(request.sku, send))
         except NotFound:
             if self._parent_on_its_way(parent_sku):
@@ -580,38 +594,60 @@ class Relay:
     # -- orders ---------------------------------------------------------------------------
     def _deliver_order(self, token: str, rows: list[Row]) -> str:
         """Order steps go out one by one in id order and never overtake an earlier step of the
-        same order that has not gone yet (pending, or refused by SkyHub, or dead) unless they
-        are a newer row of that same kind: the fix."""
+        same order that has not gone yet (pending, refused by SkyHub, or dead), unless they are
+        a newer row of that same kind: the fix. A step held back goes in the same batch as soon
+        as the fix went out."""
         code = rows[0].ref
         claimed = {r.id for r in rows}
         with session_scope(self.url) as session:
             open_steps = order_store.unresolved_steps(session, code, exclude=claimed)
             current = order_store.current_status(session, code)
         last = "sent"
-        for index, row in enumerate(rows):
-            blocker = next((b for b in open_steps if b.id < row.id and b.kind != row.kind), None)
-            if blocker is not None:
-                outcome = Outcome(
+        remaining = list(rows)
+        held: dict[int, order_store.Step] = {}
+        progress = True
+        while remaining and progress:
+            progress = False
+            still: list[Row] = []
+            for row in remaining:
+                blocker = next(
+                    (b for b in open_steps if b.id < row.id and b.kind != row.kind), None
+                )
+                if blocker is not None:
+                    held[row.id] = blocker
+                    still.append(row)
+                    continue
+                held.pop(row.id, None)
+                outcome = self._push_order_step(row, current)
+                self._record(token, [row], outcome)
+                last = outcome.state
+                if outcome.state == "auth":
+                    rest = [r for r in remaining if r.id > row.id] + still
+                    if rest:
+                        self._record(token, rest, Outcome(state="auth", reason=outcome.reason))
+                    raise AuthenticationError(outcome.reason or "", status=outcome.status)
+                if outcome.state == "sent":
+                    current = outcome.order_status[1] if outcome.order_status else current
+                    # a newer row of a blocker's kind went out: that blocker is resolved
+                    before = len(open_steps)
+                    open_steps = [b for b in open_steps if b.kind != row.kind or b.id > row.id]
+                    progress = progress or len(open_steps) < before
+                elif outcome.blocks_later or outcome.state in ("wait", "retry"):
+                    open_steps.append(order_store.Step(row.id, row.kind, outcome.state))
+            remaining = still
+        for row in remaining:
+            blocker = held[row.id]
+            last = "wait"
+            self._record(
+                token,
+                [row],
+                Outcome(
                     state="wait",
                     delay=5.0,
                     reason=f"waiting for row {blocker.id} ({blocker.kind}, {blocker.state}) "
                     "to go first",
-                )
-            else:
-                outcome = self._push_order_step(row, current)
-            self._record(token, [row], outcome)
-            last = outcome.state
-            if outcome.state == "auth":
-                rest = rows[index + 1 :]
-                if rest:
-                    self._record(token, rest, Outcome(state="auth", reason=outcome.reason))
-                raise AuthenticationError(outcome.reason or "", status=outcome.status)
-            if outcome.state == "sent":
-                current = outcome.order_status[1] if outcome.order_status else current
-                # a newer row of a blocker's kind went out: that blocker is resolved
-                open_steps = [b for b in open_steps if b.kind != row.kind or b.id > row.id]
-            elif blocker is None and outcome.blocks_later:
-                open_steps.append(order_store.Step(row.id, row.kind, outcome.state))
+                ),
+            )
         return last
 
     def _push_order_step(self, row: Row, current: str | None) -> Outcome:
@@ -690,6 +726,11 @@ class Relay:
                 item_store.mark_exists(session, sku, exists, now)
             for sku in outcome.linked:
                 item_store.mark_linked(session, sku, now)
+            if outcome.state == "retry":
+                # No clear answer: the change may or may not be in SkyHub. Forget what we thought
+                # SkyHub had for those fields, so no later value is skipped as "unchanged".
+                for sku, names in outcome.attempted.items():
+                    item_store.forget(session, sku, names, now)
             for ack in outcome.acks:
                 item_store.record_ack(
                     session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku

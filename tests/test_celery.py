@@ -1,0 +1,404 @@
+"""The Celery path end to end: a REAL worker process (``celery worker --pool=threads``) on a real
+Redis broker and a fresh PostgreSQL database, sending to the SkyHub emulator running in this
+process over real HTTP.
+
+The worker is configured only through SKYSYNC_* variables, with SkyHub credentials set, so it
+treats SKYSYNC_SKYHUB_URL (the emulator, which checks those same credentials) as SkyHub. Tasks
+are queued the way operators do it, with ``skysync trigger``, or by running the ``relay_batch``
+task body in a separate interpreter when the test needs a batch claimed with no worker around.
+
+Checked (design.md: "Postgres is the source of truth; Redis/the broker is a doorbell that may
+lose messages"): rows are delivered, task arguments hold a claim token and row ids only (never a
+payload value or a credential), a worker killed mid-batch and a flushed broker cost time, never
+data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery_helpers import Worker, clean_env, run_python, run_skysync, wait_for
+from conftest import create_pg_database, drop_pg_database, empty_tables
+
+from skysync.db import migrate, session_scope
+from skysync.models import OutboxRow, RunLog
+from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+
+BROKER_DB = 10
+LIMITER_DB = 11
+EMAIL = "celery-loja@example.com"
+API_KEY = "CELERY-API-KEY-5a1f9e"
+ACCOUNT_KEY = "CELERY-ACCOUNT-KEY-77c3d0"
+CREDENTIAL_STRINGS = (EMAIL, API_KEY, ACCOUNT_KEY)
+FINAL_OK = ("sent", "superseded", "withheld")
+DELIVERY_TIMEOUT = 60.0
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def celery_db() -> Iterator[str]:
+    url = create_pg_database("skysync_celery")
+    migrate(url)
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    """SkyHub as the worker sees it: our credentials checked, SkyHub's rate limits on."""
+    config = SandboxConfig(email=EMAIL, api_key=API_KEY, account_key=ACCOUNT_KEY, seed=17)
+    with Sandbox(config) as sb:
+        yield sb
+
+
+def _flush_redis() -> None:
+    for db in {BROKER_DB, LIMITER_DB}:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """The broker's Redis database, flushed before and after the test."""
+    _flush_redis()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=BROKER_DB)
+    yield client
+    client.close()
+    _flush_redis()
+
+
+@pytest.fixture
+def env(celery_db: str, sandbox: Sandbox, broker: redis.Redis) -> dict[str, str]:
+    """Empty tables, a fresh emulator, and the environment every skysync process gets."""
+    empty_tables(celery_db)
+    sandbox.reset()
+    sandbox.configure(latency_ms=0)
+    return clean_env(
+        {
+            "SKYSYNC_DATABASE_URL": celery_db,
+            "SKYSYNC_BROKER_URL": f"redis://127.0.0.1:6379/{BROKER_DB}",
+            "SKYSYNC_REDIS_URL": f"redis://127.0.0.1:6379/{LIMITER_DB}",
+            "SKYSYNC_SKYHUB_URL": sandbox.base_url,
+            "SKYSYNC_SKYHUB_EMAIL": EMAIL,
+            "SKYSYNC_SKYHUB_API_KEY": API_KEY,
+            "SKYSYNC_SKYHUB_ACCOUNT_KEY": ACCOUNT_KEY,
+            "SKYSYNC_LEASE_SECONDS": "30",
+            "SKYSYNC_LOG_LEVEL": "INFO",
+        }
+    )
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], Worker]]:
+    """Starts workers (cwd: an empty directory, so no stray .env is read); every worker started
+    is stopped at the end, whatever happened."""
+    started: list[Worker] = []
+
+    def start() -> Worker:
+        worker = Worker(env, tmp_path)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_rows(url: str, rows: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """INSERT outbox rows as the ERP does (kind, ref, payload; the rest are defaults)."""
+    with session_scope(url) as session:
+        objects = [OutboxRow(kind=k, ref=r, payload=p) for k, r, p in rows]
+        session.add_all(objects)
+        session.flush()
+        return [o.id for o in objects]
+
+
+def states(url: str) -> dict[int, tuple[str, str | None, str | None]]:
+    """row id -> (state, claim token, reason)."""
+    with session_scope(url) as session:
+        return {
+            r.id: (r.state, r.claim_token, r.reason)
+            for r in session.scalars(sa.select(OutboxRow).order_by(OutboxRow.id))
+        }
+
+
+def open_count(url: str) -> int:
+    return sum(1 for s, _t, _r in states(url).values() if s in ("pending", "in_flight"))
+
+
+def finished_runs(url: str) -> list[RunLog]:
+    with session_scope(url) as session:
+        return list(
+            session.scalars(
+                sa.select(RunLog)
+                .where(RunLog.kind == "relay", RunLog.finished_at.is_not(None))
+                .order_by(RunLog.id)
+            )
+        )
+
+
+def expire_leases(url: str) -> int:
+    """What time does to a dead worker's claim: its lease runs out."""
+    with session_scope(url) as session:
+        result = session.execute(
+            sa.text(
+                "UPDATE skysync_outbox SET lease_until = now() - interval '1 hour' "
+                "WHERE state = 'in_flight'"
+            )
+        )
+        return result.rowcount or 0
+
+
+def wait_delivered(url: str, worker: Worker, timeout: float = DELIVERY_TIMEOUT) -> None:
+    try:
+        wait_for(lambda: open_count(url) == 0, timeout, "every row to leave pending/in_flight")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nrows: {states(url)}\nworker output:\n{worker.output}"
+        ) from None
+
+
+def assert_all_final(url: str) -> None:
+    for row_id, (state, _token, reason) in states(url).items():
+        assert state in FINAL_OK, (row_id, state, reason)
+        if state != "sent":
+            assert reason, (row_id, state)
+
+
+def assert_emulator_holds(sandbox: Sandbox, expected: dict[str, dict[str, Any]]) -> None:
+    products = sandbox.state()["products"]
+    for sku, fields in expected.items():
+        assert sku in products, f"{sku} never reached the emulator"
+        for name, value in fields.items():
+            assert products[sku][name] == value, (sku, name, products[sku][name], value)
+
+
+def queued_messages(broker: redis.Redis) -> list[dict[str, Any]]:
+    """The task messages waiting in the default queue, decoded: name, args, kwargs, raw text."""
+    found = []
+    for raw in broker.lrange("celery", 0, -1):
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8")
+        args, kwargs, _embed = json.loads(body)
+        found.append(
+            {
+                "task": message["headers"]["task"],
+                "args": args,
+                "kwargs": kwargs,
+                "raw": raw.decode("utf-8"),
+            }
+        )
+    return found
+
+
+def assert_no_values_or_secrets(text: str, values: list[float], where: str) -> None:
+    for value in values:
+        assert repr(value) not in text, f"payload value {value!r} appears in {where}"
+    for secret in CREDENTIAL_STRINGS:
+        assert secret not in text, f"credential {secret!r} appears in {where}"
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_relay_batch_task_delivers_rows_with_ids_only(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    start_worker: Callable[[], Worker],
+    tmp_path: Path,
+) -> None:
+    skus = [f"CEL-A-{i:02d}" for i in range(10)]
+    first_prices = [6173.29 + i for i in range(10)]
+    latest_prices = [8461.53 + i for i in range(10)]
+    product_ids = write_rows(
+        celery_db,
+        [
+            ("product", sku, {"name": f"Produto {i}", "price": first_prices[i], "qty": 10 + i})
+            for i, sku in enumerate(skus)
+        ],
+    )
+    price_ids = write_rows(
+        celery_db, [("price", sku, {"price": latest_prices[i]}) for i, sku in enumerate(skus)]
+    )
+    worker = start_worker()
+
+    assert "queued" in run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, worker)
+
+    rows = states(celery_db)
+    assert len(rows) == 20
+    for product_id, price_id in zip(product_ids, price_ids, strict=True):
+        assert rows[price_id][0] == "sent", rows[price_id]
+        assert rows[product_id][0] == "superseded", rows[product_id]
+        assert f"row {price_id}" in (rows[product_id][2] or "")
+    assert_emulator_holds(
+        sandbox,
+        {sku: {"price": latest_prices[i], "qty": 10 + i} for i, sku in enumerate(skus)},
+    )
+    writes = [e for e in sandbox.request_log() if e["method"] == "POST"]
+    assert sorted(e["body"]["product"]["sku"] for e in writes) == skus  # one POST per SKU
+
+    wait_for(lambda: "deliver_chunk" in worker.output, 10, "the worker to log deliver_chunk")
+    output = worker.output
+    assert re.search(r"skysync\.relay_batch\[[0-9a-f-]+\] succeeded", output), output
+    assert re.search(r"skysync\.deliver_chunk\[[0-9a-f-]+\] succeeded", output), output
+    assert_no_values_or_secrets(output, first_prices + latest_prices, "the worker output")
+
+
+def test_worker_killed_mid_batch_loses_nothing(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    start_worker: Callable[[], Worker],
+    tmp_path: Path,
+) -> None:
+    skus = [f"CEL-K-{i:02d}" for i in range(30)]
+    write_rows(
+        celery_db,
+        [
+            ("product", sku, {"name": f"Produto {i}", "price": 100.0 + i, "qty": i})
+            for i, sku in enumerate(skus)
+        ],
+    )
+    sandbox.configure(latency_ms=500)
+    first = start_worker()
+    run_skysync(["trigger"], env, tmp_path)
+    wait_for(lambda: len(sandbox.request_log()) >= 2, 30, "the first requests to reach SkyHub")
+    first.kill()
+
+    in_flight = [i for i, (s, _t, _r) in states(celery_db).items() if s == "in_flight"]
+    assert in_flight, "the worker was killed after the batch, not in the middle of it"
+
+    # The ERP keeps writing while the rows are stuck with the dead worker's claim.
+    latest = {sku: {"price": 500.25 + i, "qty": 40 + i} for i, sku in enumerate(skus)}
+    write_rows(celery_db, [("price", sku, {"price": v["price"]}) for sku, v in latest.items()])
+    write_rows(celery_db, [("stock", sku, {"qty": v["qty"]}) for sku, v in latest.items()])
+
+    assert expire_leases(celery_db) == len(in_flight)
+    sandbox.configure(latency_ms=0)
+    second = start_worker()
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, second)
+
+    assert_all_final(celery_db)
+    assert_emulator_holds(sandbox, latest)
+    reclaimed = sum(r.summary.get("reclaimed", 0) for r in finished_runs(celery_db))
+    assert reclaimed == len(in_flight)
+
+
+def test_trigger_lost_in_a_flushed_broker_loses_nothing(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    broker: redis.Redis,
+    start_worker: Callable[[], Worker],
+    tmp_path: Path,
+) -> None:
+    skus = [f"CEL-T-{i:02d}" for i in range(5)]
+    write_rows(
+        celery_db,
+        [
+            ("product", sku, {"name": "x", "price": 3141.59 + i, "qty": i})
+            for i, sku in enumerate(skus)
+        ],
+    )
+    run_skysync(["trigger"], env, tmp_path)  # no worker yet: the message waits in Redis
+    messages = queued_messages(broker)
+    assert [(m["task"], m["args"], m["kwargs"]) for m in messages] == [
+        ("skysync.relay_batch", [], {})
+    ]
+    broker.flushdb()
+
+    worker = start_worker()
+    assert finished_runs(celery_db) == []  # the lost trigger never ran...
+    assert {s for s, _t, _r in states(celery_db).values()} == {"pending"}  # ...nothing moved
+
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, worker)
+    assert_all_final(celery_db)
+    assert_emulator_holds(sandbox, {sku: {"price": 3141.59 + i} for i, sku in enumerate(skus)})
+
+
+def test_broker_flushed_after_claim_loses_nothing(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    broker: redis.Redis,
+    start_worker: Callable[[], Worker],
+    tmp_path: Path,
+) -> None:
+    skus = [f"CEL-F-{i:02d}" for i in range(30)]  # two chunks of keys
+    prices = [2718.28 + i for i in range(30)]
+    ids = write_rows(
+        celery_db,
+        [
+            ("product", sku, {"name": "y", "price": prices[i], "qty": 7})
+            for i, sku in enumerate(skus)
+        ],
+    )
+
+    # The relay_batch task body runs in another interpreter with no worker anywhere: it claims
+    # the rows and queues deliver_chunk tasks, which the flush below throws away.
+    run_python(
+        "from skysync.tasks import relay_batch; print(relay_batch.apply().get())",
+        env,
+        tmp_path,
+    )
+    rows = states(celery_db)
+    tokens = {token for _s, token, _r in rows.values()}
+    assert {s for s, _t, _r in rows.values()} == {"in_flight"}
+    assert len(tokens) == 1
+    (token,) = tokens
+
+    messages = queued_messages(broker)
+    assert {m["task"] for m in messages} == {"skysync.deliver_chunk"}
+    assert len(messages) == 2
+    chunk_ids: list[int] = []
+    for message in messages:
+        assert message["kwargs"] == {}
+        assert len(message["args"]) == 2
+        claim, row_ids = message["args"]
+        assert claim == token
+        assert re.fullmatch(r"[0-9a-f]{16}", claim)
+        assert all(isinstance(i, int) for i in row_ids)
+        chunk_ids += row_ids
+        assert_no_values_or_secrets(message["raw"], prices, "a task message")
+    assert sorted(chunk_ids) == ids
+
+    broker.flushdb()
+    worker = start_worker()
+    run_skysync(["trigger"], env, tmp_path)
+    wait_for(lambda: len(finished_runs(celery_db)) == 2, 30, "the triggered batch to finish")
+    # The claim is still alive: the batch reclaims nothing and claims nothing; rows stay put.
+    assert finished_runs(celery_db)[-1].summary["claimed"] == 0
+    assert {s for s, _t, _r in states(celery_db).values()} == {"in_flight"}
+    assert sandbox.request_log() == []
+
+    broker.flushdb()  # and once more under the running worker: still only time is lost
+    assert expire_leases(celery_db) == 30
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, worker)
+    assert_all_final(celery_db)
+    assert_emulator_holds(
+        sandbox, {sku: {"price": prices[i], "qty": 7} for i, sku in enumerate(skus)}
+    )
+    assert_no_values_or_secrets(worker.output, prices, "the worker output")
