@@ -37,6 +37,9 @@ def make_app() -> Celery:
         task_soft_time_limit=soft,
         task_time_limit=hard,
         worker_prefetch_multiplier=1,
+        # Flower shows tasks from these events (their arguments are a token and row ids only).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         beat_schedule={

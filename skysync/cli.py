@@ -191,6 +191,30 @@ def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
     run_daemon(ctx.settings, demo=demo, concurrency=concurrency, emulator_port=emulator_port)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.pass_context
+def flower(click_ctx: click.Context, port: int, address: str) -> None:
+    """Flower (the Celery dashboard) behind basic auth from SKYSYNC_FLOWER_BASIC_AUTH
+    ("user:password"); it refuses to start without. Extra options go to Flower."""
+    import os
+
+    settings = click_ctx.ensure_object(Context).settings
+    if settings.flower_basic_auth is None:
+        click.echo(
+            "skysync: refusing to start Flower without authentication: set "
+            'SKYSYNC_FLOWER_BASIC_AUTH="user:password"',
+            err=True,
+        )
+        sys.exit(2)
+    # Flower reads FLOWER_* variables: the password stays out of the process's command line.
+    os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    from skysync.celery_app import app
+
+    app.start(["flower", f"--port={port}", f"--address={address}", *click_ctx.args])
+
+
 @cli.group()
 def outbox() -> None:
     """Inspect and requeue outbox rows."""

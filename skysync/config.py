@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
 
-_SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key"})
+_SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key", "flower_basic_auth"})
 _DSN_PASSWORD = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I
 )
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         default=300.0, ge=5, description="How long a claim holds rows before it is reclaimed."
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None,
+        description='Flower\'s "user:password" (secret); Flower refuses to start without.',
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -104,11 +108,20 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("skyhub_api_key", "skyhub_account_key", mode="before")
+    @field_validator("skyhub_api_key", "skyhub_account_key", "flower_basic_auth", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, password = value.get_secret_value().partition(":")
+            if not (user and sep and password):
+                raise ValueError('must be "user:password" with both parts non-empty')
         return value
 
     @field_validator("log_level")
