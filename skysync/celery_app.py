@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from skysync.config import get_settings
 
@@ -75,3 +75,12 @@ def _after_fork(**_kwargs: object) -> None:
 
     dispose_engines()
     bootstrap.reset()
+
+
+@setup_logging.connect
+def _logging(**_kwargs: object) -> None:
+    # Our handlers (JSON off a terminal, context on every line, secrets masked) for every
+    # `celery -A skysync.celery_app ...` process.
+    from skysync.logs import configure_logging
+
+    configure_logging(get_settings().log_level)

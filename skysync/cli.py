@@ -100,16 +100,39 @@ def enqueue(ctx: Context, kind: str, ref: str, payload: str) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--max-pending-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a due row may wait before status exits 1 [default: 2 x SKYSYNC_SYNC_INTERVAL].",
+)
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
-    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP."""
-    from skysync.db import session_scope
-    from skysync.status import collect_status
+def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
+    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP.
 
-    with session_scope(ctx.settings.database_url) as session:
+    Exits 1 when something needs an operator: the oldest due row is older than
+    --max-pending-age, SkyHub refused the credentials in the last batch or pull, or no batch
+    ran for two intervals (beat is down). Cron or a monitor can alert on that."""
+    from skysync.db import session_scope
+    from skysync.status import collect_status, health_problems
+
+    settings = ctx.settings
+    with session_scope(settings.database_url, readonly=True) as session:
         report = collect_status(session)
+    problems = health_problems(
+        report,
+        sync_interval=settings.sync_interval,
+        order_poll_interval=settings.order_poll_interval,
+        max_pending_age=max_pending_age
+        if max_pending_age is not None
+        else 2 * settings.sync_interval,
+    )
+    report["healthy"] = not problems
+    report["problems"] = problems
     if as_json:
         _echo_json(report)
+        if problems:
+            sys.exit(1)
         return
     click.echo(f"database: {mask_dsn(ctx.settings.database_url)}")
     click.echo("outbox:")
@@ -124,6 +147,12 @@ def status(ctx: Context, as_json: bool) -> None:
             click.echo(f"  stopped: {run['error']}")
     orders = report["orders"]
     click.echo(f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)")
+    if problems:
+        click.echo("UNHEALTHY:")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+        sys.exit(1)
+    click.echo("healthy")
 
 
 def _relay_or_exit(settings: Settings) -> Any:
@@ -213,6 +242,18 @@ def flower(click_ctx: click.Context, port: int, address: str) -> None:
     from skysync.celery_app import app
 
     app.start(["flower", f"--port={port}", f"--address={address}", *click_ctx.args])
+
+
+@cli.command()
+@click.option("--port", default=9108, show_default=True, type=int)
+@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@pass_ctx
+def metrics(ctx: Context, port: int, address: str) -> None:
+    """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""
+    from skysync.metrics import serve
+
+    click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
+    serve(ctx.settings.database_url, port, address)
 
 
 @cli.group()

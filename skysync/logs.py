@@ -7,7 +7,44 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
+
+_context: ContextVar[dict[str, Any] | None] = ContextVar("skysync_log_context", default=None)
+
+
+@contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Add ``values`` (claim_token, sku, order...) to every log record inside the block."""
+    merged = {**(_context.get() or {}), **{k: v for k, v in values.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the log context and the current Celery task id on each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        if not hasattr(record, "task_id"):
+            try:
+                from celery import current_task
+
+                task_id = current_task.request.id if current_task else None
+            except Exception:
+                task_id = None
+            if task_id:
+                record.task_id = task_id
+        return True
+
 
 _PATTERNS = [
     # header or setting names followed by a value
@@ -42,10 +79,31 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+    }
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal, with the context at the end: ``[claim_token=... sku=...]``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if extras:
+            line += "  [" + " ".join(f"{k}={v}" for k, v in sorted(extras.items())) + "]"
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with any ``extra`` context (task id, claim token, sku...)."""
-
-    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -54,9 +112,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in self._STANDARD and not key.startswith("_"):
-                data[key] = value
+        data.update(_extras(record))
         if record.exc_text or record.exc_info:
             data["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
@@ -67,12 +123,9 @@ def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) ->
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_skysync", False):

@@ -246,3 +246,14 @@ class RunLog(Base):
         sa.Index("ix_skysync_run_claim_token", "claim_token"),
         {"sqlite_autoincrement": True},
     )
+
+
+class RequestStat(Base):
+    """How many requests skysync made to SkyHub, by method, route template and status."""
+
+    __tablename__ = "skysync_request_stat"
+
+    method: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    route: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    count: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, server_default="0")

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.db import session_scope
+from skysync.metrics import save_request_counts
 from skysync.models import Order, OrderInbox, RunLog, utcnow
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
@@ -109,6 +110,7 @@ def pull_orders(
         error = f"stopped: {exc}"
         summary.stopped = error
     with session_scope(url) as session:
+        save_request_counts(session, client.counter.take())
         session.add(
             RunLog(
                 kind="pull_orders",

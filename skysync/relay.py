@@ -39,6 +39,8 @@ from skysync import items as item_store
 from skysync import order_store, outbox
 from skysync.config import Settings
 from skysync.db import session_scope
+from skysync.logs import log_context
+from skysync.metrics import save_request_counts
 from skysync.models import ORDER_KINDS, SKU_KINDS, OutboxRow, RunLog, utcnow
 from skysync.order_flow import TARGET_STATUS, check_step
 from skysync.planner import (
@@ -192,7 +194,8 @@ class Relay:
             session.flush()
             run_id = run.id
         try:
-            chunks = self._claim(token, summary)
+            with log_context(claim_token=token):
+                chunks = self._claim(token, summary)
             summary.chunks = len(chunks)
             if dispatch is not None:
                 for chunk in chunks:
@@ -234,7 +237,14 @@ class Relay:
                         reason="invalid: " + "; ".join(found),
                     )
                     summary.rejected += 1
-                    log.warning("row %s (%s %s) rejected: %s", row.id, row.kind, row.ref, found)
+                    log.warning(
+                        "row %s (%s %s) rejected: %s",
+                        row.id,
+                        row.kind,
+                        row.ref,
+                        found,
+                        extra={"sku" if row.kind in SKU_KINDS else "order": row.ref},
+                    )
                 else:
                     valid.append(row)
             for row in valid:
@@ -331,9 +341,28 @@ class Relay:
                 for future in [pool.submit(run_family, g) for g in rest]:
                     future.result()
         summary.auth_failed = auth_failed.is_set()
+        self.save_request_counts()
         return summary
 
+    def save_request_counts(self) -> None:
+        """Move the client's request counts into the database, for `skysync metrics`."""
+        counts = self.client.counter.take()
+        if counts:
+            with session_scope(self.url) as session:
+                save_request_counts(session, counts)
+
     def _deliver_key(
+        self,
+        token: str,
+        key: tuple[str, str],
+        rows: list[Row],
+        auth_failed: threading.Event,
+    ) -> str:
+        field = "order" if key[0] == "order" else "sku"
+        with log_context(claim_token=token, **{field: key[1]}):
+            return self._deliver_key_in_context(token, key, rows, auth_failed)
+
+    def _deliver_key_in_context(
         self,
         token: str,
         key: tuple[str, str],

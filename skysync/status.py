@@ -51,3 +51,36 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         "last_order_pull": _last_run(session, "pull_orders"),
         "orders": {"unconsumed": unconsumed, "flagged": flagged},
     }
+
+
+def health_problems(
+    report: dict[str, Any],
+    *,
+    sync_interval: float,
+    order_poll_interval: float,
+    max_pending_age: float,
+    now: datetime | None = None,
+) -> list[str]:
+    """Why an operator should look now (empty when healthy): what `skysync status` exits 1 on."""
+    now = now or utcnow()
+    problems = []
+    age = report["oldest_pending_age_s"]
+    if age is not None and age > max_pending_age:
+        problems.append(
+            f"the oldest due pending row is {age:.0f} s old (more than {max_pending_age:.0f} s)"
+        )
+    for key, label, interval in (
+        ("last_relay", "relay batch", sync_interval),
+        ("last_order_pull", "order pull", order_poll_interval),
+    ):
+        run = report[key]
+        if run is None:
+            continue
+        if run["error"] and "credentials" in run["error"]:
+            problems.append(f"the last {label} {run['error']}")
+        since = (now - datetime.fromisoformat(run["started_at"])).total_seconds()
+        if since > 2 * interval:
+            problems.append(
+                f"no {label} for {since:.0f} s (expected every {interval:.0f} s): is beat running?"
+            )
+    return problems

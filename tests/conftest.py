@@ -20,7 +20,14 @@ from skysync.db import dispose_engines, migrate
 PG_ADMIN_URL = os.environ.get(
     "SKYSYNC_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("skysync_outbox", "skysync_item", "skysync_order_inbox", "skysync_order", "skysync_run")
+TABLES = (
+    "skysync_outbox",
+    "skysync_item",
+    "skysync_order_inbox",
+    "skysync_order",
+    "skysync_run",
+    "skysync_request_stat",
+)
 
 
 def _pg_admin() -> sa.Engine:

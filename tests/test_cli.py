@@ -269,11 +269,11 @@ def fresh_sqlite(tmp_path: Path) -> Iterator[str]:
 def test_migrate_fresh_sqlite_prints_the_revision(fresh_sqlite: str) -> None:
     result = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0001"
-    assert current_revision(fresh_sqlite) == "0001"
+    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0002"
+    assert current_revision(fresh_sqlite) == "0002"
     again = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert again.exit_code == 0, again.output
-    assert "at revision 0001" in again.stdout
+    assert "at revision 0002" in again.stdout
 
 
 # -- erp-role --------------------------------------------------------------------------------------
@@ -360,13 +360,13 @@ def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
     env["SKYSYNC_DATABASE_URL"] = f"sqlite:///{tmp_path / 'proc.db'}"
 
     def skysync(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 (our own console script)
+        return subprocess.run(
             [str(exe), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
 
     migrated = skysync("migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "at revision 0001" in migrated.stdout
+    assert "at revision 0002" in migrated.stdout
 
     ok = skysync("enqueue", "stock", "SKU-1", '{"qty": 0}')
     assert ok.returncode == 0, ok.stderr

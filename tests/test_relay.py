@@ -682,9 +682,11 @@ def test_refused_credentials_stop_the_batch_after_one_request(
         batch_requests = [(e["method"], e["path"], e["status"]) for e in sb.request_log()]
 
         status = run_cli(["status", "--json"], SKYSYNC_DATABASE_URL=db_url)
-        assert status.exit_code == 0, status.output
+        assert status.exit_code == 1, status.output  # unhealthy: a monitor alerts on it
         report = json.loads(status.stdout)
         assert "credentials" in (report["last_relay"]["error"] or "")
+        assert report["healthy"] is False
+        assert any("credentials" in p for p in report["problems"]), report["problems"]
         assert report["outbox"]["pending"] == 4
 
         result = run_cli(["drain"], SKYSYNC_DATABASE_URL=db_url, SKYSYNC_SKYHUB_URL=sb.base_url)

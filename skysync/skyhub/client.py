@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -81,6 +82,41 @@ def bucket_rate(bucket: str, rate: float) -> float:
     return min(rate, 1.0) if bucket.startswith(SLOW_BUCKET_PREFIXES) else rate
 
 
+def route_of(path: str) -> str:
+    """The endpoint template of a path, for metrics: /products/A%20B -> /products/{sku}."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if not parts:
+        return "/"
+    head, rest = parts[0], parts[1:]
+    if head == "queues" and rest[:1] == ["orders"]:
+        return "/queues/orders" + ("/{code}" if len(rest) > 1 else "")
+    if head in ("products", "variations") and rest:
+        tail = "/variations" if head == "products" and rest[1:2] == ["variations"] else ""
+        return f"/{head}/{{sku}}{tail}"
+    if head == "orders" and rest:
+        return "/orders/{code}" + (f"/{rest[1]}" if len(rest) > 1 else "")
+    return "/" + "/".join(parts)
+
+
+class RequestCounter:
+    """Requests by (method, route, status), kept in memory until the relay saves them."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, method: str, path: str, status: int | None) -> None:
+        key = (method, route_of(path), "error" if status is None else str(status))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def take(self) -> dict[tuple[str, str, str], int]:
+        """Everything counted since the last take."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return counts
+
+
 @dataclass(frozen=True)
 class ProductPage:
     products: list[dict[str, Any]]
@@ -137,6 +173,7 @@ class SkyHubClient:
         self.email = email
         self.limiter = limiter
         self.max_rate_limit_waits = max_rate_limit_waits
+        self.counter = RequestCounter()
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -217,23 +254,20 @@ class SkyHubClient:
     def _send(
         self, method: str, path: str, *, json: Any, params: dict[str, Any] | None
     ) -> httpx.Response:
+        """One HTTP exchange; httpx's exceptions become TransportError here, at the wire."""
         started = time.monotonic()
         try:
             response = self._http.request(method, path, json=json, params=params)
-        except httpx.TimeoutException as exc:
+        except httpx.HTTPError as exc:
+            self.counter.add(method, path, None)
+            if isinstance(exc, httpx.TimeoutException):
+                what = f"timed out ({type(exc).__name__})"
+            else:
+                what = f"no answer ({type(exc).__name__}: {exc})"
             raise TransportError(
-                f"timed out ({type(exc).__name__}); the request may have been applied",
-                method=method,
-                path=path,
+                f"{what}; the request may have been applied", method=method, path=path
             ) from exc
-        except httpx.TransportError as exc:
-            raise TransportError(
-                f"no answer ({type(exc).__name__}: {exc}); the request may have been applied",
-                method=method,
-                path=path,
-            ) from exc
-        except httpx.HTTPError as exc:  # anything else httpx raises on the way
-            raise TransportError(f"{type(exc).__name__}: {exc}", method=method, path=path) from exc
+        self.counter.add(method, path, response.status_code)
         log.debug(
             "%s %s -> %s in %.0f ms",
             method,

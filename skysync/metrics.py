@@ -1,0 +1,157 @@
+"""Prometheus metrics about the data (Flower's own /metrics covers the tasks): read from the
+database on every scrape, so one `skysync metrics` process sees what every worker did.
+
+    skysync metrics --port 9108     # GET http://host:9108/metrics
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from skysync.db import session_scope
+from skysync.models import (
+    OUTBOX_KINDS,
+    OUTBOX_STATES,
+    OrderInbox,
+    OutboxRow,
+    RequestStat,
+    RunLog,
+    utcnow,
+)
+from skysync.outbox import oldest_pending
+
+
+def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:
+    """Add a client's request counts to ``skysync_request_stat`` (an upsert per key)."""
+    if not counts:
+        return
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    for (method, route, status), n in counts.items():
+        statement = insert(RequestStat).values(method=method, route=route, status=status, count=n)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["method", "route", "status"],
+                set_={"count": RequestStat.count + statement.excluded.count},
+            )
+        )
+
+
+class DataCollector(Collector):
+    """Everything `skysync_*`, gathered in one read-only transaction per scrape."""
+
+    def __init__(self, database_url: str):
+        self.url = database_url
+
+    def collect(self) -> Iterator[Metric]:
+        with session_scope(self.url, readonly=True) as session:
+            yield from self._collect(session)
+
+    def _collect(self, session: Session) -> Iterable[Metric]:
+        now = utcnow()
+        rows = GaugeMetricFamily(
+            "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
+        )
+        counts = {(s, k): 0 for s in OUTBOX_STATES for k in OUTBOX_KINDS}
+        query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
+            OutboxRow.state, OutboxRow.kind
+        )
+        for state, kind, n in session.execute(query):
+            counts[(state, kind)] = n
+        for (state, kind), n in counts.items():
+            rows.add_metric([state, kind], n)
+        yield rows
+        for state in ("dead", "rejected"):
+            total = sum(n for (s, _k), n in counts.items() if s == state)
+            yield GaugeMetricFamily(
+                f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", value=total
+            )
+
+        oldest = oldest_pending(session, due_only=True, now=now)
+        yield GaugeMetricFamily(
+            "skysync_outbox_oldest_due_pending_age_seconds",
+            "Age of the oldest pending row that is due (0 when none).",
+            value=(now - oldest).total_seconds() if oldest else 0.0,
+        )
+
+        last = session.scalars(
+            sa.select(RunLog).where(RunLog.kind == "relay").order_by(RunLog.started_at.desc())
+        ).first()
+        started = last.started_at.timestamp() if last else 0.0
+        duration = (
+            (last.finished_at - last.started_at).total_seconds()
+            if last and last.finished_at
+            else 0.0
+        )
+        yield GaugeMetricFamily(
+            "skysync_last_relay_timestamp_seconds", "When the last relay batch started.", started
+        )
+        yield GaugeMetricFamily(
+            "skysync_last_relay_duration_seconds", "How long the last relay batch took.", duration
+        )
+        yield GaugeMetricFamily(
+            "skysync_last_relay_auth_failed",
+            "1 when SkyHub refused the credentials in the last batch.",
+            value=1.0 if last is not None and last.error else 0.0,
+        )
+
+        requests = CounterMetricFamily(
+            "skysync_skyhub_requests",
+            "Requests to SkyHub by method, endpoint and status ('error': no answer).",
+            labels=["method", "route", "status"],
+        )
+        limited = 0
+        for stat in session.scalars(sa.select(RequestStat)):
+            requests.add_metric([stat.method, stat.route, stat.status], stat.count)
+            if stat.status == "429":
+                limited += stat.count
+        yield requests
+        yield CounterMetricFamily(
+            "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited
+        )
+
+        waiting = session.execute(
+            sa.select(sa.func.count())
+            .select_from(OrderInbox)
+            .where(OrderInbox.consumed_at.is_(None))
+        ).scalar_one()
+        flagged = session.execute(
+            sa.select(sa.func.count())
+            .select_from(OrderInbox)
+            .where(OrderInbox.parse_error.is_not(None), OrderInbox.consumed_at.is_(None))
+        ).scalar_one()
+        yield GaugeMetricFamily(
+            "skysync_orders_waiting_for_erp", "Inbox rows the ERP has not consumed.", waiting
+        )
+        yield GaugeMetricFamily(
+            "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", flagged
+        )
+
+
+def registry_for(database_url: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DataCollector(database_url))
+    return registry
+
+
+def serve(database_url: str, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104
+    """Serve /metrics until interrupted."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=address, registry=registry_for(database_url))
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
