@@ -36,6 +36,9 @@ class Context:
             except ConfigError as exc:
                 click.echo(f"skysync: {exc}", err=True)
                 sys.exit(2)
+            from skysync.logs import configure_logging
+
+            configure_logging(self._settings.log_level)
         return self._settings
 
 

@@ -1,0 +1,223 @@
+"""Operations: logs without secrets and with context, Prometheus metrics about the data, and the
+health verdict of `skysync status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from prometheus_client import generate_latest
+from relay_helpers import insert, relay_for, sandbox_config
+
+from skysync.cli import cli
+from skysync.db import session_scope
+from skysync.logs import redact
+from skysync.metrics import registry_for
+from skysync.models import RunLog, utcnow
+from skysync.relay import drain
+from skysync.skyhub.sandbox import Sandbox
+
+BIN = Path(sys.executable).parent
+API_KEY = "SECRET-API-KEY-7f3a9c"
+ACCOUNT_KEY = "SECRET-ACCOUNT-KEY-51e0d2"
+DB_PASSWORD = "SECRET-DB-PASSWORD-99"
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    with Sandbox(sandbox_config()) as sandbox:
+        yield sandbox
+
+
+def _with_password(db_url: str) -> str:
+    """The same database URL with a password in it (trust auth ignores it; SQLite has none)."""
+    if not db_url.startswith("postgresql"):
+        return db_url
+    url = sa.make_url(db_url).set(password=DB_PASSWORD)
+    return url.render_as_string(hide_password=False)
+
+
+def test_a_refused_key_leaves_no_secret_in_the_logs(db_url: str, tmp_path: Path) -> None:
+    """A real `skysync drain` process whose key SkyHub refuses: its whole output (JSON logs,
+    error messages) holds neither SkyHub key nor the database password."""
+    config = sandbox_config(email="ops@x", api_key="the-right-key", account_key="the-right-acct")
+    with Sandbox(config) as sb:
+        insert(db_url, "price", "SKU-LOG-1", {"price": 12.5})
+        insert(db_url, "stock", "SKU-LOG-2", {"qty": 3})
+        env = {
+            **os.environ,
+            "SKYSYNC_DATABASE_URL": _with_password(db_url),
+            "SKYSYNC_SKYHUB_URL": sb.base_url,
+            "SKYSYNC_SKYHUB_EMAIL": "ops@x",
+            "SKYSYNC_SKYHUB_API_KEY": API_KEY,
+            "SKYSYNC_SKYHUB_ACCOUNT_KEY": ACCOUNT_KEY,
+            "SKYSYNC_LOG_LEVEL": "DEBUG",
+        }
+        result = subprocess.run(
+            [str(BIN / "skysync"), "drain"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        checked = subprocess.run(
+            [str(BIN / "skysync"), "check-config"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    output = result.stdout + result.stderr + checked.stdout + checked.stderr
+    assert result.returncode == 1, output  # rows left pending: the credentials were refused
+    assert "credentials" in output
+    for secret in (API_KEY, ACCOUNT_KEY, DB_PASSWORD):
+        assert secret not in output
+    # the logs are JSON lines off a terminal, and the relay's lines carry their context
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    relay_lines = [r for r in records if r["logger"] == "skysync.relay"]
+    assert relay_lines, result.stderr
+    assert all("claim_token" in r and "sku" in r for r in relay_lines), relay_lines
+
+
+def test_redaction_masks_headers_keys_and_dsn_passwords() -> None:
+    text = (
+        "X-Api-Key: abc123 x-accountmanager-key=zzz9 api_key='k1' "
+        "postgresql+psycopg://skysync:pw0rd@db:5432/skysync redis://:r3dis@cache:6379/0"
+    )
+    cleaned = redact(text)
+    for secret in ("abc123", "zzz9", "k1'", "pw0rd", "r3dis"):
+        assert secret not in cleaned
+    assert "postgresql+psycopg://skysync:***@db:5432/skysync" in cleaned
+
+
+def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
+    with relay_for(db_url, sb) as relay:
+        insert(db_url, "product", "M-1", {"name": "Caneca", "price": 10.0, "qty": 1})
+        insert(db_url, "price", "M-1", {"price": 11.0})
+        insert(db_url, "price", "M-404", {"price": 5.0})  # SkyHub has no such SKU: rejected
+        insert(db_url, "price", "M-BAD", {"price": 0})  # invalid: rejected before sending
+        drain(relay)
+        insert(db_url, "stock", "M-1", {"qty": 2})  # still pending
+    text = generate_latest(registry_for(db_url)).decode()
+
+    def value(line_start: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{line_start} not in metrics:\n{text}")
+
+    # the product row folded into the newer price row of the same SKU: one POST carried both
+    assert value('skysync_outbox_rows{kind="product",state="superseded"}') == 1
+    assert value('skysync_outbox_rows{kind="price",state="sent"}') == 1
+    assert value('skysync_outbox_rows{kind="price",state="rejected"}') == 2
+    assert value('skysync_outbox_rows{kind="stock",state="pending"}') == 1
+    assert value("skysync_outbox_rejected_rows") == 2
+    assert value("skysync_outbox_dead_rows") == 0
+    assert value("skysync_outbox_oldest_due_pending_age_seconds") >= 0
+    assert value("skysync_last_relay_timestamp_seconds") > time.time() - 120
+    assert (
+        value('skysync_skyhub_requests_total{method="PUT",route="/products/{sku}",status="404"}')
+        == 1
+    )
+    assert value('skysync_skyhub_requests_total{method="POST",route="/products",status="201"}') == 1
+    assert value("skysync_skyhub_rate_limited_total") == 0
+    assert value("skysync_orders_waiting_for_erp") == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> None:
+    insert(db_url, "price", "SRV-1", {"price": 1.0})
+    port = _free_port()
+    env = {**os.environ, "SKYSYNC_DATABASE_URL": db_url}
+    proc = subprocess.Popen(
+        [str(BIN / "skysync"), "metrics", "--port", str(port), "--address", "127.0.0.1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert 'skysync_outbox_rows{kind="price",state="pending"} 1.0' in response.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _status(db_url: str, *args: str, **env: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(
+        cli, ["status", "--json", *args], env={"SKYSYNC_DATABASE_URL": db_url, **env}
+    )
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_status_is_healthy_then_flags_an_old_due_row(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, report = _status(db_url)
+    assert (code, report["healthy"], report["problems"]) == (0, True, [])
+    row_id = insert(db_url, "price", "OLD-1", {"price": 10.0})
+    with session_scope(db_url) as session:
+        session.execute(
+            sa.text("UPDATE skysync_outbox SET created_at = :t, available_at = :t WHERE id = :i"),
+            {"t": (utcnow() - timedelta(hours=2)).replace(tzinfo=None), "i": row_id},
+        )
+    code, report = _status(db_url)  # default threshold: 2 x 900 s = 30 min
+    assert code == 1
+    assert any("oldest due pending row" in p for p in report["problems"]), report
+    code, _ = _status(db_url, "--max-pending-age", "10800")
+    assert code == 0
+
+
+def test_status_flags_a_beat_that_stopped(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with session_scope(db_url) as session:
+        session.add(
+            RunLog(
+                kind="relay",
+                started_at=utcnow() - timedelta(seconds=100),
+                finished_at=utcnow() - timedelta(seconds=99),
+                summary={},
+            )
+        )
+    code, report = _status(db_url, SKYSYNC_SYNC_INTERVAL="60")  # two intervals: 120 s
+    assert code == 0, report
+    code, report = _status(db_url, SKYSYNC_SYNC_INTERVAL="30")  # two intervals: 60 s
+    assert code == 1
+    assert any("is beat running" in p for p in report["problems"]), report
+    human = CliRunner().invoke(
+        cli, ["status"], env={"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SYNC_INTERVAL": "30"}
+    )
+    assert human.exit_code == 1 and "UNHEALTHY" in human.output
