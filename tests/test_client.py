@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from skysync.ratelimit import RateLimiter
-from skysync.skyhub.client import SkyHubClient, bucket_for, bucket_rate
+from skysync.skyhub.client import SkyHubClient, bucket_for, bucket_rate, route_of
 from skysync.skyhub.errors import (
     AuthenticationError,
     NotFound,
@@ -151,8 +151,25 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _max_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most requests any sliding window of ``window`` seconds holds (times sorted)."""
+class _GrantLog:
+    """Wraps a RateLimiter and notes when it let each request out, on the clock of the
+    emulator's request log ("t" is ``time.monotonic()`` too: both run in this process)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self.grants: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, bucket: str) -> float:
+        waited = self.limiter.acquire(bucket)
+        now = time.monotonic()
+        with self._lock:
+            self.grants.append((bucket, now))
+        return waited
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    """The most requests any sliding window of ``window`` seconds holds."""
     times = sorted(times)
     best = 0
     j = 0
@@ -162,6 +179,35 @@ def _max_in_window(times: list[float], window: float = 1.0) -> int:
             j += 1
         best = max(best, j - i)
     return best
+
+
+# Timer and sleep granularity between the limiter's clock and ours.
+CLOCK_SLACK = 0.01
+
+
+def _assert_paced(sb: Sandbox, logs: dict[str, _GrantLog], rate: int) -> None:
+    """No one-second window holds more than ``rate`` PUTs: neither when the limiter let them
+    out, nor when the emulator received them. The arrivals carry each request's time in
+    transit (client, loopback, server thread), which the pacer cannot control: it is about 2 ms
+    here, but in full runs on a busy machine one request is now and then held ~100 ms (seen
+    between the limiter's grant and the emulator's clock, so scheduling, not pacing), which
+    brings it that much closer to the request five slots later. So the arrival windows are
+    shortened by the spread of the transit times measured in this very run."""
+    grants: list[float] = []
+    arrivals: list[float] = []
+    transit: list[float] = []
+    for path, log in logs.items():
+        granted = [g for bucket, g in log.grants if bucket == "products:PUT"]
+        arrived = [e["t"] for e in sb.request_log() if e["method"] == "PUT" and e["path"] == path]
+        assert len(granted) == len(arrived)
+        transit += [t - g for g, t in zip(granted, arrived, strict=True)]
+        grants += granted
+        arrivals += arrived
+    assert min(transit) > 0
+    assert _max_in_window(grants, 1.0 - CLOCK_SLACK) <= rate
+    spread = max(transit) - min(transit)
+    assert _max_in_window(arrivals, 1.0 - CLOCK_SLACK - spread) <= rate, f"transit {transit}"
+    assert max(arrivals) - min(arrivals) >= 2.9  # 20 requests at 5/s span at least 3 s
 
 
 # --------------------------------------------------------------------------- products
@@ -264,7 +310,7 @@ def test_skus_with_reserved_characters_are_one_path_segment(
     assert got["sku"] == sku
     assert got["qty"] == 8
     assert sb.state()["products"][sku]["qty"] == 8
-    put = [e for e in sb.request_log() if e["method"] == "PUT"][0]
+    put = next(e for e in sb.request_log() if e["method"] == "PUT")
     assert put["path"] == "/products/KIT%202%2F3%20%23A%3Fb%3Dc%26d%25"
     assert put["status"] == 204
 
@@ -277,7 +323,8 @@ def test_sku_made_of_dots_is_still_one_path_segment(sb: Sandbox, client: SkyHubC
 
     got = client.get_product(".")
 
-    assert _last(sb)["path"] != "/products/", "the SKU '.' vanished from the path"
+    entry = _last(sb)
+    assert entry["route"] == "/products/{sku}", f"sent as GET {entry['path']}"
     assert got.get("sku") == "."
 
 
@@ -312,9 +359,7 @@ def test_iter_products_follows_next_until_the_end(sb: Sandbox, client: SkyHubCli
 
     assert listed == skus
     gets = sb.request_log()[before:]
-    assert [(e["method"], e["route"], e["status"]) for e in gets] == [
-        ("GET", "/products", 200)
-    ] * 3
+    assert [(e["method"], e["route"], e["status"]) for e in gets] == [("GET", "/products", 200)] * 3
     assert "cursor=" not in gets[0]["path"]
     assert "per_page=25" in gets[0]["path"]
     assert all("cursor=" in e["path"] for e in gets[1:])
@@ -637,9 +682,10 @@ def test_502_html_page_is_a_short_server_error(sb: Sandbox, client: SkyHubClient
 
 
 def test_timeout_is_transport_error() -> None:
-    with Sandbox(_config(hang_seconds=2.0)) as sb, _make_client(
-        sb.base_url, timeout=httpx.Timeout(5.0, read=0.3)
-    ) as client:
+    with (
+        Sandbox(_config(hang_seconds=2.0)) as sb,
+        _make_client(sb.base_url, timeout=httpx.Timeout(5.0, read=0.3)) as client,
+    ):
         client.create_product(_product("SLOW"))
         sb.script_fault("PUT", "/products/SLOW", "timeout")
 
@@ -750,9 +796,10 @@ def test_429_without_waits_raises_rate_limited(sb: Sandbox, make_client: Any) ->
 
 
 def test_429_retry_after_header_is_reported() -> None:
-    with Sandbox(_config(retry_after_header=True)) as sb, _make_client(
-        sb.base_url, max_rate_limit_waits=0
-    ) as client:
+    with (
+        Sandbox(_config(retry_after_header=True)) as sb,
+        _make_client(sb.base_url, max_rate_limit_waits=0) as client,
+    ):
         sb.script_fault("GET", "/products", "429")
 
         with pytest.raises(SkyHubError) as info:
@@ -786,9 +833,10 @@ def test_429_is_waited_out_then_succeeds(sb: Sandbox, make_client: Any) -> None:
 
 def test_429_with_retry_after_waits_that_long() -> None:
     slept: list[float] = []
-    with Sandbox(_config(retry_after_header=True)) as sb, _make_client(
-        sb.base_url, sleep=slept.append
-    ) as client:
+    with (
+        Sandbox(_config(retry_after_header=True)) as sb,
+        _make_client(sb.base_url, sleep=slept.append) as client,
+    ):
         sb.script_fault("GET", "/orders/", "429", count=2)
         sb.seed_order({"code": SPACED_CODE, "status": "payment_received"})
 
@@ -998,7 +1046,9 @@ def test_secrets_never_reach_logs_errors_or_repr(
         expect_error(lambda: client.get_product("NADA"))  # 404
         expect_error(lambda: client.create_product(_product("SEGREDO")))  # 422
         sb.script_fault("GET", "/products/SEGREDO", "429", count=10)
-        expect_error(lambda: make_client(sb.base_url, max_rate_limit_waits=0).get_product("SEGREDO"))
+        expect_error(
+            lambda: make_client(sb.base_url, max_rate_limit_waits=0).get_product("SEGREDO")
+        )
         expect_error(lambda: refused.get_product("SEGREDO"))
 
         assert {type(e) for e in errors} == {
@@ -1035,7 +1085,8 @@ def test_limiter_keeps_puts_under_the_rate(
     storage_url: str, limiters: Any, make_client: Any
 ) -> None:
     with Sandbox(_config(rate_limits_enabled=True, rate_limit=9)) as sb:
-        client = make_client(sb.base_url, limiter=limiters(5, storage_url))
+        limiter = _GrantLog(limiters(5, storage_url))
+        client = make_client(sb.base_url, limiter=limiter)
         client.create_product(_product("PACED"))
 
         for qty in range(20):
@@ -1045,9 +1096,7 @@ def test_limiter_keeps_puts_under_the_rate(
         assert len(puts) == 20
         assert all(e["status"] == 204 for e in puts), _statuses(sb)
         assert 429 not in _statuses(sb)
-        times = [e["t"] for e in puts]
-        assert _max_in_window(times) <= 5
-        assert times[-1] - times[0] >= 2.9  # 20 requests at 5/s need three full windows
+        _assert_paced(sb, {"/products/PACED": limiter}, 5)
         assert sb.state()["products"]["PACED"]["qty"] == 19
 
 
@@ -1057,9 +1106,8 @@ def test_two_clients_sharing_a_redis_limiter_stay_under_the_rate(
     namespace = f"skysync:test:{uuid.uuid4().hex}"
     with Sandbox(_config(rate_limits_enabled=True, rate_limit=9)) as sb:
         # two limiter objects on one namespace: two worker processes sharing Redis
-        clients = [
-            make_client(sb.base_url, limiter=limiters(5, REDIS_URL, namespace)) for _ in range(2)
-        ]
+        logs = [_GrantLog(limiters(5, REDIS_URL, namespace)) for _ in range(2)]
+        clients = [make_client(sb.base_url, limiter=log) for log in logs]
         for n in range(2):
             clients[0].create_product(_product(f"SHARED-{n}"))
         failures: list[BaseException] = []
@@ -1085,33 +1133,61 @@ def test_two_clients_sharing_a_redis_limiter_stay_under_the_rate(
         assert len(puts) == 20
         assert {e["path"] for e in puts} == {"/products/SHARED-0", "/products/SHARED-1"}
         assert all(e["status"] == 204 for e in puts), _statuses(sb)
-        times = [e["t"] for e in puts]
-        assert _max_in_window(times) <= 5
-        assert times[-1] - times[0] >= 2.9
+        _assert_paced(sb, {f"/products/SHARED-{n}": logs[n] for n in range(2)}, 5)
         state = sb.state()["products"]
         assert state["SHARED-0"]["qty"] == state["SHARED-1"]["qty"] == 9
 
 
-def test_bucket_rate_paces_variation_reads_at_one_per_second(
-    limiters: Any, make_client: Any
-) -> None:
-    """BUG: SkyHub allows GET /variations/{sku} 1/s (skyhub-api.md §5: only Variations PUT/DELETE
-    are 9/s; "everything else 1/s"; the emulator agrees), but bucket_rate("variations:GET", r)
-    returns r because SLOW_BUCKET_PREFIXES only holds "orders:GET" and "other:"."""
-    assert bucket_rate("variations:GET", 8.5) == 1.0
+@pytest.mark.parametrize(
+    ("bucket", "pace"),
+    [
+        ("products:GET", 8.5),
+        ("products:PUT", 8.5),
+        ("variations:PUT", 8.5),
+        ("variations:DELETE", 8.5),
+        ("queues:GET", 8.5),
+        ("queues:DELETE", 8.5),
+        ("orders/invoice:POST", 8.5),
+        ("orders:GET:one", 1.0),
+        ("orders:GET:list", 1.0),
+        ("other:sync_errors:GET", 1.0),
+        # SkyHub: "Variations PUT/DELETE 9/s ... everything else 1/s" (skyhub-api.md section 5)
+        ("variations:GET", 1.0),
+    ],
+)
+def test_bucket_rate(bucket: str, pace: float) -> None:
+    assert bucket_rate(bucket, 8.5) == pace
+    assert bucket_rate(bucket, 0.5) == 0.5  # never faster than asked
 
+
+def test_limiter_with_bucket_rate_keeps_variation_reads_under_skyhubs_limit(
+    make_client: Any,
+) -> None:
+    """BUG: SkyHub allows GET /variations/{sku} at 1/s (skyhub-api.md section 5: only Variations
+    PUT/DELETE are 9/s, "everything else 1/s"; the emulator agrees), but
+    bucket_rate("variations:GET", r) returns r: SLOW_BUCKET_PREFIXES holds only "orders:GET" and
+    "other:". A limiter paced by bucket_rate lets the second read out at once and SkyHub
+    answers 429."""
     with Sandbox(_config(rate_limits_enabled=True)) as sb:  # SkyHub's own limits
         limiter = RateLimiter(
-            8.5, namespace=f"skysync:test:{uuid.uuid4().hex}", rate_for=lambda b: bucket_rate(b, 8.5)
+            8.5,
+            namespace=f"skysync:test:{uuid.uuid4().hex}",
+            rate_for=lambda bucket: bucket_rate(bucket, 8.5),
         )
         client = make_client(sb.base_url, limiter=limiter, max_rate_limit_waits=0)
         client.create_product(_product("BASE"))
         client.create_variation("BASE", {"sku": "BASE-P", "qty": 1})
 
-        client.get_variation("BASE-P")
-        client.get_variation("BASE-P")
+        errors: list[SkyHubError] = []
+        for _ in range(2):
+            try:
+                assert client.get_variation("BASE-P")["sku"] == "BASE-P"
+            except SkyHubError as exc:
+                errors.append(exc)
 
-        assert 429 not in _statuses(sb)
+        reads = [e["status"] for e in sb.request_log() if e["route"] == "/variations/{sku}"]
+        assert reads == [200, 200], f"GET /variations answers {reads}; raised {errors}"
+        assert errors == []
 
 
 @pytest.mark.parametrize(
@@ -1181,3 +1257,46 @@ def test_the_client_uses_bucket_for_with_the_encoded_path(make_client: Any, sb: 
         "queues:DELETE",
         "other:sync_errors:GET",
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/products", "/products"),
+        ("/products?cursor=abc", "/products"),
+        ("/products/KIT%202%2F3", "/products/{sku}"),
+        ("/products/TENIS/variations", "/products/{sku}/variations"),
+        ("/variations/TENIS%2042", "/variations/{sku}"),
+        ("/orders", "/orders"),
+        ("/orders/Lojas%20Americanas-1-01", "/orders/{code}"),
+        ("/orders/Lojas%20Americanas-1-01/invoice", "/orders/{code}/invoice"),
+        ("/queues/orders", "/queues/orders"),
+        ("/queues/orders/Lojas%20Americanas-1-01", "/queues/orders/{code}"),
+        ("/sync_errors/products", "/sync_errors/products"),
+    ],
+)
+def test_route_of(path: str, route: str) -> None:
+    assert route_of(path) == route
+
+
+def test_request_counter_counts_by_route_and_status(sb: Sandbox, client: SkyHubClient) -> None:
+    client.create_product(_product("C 1"))
+    client.update_product("C 1", {"qty": 1})
+    client.update_product("C 1", {"qty": 2})
+    with pytest.raises(NotFound):
+        client.get_product("C 2")
+    sb.script_fault("PUT", "/products/C 1", "drop")
+    with pytest.raises(TransportError):
+        client.update_product("C 1", {"qty": 3})
+    sb.script_fault("GET", "/queues/orders", "429")
+    assert client.next_queued_order() is None  # 429 waited out, then 204
+
+    assert client.counter.take() == {
+        ("POST", "/products", "201"): 1,
+        ("PUT", "/products/{sku}", "204"): 2,
+        ("GET", "/products/{sku}", "404"): 1,
+        ("PUT", "/products/{sku}", "error"): 1,
+        ("GET", "/queues/orders", "429"): 1,
+        ("GET", "/queues/orders", "204"): 1,
+    }
+    assert client.counter.take() == {}

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from skysync import __version__
+from skysync.ratelimit import RateLimiterUnavailable, RateLimitTimeout
 from skysync.skyhub import payloads
 from skysync.skyhub.errors import (
     AuthenticationError,
@@ -51,8 +52,10 @@ _ORDER_ACTIONS = ("invoice", "shipments", "delivery", "cancel", "shipment_except
 
 
 def segment(value: str) -> str:
-    """One URL path segment: spaces, slashes and every reserved character percent-encoded."""
-    return quote(value, safe="")
+    """One URL path segment: spaces, slashes and every reserved character percent-encoded.
+    A value of only dots is encoded too, or "." and ".." would be read as a path step."""
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if set(value) == {"."} else encoded
 
 
 def bucket_for(method: str, path: str) -> str:
@@ -73,13 +76,21 @@ def bucket_for(method: str, path: str) -> str:
     return f"other:{head}:{method}"
 
 
-# Buckets that SkyHub limits at 1/s (everything that is not a 9/s family).
-SLOW_BUCKET_PREFIXES = ("orders:GET", "other:")
+# The buckets SkyHub allows 9/s (skyhub-api.md §5); every other one gets 1/s.
+FAST_BUCKETS = frozenset(
+    {
+        "products:GET", "products:POST", "products:PUT", "products:DELETE",
+        "variations:POST", "variations:PUT", "variations:DELETE",
+        "queues:GET", "queues:DELETE", "orders:POST",
+        *(f"orders/{action}:POST" for action in _ORDER_ACTIONS),
+    }
+)  # fmt: skip
 
 
 def bucket_rate(bucket: str, rate: float) -> float:
-    """Our pace for a bucket: ``rate`` for SkyHub's 9/s families, 1/s for the others."""
-    return min(rate, 1.0) if bucket.startswith(SLOW_BUCKET_PREFIXES) else rate
+    """Our pace for a bucket: ``rate`` for SkyHub's 9/s buckets, at most 1/s for the others
+    (order reads, variation reads, everything else)."""
+    return rate if bucket in FAST_BUCKETS else min(rate, 1.0)
 
 
 def route_of(path: str) -> str:
@@ -230,7 +241,7 @@ class SkyHubClient:
         waits = 0
         while True:
             if self.limiter is not None:
-                self.limiter.acquire(bucket)
+                self._take_slot(method, path, bucket)
             response = self._send(method, path, json=json, params=params)
             if response.status_code != 429:
                 break
@@ -244,12 +255,23 @@ class SkyHubClient:
                     status=429,
                 )
             waits += 1
-            delay = retry_after if retry_after is not None else 1.0 - (time.time() % 1.0) + 0.01
+            # SkyHub's window slides: a full second after the refusal, the window has moved on.
+            delay = retry_after if retry_after is not None else 1.0
             log.info("rate limited on %s %s; waiting %.2f s", method, path, delay)
             self._sleep(delay)
         if response.is_success:
             return response
         raise self._error(method, path, response)
+
+    def _take_slot(self, method: str, path: str, bucket: str) -> None:
+        """Wait for the shared limiter; its own failures become errors of our tree too."""
+        assert self.limiter is not None
+        try:
+            self.limiter.acquire(bucket)
+        except RateLimitTimeout as exc:
+            raise RateLimited(str(exc), method=method, path=path) from exc
+        except RateLimiterUnavailable as exc:
+            raise TransportError(f"not sent: {exc}", method=method, path=path) from exc
 
     def _send(
         self, method: str, path: str, *, json: Any, params: dict[str, Any] | None
