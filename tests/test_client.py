@@ -1012,6 +1012,9 @@ def test_secrets_never_reach_logs_errors_or_repr(
     caplog: pytest.LogCaptureFixture, make_client: Any
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # other tests' logging set-up quiets these; this test wants every line they can write
+    for name in ("httpx", "httpcore", "skysync"):
+        caplog.set_level(logging.DEBUG, logger=name)
     errors: list[SkyHubError] = []
 
     def expect_error(call: Callable[[], object]) -> None:
