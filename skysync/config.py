@@ -12,13 +12,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
 
 _SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key", "flower_basic_auth"})
+# Values that mean "fill me in": .env.example's placeholders and their usual cousins.
+_PLACEHOLDER = re.compile(
+    r"^(<.*>|x{3,}|\.{3,}|change[-_ ]?me.*|placeholder|secret|password|your[-_ ].*|todo|tbd)$",
+    re.I,
+)
 _DSN_PASSWORD = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I
 )
@@ -132,6 +137,26 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        """A secret still set to a placeholder (CHANGE_ME...) would send garbage to SkyHub or
+        leave Flower guarded by a published password: refuse it, unless the target is an
+        emulator (SKYSYNC_SKYHUB_URL is not SkyHub's own address)."""
+        if self.skyhub_url != DEFAULT_SKYHUB_URL:
+            return self
+        for name in sorted(_SECRET_FIELDS):
+            secret = getattr(self, name)
+            if secret is None:
+                continue
+            value = secret.get_secret_value()
+            parts = value.split(":", 1)[1:] if name == "flower_basic_auth" else [value]
+            if any(_PLACEHOLDER.match(part.strip()) for part in parts):
+                raise ValueError(
+                    f"SKYSYNC_{name.upper()}: is still a placeholder (as in .env.example); "
+                    "set the real value, or point SKYSYNC_SKYHUB_URL at an emulator"
+                )
+        return self
+
     # -- derived values -------------------------------------------------------------------
     @property
     def has_skyhub_credentials(self) -> bool:
@@ -178,8 +203,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting, naming its variable, without the offending value."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        lines.append(f"SKYSYNC_{field.upper()}: {error['msg']}")
+        if error["loc"]:
+            lines.append(f"SKYSYNC_{str(error['loc'][0]).upper()}: {error['msg']}")
+        else:  # a check across fields: its message names the variable itself
+            lines.append(error["msg"].removeprefix("Value error, "))
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -125,6 +125,25 @@ def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow
     )
 
 
+def _update_claimed(session: Session, ids: list[int], token: str, values: dict[str, Any]) -> int:
+    """Update rows of ``ids`` only while ``token`` still holds them in flight, so a task whose
+    lease was reclaimed cannot overwrite what a later claim decided."""
+    if not ids:
+        return 0
+    result = session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+        .where(OutboxRow.state == "in_flight")
+        .values(**values)
+    )
+    return result.rowcount or 0
+
+
+def _outcome_values(**values: Any) -> dict[str, Any]:
+    """The optional columns that were given."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def finish(
     session: Session,
     ids: list[int],
@@ -138,32 +157,18 @@ def finish(
     last_status: int | None = None,
     attempts: int | None = None,
 ) -> int:
-    """Move claimed rows to a final state. Only rows still held by ``token`` change, so a task
-    whose lease was reclaimed cannot overwrite what a later claim decided."""
-    if not ids:
-        return 0
-    values: dict[str, Any] = {
-        "state": state,
-        "reason": reason,
-        "finished_at": now,
-        "updated_at": now,
-        "lease_until": None,
-    }
-    if superseded_by is not None:
-        values["superseded_by"] = superseded_by
-    if attempts is not None:
-        values["attempts"] = attempts
-    if last_error is not None:
-        values["last_error"] = last_error
-    if last_status is not None:
-        values["last_status"] = last_status
-    result = session.execute(
-        sa.update(OutboxRow)
-        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == "in_flight")
-        .values(**values)
+    """Move claimed rows to a final state."""
+    values = {"state": state, "reason": reason, "finished_at": now, "updated_at": now}
+    values["lease_until"] = None
+    values.update(
+        _outcome_values(
+            superseded_by=superseded_by,
+            last_error=last_error,
+            last_status=last_status,
+            attempts=attempts,
+        )
     )
-    return result.rowcount or 0
+    return _update_claimed(session, ids, token, values)
 
 
 def release(
@@ -179,8 +184,6 @@ def release(
     last_status: int | None = None,
 ) -> int:
     """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops."""
-    if not ids:
-        return 0
     values: dict[str, Any] = {
         "state": "pending",
         "claim_token": None,
@@ -191,17 +194,8 @@ def release(
     }
     if count_attempt:
         values["attempts"] = OutboxRow.attempts + 1
-    if last_error is not None:
-        values["last_error"] = last_error
-    if last_status is not None:
-        values["last_status"] = last_status
-    result = session.execute(
-        sa.update(OutboxRow)
-        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == "in_flight")
-        .values(**values)
-    )
-    return result.rowcount or 0
+    values.update(_outcome_values(last_error=last_error, last_status=last_status))
+    return _update_claimed(session, ids, token, values)
 
 
 def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:

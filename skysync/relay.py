@@ -491,7 +491,7 @@ class Relay:
             except Unprocessable:
                 # "Already exists" (a lost answer to our own POST, or a product created
                 # elsewhere meanwhile) means update it; any other 422 stands as SkyHub said it.
-                if not self._product_exists(sku):
+                if not self._exists(self.client.get_product, sku):
                     raise
                 learned.exists[sku] = True
         if send:
@@ -529,7 +529,7 @@ class Relay:
             learned.attempt(vsku, fields)
             self._call(lambda: self.client.create_variation(parent, variation))
         except Unprocessable:
-            if not self._variation_exists(vsku):
+            if not self._exists(self.client.get_variation, vsku):
                 raise
             self._call(lambda: self.client.update_variation(vsku, fields))
         learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
@@ -593,16 +593,10 @@ class Relay:
         learned.acks.append(Ack(request.sku, send, request.sources, parent_sku=parent_sku))
         return self._sent(learned, decision)
 
-    def _product_exists(self, sku: str) -> bool:
+    def _exists(self, read: Callable[[str], Any], sku: str) -> bool:
+        """Does SkyHub have it? (``read`` is get_product or get_variation.)"""
         try:
-            self._call(lambda: self.client.get_product(sku))
-        except NotFound:
-            return False
-        return True
-
-    def _variation_exists(self, sku: str) -> bool:
-        try:
-            self._call(lambda: self.client.get_variation(sku))
+            self._call(lambda: read(sku))
         except NotFound:
             return False
         return True

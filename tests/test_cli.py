@@ -390,3 +390,27 @@ def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
     )
     assert module.returncode == 0, module.stderr
     assert module.stdout.strip() == "skysync, version 0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SKYSYNC_SKYHUB_API_KEY", "CHANGE_ME"),
+        ("SKYSYNC_SKYHUB_ACCOUNT_KEY", "change-me-please"),
+        ("SKYSYNC_SKYHUB_API_KEY", "<your api key>"),
+        ("SKYSYNC_FLOWER_BASIC_AUTH", "admin:CHANGE_ME"),
+    ],
+)
+def test_placeholder_secret_is_refused_unless_the_target_is_an_emulator(
+    variable: str, value: str
+) -> None:
+    refused = run(["check-config"], **{variable: value})
+    assert refused.exit_code == 2
+    assert f"{variable}: is still a placeholder" in refused.stderr
+    assert value not in refused.output
+    emulated = run(
+        ["check-config"], SKYSYNC_SKYHUB_URL="http://127.0.0.1:8710", **{variable: value}
+    )
+    assert emulated.exit_code == 0, emulated.output
+    real = run(["check-config"], **{variable: "admin:S3cr3t-9f" if "FLOWER" in variable else "k9"})
+    assert real.exit_code == 0, real.output
