@@ -86,20 +86,29 @@ def run_daemon(settings: Settings, *, demo: bool, concurrency: int, emulator_por
             ]
         )
     seeded = seed_demo(settings) if demo else 0
+    if demo and sandbox is not None:
+        # The marketplace side of the demo: two new orders waiting in the emulator's queue.
+        for code in ("DEMO Lojas Americanas-0001-01", "DEMO Submarino-0002-01"):
+            sandbox.seed_order({"code": code, "status": "payment_received"})
     where = [
         f"database: {mask_dsn(settings.database_url)}",
         f"broker:   {mask_dsn(settings.effective_broker_url)}",
-        f"relay every {settings.sync_interval:.0f} s; one batch runs now at start",
+        f"relay every {settings.sync_interval:.0f} s, orders every "
+        f"{settings.order_poll_interval:.0f} s; both run once now at start",
         "watch:    skysync status  |  skysync outbox list  |  skysync item show SKU",
+        "          skysync orders list  |  skysync trigger (a batch now)",
     ]
     if seeded:
         where.insert(0, f"seeded {seeded} DEMO rows (SKUs DEMO-*) into the empty outbox")
+    if demo and sandbox is not None:
+        where.insert(1, "seeded 2 DEMO orders into the emulator's order queue")
     _banner(where)
 
     def _first_batch(**_kw: object) -> None:
-        from skysync.tasks import relay_batch
+        from skysync.tasks import pull_orders, relay_batch
 
         relay_batch.delay()
+        pull_orders.delay()
 
     worker_ready.connect(_first_batch, weak=False)
     from skysync.celery_app import app
