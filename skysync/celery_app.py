@@ -83,4 +83,5 @@ def _logging(**_kwargs: object) -> None:
     # `celery -A skysync.celery_app ...` process.
     from skysync.logs import configure_logging
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level, secrets=settings.secret_values())

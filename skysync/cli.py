@@ -38,7 +38,7 @@ class Context:
                 sys.exit(2)
             from skysync.logs import configure_logging
 
-            configure_logging(self._settings.log_level)
+            configure_logging(self._settings.log_level, secrets=self._settings.secret_values())
         return self._settings
 
 
@@ -546,7 +546,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON skysync_outbox, skysync_item, skysync_order_inbox, skysync_order, skysync_run,
-  alembic_version FROM "{role}";
+  skysync_request_stat, alembic_version FROM "{role}";
 GRANT USAGE ON SCHEMA public TO "{role}";
 -- write changes: only the ERP's columns; id, created_at and the rest come from defaults
 GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "{role}";
@@ -590,7 +590,9 @@ def erp_role(ctx: Context, role: str, apply: bool) -> None:
 @click.option("--lost-answer-rate", type=float, default=0.0, show_default=True)
 @click.option("--visibility-timeout", type=float, default=300.0, show_default=True)
 @click.option("--seed", type=int, default=None)
+@pass_ctx
 def sandbox(
+    ctx: Context,
     host: str,
     port: int,
     rate_limit: float | None,
@@ -611,8 +613,20 @@ def sandbox(
     ):
         if not 0.0 <= value <= 1.0:
             raise click.BadParameter(f"must be between 0 and 1, got {value}", param_hint=name)
+    settings = ctx.settings
+    # Configured credentials are enforced (the emulator stands in for that account);
+    # with none configured, any non-empty ones pass.
+    credentials: dict[str, str | None] = {"email": None, "api_key": None, "account_key": None}
+    if settings.has_skyhub_credentials:
+        assert settings.skyhub_api_key is not None and settings.skyhub_account_key is not None
+        credentials = {
+            "email": settings.skyhub_email,
+            "api_key": settings.skyhub_api_key.get_secret_value(),
+            "account_key": settings.skyhub_account_key.get_secret_value(),
+        }
     main_sandbox(
         SandboxConfig(
+            **credentials,
             host=host,
             port=port,
             rate_limit=rate_limit,

@@ -67,19 +67,29 @@ class Settings(BaseSettings):
     skyhub_account_key: SecretStr | None = Field(
         default=None, description="X-Accountmanager-Key (secret)."
     )
-    sync_interval: float = Field(default=900.0, gt=0, description="Seconds between relay batches.")
+    sync_interval: float = Field(
+        default=900.0,
+        gt=0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between batches.",
+    )
     order_poll_interval: float = Field(
-        default=60.0, gt=0, description="Seconds between order queue polls."
+        default=60.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds between polls."
     )
     rate_limit: float = Field(
-        default=8.5, gt=0, le=1000, description="Requests per second per SkyHub bucket."
+        default=8.5, gt=0, le=1000, allow_inf_nan=False, description="Requests/s per bucket."
     )
     batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows claimed per batch.")
     max_attempts: int = Field(
         default=8, ge=1, le=100, description="Failed attempts before a row is dead."
     )
     lease_seconds: float = Field(
-        default=300.0, ge=5, description="How long a claim holds rows before it is reclaimed."
+        default=300.0,
+        ge=5,
+        le=86400,
+        allow_inf_nan=False,
+        description="How long a claim holds rows before it is reclaimed.",
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     flower_basic_auth: SecretStr | None = Field(
@@ -155,7 +165,27 @@ class Settings(BaseSettings):
                     f"SKYSYNC_{name.upper()}: is still a placeholder (as in .env.example); "
                     "set the real value, or point SKYSYNC_SKYHUB_URL at an emulator"
                 )
+        for name in ("database_url", "broker_url", "redis_url"):
+            found = _DSN_PASSWORD.search(getattr(self, name) or "")
+            if found and _PLACEHOLDER.match(found["pw"]):
+                raise ValueError(
+                    f"SKYSYNC_{name.upper()}: its password is still a placeholder "
+                    "(as in .env.example); set the real one"
+                )
         return self
+
+    def secret_values(self) -> list[str]:
+        """The configured secrets themselves, for the log filter to mask wherever they appear."""
+        values = [
+            getattr(self, name).get_secret_value()
+            for name in sorted(_SECRET_FIELDS)
+            if getattr(self, name) is not None
+        ]
+        for name in ("database_url", "broker_url", "redis_url"):
+            found = _DSN_PASSWORD.search(getattr(self, name) or "")
+            if found:
+                values.append(found["pw"])
+        return [v for v in values if len(v) >= 4]
 
     # -- derived values -------------------------------------------------------------------
     @property

@@ -49,7 +49,15 @@ def get_engine(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        from skysync.models import lenient_json_loads
+
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            json_deserializer=lenient_json_loads,
+        )
     _ENGINES[url] = engine
     return engine
 

@@ -68,7 +68,7 @@ def run_daemon(settings: Settings, *, demo: bool, concurrency: int, emulator_por
     from skysync.db import migrate
     from skysync.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=settings.secret_values())
     migrate(settings.database_url)
     sandbox = None
     if not settings.has_skyhub_credentials and settings.skyhub_url == DEFAULT_SKYHUB_URL:

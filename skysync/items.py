@@ -131,3 +131,20 @@ def forget(session: Session, sku: str, names: Iterable[str], now: datetime) -> N
     if acknowledged != item.acknowledged:
         item.acknowledged = acknowledged
         item.updated_at = now
+
+
+def mark_applied(session: Session, sku: str, sources: Mapping[str, int], now: datetime) -> None:
+    """These fields were asked for by these rows and SkyHub already had the values: count the
+    rows as applied, so an older row still waiting cannot overwrite them later."""
+    item = session.get(Item, sku)
+    if item is None:
+        return
+    applied = dict(item.last_applied or {})
+    changed = False
+    for name, source in sources.items():
+        if source > int(applied.get(name, 0)):
+            applied[name] = source
+            changed = True
+    if changed:
+        item.last_applied = applied
+        item.updated_at = now

@@ -65,17 +65,27 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks credentials in the final message (and exception text) of every record."""
+    """Masks credentials in the final message (and exception text) of every record: anything
+    shaped like a key or a DSN password, and the configured secret values wherever they appear."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        super().__init__()
+        self.secrets = sorted(set(secrets or []), key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = self._clean(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = self._clean(record.exc_text)
         return True
 
 
@@ -133,13 +143,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", *, json_lines: bool | None = None, secrets: list[str] | None = None
+) -> None:
     """Root logging for the daemon and the CLI (idempotent)."""
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = _StderrHandler()
     handler.addFilter(ContextFilter())
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(secrets))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -99,7 +99,7 @@ class DataCollector(Collector):
         yield GaugeMetricFamily(
             "skysync_last_relay_auth_failed",
             "1 when SkyHub refused the credentials in the last batch.",
-            value=1.0 if last is not None and last.error else 0.0,
+            value=1.0 if last is not None and "credentials" in (last.error or "") else 0.0,
         )
 
         requests = CounterMetricFamily(

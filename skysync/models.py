@@ -41,6 +41,18 @@ class UnreadableJSON:
     relay crashing on it."""
 
     raw: str
+    problem: str = "is not valid JSON"
+
+
+def lenient_json_loads(text: str | bytes) -> Any:
+    """json.loads that never raises: garbage or absurd nesting comes back as UnreadableJSON,
+    so one bad row is rejected with a reason instead of failing the query that read it."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return UnreadableJSON(str(text)[:200], "is nested too deeply to read")
+    except (TypeError, ValueError):
+        return UnreadableJSON(str(text)[:200])
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -92,10 +104,7 @@ class LenientJSON(sa.TypeDecorator[Any]):
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
                 return UnreadableJSON(repr(value[:200]))
-        try:
-            return json.loads(value)
-        except (TypeError, ValueError):
-            return UnreadableJSON(str(value)[:200])
+        return lenient_json_loads(value)
 
 
 class Base(DeclarativeBase):

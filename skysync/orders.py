@@ -57,7 +57,9 @@ class PullSummary:
 def dedupe_key(queued: QueuedOrder) -> str:
     """One inbox row per order state: the code and status, or the content when unparseable."""
     if queued.problem is None and queued.code and queued.status_code:
-        return f"{queued.code}|{queued.status_code}"
+        # updated_at tells a second, later shipment_exception from a redelivery of the first
+        updated = queued.raw.get("updated_at") if isinstance(queued.raw, dict) else None
+        return f"{queued.code}|{queued.status_code}|{updated or ''}"
     raw = json.dumps(queued.raw, sort_keys=True, ensure_ascii=False, default=str)
     return f"{queued.code or '?'}|malformed|{hashlib.sha256(raw.encode()).hexdigest()[:24]}"
 

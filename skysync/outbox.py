@@ -198,6 +198,11 @@ def release(
     return _update_claimed(session, ids, token, values)
 
 
+def renew_lease(session: Session, ids: list[int], token: str, lease_until: datetime) -> int:
+    """Extend the lease of rows still held by ``token``; returns how many are still held."""
+    return _update_claimed(session, ids, token, {"lease_until": lease_until})
+
+
 def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
     """Whether ``ref`` still has rows of ``kinds`` waiting or in flight."""
     query = sa.select(sa.literal(1)).where(

@@ -122,6 +122,9 @@ class Decision:
 
     send: dict[str, Any]
     withheld: dict[str, str]
+    # fields withheld because SkyHub already has the value, with the row that asked for it:
+    # that row counts as applied, so an older row still waiting can never overwrite it later
+    unchanged: dict[str, int] = field(default_factory=dict)
 
     @property
     def nothing_to_send(self) -> bool:
@@ -147,6 +150,7 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
     is_frozen = item.frozen if frozen is None else frozen
     send: dict[str, Any] = {}
     withheld: dict[str, str] = {}
+    unchanged: dict[str, int] = {}
     for name, value in request.fields.items():
         source = request.sources[name]
         applied = item.last_applied.get(name)
@@ -156,6 +160,7 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
             withheld[name] = frozen_reason(item)
         elif item.in_skyhub and name in item.acknowledged and item.acknowledged[name] == value:
             withheld[name] = "unchanged: SkyHub already has this value"
+            unchanged[name] = source
         else:
             send[name] = value
     if request.variations:
@@ -163,7 +168,7 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
             withheld["variations"] = frozen_reason(item)
         else:
             send["variations"] = list(request.variations.values())
-    return Decision(send=send, withheld=withheld)
+    return Decision(send=send, withheld=withheld, unchanged=unchanged)
 
 
 def variation_request(parent: SkuRequest, variation_sku: str) -> SkuRequest:

@@ -21,6 +21,7 @@ parent not in SkyHub yet  the variation's rows wait (pending, not counted) with 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import secrets
@@ -98,8 +99,15 @@ class Outcome:
     attempted: dict[str, set[str]] = field(default_factory=dict)
     order_status: tuple[str, str] | None = None  # (code, status) after a step went out
 
+    # fields SkyHub already had, with the row that asked for them (counts as applied)
+    unchanged: dict[str, dict[str, int]] = field(default_factory=dict)
+
     def attempt(self, sku: str, fields: dict[str, Any]) -> None:
         self.attempted.setdefault(sku, set()).update(fields)
+
+    def note_unchanged(self, sku: str, sources: dict[str, int]) -> None:
+        if sources:
+            self.unchanged.setdefault(sku, {}).update(sources)
 
     blocks_later: bool = False  # later steps of the same order must wait for this one
 
@@ -226,7 +234,10 @@ class Relay:
             summary.claimed = len(claimed)
             valid: list[OutboxRow] = []
             for row in claimed:
-                found = problems(row.kind, row.ref, row.payload)
+                try:
+                    found = problems(row.kind, row.ref, row.payload)
+                except Exception as exc:  # a payload we cannot even judge must not block others
+                    found = [f"payload: cannot be checked ({type(exc).__name__})"]
                 if found:
                     outbox.finish(
                         session,
@@ -278,7 +289,7 @@ class Relay:
             if run is not None:
                 run.finished_at = self.clock()
                 run.summary = summary.as_dict()
-                run.error = error
+                run.error = error or run.error  # keep a stop a chunk already recorded
 
     def _auth_error(self, token: str) -> str | None:
         with session_scope(self.url) as session:
@@ -338,7 +349,9 @@ class Relay:
                 run_family(group)
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="skysync-push") as pool:
-                for future in [pool.submit(run_family, g) for g in rest]:
+                # each thread runs in a copy of this context: log lines keep the task id
+                jobs = [pool.submit(contextvars.copy_context().run, run_family, g) for g in rest]
+                for future in jobs:
                     future.result()
         summary.auth_failed = auth_failed.is_set()
         self.save_request_counts()
@@ -374,6 +387,18 @@ class Relay:
             reason = self._auth_error(token) or "SkyHub refused the credentials"
             self._record(token, rows, Outcome(state="auth", reason=reason))
             return "auth"
+        # A fresh lease for this key's requests; none if another claim took the rows meanwhile
+        # (this task waited past its lease): then that claim sends them, not us.
+        with session_scope(self.url) as session:
+            renewed = outbox.renew_lease(
+                session,
+                ids,
+                token,
+                self.clock() + timedelta(seconds=self.settings.lease_seconds),
+            )
+        if renewed < len(ids):
+            log.warning("rows %s are no longer held by this claim; skipped", ids)
+            return "lost_claim"
         try:
             if key[0] == "order":
                 return self._deliver_order(token, rows)
@@ -446,6 +471,8 @@ class Relay:
     def _with(learned: Outcome, outcome: Outcome) -> Outcome:
         for sku, names in learned.attempted.items():
             outcome.attempted.setdefault(sku, set()).update(names)
+        for sku, sources in learned.unchanged.items():
+            outcome.unchanged.setdefault(sku, {}).update(sources)
         outcome.acks = learned.acks + outcome.acks
         outcome.exists.update(learned.exists)
         outcome.linked |= learned.linked
@@ -472,6 +499,7 @@ class Relay:
                 if not item.unfrozen:
                     item = replace(item, frozen=True, frozen_since=self.clock())
         decision = decide(request, item)
+        learned.note_unchanged(sku, decision.unchanged)
         if decision.nothing_to_send:
             return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
         send = dict(decision.send)
@@ -512,7 +540,9 @@ class Relay:
         fields that changed and that no newer row (a stock row for it, say) already set."""
         vsku = part.sku
         known = self._load_item(vsku)
-        fields = decide(part, known, frozen=False).send
+        part_decision = decide(part, known, frozen=False)
+        learned.note_unchanged(vsku, part_decision.unchanged)
+        fields = part_decision.send
         sources = part.sources
         if known.in_skyhub:
             if not fields:
@@ -565,6 +595,7 @@ class Relay:
         if frozen and not item.frozen:
             item = replace(item, frozen=True, frozen_since=parent.frozen_since)
         decision = decide(request, item, frozen=frozen)
+        learned.note_unchanged(request.sku, decision.unchanged)
         if decision.nothing_to_send:
             return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
         send = {k: v for k, v in decision.send.items() if k != "variations"}
@@ -754,6 +785,8 @@ class Relay:
                 # SkyHub had for those fields, so no later value is skipped as "unchanged".
                 for sku, names in outcome.attempted.items():
                     item_store.forget(session, sku, names, now)
+            for sku, sources in outcome.unchanged.items():
+                item_store.mark_applied(session, sku, sources, now)
             for ack in outcome.acks:
                 item_store.record_ack(
                     session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku

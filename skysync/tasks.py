@@ -5,27 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+
 from skysync.bootstrap import get_relay
 from skysync.celery_app import app
+from skysync.logs import log_context
 
 
-@app.task(name="skysync.relay_batch", acks_late=True, ignore_result=True)
-def relay_batch() -> dict[str, Any]:
+@app.task(name="skysync.relay_batch", bind=True, acks_late=True, ignore_result=True)
+def relay_batch(self: Task) -> dict[str, Any]:
     """One batch: claim due rows and hand them to deliver_chunk in chunks by key."""
-    summary = get_relay().run_batch(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        summary = relay.run_batch(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
     return summary.as_dict()
 
 
-@app.task(name="skysync.deliver_chunk", acks_late=True, ignore_result=True)
-def deliver_chunk(token: str, row_ids: list[int]) -> dict[str, Any]:
+@app.task(name="skysync.deliver_chunk", bind=True, acks_late=True, ignore_result=True)
+def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops)."""
-    return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
+    with log_context(task_id=self.request.id):
+        return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
 
 
-@app.task(name="skysync.pull_orders", acks_late=True, ignore_result=True)
-def pull_orders() -> dict[str, Any]:
+@app.task(name="skysync.pull_orders", bind=True, acks_late=True, ignore_result=True)
+def pull_orders(self: Task) -> dict[str, Any]:
     """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
     from skysync.orders import pull_orders as pull
 
-    relay = get_relay()
-    return pull(relay.url, relay.client).as_dict()
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        return pull(relay.url, relay.client).as_dict()

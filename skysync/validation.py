@@ -27,6 +27,7 @@ from skysync.models import OUTBOX_KINDS, UnreadableJSON
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_REF_LENGTH = 255
+MAX_DEPTH = 32  # a product payload is 4 levels deep; anything far deeper is an accident
 MAX_QTY = 2_147_483_647  # SkyHub stores quantities as 32-bit integers
 
 PRODUCT_FIELDS = frozenset(
@@ -334,6 +335,22 @@ _BY_KIND = {
 assert set(_BY_KIND) == set(OUTBOX_KINDS)
 
 
+def nesting_depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """How deep lists and objects nest (iteratively: a hostile payload cannot blow the stack);
+    counting stops past ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
     """Every problem of one outbox row, each as "field: what is wrong"; empty when it is good."""
     check = _Check()
@@ -348,10 +365,14 @@ def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
     elif ref != ref.strip():
         check.fail("ref", f"has leading or trailing spaces: {describe(ref)}")
     if isinstance(payload, UnreadableJSON):
-        check.fail("payload", f"is not valid JSON: {payload.raw[:60]!r}")
+        check.fail("payload", f"{payload.problem}: {payload.raw[:60]!r}")
         return check.problems
     if not isinstance(payload, dict):
         check.fail("payload", f"must be a JSON object, got {describe(payload)}")
+        return check.problems
+    depth = nesting_depth(payload)
+    if depth > MAX_DEPTH:
+        check.fail("payload", f"is nested {depth}+ levels deep (at most {MAX_DEPTH})")
         return check.problems
     size = len(json.dumps(payload, ensure_ascii=False).encode())
     if size > MAX_PAYLOAD_BYTES:

@@ -414,3 +414,25 @@ def test_placeholder_secret_is_refused_unless_the_target_is_an_emulator(
     assert emulated.exit_code == 0, emulated.output
     real = run(["check-config"], **{variable: "admin:S3cr3t-9f" if "FLOWER" in variable else "k9"})
     assert real.exit_code == 0, real.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SKYSYNC_LEASE_SECONDS", "inf", "finite"),
+        ("SKYSYNC_SYNC_INTERVAL", "nan", "finite"),
+        ("SKYSYNC_LEASE_SECONDS", "1000000", "less than or equal"),
+        (
+            "SKYSYNC_DATABASE_URL",
+            "postgresql+psycopg://skysync:CHANGE_ME@db/skysync",
+            "placeholder",
+        ),
+    ],
+)
+def test_out_of_range_and_placeholder_settings_are_refused(
+    variable: str, value: str, says: str
+) -> None:
+    result = run(["check-config"], **{variable: value})
+    assert result.exit_code == 2
+    assert variable in result.stderr and says in result.stderr, result.stderr
+    assert "CHANGE_ME" not in result.output

@@ -4,6 +4,7 @@ health verdict of `skysync status`."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -221,3 +222,65 @@ def test_status_flags_a_beat_that_stopped(
         cli, ["status"], env={"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SYNC_INTERVAL": "30"}
     )
     assert human.exit_code == 1 and "UNHEALTHY" in human.output
+
+
+def test_relay_lines_carry_the_task_id_from_every_delivery_thread(
+    db_url: str, sb: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    from skysync.logs import ContextFilter, log_context
+
+    caplog.handler.addFilter(ContextFilter())
+    caplog.set_level(logging.INFO, logger="skysync.relay")
+    for n in range(6):  # six families: five of them run in the pool's threads
+        insert(db_url, "product", f"TID-{n}", {"name": f"Produto {n}", "price": 10.0})
+    with relay_for(db_url, sb, concurrency=4) as relay, log_context(task_id="task-42"):
+        relay.run_batch()
+    lines = [r for r in caplog.records if r.name == "skysync.relay" and "TID-" in r.getMessage()]
+    assert len(lines) == 6
+    assert {getattr(r, "task_id", None) for r in lines} == {"task-42"}
+    assert all(getattr(r, "sku", "").startswith("TID-") for r in lines)
+
+
+def test_configured_secret_values_are_masked_wherever_they_appear() -> None:
+    from skysync.logs import RedactingFilter
+
+    record = logging.makeLogRecord(
+        {"msg": "headers %r then X-Api-Key %s", "args": ([(b"X-Api-Key", b"S3CRET-k")], "S3CRET-k")}
+    )
+    RedactingFilter(["S3CRET-k"]).filter(record)
+    assert "S3CRET-k" not in record.getMessage()
+
+
+def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")},
+        "SKYSYNC_SKYHUB_EMAIL": "ops@x",
+        "SKYSYNC_SKYHUB_API_KEY": "right-key-1",
+        "SKYSYNC_SKYHUB_ACCOUNT_KEY": "right-acct-1",
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "skysync"), "sandbox", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/_sandbox/state", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        headers = {"X-User-Email": "ops@x", "X-Accountmanager-Key": "right-acct-1"}
+        wrong = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "wrong"})
+        right = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "right-key-1"})
+        assert (wrong.status_code, right.status_code) == (401, 404)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -281,3 +281,23 @@ def test_orders_cli_pull_list_show(
     assert "order_invoice" in shown.output and "sent" in shown.output  # the step sent back
     unknown = runner.invoke(cli, ["orders", "show", "NOPE-1"], env=env)
     assert unknown.exit_code == 1
+
+
+def test_a_later_repeat_of_the_same_status_is_kept_but_a_redelivery_is_not(
+    db_url: str, sb: Sandbox
+) -> None:
+    """Two shipment exceptions of one order are two events (their updated_at differ); the same
+    event delivered twice is one."""
+    first = {
+        "code": AMERICANAS,
+        "status": "shipment_exception",
+        "updated_at": "2026-11-28T10:00:00",
+    }
+    sb.seed_order(first)
+    pull(db_url, sb)
+    sb.seed_order(first)  # SkyHub sends the very same state again
+    pull(db_url, sb)
+    assert len(inbox(db_url)) == 1
+    sb.seed_order({**first, "updated_at": "2026-11-29T09:00:00"})  # a second exception
+    pull(db_url, sb)
+    assert [r.status for r in inbox(db_url)] == ["shipment_exception", "shipment_exception"]

@@ -34,7 +34,8 @@ from relay_helpers import (
 
 from skysync import bootstrap
 from skysync.cli import cli
-from skysync.models import utcnow
+from skysync.db import session_scope
+from skysync.models import OutboxRow, utcnow
 from skysync.relay import Relay, drain
 from skysync.skyhub.sandbox import Sandbox
 
@@ -915,3 +916,71 @@ def test_cli_drain_closes_its_skyhub_client(
     assert len(cli_relays) == 2
     still_open = [r for r in cli_relays if not r.client._http.is_closed]
     assert not still_open, f"{len(still_open)} of 2 commands left their SkyHub client open"
+
+
+# -- found in review: unchanged values count as applied; hostile payloads ------------------------
+
+
+def test_an_unchanged_newer_value_is_never_overwritten_by_an_older_waiting_row(
+    db_url: str, sb: Sandbox
+) -> None:
+    """Row 2 (V qty 4, carried by a product row) keeps hitting 429 and waits; row 3 (stock V
+    qty 3) is withheld as unchanged because SkyHub already has 3. When row 2 finally goes, the
+    variation must keep 3: the ERP's latest value."""
+    with relay_for(db_url, sb, client_kw={"max_rate_limit_waits": 0}) as relay:
+        create_product(db_url, relay, "P-ST", price=10.0, variations=[{"sku": "V-ST", "qty": 3}])
+        older = insert(db_url, "product", "P-ST", {"variations": [{"sku": "V-ST", "qty": 4}]})
+        sb.script_fault("PUT", "/variations/", "429", count=1)
+        sb.script_fault("POST", "/products/", "429", count=1)
+        relay.run_batch()
+        assert row(db_url, older).state == "pending", row(db_url, older)
+        newer = insert(db_url, "stock", "V-ST", {"qty": 3})
+        relay.run_batch()
+        assert row(db_url, newer).state == "withheld", row(db_url, newer)
+        make_due(db_url)
+        drain(relay)
+    assert sb.state()["variations"]["V-ST"]["qty"] == 3
+    assert row(db_url, older).state in ("withheld", "sent"), row(db_url, older)
+
+
+def test_requeued_older_price_does_not_overwrite_a_newer_unchanged_one(
+    db_url: str, sb: Sandbox, clean_env: Path
+) -> None:
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "RQ-1", price=10.0)
+        old = insert(db_url, "price", "RQ-1", {"price": 20.0})
+        with session_scope(db_url) as session:  # an operator rejected it, say
+            session.execute(
+                sa.update(OutboxRow)
+                .where(OutboxRow.id == old)
+                .values(state="rejected", reason="test: rejected by hand")
+            )
+        newer = insert(db_url, "price", "RQ-1", {"price": 10.0})
+        drain(relay)
+        assert row(db_url, newer).state == "withheld"
+        result = run_cli(["outbox", "requeue", str(old)], SKYSYNC_DATABASE_URL=db_url)
+        assert result.exit_code == 0, result.output
+        drain(relay)
+    assert product(sb, "RQ-1")["price"] == 10.0
+    assert "newer value" in (row(db_url, old).reason or "")
+
+
+def test_absurdly_nested_payload_is_rejected_and_blocks_nothing(db_url: str, sb: Sandbox) -> None:
+    deep = '{"name": ' + "[" * 5000 + "]" * 5000 + "}"
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "DEEP-OK", price=10.0)
+        bad = insert_raw(db_url, "product", "DEEP-1", deep)
+        medium = insert(
+            db_url,
+            "product",
+            "DEEP-2",
+            {"name": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+        )
+        good = insert(db_url, "price", "DEEP-OK", {"price": 12.0})
+        drain(relay)
+    assert row(db_url, good).state == "sent"
+    assert product(sb, "DEEP-OK")["price"] == 12.0
+    for rejected in (bad, medium):
+        got = row(db_url, rejected)
+        assert got.state == "rejected", got
+        assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason

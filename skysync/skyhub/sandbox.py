@@ -810,7 +810,8 @@ class Sandbox:
             if "status" in changes:
                 changes["status"] = _normalize_status(changes["status"])
             stored.update(changes)
-            stored["updated_at"] = _now_iso()
+            # a seeded updated_at is kept (tests replay the same event); otherwise it is now
+            stored["updated_at"] = changes.get("updated_at") or _now_iso()
         else:
             stored = self._new_order_locked(order, code)
             self._orders[stored["code"]] = stored
