@@ -238,7 +238,10 @@ steps_strategy = st.lists(
 )
 
 
-def run_example(url: str, sb: Sandbox, steps: list[Step]) -> None:
+def run_example(url: str, sb: Sandbox, steps: list[Step], *, unique_values: bool = True) -> None:
+    """``unique_values``: every value written is new for its SKU, so each acknowledged value
+    maps back to its row and (b) can be checked. Without it, values repeat (10, 20, 30; stock
+    0, 1, 2), which exercises "unchanged" withholding; then (a) and (c) are checked."""
     empty_tables(url)
     clear_scripted_faults(sb)
     prefix = f"cv-{uuid.uuid4().hex[:10]}"
@@ -252,10 +255,16 @@ def run_example(url: str, sb: Sandbox, steps: list[Step]) -> None:
             kind = step[0]
             if kind == "price":
                 sku = skus[step[1]]
-                erp.write("price", sku, {"price": erp.unique(sku, "price", step[2], 1, 1000)})
+                price = (
+                    erp.unique(sku, "price", step[2], 1, 1000)
+                    if unique_values
+                    else (10.0, 20.0, 30.0)[int(step[2]) % 3]
+                )
+                erp.write("price", sku, {"price": price})
             elif kind == "stock":
                 sku = skus[step[1]]
-                erp.write("stock", sku, {"qty": erp.unique(sku, "qty", step[2], 0, 50)})
+                qty = erp.unique(sku, "qty", step[2], 0, 50) if unique_values else step[2] % 3
+                erp.write("stock", sku, {"qty": qty})
             elif kind == "bad":
                 bad_kind, payload = step[2]
                 erp.write(bad_kind, skus[step[1]], payload, valid=False)
@@ -286,6 +295,8 @@ def run_example(url: str, sb: Sandbox, steps: list[Step]) -> None:
         for name in ("price", "qty"):
             assert products[sku][name] == erp.latest[(sku, name)], (sku, name, products[sku])
 
+    if not unique_values:
+        return
     # (b) monotonic per SKU and field over the acknowledged (2xx) writes, in arrival order.
     acked: dict[tuple[str, str], int] = {}
     for entry in log:
@@ -321,6 +332,16 @@ def test_relay_converges_on_sqlite(sqlite_url: str, sandbox: Sandbox, steps: lis
 @given(steps=steps_strategy)
 def test_relay_converges_on_postgresql(pg_url: str, sandbox: Sandbox, steps: list[Step]) -> None:
     run_example(pg_url, sandbox, steps)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=25)
+@given(steps=steps_strategy)
+def test_relay_converges_with_repeated_values(
+    sqlite_url: str, sandbox: Sandbox, steps: list[Step]
+) -> None:
+    """Values come back (a price goes 10, 20, 10): "unchanged" must never let an older row
+    overwrite a newer equal one."""
+    run_example(sqlite_url, sandbox, steps, unique_values=False)
 
 
 # --------------------------------------------------------------------------- scenarios
