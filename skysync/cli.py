@@ -275,20 +275,11 @@ def outbox_list(
     ctx: Context, state: str | None, kind: str | None, ref: str | None, limit: int, as_json: bool
 ) -> None:
     """The newest rows first, with their state and reason."""
-    import sqlalchemy as sa
-
+    from skysync import reports
     from skysync.db import session_scope
-    from skysync.models import OutboxRow
 
-    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
-    if state:
-        query = query.where(OutboxRow.state == state)
-    if kind:
-        query = query.where(OutboxRow.kind == kind)
-    if ref:
-        query = query.where(OutboxRow.ref == ref)
     with session_scope(ctx.settings.database_url, readonly=True) as session:
-        rows = [_row_dict(r) for r in session.scalars(query)]
+        rows = reports.outbox_rows(session, state=state, kind=kind, ref=ref, limit=limit)
     if as_json:
         _echo_json(rows)
         return
@@ -297,22 +288,6 @@ def outbox_list(
     for r in rows:
         line = f"{r['id']:>8} {r['state']:<10} {r['kind']:<24} {r['ref']:<24} tries={r['attempts']}"
         click.echo(line + (f"  {r['reason']}" if r["reason"] else ""))
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "kind": row.kind,
-        "ref": row.ref,
-        "state": row.state,
-        "attempts": row.attempts,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-        "available_at": row.available_at.isoformat() if row.available_at else None,
-        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
-        "reason": row.reason,
-        "superseded_by": row.superseded_by,
-        "last_status": row.last_status,
-    }
 
 
 @outbox.command("requeue")
@@ -344,30 +319,11 @@ def item() -> None:
 @pass_ctx
 def item_show(ctx: Context, sku: str, as_json: bool) -> None:
     """Acknowledged values, linked/frozen state and the SKU's recent rows with their reasons."""
-    import sqlalchemy as sa
-
+    from skysync import reports
     from skysync.db import session_scope
-    from skysync.models import Item, OutboxRow
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
-        found = session.get(Item, sku)
-        recent = session.scalars(
-            sa.select(OutboxRow).where(OutboxRow.ref == sku).order_by(OutboxRow.id.desc()).limit(10)
-        ).all()
-        data: dict[str, Any] = {"sku": sku, "known": found is not None}
-        if found is not None:
-            data.update(
-                in_skyhub=found.in_skyhub,
-                parent_sku=found.parent_sku,
-                acknowledged=found.acknowledged,
-                linked=found.linked,
-                linked_since=found.linked_since.isoformat() if found.linked_since else None,
-                frozen=found.frozen,
-                frozen_since=found.frozen_since.isoformat() if found.frozen_since else None,
-                unfrozen_at=found.unfrozen_at.isoformat() if found.unfrozen_at else None,
-                last_applied=found.last_applied,
-            )
-        data["recent_rows"] = [_row_dict(r) for r in recent]
+        data = reports.item_report(session, sku)
     if as_json:
         _echo_json(data)
         return
@@ -440,33 +396,11 @@ def orders_list(
     ctx: Context, status: str | None, unconsumed: bool, limit: int, as_json: bool
 ) -> None:
     """Orders skysync knows, newest first, with their current status."""
-    import sqlalchemy as sa
-
+    from skysync import reports
     from skysync.db import session_scope
-    from skysync.models import Order, OrderInbox
 
-    waiting = (
-        sa.select(sa.func.count())
-        .where(OrderInbox.code == Order.code, OrderInbox.consumed_at.is_(None))
-        .scalar_subquery()
-    )
-    query = sa.select(Order, waiting).order_by(Order.updated_at.desc()).limit(limit)
-    if status:
-        query = query.where(Order.status == status)
-    if unconsumed:
-        query = query.where(waiting > 0)
     with session_scope(ctx.settings.database_url, readonly=True) as session:
-        found = [
-            {
-                "code": order.code,
-                "status": order.status,
-                "status_source": order.status_source,
-                "unconsumed_inbox_rows": n,
-                "parse_error": order.parse_error,
-                "updated_at": order.updated_at.isoformat() if order.updated_at else None,
-            }
-            for order, n in session.execute(query)
-        ]
+        found = reports.orders(session, status=status, unconsumed=unconsumed, limit=limit)
     if as_json:
         _echo_json(found)
         return
@@ -486,43 +420,17 @@ def orders_list(
 @pass_ctx
 def orders_show(ctx: Context, code: str, as_json: bool) -> None:
     """One order: its inbox history and the status steps sent back, with their states."""
-    import sqlalchemy as sa
-
+    from skysync import reports
     from skysync.db import session_scope
-    from skysync.models import ORDER_KINDS, Order, OrderInbox, OutboxRow
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
-        order = session.get(Order, code)
-        inbox = session.scalars(
-            sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
-        ).all()
-        steps = session.scalars(
-            sa.select(OutboxRow)
-            .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
-            .order_by(OutboxRow.id)
-        ).all()
-        data = {
-            "code": code,
-            "status": order.status if order else None,
-            "status_source": order.status_source if order else None,
-            "inbox": [
-                {
-                    "id": r.id,
-                    "status": r.status,
-                    "received_at": r.received_at.isoformat(),
-                    "consumed_at": r.consumed_at.isoformat() if r.consumed_at else None,
-                    "parse_error": r.parse_error,
-                }
-                for r in inbox
-            ],
-            "steps": [_row_dict(r) for r in steps],
-        }
+        data = reports.order_report(session, code)
+    if data is None:
+        click.echo(f"skysync: unknown order {code!r}", err=True)
+        sys.exit(1)
     if as_json:
         _echo_json(data)
         return
-    if order is None and not inbox and not steps:
-        click.echo(f"skysync: unknown order {code!r}", err=True)
-        sys.exit(1)
     click.echo(f"{code}: {data['status'] or 'status unknown'} (from {data['status_source']})")
     click.echo("  received from SkyHub:")
     for r in data["inbox"]:

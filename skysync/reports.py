@@ -1,0 +1,129 @@
+"""Read-only views for the command line (and anything else that shows state to a person):
+plain dicts built from one session, so the CLI only parses input and prints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.models import ORDER_KINDS, Item, Order, OrderInbox, OutboxRow
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def row_dict(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "ref": row.ref,
+        "state": row.state,
+        "attempts": row.attempts,
+        "created_at": _iso(row.created_at),
+        "available_at": _iso(row.available_at),
+        "finished_at": _iso(row.finished_at),
+        "reason": row.reason,
+        "superseded_by": row.superseded_by,
+        "last_status": row.last_status,
+    }
+
+
+def outbox_rows(
+    session: Session,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    ref: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Outbox rows, newest first."""
+    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    if state:
+        query = query.where(OutboxRow.state == state)
+    if kind:
+        query = query.where(OutboxRow.kind == kind)
+    if ref:
+        query = query.where(OutboxRow.ref == ref)
+    return [row_dict(r) for r in session.scalars(query)]
+
+
+def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, Any]:
+    """What SkyHub acknowledged for a SKU, its linked/frozen state, and its recent rows."""
+    found = session.get(Item, sku)
+    data: dict[str, Any] = {"sku": sku, "known": found is not None}
+    if found is not None:
+        data.update(
+            in_skyhub=found.in_skyhub,
+            parent_sku=found.parent_sku,
+            acknowledged=found.acknowledged,
+            linked=found.linked,
+            linked_since=_iso(found.linked_since),
+            frozen=found.frozen,
+            frozen_since=_iso(found.frozen_since),
+            unfrozen_at=_iso(found.unfrozen_at),
+            last_applied=found.last_applied,
+        )
+    data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
+    return data
+
+
+def orders(
+    session: Session, *, status: str | None = None, unconsumed: bool = False, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Orders skysync knows, most recently changed first, with their unread inbox rows."""
+    waiting = (
+        sa.select(sa.func.count())
+        .where(OrderInbox.code == Order.code, OrderInbox.consumed_at.is_(None))
+        .scalar_subquery()
+    )
+    query = sa.select(Order, waiting).order_by(Order.updated_at.desc()).limit(limit)
+    if status:
+        query = query.where(Order.status == status)
+    if unconsumed:
+        query = query.where(waiting > 0)
+    return [
+        {
+            "code": order.code,
+            "status": order.status,
+            "status_source": order.status_source,
+            "unconsumed_inbox_rows": n,
+            "parse_error": order.parse_error,
+            "updated_at": _iso(order.updated_at),
+        }
+        for order, n in session.execute(query)
+    ]
+
+
+def order_report(session: Session, code: str) -> dict[str, Any] | None:
+    """One order's inbox history and the status steps sent back; None when unknown."""
+    order = session.get(Order, code)
+    inbox = session.scalars(
+        sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
+    ).all()
+    steps = session.scalars(
+        sa.select(OutboxRow)
+        .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+        .order_by(OutboxRow.id)
+    ).all()
+    if order is None and not inbox and not steps:
+        return None
+    return {
+        "code": code,
+        "status": order.status if order else None,
+        "status_source": order.status_source if order else None,
+        "inbox": [
+            {
+                "id": r.id,
+                "status": r.status,
+                "received_at": _iso(r.received_at),
+                "consumed_at": _iso(r.consumed_at),
+                "parse_error": r.parse_error,
+            }
+            for r in inbox
+        ],
+        "steps": [row_dict(r) for r in steps],
+    }
