@@ -185,13 +185,6 @@ def variation_request(parent: SkuRequest, variation_sku: str) -> SkuRequest:
     )
 
 
-def split_flowing(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(price/qty fields, attribute fields)."""
-    flowing = {k: v for k, v in fields.items() if k in FLOWING_FIELDS}
-    attrs = {k: v for k, v in fields.items() if k not in FLOWING_FIELDS}
-    return flowing, attrs
-
-
 def backoff_delay(
     attempts: int, *, base: float = 30.0, cap: float = 3600.0, rng: random.Random | None = None
 ) -> float:

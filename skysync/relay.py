@@ -42,9 +42,10 @@ from skysync.config import Settings
 from skysync.db import session_scope
 from skysync.logs import log_context
 from skysync.metrics import save_request_counts
-from skysync.models import ORDER_KINDS, SKU_KINDS, OutboxRow, RunLog, utcnow
+from skysync.models import SKU_KINDS, OutboxRow, RunLog, utcnow
 from skysync.order_flow import TARGET_STATUS, check_step
 from skysync.planner import (
+    FLOWING_FIELDS,
     ItemView,
     Row,
     SkuRequest,
@@ -112,6 +113,29 @@ class Outcome:
     blocks_later: bool = False  # later steps of the same order must wait for this one
 
 
+def failure_outcome(exc: SkyHubError) -> Outcome:
+    """What a SkyHub error means for the rows of the request it answered (the table above)."""
+    if isinstance(exc, RateLimited):
+        return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
+    if isinstance(exc, AuthenticationError):
+        return Outcome(
+            state="auth",
+            reason=f"stopped: SkyHub refused the credentials ({exc}); fix them and the rows go out",
+            status=exc.status,
+        )
+    if isinstance(exc, PermanentError):
+        return Outcome(
+            state="rejected",
+            reason=f"SkyHub refused it: {exc}",
+            error=str(exc),
+            status=exc.status,
+            blocks_later=True,
+        )
+    return Outcome(
+        state="retry", reason=str(exc), error=str(exc), status=exc.status, blocks_later=True
+    )
+
+
 class _Stop(Exception):
     """Carries an Outcome out of the middle of a key's request sequence."""
 
@@ -144,12 +168,6 @@ class DeliverySummary:
 
     def count(self, outcome: str) -> None:
         self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
-
-    def merge(self, other: DeliverySummary) -> None:
-        self.keys += other.keys
-        for name, n in other.by_outcome.items():
-            self.by_outcome[name] = self.by_outcome.get(name, 0) + n
-        self.auth_failed = self.auth_failed or other.auth_failed
 
     def as_dict(self) -> dict[str, Any]:
         return {"keys": self.keys, **self.by_outcome, "auth_failed": self.auth_failed}
@@ -404,12 +422,9 @@ class Relay:
                 return self._deliver_order(token, rows)
             outcome = self._push_sku(coalesce(rows))
         except AuthenticationError as exc:
-            reason = (
-                f"stopped: SkyHub refused the credentials ({exc}); fix them and the rows go out"
-            )
+            outcome = failure_outcome(exc)
             auth_failed.set()
-            self._note_auth_failure(token, reason)
-            outcome = Outcome(state="auth", reason=reason, status=exc.status)
+            self._note_auth_failure(token, outcome.reason or "")
         except Exception as exc:  # a bug must not lose rows: they go back with the error
             log.exception("unexpected error delivering %s rows %s", key[1], ids)
             outcome = Outcome(state="retry", reason=f"internal error: {type(exc).__name__}: {exc}")
@@ -448,24 +463,9 @@ class Relay:
             return self._push_product(request, item, learned)
         except _Stop as stop:
             return self._with(learned, stop.outcome)
-        except RateLimited as exc:
-            return self._with(
-                learned, Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
-            )
-        except RetryableError as exc:
-            return self._with(
-                learned, Outcome(state="retry", reason=str(exc), error=str(exc), status=exc.status)
-            )
-        except PermanentError as exc:
-            return self._with(
-                learned,
-                Outcome(
-                    state="rejected",
-                    reason=f"SkyHub refused it: {exc}",
-                    error=str(exc),
-                    status=exc.status,
-                ),
-            )
+        except (RateLimited, RetryableError, PermanentError) as exc:
+            # (AuthenticationError goes up: it stops the whole batch, see _deliver_key)
+            return self._with(learned, failure_outcome(exc))
 
     @staticmethod
     def _with(learned: Outcome, outcome: Outcome) -> Outcome:
@@ -480,7 +480,7 @@ class Relay:
 
     def _push_product(self, request: SkuRequest, item: ItemView, learned: Outcome) -> Outcome:
         sku = request.sku
-        attrs = [k for k in request.fields if k not in ("price", "promotional_price", "qty")]
+        attrs = [k for k in request.fields if k not in FLOWING_FIELDS]
         if (
             request.has_product_row
             and (attrs or request.variations or not item.in_skyhub)
@@ -726,13 +726,6 @@ class Relay:
         }
         try:
             self._call(actions[row.kind])
-        except RateLimited as exc:
-            return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
-        except RetryableError as exc:
-            return Outcome(
-                state="retry", reason=str(exc), error=str(exc), status=exc.status,
-                blocks_later=True,
-            )  # fmt: skip
         except Unprocessable as exc:
             if self._order_has_status(code, target):
                 return Outcome(
@@ -740,21 +733,9 @@ class Relay:
                     reason=f"order was already {target} in SkyHub ({exc.message})",
                     order_status=(code, target),
                 )
-            return Outcome(
-                state="rejected", reason=f"SkyHub refused it: {exc}", error=str(exc),
-                status=exc.status, blocks_later=True,
-            )  # fmt: skip
-        except PermanentError as exc:
-            return Outcome(
-                state="rejected", reason=f"SkyHub refused it: {exc}", error=str(exc),
-                status=exc.status, blocks_later=True,
-            )  # fmt: skip
-        except AuthenticationError as exc:
-            return Outcome(
-                state="auth",
-                reason=f"stopped: SkyHub refused the credentials ({exc})",
-                status=exc.status,
-            )
+            return failure_outcome(exc)
+        except SkyHubError as exc:
+            return failure_outcome(exc)
         return Outcome(state="sent", order_status=(code, target))
 
     def _order_has_status(self, code: str, status: str) -> bool:
@@ -913,14 +894,3 @@ def drain(
     with session_scope(relay.url) as session:
         counts = outbox.count_by_state(session)
     return batches, counts
-
-
-__all__ = [
-    "ORDER_KINDS",
-    "SKU_KINDS",
-    "BatchSummary",
-    "DeliverySummary",
-    "Relay",
-    "SkyHubError",
-    "drain",
-]
