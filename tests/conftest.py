@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from skysync.db import dispose_engines, migrate
+from skysync.ratelimit import RateLimiter
 
 PG_ADMIN_URL = os.environ.get(
     "SKYSYNC_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -102,3 +104,23 @@ def session(db_url: str) -> Iterator[sa.orm.Session]:
 
     with session_scope(db_url) as s:
         yield s
+
+
+@pytest.fixture
+def make_limiter() -> Iterator[Callable[..., RateLimiter]]:
+    """RateLimiters on a namespace of their own; every storage is reset at teardown."""
+    made: list[RateLimiter] = []
+
+    def make(rate: float, storage_url: str, namespace: str | None = None, **kw: Any) -> RateLimiter:
+        limiter = RateLimiter(
+            rate,
+            storage_url=storage_url,
+            namespace=namespace or f"skysync:test:{uuid.uuid4().hex}",
+            **kw,
+        )
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        limiter.reset()

@@ -100,25 +100,6 @@ def make_client() -> Iterator[Callable[..., SkyHubClient]]:
         c.close()
 
 
-@pytest.fixture
-def limiters() -> Iterator[Callable[..., RateLimiter]]:
-    """RateLimiters on a namespace of their own; every storage is reset at teardown."""
-    made: list[RateLimiter] = []
-
-    def make(rate: float, storage_url: str, namespace: str | None = None) -> RateLimiter:
-        limiter = RateLimiter(
-            rate,
-            storage_url=storage_url,
-            namespace=namespace or f"skysync:test:{uuid.uuid4().hex}",
-        )
-        made.append(limiter)
-        return limiter
-
-    yield make
-    for limiter in made:
-        limiter.reset()
-
-
 def _product(sku: str, **fields: Any) -> dict[str, Any]:
     return {
         "sku": sku,
@@ -1085,10 +1066,10 @@ def test_secrets_never_reach_logs_errors_or_repr(
 
 @pytest.mark.parametrize("storage_url", ["memory://", REDIS_URL], ids=["memory", "redis"])
 def test_limiter_keeps_puts_under_the_rate(
-    storage_url: str, limiters: Any, make_client: Any
+    storage_url: str, make_limiter: Any, make_client: Any
 ) -> None:
     with Sandbox(_config(rate_limits_enabled=True, rate_limit=9)) as sb:
-        limiter = _GrantLog(limiters(5, storage_url))
+        limiter = _GrantLog(make_limiter(5, storage_url))
         client = make_client(sb.base_url, limiter=limiter)
         client.create_product(_product("PACED"))
 
@@ -1104,12 +1085,12 @@ def test_limiter_keeps_puts_under_the_rate(
 
 
 def test_two_clients_sharing_a_redis_limiter_stay_under_the_rate(
-    limiters: Any, make_client: Any
+    make_limiter: Any, make_client: Any
 ) -> None:
     namespace = f"skysync:test:{uuid.uuid4().hex}"
     with Sandbox(_config(rate_limits_enabled=True, rate_limit=9)) as sb:
         # two limiter objects on one namespace: two worker processes sharing Redis
-        logs = [_GrantLog(limiters(5, REDIS_URL, namespace)) for _ in range(2)]
+        logs = [_GrantLog(make_limiter(5, REDIS_URL, namespace)) for _ in range(2)]
         clients = [make_client(sb.base_url, limiter=log) for log in logs]
         for n in range(2):
             clients[0].create_product(_product(f"SHARED-{n}"))

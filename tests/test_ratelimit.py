@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,25 +24,6 @@ from skysync.ratelimit import (
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 STORAGES = pytest.mark.parametrize("storage_url", ["memory://", REDIS_URL], ids=["memory", "redis"])
-
-
-@pytest.fixture
-def make_limiter() -> Iterator[Callable[..., RateLimiter]]:
-    made: list[RateLimiter] = []
-
-    def make(rate: float, storage_url: str, namespace: str | None = None, **kw: Any) -> RateLimiter:
-        limiter = RateLimiter(
-            rate,
-            storage_url=storage_url,
-            namespace=namespace or f"skysync:test:{uuid.uuid4().hex}",
-            **kw,
-        )
-        made.append(limiter)
-        return limiter
-
-    yield make
-    for limiter in made:
-        limiter.reset()
 
 
 def _max_in_window(times: list[float], window: float = 0.98) -> int:
