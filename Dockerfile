@@ -20,27 +20,26 @@ RUN python -m venv /opt/venv \
     && useradd --system --uid 10001 --gid skysync --home-dir /var/lib/skysync --create-home \
        --shell /usr/sbin/nologin skysync
 
-WORKDIR /app
-
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes. The
 # list (and the build backend, so that the install below needs no network) is read from
 # pyproject.toml itself, so there is no second list to keep in step.
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+COPY pyproject.toml /tmp/deps/
+RUN python -c 'import tomllib; p = tomllib.load(open("/tmp/deps/pyproject.toml", "rb")); print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' \
+        > /tmp/deps/requirements.txt \
+    && pip install -r /tmp/deps/requirements.txt \
+    && rm -rf /tmp/deps
 
-# The project itself, installed in EDITABLE mode from /app: skysync finds its Alembic scripts at
-# Path(skysync.__file__).parent.parent / "migrations" (skysync/db.py), i.e. /app/migrations. A
-# regular `pip install .` would copy the package to site-packages, where no migrations/ sits
-# beside it, and `skysync migrate` would fail. /app stays owned by root: read-only to the service.
-COPY README.md alembic.ini ./
-COPY migrations ./migrations
-COPY skysync ./skysync
-RUN pip install --no-deps --no-build-isolation -e /app \
-    && python -m compileall -q /app/skysync /app/migrations \
-    && skysync --version
+# The project itself, a normal (non-editable) install, as `pip install .` gives any user: the
+# wheel carries the Alembic scripts inside the package (skysync/_migrations, see setup.py), so
+# the sources are removed afterwards and nothing at run time reads them. The check at the end
+# fails the build when the installed package cannot find its migrations.
+COPY pyproject.toml setup.py README.md /tmp/src/
+COPY migrations /tmp/src/migrations
+COPY skysync /tmp/src/skysync
+RUN pip install --no-deps --no-build-isolation /tmp/src \
+    && rm -rf /tmp/src \
+    && skysync --version \
+    && python -c 'from skysync.db import ALEMBIC_DIR; print("migrations:", ALEMBIC_DIR)'
 
 # The service's own, writable working directory (for a SQLite file if one is ever configured;
 # compose's beat keeps its schedule in /tmp). skysync reads an optional .env from here: the image

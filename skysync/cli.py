@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from contextlib import closing
 from typing import Any
@@ -247,6 +248,16 @@ def flower(click_ctx: click.Context, port: int, address: str) -> None:
     app.start(["flower", f"--port={port}", f"--address={address}", *click_ctx.args])
 
 
+def _stop_on_sigterm() -> None:
+    """`docker stop` (and systemd, and Kubernetes) send SIGTERM: stop as on Ctrl-C, closing the
+    server cleanly, and exit 0 rather than being killed by the signal (exit 143)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @cli.command()
 @click.option("--port", default=9108, show_default=True, type=int)
 @click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
@@ -256,6 +267,7 @@ def metrics(ctx: Context, port: int, address: str) -> None:
     from skysync.metrics import serve
 
     click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
+    _stop_on_sigterm()
     serve(ctx.settings.database_url, port, address)
 
 
@@ -532,6 +544,7 @@ def sandbox(
             "api_key": settings.skyhub_api_key.get_secret_value(),
             "account_key": settings.skyhub_account_key.get_secret_value(),
         }
+    _stop_on_sigterm()
     main_sandbox(
         SandboxConfig(
             **credentials,

@@ -11,7 +11,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _alembic_dir() -> Path:
+    """Alembic's scripts: inside the installed package (a wheel ships the top-level migrations/
+    as skysync/_migrations, see setup.py), else beside the package in a source checkout or an
+    editable install."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError(
+        f"skysync's migration scripts are missing: neither {package / '_migrations'} nor "
+        f"{package.parent / 'migrations'} holds env.py (a broken install?)"
+    )
+
+
+ALEMBIC_DIR = _alembic_dir()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

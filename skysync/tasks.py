@@ -5,14 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Task
 
 from skysync.bootstrap import get_relay
 from skysync.celery_app import app
 from skysync.logs import log_context
 
+# The database went away (a PostgreSQL restart, a failover, a dropped connection): run the same
+# task again shortly. Its rows are still claimed by its token, so it carries on where it stopped
+# instead of leaving them to wait out their lease; what it already recorded is not sent again.
+RETRY_WHILE_DATABASE_DOWN: dict[str, Any] = {
+    "autoretry_for": (sa.exc.OperationalError, sa.exc.InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 40,
+}
 
-@app.task(name="skysync.relay_batch", bind=True, acks_late=True, ignore_result=True)
+
+@app.task(
+    name="skysync.relay_batch",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_WHILE_DATABASE_DOWN,
+)
 def relay_batch(self: Task) -> dict[str, Any]:
     """One batch: claim due rows and hand them to deliver_chunk in chunks by key."""
     with log_context(task_id=self.request.id):
@@ -21,14 +39,26 @@ def relay_batch(self: Task) -> dict[str, Any]:
     return summary.as_dict()
 
 
-@app.task(name="skysync.deliver_chunk", bind=True, acks_late=True, ignore_result=True)
+@app.task(
+    name="skysync.deliver_chunk",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_WHILE_DATABASE_DOWN,
+)
 def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops)."""
     with log_context(task_id=self.request.id):
         return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
 
 
-@app.task(name="skysync.pull_orders", bind=True, acks_late=True, ignore_result=True)
+@app.task(
+    name="skysync.pull_orders",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_WHILE_DATABASE_DOWN,
+)
 def pull_orders(self: Task) -> dict[str, Any]:
     """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
     from skysync.orders import pull_orders as pull

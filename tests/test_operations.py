@@ -167,8 +167,11 @@ def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> 
                 time.sleep(0.1)
         assert response.status_code == 200
         assert 'skysync_outbox_rows{kind="price",state="pending"} 1.0' in response.text
-    finally:
+        # `docker stop` sends SIGTERM: a clean exit 0, not death by the signal (143 in a shell)
         proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
         proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
@@ -281,6 +284,8 @@ def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> 
         wrong = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "wrong"})
         right = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "right-key-1"})
         assert (wrong.status_code, right.status_code) == (401, 404)
+        proc.terminate()  # SIGTERM, as `docker stop` sends: a clean exit 0
+        assert proc.wait(timeout=10) == 0
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=10)

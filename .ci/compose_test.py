@@ -1,0 +1,608 @@
+"""`make compose-test`: the production path, for real.
+
+A real Docker engine; the image built from the project's own Dockerfile; `docker-compose
+--profile sandbox up -d` with the project's unmodified docker-compose.yml and a .env made from
+.env.example; rows INSERTed with psql exactly as the README tells the ERP; then operations:
+a worker stopped mid-batch, PostgreSQL and Redis restarted mid-batch, three workers under one
+rate limit, every service stopped by SIGTERM.
+
+No image registry is reachable on our CI machines, so the official base images are replaced by
+local stand-ins built from Debian packages (.ci/standin-images/README.md says how and why). They
+are cached between runs under STATE_DIR, keyed by a hash of their recipe.
+
+Each step prints its outcome and duration; a failed check stops the run with exit 1 after
+printing the services' logs. The engine and the stack are torn down in every case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDINS = ROOT / ".ci" / "standin-images"
+STATE_DIR = Path(os.environ.get("SKYSYNC_CI_STATE", "/var/lib/skysync-ci"))
+RUN_DIR = Path("/run/skysync-ci")  # short: the engine's unix socket path must stay < 108 chars
+SOCKET = RUN_DIR / "docker.sock"
+PROJECT = "skysyncci"
+IMAGE = "skysync:latest"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
+LEASE_SECONDS = 300  # the default; the worker-stop check must beat it by far
+RATE_BUCKET_LIMIT = 9  # SkyHub's (and the emulator's) limit per bucket and second
+
+DOCKER_ENV = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "DOCKER_BUILDKIT": "0"}
+RESULTS: list[tuple[str, str, float]] = []
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"compose-test: {message}", flush=True)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    log(f"--- {name}")
+    started = time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        RESULTS.append((name, f"FAILED: {exc}", time.monotonic() - started))
+        raise
+    RESULTS.append((name, "ok", time.monotonic() - started))
+    log(f"    ok ({time.monotonic() - started:.1f} s)")
+
+
+def check(condition: object, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def run(
+    args: list[str],
+    *,
+    input: str | None = None,
+    check_rc: bool = True,
+    timeout: float = 900,
+    stream: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; ``stream`` shows its output as it goes (long builds) instead of keeping it."""
+    done = subprocess.run(  # noqa: S603 - our own fixed commands
+        args,
+        input=input,
+        capture_output=not stream,
+        text=True,
+        env=DOCKER_ENV,
+        timeout=timeout,
+        check=False,
+    )
+    if check_rc and done.returncode != 0:
+        raise CheckFailed(
+            f"{' '.join(args[:4])}... exited {done.returncode}:\n{(done.stdout or '')[-3000:]}"
+            f"\n{(done.stderr or '')[-3000:]}"
+        )
+    return done
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the thing is not up yet
+            last_error = exc
+        time.sleep(every)
+    raise CheckFailed(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def docker_bin() -> str:
+    # Debian's docker.io client matches its engine (20.10); a newer client elsewhere on the
+    # PATH may want BuildKit/buildx, which this engine setup does not have.
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+
+
+def docker(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return run([docker_bin(), *args], **kwargs)
+
+
+def ensure_tools() -> None:
+    missing = [t for t in ("dockerd", "docker-compose", "debootstrap") if not shutil.which(t)]
+    if missing:
+        log(f"installing {', '.join(missing)} from Debian's packages")
+        apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=apt)  # noqa: S607
+        subprocess.run(  # noqa: S607
+            ["apt-get", "install", "-y", "-qq", "docker.io", "docker-compose", "debootstrap"],
+            check=True,
+            env=apt,
+        )
+
+
+def stop_engine() -> None:
+    pidfile = RUN_DIR / "docker.pid"
+    if pidfile.exists():
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(60):
+                os.kill(pid, 0)
+                time.sleep(0.5)
+        except (ProcessLookupError, ValueError):
+            pass
+    # what a killed engine leaves mounted under its exec root
+    subprocess.run(  # noqa: S607
+        ["sh", "-c", f"grep -o ' {RUN_DIR}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
+        check=False,
+    )
+
+
+def start_engine() -> None:
+    stop_engine()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    logfile = open(STATE_DIR / "dockerd.log", "ab")  # noqa: SIM115 - the daemon keeps it
+    subprocess.Popen(  # noqa: S603, S607
+        [
+            "dockerd",
+            "--storage-driver", "vfs",
+            "--iptables=false",
+            "--bridge=none",
+            "--data-root", str(STATE_DIR / "docker"),
+            "--exec-root", str(RUN_DIR / "exec"),
+            "--pidfile", str(RUN_DIR / "docker.pid"),
+            "-H", f"unix://{SOCKET}",
+        ],
+        stdout=logfile,
+        stderr=logfile,
+        start_new_session=True,
+    )
+    wait_for("the Docker engine", lambda: docker("info", check_rc=False).returncode == 0, 60)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def recipe_hash(*parts: str | Path) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            for file in sorted(p for p in part.rglob("*") if p.is_file()):
+                digest.update(file.name.encode())
+                digest.update(file.read_bytes())
+        else:
+            digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def image_recipe(name: str) -> str | None:
+    done = docker(
+        "image", "inspect", "-f", '{{index .Config.Labels "skysync.ci.recipe"}}', name,
+        check_rc=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def build_base() -> str:
+    """python:3.11-slim stand-in: a debootstrap root file system, imported."""
+    key = recipe_hash("base-v1", DEBIAN_MIRROR, BASE_PACKAGES, "bookworm")
+    if image_recipe("python:3.11-slim") == key:
+        log("python:3.11-slim stand-in: cached")
+        return key
+    tarball = STATE_DIR / f"rootfs-{key}.tar"
+    if not tarball.exists():
+        with tempfile.TemporaryDirectory(dir=STATE_DIR) as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            log("debootstrap bookworm (about 40 s)")
+            run(
+                [
+                    "debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+                    "bookworm", str(rootfs), DEBIAN_MIRROR,
+                ],
+                timeout=900,
+                stream=True,
+            )
+            # pip inside a container needs the host's CA bundle to reach PyPI from here: it
+            # goes into the stand-in, never into the project's Dockerfile.
+            shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/")
+            (rootfs / "etc/pip.conf").write_text(
+                "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+            )
+            run(["tar", "-C", str(rootfs), "-cf", str(tarball) + ".part", "."])
+            Path(str(tarball) + ".part").rename(tarball)
+    for old in STATE_DIR.glob("rootfs-*.tar"):
+        if old != tarball:
+            old.unlink()
+    docker(
+        "import",
+        "--change", "ENV LANG=C.UTF-8",
+        "--change", 'CMD ["python3"]',
+        "--change", f"LABEL skysync.ci.recipe={key}",
+        str(tarball), "python:3.11-slim",
+    )
+    return key
+
+
+def build_standin(name: str, folder: str, base_key: str) -> None:
+    key = recipe_hash(base_key, STANDINS / folder)
+    if image_recipe(name) == key:
+        log(f"{name} stand-in: cached")
+        return
+    docker(
+        "build", "--network", "host", "--label", f"skysync.ci.recipe={key}",
+        "-t", name, str(STANDINS / folder), stream=True,
+    )
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+class Stack:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.env_file = workdir / ".env"
+        self.password = "ci-" + secrets.token_hex(8)
+        self.flower_auth = ("ops", "ci-" + secrets.token_hex(8))
+
+    def write_env(self) -> None:
+        """`cp .env.example .env`, then set what the README tells a new user to set."""
+        text = (ROOT / ".env.example").read_text(encoding="utf-8")
+        settings = {
+            "POSTGRES_PASSWORD": self.password,
+            "SKYSYNC_FLOWER_BASIC_AUTH": ":".join(self.flower_auth),
+            "SKYSYNC_SKYHUB_URL": "http://sandbox:8710",
+            # batches and polls every few seconds, so the run does not wait 15 minutes
+            "SKYSYNC_SYNC_INTERVAL": "3",
+            "SKYSYNC_ORDER_POLL_INTERVAL": "3",
+        }
+        for name, value in settings.items():
+            # the line that is set, else the first commented-out one, as a user would edit it
+            for pattern in (rf"^{name}=.*$", rf"^#{name}=.*$"):
+                text, n = re.subn(pattern, f"{name}={value}", text, count=1, flags=re.M)
+                if n:
+                    break
+            check(n == 1, f".env.example has no line for {name}")
+        self.env_file.write_text(text, encoding="utf-8")
+
+    def compose(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return run(
+            [
+                "docker-compose", "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"),
+                "--env-file", str(self.env_file), "--profile", "sandbox", *args,
+            ],
+            **kwargs,
+        )
+
+    def containers(self, service: str) -> list[str]:
+        out = self.compose("ps", "-q", service).stdout.split()
+        return out
+
+    def inspect(self, container: str, fmt: str) -> str:
+        return docker("inspect", "-f", fmt, container).stdout.strip()
+
+    def psql(self, sql: str) -> str:
+        done = self.compose(
+            "exec", "-T", "postgres", "psql", "-U", "skysync", "-d", "skysync",
+            "-v", "ON_ERROR_STOP=1", "-qAt", input=sql,
+        )
+        return done.stdout.strip()
+
+    def states(self, where: str = "true") -> dict[str, int]:
+        out = self.psql(f"SELECT state, count(*) FROM skysync_outbox WHERE {where} GROUP BY 1;")
+        return {line.split("|")[0]: int(line.split("|")[1]) for line in out.splitlines() if line}
+
+    def sandbox(self, path: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:8710{path}", timeout=10).json()
+
+    def worker_ready(self) -> bool:
+        done = self.compose(
+            "exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect", "ping",
+            "--timeout", "5", check_rc=False, timeout=60,
+        )
+        return done.returncode == 0 and "pong" in done.stdout
+
+    def dump_logs(self) -> None:
+        done = self.compose("logs", "--no-color", "--tail", "60", check_rc=False)
+        print(done.stdout[-20000:], flush=True)
+
+
+def readme_sql(kinds: set[str]) -> list[str]:
+    """The README's INSERT statements for the ERP, those of `kinds`, verbatim."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## The ERP contract", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    code = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+    statements = []
+    for raw in re.split(r";\s*$", code, flags=re.M):
+        text = raw.strip()
+        match = re.search(r"INSERT INTO skysync_outbox \(kind, ref, payload\)\s*VALUES\s*\('(\w+)'", text)
+        if match and match[1] in kinds:
+            statements.append(text.strip() + ";")
+    check(
+        {re.search(r"VALUES\s*\('(\w+)'", s)[1] for s in statements} == kinds,  # type: ignore[index]
+        f"the README's ERP SQL lacks some of {sorted(kinds)}",
+    )
+    return statements
+
+
+def max_per_second(times: list[float]) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def insert_products(stack: Stack, prefix: str, count: int) -> None:
+    stack.psql(
+        "INSERT INTO skysync_outbox (kind, ref, payload) SELECT 'product', "
+        f"'{prefix}-' || g, json_build_object('name', 'Produto ' || g, 'status', 'enabled', "
+        "'qty', g, 'price', 10 + g, 'brand', 'Acme', 'images', "
+        "json_build_array('https://cdn.example.com/' || g || '.jpg')) "
+        f"FROM generate_series(1, {count}) g;"
+    )
+
+
+def wait_mid_batch(stack: Stack, prefix: str, count: int) -> dict[str, int]:
+    """Until some of the prefix's rows are sent and others not yet."""
+
+    def mid() -> dict[str, int] | None:
+        states = stack.states(f"ref LIKE '{prefix}-%'")
+        sent = states.get("sent", 0)
+        return states if 5 <= sent < count - 20 else None
+
+    return wait_for(f"{prefix} rows to be mid-batch", mid, 120, every=0.3)
+
+
+def wait_all_sent(stack: Stack, prefix: str, count: int, timeout: float) -> float:
+    started = time.monotonic()
+
+    def done() -> bool:
+        states = stack.states(f"ref LIKE '{prefix}-%'")
+        bad = {s: n for s, n in states.items() if s in ("rejected", "dead", "withheld")}
+        check(not bad, f"{prefix} rows ended {bad}")
+        return states.get("sent", 0) == count
+
+    wait_for(f"all {count} {prefix} rows sent", done, timeout, every=1.0)
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_basic_flow(stack: Stack) -> None:
+    code = "Lojas Americanas-1517940500554-01"
+    seeded = httpx.post(
+        "http://127.0.0.1:8710/_sandbox/orders",
+        json={"code": code, "status": "payment_received"},
+        timeout=10,
+    )
+    check(seeded.status_code in (200, 201), f"seeding an order: {seeded.status_code}")
+    wait_for(
+        "beat's order pull to store the order in the inbox",
+        lambda: stack.psql(f"SELECT count(*) FROM skysync_order_inbox WHERE code = '{code}';") == "1",
+        60,
+    )
+    kinds = {"product", "price", "stock", "order_invoice", "order_shipment", "order_delivery"}
+    stack.psql("\n".join(readme_sql(kinds)))
+    wait_for(
+        "the README's rows to be final",
+        lambda: not ({"pending", "in_flight"} & set(stack.states())),
+        120,
+    )
+    rows = stack.psql("SELECT kind, state, coalesce(reason, '') FROM skysync_outbox ORDER BY id;")
+    log("rows:\n      " + rows.replace("\n", "\n      "))
+    for line in rows.splitlines():
+        kind, state, reason = line.split("|", 2)
+        check(state in ("sent", "superseded"), f"a {kind} row ended {state}: {reason}")
+    check(
+        sum(1 for line in rows.splitlines() if line.split("|")[1] == "sent") >= 4,
+        "the SKU's newest row and the three order steps are sent",
+    )
+    state = stack.sandbox("/_sandbox/state")
+    product = state["products"]["SKU-123"]
+    check(product["name"] == "Caneca azul 300 ml", f"product name in SkyHub: {product.get('name')}")
+    check(product["price"] == 129.9, f"price in SkyHub: {product.get('price')}")
+    check(product["promotional_price"] == 99.9, f"promo in SkyHub: {product.get('promotional_price')}")
+    check(product["qty"] == 0, f"qty in SkyHub: {product.get('qty')}")
+    status = state["orders"][code]["status"]
+    status = status.get("code") if isinstance(status, dict) else status
+    check(status == "complete", f"order status in SkyHub: {status}")
+    log(f"SkyHub holds SKU-123 price 129.9/99.9 qty 0, order {code!r} {status}")
+
+
+def check_flower_and_metrics(stack: Stack) -> None:
+    bare = httpx.get("http://127.0.0.1:5555/", timeout=10)
+    check(bare.status_code == 401, f"Flower without credentials: {bare.status_code}")
+    authed = httpx.get("http://127.0.0.1:5555/", auth=stack.flower_auth, timeout=10)
+    check(authed.status_code == 200, f"Flower with credentials: {authed.status_code}")
+    metrics = httpx.get("http://127.0.0.1:9108/metrics", timeout=10).text
+    sent = re.findall(r'^skysync_outbox_rows\{[^}]*state="sent"[^}]*\} (\S+)$', metrics, re.M)
+    total = sum(float(v) for v in sent)
+    expected = int(stack.psql("SELECT count(*) FROM skysync_outbox WHERE state = 'sent';"))
+    check(total == expected, f"/metrics shows {total} sent rows, the table has {expected}")
+    log(f"Flower 401 then 200; /metrics shows the {expected} sent rows")
+
+
+def check_worker_stop(stack: Stack) -> None:
+    prefix, count = "CI-STOP", 150
+    insert_products(stack, prefix, count)
+    before = wait_mid_batch(stack, prefix, count)
+    started = time.monotonic()
+    stack.compose("stop", "worker")
+    stop_s = time.monotonic() - started
+    exit_code = stack.inspect(stack.containers("worker")[0], "{{.State.ExitCode}}")
+    after = stack.states(f"ref LIKE '{prefix}-%'")
+    check(sum(after.values()) == count, f"rows lost: {after}")
+    check(not {"rejected", "dead"} & set(after), f"rows failed: {after}")
+    log(f"mid-batch {before}; worker stopped in {stop_s:.1f} s (exit {exit_code}); rows {after}")
+    check(exit_code == "0", f"the worker exited {exit_code} on SIGTERM")
+    started = time.monotonic()
+    stack.compose("start", "worker")
+    took = wait_all_sent(stack, prefix, count, timeout=LEASE_SECONDS)
+    check(took < LEASE_SECONDS / 2, f"rows came back only after {took:.0f} s")
+    log(f"worker started again: all {count} sent {took:.1f} s later (lease {LEASE_SECONDS} s)")
+
+
+def check_restart(stack: Stack, service: str) -> None:
+    prefix, count = f"CI-{service.upper()}", 150
+    insert_products(stack, prefix, count)
+    before = wait_mid_batch(stack, prefix, count)
+    stack.compose("restart", service)
+    log(f"{service} restarted mid-batch ({before})")
+    took = wait_all_sent(stack, prefix, count, timeout=LEASE_SECONDS + 120)
+    log(f"all {count} {prefix} rows sent {took:.1f} s after the restart")
+
+
+def check_scaled_workers(stack: Stack) -> None:
+    stack.compose("up", "-d", "--no-recreate", "--scale", "worker=3", "worker")
+    wait_for("three workers", lambda: len(stack.containers("worker")) == 3, 60)
+    wait_for("three workers answering", stack.worker_ready, 120, every=3)
+    replies = stack.compose(
+        "exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect", "ping",
+        "--timeout", "10",
+    ).stdout
+    check(replies.count("pong") == 3, f"not three workers answering:\n{replies}")
+    skus = [f"CI-STOP-{i}" for i in range(1, 151)] + [f"CI-POSTGRES-{i}" for i in range(1, 151)]
+    log_start = len(stack.sandbox("/_sandbox/requests")["log"])
+    values = ", ".join(f"('stock', '{sku}', '{{\"qty\": {1000 + n}}}')" for n, sku in enumerate(skus))
+    stack.psql(f"INSERT INTO skysync_outbox (kind, ref, payload) VALUES {values};")
+    started = time.monotonic()
+    wait_for(
+        "the stock rows on three workers",
+        lambda: stack.psql(
+            "SELECT count(*) FROM skysync_outbox WHERE kind = 'stock' AND state = 'sent';"
+        ) == str(len(skus)),
+        240,
+    )
+    took = time.monotonic() - started
+    log_entries = stack.sandbox("/_sandbox/requests")["log"][log_start:]
+    puts = [e for e in log_entries if e["method"] == "PUT" and e["route"].startswith("/products")]
+    refused = [e for e in puts if e["status"] == 429]
+    peak = max_per_second([e["t"] for e in puts if e["status"] != 429])
+    log(
+        f"{len(skus)} stock updates on 3 workers in {took:.1f} s: {len(puts)} PUT /products, "
+        f"{len(refused)} answered 429, at most {peak} accepted in any second"
+    )
+    check(not refused, f"SkyHub answered 429 {len(refused)} times with three workers")
+    check(peak <= RATE_BUCKET_LIMIT, f"{peak} requests in one second (limit {RATE_BUCKET_LIMIT})")
+    states = {stack.states(f"ref = '{sku}' AND kind = 'stock'").get("sent") for sku in skus[:3]}
+    check(states == {1}, "stock rows sent")
+    product = stack.sandbox("/_sandbox/state")["products"][skus[-1]]
+    check(product["qty"] == 1000 + len(skus) - 1, f"stock in SkyHub: {product['qty']}")
+
+
+def check_sigterm(stack: Stack) -> None:
+    stack.compose("stop")
+    codes = {}
+    for service in ("worker", "beat", "flower", "metrics", "sandbox"):
+        for container in stack.containers(service):
+            codes.setdefault(service, set()).add(stack.inspect(container, "{{.State.ExitCode}}"))
+    log(f"exit codes after `docker-compose stop`: {codes}")
+    check(all(c == {"0"} for c in codes.values()), f"services did not exit 0 on SIGTERM: {codes}")
+
+
+def up(stack: Stack) -> None:
+    stack.compose("up", "-d", "--no-build")
+    migrate = wait_for("migrate's container", lambda: stack.containers("migrate"), 60)
+    wait_for(
+        "migrate to exit",
+        lambda: stack.inspect(migrate[0], "{{.State.Status}}") == "exited",
+        180,
+    )
+    code = stack.inspect(migrate[0], "{{.State.ExitCode}}")
+    check(code == "0", f"migrate exited {code}")
+    wait_for("the worker to answer ping", stack.worker_ready, 180, every=3)
+    beat = stack.containers("beat")
+    check(beat and stack.inspect(beat[0], "{{.State.Running}}") == "true", "beat is not running")
+    wait_for(
+        "beat to send its first batch",
+        lambda: stack.psql("SELECT count(*) FROM skysync_run WHERE kind = 'relay';") != "0",
+        60,
+    )
+    ports = {s: stack.compose("port", s, p).stdout.strip() for s, p in
+             (("flower", "5555"), ("metrics", "9108"), ("sandbox", "8710"))}
+    log(f"published: {ports}")
+    check(all(v.startswith("127.0.0.1:") for v in ports.values()), f"ports not on 127.0.0.1: {ports}")
+
+
+def main() -> int:
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="skysync-compose-"))
+    stack = Stack(workdir)
+    failed = False
+    try:
+        with step("tools (docker.io, docker-compose, debootstrap)"):
+            ensure_tools()
+        with step("Docker engine"):
+            start_engine()
+        with step("stand-in base images"):
+            base = build_base()
+            build_standin("postgres:16", "postgres-16", base)
+            build_standin("redis:7", "redis-7", base)
+        with step("image from the project's Dockerfile"):
+            docker("build", "--network", "host", "-t", IMAGE, str(ROOT), timeout=1200, stream=True)
+            docker("image", "prune", "-f", check_rc=False)
+        with step(".env from .env.example; docker-compose --profile sandbox up -d"):
+            stack.write_env()
+            stack.compose("down", "-v", "--remove-orphans", check_rc=False)
+            up(stack)
+        with step("README's ERP rows via psql end sent; SkyHub holds the values"):
+            check_basic_flow(stack)
+        with step("Flower 401/200, /metrics shows the rows"):
+            check_flower_and_metrics(stack)
+        with step("docker-compose stop worker mid-batch"):
+            check_worker_stop(stack)
+        with step("docker-compose restart postgres mid-batch"):
+            check_restart(stack, "postgres")
+        with step("docker-compose restart redis mid-batch"):
+            check_restart(stack, "redis")
+        with step("--scale worker=3 stays under the rate limit"):
+            check_scaled_workers(stack)
+        with step("docker-compose stop: every service exits 0 on SIGTERM"):
+            check_sigterm(stack)
+    except Exception as exc:
+        failed = True
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        try:
+            stack.dump_logs()
+        except Exception as dump_exc:
+            log(f"(no logs: {dump_exc})")
+    finally:
+        if stack.env_file.exists():
+            stack.compose("down", "-v", "--remove-orphans", check_rc=False, timeout=300)
+        stop_engine()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\ncompose-test summary:")
+    for name, outcome, seconds in RESULTS:
+        print(f"  {seconds:7.1f} s  {name}: {outcome}")
+    print(f"  {time.monotonic() - started:7.1f} s  total")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
