@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check skysync tests bench migrations
+	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
 
 ## bench: relay throughput through a real Celery worker, and limiter accuracy (needs PostgreSQL, Redis)
 bench: $(STAMP)
