@@ -143,6 +143,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class TerminalChatterFilter(logging.Filter):
+    """On a terminal, Celery's per-task INFO lines (``Task ... received``, ``Task ...
+    succeeded in 0.2s: {...}``) bury skysync's own lines, which already say what happened to
+    each row. They are dropped there; JSON logs (off a terminal) keep them, and warnings and
+    errors from these loggers always pass."""
+
+    CHATTY = ("celery.worker.strategy", "celery.app.trace")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.CHATTY)
+
+
 def configure_logging(
     level: str = "INFO", *, json_lines: bool | None = None, secrets: list[str] | None = None
 ) -> None:
@@ -153,6 +165,8 @@ def configure_logging(
     handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter(secrets))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    if not json_lines:
+        handler.addFilter(TerminalChatterFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_skysync", False):

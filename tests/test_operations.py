@@ -289,3 +289,38 @@ def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_terminal_lines_drop_celerys_per_task_chatter_json_keeps_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal skysync's own lines lead: Celery's 'Task ... received/succeeded' lines
+    are dropped there (warnings still pass); JSON logs keep everything."""
+    from skysync.logs import configure_logging
+
+    def emit() -> None:
+        logging.getLogger("celery.worker.strategy").info("Task skysync.deliver_chunk[1] received")
+        logging.getLogger("celery.app.trace").info("Task skysync.deliver_chunk[1] succeeded")
+        logging.getLogger("celery.app.trace").warning("Task skysync.deliver_chunk[2] retry")
+        logging.getLogger("skysync.relay").info("sku DEMO-1: sent")
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), logging.getLogger("httpx").level)
+    try:
+        configure_logging("INFO", json_lines=False)
+        emit()
+        text = capsys.readouterr().err
+        assert "sku DEMO-1: sent" in text
+        assert "retry" in text
+        assert "received" not in text and "succeeded" not in text
+
+        configure_logging("INFO", json_lines=True)
+        emit()
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert [line["message"].split()[-1] for line in lines] == [
+            "received", "succeeded", "retry", "sent"
+        ]
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("httpx").setLevel(saved[2])
