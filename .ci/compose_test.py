@@ -2,9 +2,9 @@
 
 A real Docker engine; the image built from the project's own Dockerfile; `docker-compose
 --profile sandbox up -d` with the project's unmodified docker-compose.yml and a .env made from
-.env.example; rows INSERTed with psql exactly as the README tells the ERP; then operations:
-a worker stopped mid-batch, PostgreSQL and Redis restarted mid-batch, three workers under one
-rate limit, every service stopped by SIGTERM.
+.env.example; rows INSERTed with psql exactly as docs/erp-contract.md tells the ERP; then
+operations: a worker stopped mid-batch, PostgreSQL and Redis restarted mid-batch, three workers
+under one rate limit, every service stopped by SIGTERM.
 
 No image registry is reachable on our CI machines, so the official base images are replaced by
 local stand-ins built from Debian packages (.ci/standin-images/README.md says how and why). They
@@ -329,9 +329,9 @@ class Stack:
 
 
 def readme_sql(kinds: set[str]) -> list[str]:
-    """The README's INSERT statements for the ERP, those of `kinds`, verbatim."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## The ERP contract", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    """The ERP contract's INSERT statements (docs/erp-contract.md), those of `kinds`, verbatim."""
+    contract = (ROOT / "docs" / "erp-contract.md").read_text(encoding="utf-8")
+    block = contract.split("```sql", 1)[1].split("```", 1)[0]
     code = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
     statements = []
     for raw in re.split(r";\s*$", code, flags=re.M):
@@ -341,7 +341,7 @@ def readme_sql(kinds: set[str]) -> list[str]:
             statements.append(text.strip() + ";")
     check(
         {re.search(r"VALUES\s*\('(\w+)'", s)[1] for s in statements} == kinds,  # type: ignore[index]
-        f"the README's ERP SQL lacks some of {sorted(kinds)}",
+        f"docs/erp-contract.md's SQL lacks some of {sorted(kinds)}",
     )
     return statements
 
@@ -410,7 +410,7 @@ def check_basic_flow(stack: Stack) -> None:
     kinds = {"product", "price", "stock", "order_invoice", "order_shipment", "order_delivery"}
     stack.psql("\n".join(readme_sql(kinds)))
     wait_for(
-        "the README's rows to be final",
+        "the ERP contract's rows to be final",
         lambda: not ({"pending", "in_flight"} & set(stack.states())),
         120,
     )
@@ -575,7 +575,7 @@ def main() -> int:
             stack.write_env()
             stack.compose("down", "-v", "--remove-orphans", check_rc=False)
             up(stack)
-        with step("README's ERP rows via psql end sent; SkyHub holds the values"):
+        with step("the ERP contract's rows via psql end sent; SkyHub holds the values"):
             check_basic_flow(stack)
         with step("Flower 401/200, /metrics shows the rows"):
             check_flower_and_metrics(stack)
