@@ -89,6 +89,8 @@ def coalesce(rows: Sequence[Row]) -> SkuRequest:
         for name, value in row.payload.items():
             if name == "variations":
                 _fold_variations(request, row.id, value or [])
+            elif name == "sku":
+                continue  # validation made sure it is the row's ref
             elif not is_blank(value):
                 request.fields[name] = _wire_value(name, value)
                 request.sources[name] = row.id
@@ -165,16 +167,29 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
             send[name] = value
     if request.variations:
         if is_frozen:
-            withheld["variations"] = frozen_reason(item)
+            # A variation's attributes freeze with its product; its price and stock keep flowing
+            # (each variation is then diffed against what SkyHub acknowledged for it).
+            flowing = []
+            for vsku, variation in request.variations.items():
+                for name in variation:
+                    if name != "sku" and name not in FLOWING_FIELDS:
+                        withheld[f"variations[{vsku}].{name}"] = frozen_reason(item)
+                values = {k: v for k, v in variation.items() if k in FLOWING_FIELDS}
+                if values:
+                    flowing.append({"sku": vsku, **values})
+            if flowing:
+                send["variations"] = flowing
         else:
             send["variations"] = list(request.variations.values())
     return Decision(send=send, withheld=withheld, unchanged=unchanged)
 
 
-def variation_request(parent: SkuRequest, variation_sku: str) -> SkuRequest:
-    """One variation carried by a product row, as a request of its own, so that it is diffed
-    against that variation's own acknowledged values and applied rows."""
-    fields = {k: v for k, v in parent.variations[variation_sku].items() if k != "sku"}
+def variation_request(parent: SkuRequest, variation: Mapping[str, Any]) -> SkuRequest:
+    """One variation carried by a product row (as :func:`decide` let it through), as a request
+    of its own, so that it is diffed against that variation's own acknowledged values and
+    applied rows."""
+    variation_sku = variation["sku"]
+    fields = {k: v for k, v in variation.items() if k != "sku"}
     sources = parent.variation_sources.get(variation_sku, {})
     return SkuRequest(
         sku=variation_sku,

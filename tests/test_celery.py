@@ -257,7 +257,11 @@ def test_relay_batch_task_delivers_rows_with_ids_only(
     writes = [e for e in sandbox.request_log() if e["method"] == "POST"]
     assert sorted(e["body"]["product"]["sku"] for e in writes) == skus  # one POST per SKU
 
-    wait_for(lambda: "deliver_chunk" in worker.output, 10, "the worker to log deliver_chunk")
+    wait_for(
+        lambda: re.search(r"skysync\.deliver_chunk\[[0-9a-f-]+\] succeeded", worker.output),
+        10,
+        "the worker to log that deliver_chunk succeeded",
+    )
     output = worker.output
     assert re.search(r"skysync\.relay_batch\[[0-9a-f-]+\] succeeded", output), output
     assert re.search(r"skysync\.deliver_chunk\[[0-9a-f-]+\] succeeded", output), output

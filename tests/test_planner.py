@@ -275,13 +275,32 @@ def test_decide_frozen_keyword_overrides_item() -> None:
     assert unfrozen.send == {"name": "x", "qty": 1}
 
 
-def test_decide_frozen_withholds_variations() -> None:
-    request = coalesce([product(1, variations=[{"sku": "V1", "qty": 4}], price=20.0)])
+def test_decide_frozen_withholds_variation_attributes_but_lets_their_price_and_stock_flow() -> None:
+    variations = [
+        {"sku": "V1", "qty": 4, "price": 55.0, "images": ["https://x/1.jpg"], "ean": "789"},
+        {"sku": "V2", "specifications": [{"key": "cor", "value": "azul"}]},
+    ]
+    request = coalesce([product(1, variations=variations, price=20.0)])
     item = ItemView(sku=SKU, in_skyhub=True, frozen=True, frozen_since=LINKED_AT)
     decision = decide(request, item)
-    assert decision.send == {"price": 20.0}
-    assert "frozen" in decision.withheld["variations"]
-    assert "variations" in decision.reason()
+    assert decision.send == {"price": 20.0, "variations": [{"sku": "V1", "qty": 4, "price": 55.0}]}
+    for name in ("variations[V1].images", "variations[V1].ean", "variations[V2].specifications"):
+        assert decision.withheld[name].startswith("frozen"), decision.withheld
+        assert name in decision.reason()
+    assert "variations[V1].qty" not in decision.reason()
+
+
+def test_decide_frozen_product_whose_variations_carry_only_attributes_sends_none() -> None:
+    request = coalesce([product(1, variations=[{"sku": "V1", "ean": "789"}])])
+    item = ItemView(sku=SKU, in_skyhub=True, frozen=True, frozen_since=LINKED_AT)
+    decision = decide(request, item)
+    assert decision.nothing_to_send
+    assert "variations[V1].ean: frozen" in decision.reason()
+
+
+def test_product_payload_sku_equal_to_ref_is_not_a_field_to_send() -> None:
+    request = coalesce([product(1, sku=SKU, name="x")])
+    assert request.fields == {"name": "x"}
 
 
 def test_decide_sends_variations_when_not_frozen() -> None:
