@@ -479,6 +479,10 @@ class Relay:
             return self._with(learned, stop.outcome)
         except (RateLimited, RetryableError, PermanentError) as exc:
             # (AuthenticationError goes up: it stops the whole batch, see _deliver_key)
+            # Price/stock did not get through after SkyHub refused some attributes: the rows
+            # stay together (a refused row may be the one carrying the price), so they are
+            # retried, or refused, as one.
+            learned.refused.clear()
             return self._with(learned, failure_outcome(exc))
 
     @staticmethod
@@ -549,9 +553,20 @@ class Relay:
                 return self._push_unknown_as_variation(request, send, learned, decision)
             except Unprocessable as exc:
                 send, variations = self._refused_attributes(request, send, variations, learned, exc)
-                self._attempt(learned, sku, send)
-                self._call(lambda: self.client.update_product(sku, send))
-            learned.acks.append(Ack(sku, send, request.sources))
+                if send:
+                    self._attempt(learned, sku, send)
+                    self._call(lambda: self.client.update_product(sku, send))
+                elif not variations:
+                    reason = decision.reason() if decision.withheld else None
+                    return self._with(
+                        learned,
+                        Outcome(
+                            state="withheld",
+                            reason=reason or "nothing left to send once SkyHub refused the rest",
+                        ),
+                    )
+            if send:
+                learned.acks.append(Ack(sku, send, request.sources))
         for v in variations or []:
             self._push_variation_entry(sku, variation_request(request, v), learned)
         return self._sent(learned, decision)
@@ -566,10 +581,11 @@ class Relay:
     ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
         """SkyHub refused a write that carried attributes: the rows that carried them are
         rejected with SkyHub's text, and price/stock (of the product and its variations) go
-        again on their own. A refusal of price/stock alone stands (re-raised)."""
+        again on their own (returned; possibly nothing). A refusal of price/stock alone stands
+        (re-raised)."""
         flowing = {k: v for k, v in send.items() if k in FLOWING_FIELDS}
         attributes = sorted(k for k in send if k not in FLOWING_FIELDS)
-        if not flowing or not attributes:
+        if not attributes:
             raise exc
         carriers = sorted({request.sources[k] for k in attributes})
         for row_id in carriers:

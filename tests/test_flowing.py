@@ -172,6 +172,49 @@ def test_refused_category_rejects_the_product_row_and_price_and_stock_still_go(
     ]
 
 
+def test_refused_row_carrying_the_only_price_waits_until_that_price_got_through(
+    db: str, sb: Sandbox
+) -> None:
+    """Found by the stateful property: the row SkyHub refused is also the one carrying the new
+    price; when the resend of that price fails for a while, the row must not end rejected
+    before its price reached SkyHub."""
+    # after SkyHub's 422, the resend of the price alone meets three 503s
+    hook = once("PUT", "/products/CAT-2", lambda: sb.script_fault("PUT", "/products/", "503", 3))
+    with relay_for(db, sb, client_kw={"transport": AfterAnswer(hook)}) as relay:
+        create_product(db, relay, "CAT-2", price=10.0)
+        sb.configure(refused_categories=["NOPE"])
+        value = insert(
+            db, "product", "CAT-2", {"categories": [{"code": "NOPE", "name": "N"}], "price": 12.0}
+        )
+        relay.run_batch()
+        got = row(db, value)
+        assert (got.state, got.attempts) == ("pending", 1), got
+        assert product(sb, "CAT-2")["price"] == 10.0
+        make_due(db)
+        relay.run_batch()
+    got = row(db, value)
+    assert got.state == "rejected", got
+    assert "Categoria não encontrada: NOPE" in (got.reason or "")
+    assert product(sb, "CAT-2")["price"] == 12.0
+
+
+def test_refused_row_next_to_an_unchanged_price_rejects_only_the_refused_row(
+    db: str, sb: Sandbox
+) -> None:
+    """Found by the stateful property: the price row is withheld as unchanged, not rejected
+    with the category's refusal."""
+    with relay_for(db, sb) as relay:
+        create_product(db, relay, "CAT-3", price=10.0)
+        sb.configure(refused_categories=["NOPE"])
+        refused = insert(db, "product", "CAT-3", {"categories": [{"code": "NOPE", "name": "N"}]})
+        same = insert(db, "price", "CAT-3", {"price": 10.0})
+        relay.run_batch()
+    got = rows(db)
+    assert got[refused].state == "rejected", got[refused]
+    assert got[same].state == "withheld", got[same]
+    assert "price: unchanged" in (got[same].reason or "")
+
+
 # -- case 3: a lost answer followed by a revert --------------------------------------------------
 
 
