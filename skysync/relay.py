@@ -54,6 +54,7 @@ from skysync.planner import (
     Row,
     SkuRequest,
     backoff_delay,
+    carried_variations,
     coalesce,
     decide,
     families,
@@ -356,9 +357,14 @@ class Relay:
         if stopped_before:
             auth_failed.set()
         lock = threading.Lock()
+        carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
+        for variation, parent in carried.items():
+            by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
 
         def run_family(keys: list[tuple[str, str]]) -> None:
             for key in keys:
+                if key[0] == "sku" and key[1] in carried:
+                    continue  # its rows go with its parent's request
                 outcome = self._deliver_key(token, key, by_key[key], auth_failed)
                 with lock:
                     summary.keys += 1
@@ -427,7 +433,7 @@ class Relay:
         try:
             if key[0] == "order":
                 return self._deliver_order(token, rows)
-            outcome = self._push_sku(coalesce(rows))
+            outcome = self._push_sku(coalesce(rows, sku=key[1]))
         except AuthenticationError as exc:
             outcome = failure_outcome(exc)
             auth_failed.set()

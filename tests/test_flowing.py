@@ -120,18 +120,45 @@ def test_variation_stock_and_price_in_a_linked_products_snapshot_go_out(
     assert item(db, "VA-P").acknowledged["qty"] == 7
 
 
-def test_variation_in_a_linked_snapshot_and_its_own_stock_row_end_on_the_latest(
-    db: str, sb: Sandbox
+@pytest.mark.parametrize("stock_first", [False, True])
+def test_variation_in_a_linked_snapshot_and_its_own_stock_row_make_one_request_with_the_latest(
+    db: str, sb: Sandbox, stock_first: bool
 ) -> None:
     with relay_for(db, sb) as relay:
         create_product(db, relay, "VB", variations=[{"sku": "VB-P", "qty": 1, "price": 50.0}])
         sb.link_product("VB")
-        snapshot = insert(db, "product", "VB", {"variations": [{"sku": "VB-P", "qty": 7}]})
-        stock = insert(db, "stock", "VB-P", {"qty": 9})
-        drain(relay)
-    assert sb.state()["variations"]["VB-P"]["qty"] == 9
-    assert row(db, snapshot).state == "sent"
-    assert row(db, stock).state == "sent"
+        snapshot_row = ("product", "VB", {"variations": [{"sku": "VB-P", "qty": 7, "price": 55.0}]})
+        stock_row = ("stock", "VB-P", {"qty": 9})
+        first, second = (stock_row, snapshot_row) if stock_first else (snapshot_row, stock_row)
+        ids = [insert(db, *first), insert(db, *second)]
+        assert relay.run_batch().claimed == 2
+    latest_qty = 7 if stock_first else 9
+    assert bodies(sb, "PUT", "/variations/VB-P") == [
+        {"variation": {"qty": latest_qty, "price": 55.0}}
+    ]
+    held = sb.state()["variations"]["VB-P"]
+    assert (held["qty"], held["price"]) == (latest_qty, 55.0)
+    got = rows(db)
+    assert got[ids[1]].state == "sent", got[ids[1]]
+    assert (got[ids[0]].state, got[ids[0]].superseded_by) == ("superseded", ids[1])
+
+
+def test_variation_rows_folded_into_the_parents_request_retry_together(
+    db: str, sb: Sandbox
+) -> None:
+    with relay_for(db, sb) as relay:
+        create_product(db, relay, "VC", variations=[{"sku": "VC-P", "qty": 1, "price": 50.0}])
+        snapshot = insert(db, "product", "VC", {"variations": [{"sku": "VC-P", "price": 55.0}]})
+        stock = insert(db, "stock", "VC-P", {"qty": 9})
+        sb.script_fault("PUT", "/variations/VC-P", "503", 3)
+        relay.run_batch()
+        got = rows(db)
+        assert (got[snapshot].state, got[stock].state) == ("pending", "pending")
+        make_due(db)
+        relay.run_batch()
+    held = sb.state()["variations"]["VC-P"]
+    assert (held["qty"], held["price"]) == (9, 55.0)
+    assert (row(db, snapshot).state, row(db, stock).state) == ("superseded", "sent")
 
 
 # -- case 2: one refused attribute must not hold back price and stock ------------------------------

@@ -19,6 +19,7 @@ from skysync.planner import (
     ItemView,
     Row,
     backoff_delay,
+    carried_variations,
     coalesce,
     decide,
     families,
@@ -466,3 +467,25 @@ def test_key_of_separates_skus_and_orders() -> None:
     assert key_of(Row(1, "price", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(2, "product", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(3, "order_invoice", "A-1", {})) == ("order", "A-1")
+
+
+def test_variation_rows_fold_into_their_parents_request_field_by_field() -> None:
+    snapshot = product(1, variations=[{"sku": "V1", "qty": 7, "price": 55.0}])
+    stock = Row(2, "stock", "V1", {"qty": 9})
+    older_price = Row(0, "price", "V1", {"price": 40.0})
+    request = coalesce([stock, snapshot, older_price], sku=SKU)
+    assert request.variations == {"V1": {"sku": "V1", "qty": 9, "price": 55.0}}
+    assert request.variation_sources == {"V1": {"qty": 2, "price": 1}}
+    assert request.row_ids == [0, 1, 2]
+    assert request.has_product_row
+
+
+def test_carried_variations_only_when_the_parents_rows_list_them() -> None:
+    rows_by_ref = {
+        SKU: [product(1, variations=[{"sku": "V1", "qty": 1}])],
+        "V1": [Row(2, "stock", "V1", {"qty": 2})],
+        "V2": [Row(3, "stock", "V2", {"qty": 3})],
+        "LONE": [Row(4, "stock", "LONE", {"qty": 3})],
+    }
+    parents = {"V1": SKU, "V2": SKU, "LONE": "ELSEWHERE"}
+    assert carried_variations(rows_by_ref, parents) == {"V1": SKU}
