@@ -104,12 +104,11 @@ def claim_due(
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     in_flight = sa.orm.aliased(OutboxRow, name="f")
-    busy = sa.select(sa.literal(1)).where(
-        in_flight.state == "in_flight", _family(in_flight) == _family(o)
-    )
+    # one uncorrelated subquery (evaluated once), not a scan of the in-flight rows per row
+    busy = sa.select(_family(in_flight)).where(in_flight.state == "in_flight")
     due = (
         sa.select(o.id, o.kind, _family(o))
-        .where(o.state == "pending", o.available_at <= now, ~busy.exists())
+        .where(o.state == "pending", o.available_at <= now, _family(o).not_in(busy))
         .order_by(o.id)
         .limit(limit)
     )
