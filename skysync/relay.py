@@ -598,7 +598,7 @@ class Relay:
             mine = [k for k in attributes if request.sources[k] == row_id]
             learned.refused[row_id] = (
                 f"SkyHub refused {', '.join(mine)}: {exc}; "
-                "the price/stock of the request went on without it"
+                "price and stock are not held back by it (sent without these fields)"
             )
         kept = [
             {"sku": v["sku"], **{k: x for k, x in v.items() if k in FLOWING_FIELDS}}

@@ -28,6 +28,7 @@ from relay_helpers import (
     sandbox_config,
 )
 
+from skysync import reports
 from skysync.db import session_scope
 from skysync.models import Item, Order, utcnow
 from skysync.relay import drain
@@ -254,6 +255,8 @@ def test_lost_answer_then_revert_sends_the_reverted_value(db: str, sb: Sandbox) 
             relay.run_batch()
         assert product(sb, "REV-1")["price"] == 12.0  # applied; the answer was never recorded
         assert "price" in item(db, "REV-1").attempt
+        with session_scope(db) as session:  # what `skysync item show` reports
+            assert reports.item_report(session, "REV-1")["unknown"] == ["price"]
 
         back = insert(db, "price", "REV-1", {"price": 10.0})  # the ERP goes back
         expire_leases(db)
