@@ -351,6 +351,9 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
         click.echo("  acknowledged by SkyHub:")
         for name, value in sorted(data["acknowledged"].items()):
             click.echo(f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}")
+        if data["unknown"]:
+            names = ", ".join(data["unknown"])
+            click.echo(f"  unknown (sent, no answer recorded; resent with the next value): {names}")
     click.echo("  recent rows:")
     for r in data["recent_rows"]:
         click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {r['reason'] or ''}")

@@ -16,11 +16,12 @@ from skysync.planner import ItemView
 def view(item: Item | None, sku: str) -> ItemView:
     if item is None:
         return ItemView(sku=sku)
+    unknown = set(item.attempt or {})  # sent, answer never recorded: SkyHub may hold either
     return ItemView(
         sku=item.sku,
         in_skyhub=item.in_skyhub,
         parent_sku=item.parent_sku,
-        acknowledged=dict(item.acknowledged or {}),
+        acknowledged={k: v for k, v in (item.acknowledged or {}).items() if k not in unknown},
         frozen=item.frozen,
         frozen_since=item.frozen_since,
         unfrozen=item.unfrozen_at is not None and not item.frozen,
@@ -34,7 +35,7 @@ def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> It
         query = query.with_for_update()
     item = session.scalars(query).first()
     if item is None:
-        item = Item(sku=sku, acknowledged={}, last_applied={}, in_skyhub=False)
+        item = Item(sku=sku, acknowledged={}, last_applied={}, attempt={}, in_skyhub=False)
         session.add(item)
         session.flush()
     return item
@@ -60,6 +61,16 @@ def register_variations(
             item.updated_at = now
 
 
+def begin_attempt(session: Session, sku: str, fields: Mapping[str, Any], now: datetime) -> None:
+    """A write of ``fields`` is about to leave: until its answer is recorded (record_ack), what
+    SkyHub holds for them is unknown. The caller commits this before sending."""
+    item = get_or_create(session, sku, for_update=True)
+    attempt = dict(item.attempt or {})
+    attempt.update({k: v for k, v in fields.items() if k != "variations"})
+    item.attempt = attempt
+    item.updated_at = now
+
+
 def record_ack(
     session: Session,
     sku: str,
@@ -82,6 +93,7 @@ def record_ack(
             applied[name] = source
     item.acknowledged = acknowledged
     item.last_applied = applied
+    item.attempt = {k: v for k, v in (item.attempt or {}).items() if k not in sent}
     item.in_skyhub = True
     if parent_sku is not None:
         item.parent_sku = parent_sku

@@ -185,6 +185,10 @@ class Item(Base):
     )
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # fields of a write sent without a recorded answer yet: SkyHub's value for them is unknown
+    attempt: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
 
     __table_args__ = (sa.Index("ix_skysync_item_parent", "parent_sku"),)
 

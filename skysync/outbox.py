@@ -9,7 +9,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import OUTBOX_STATES, SKU_KINDS, OutboxRow, UTCDateTime, utcnow
+from skysync.models import (
+    ORDER_KINDS,
+    OUTBOX_STATES,
+    SKU_KINDS,
+    Item,
+    OutboxRow,
+    UTCDateTime,
+    utcnow,
+)
 from skysync.validation import validate
 
 
@@ -72,45 +80,75 @@ def reclaim_expired(session: Session, now: datetime) -> int:
     return result.rowcount or 0
 
 
+def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
+    """The key a row is claimed under: a variation's SKU rows belong to their parent product's
+    family (the parent's product row carries the variation's values too); anything else is its
+    own ref."""
+    parent = (
+        sa.select(Item.parent_sku)
+        .where(Item.sku == row.ref, row.kind.in_(SKU_KINDS))
+        .correlate_except(Item)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(parent, row.ref)
+
+
 def claim_due(
     session: Session, *, token: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[OutboxRow]:
-    """Claim pending rows due now, oldest first, up to ``limit``, never a key (ref) that still has
-    an in_flight row; with them every other pending product/price/stock row of the same SKUs,
-    so that all of a SKU's changes are folded together. Returns the claimed rows in id order."""
+    """Claim pending rows due now, oldest first, up to ``limit``, never a key that still has an
+    in_flight row. A key is an order code, or a product with its variations (so a parent's
+    product row and a variation's stock row can never be in flight at once, in two batches).
+    With them come every other pending product/price/stock row of the same families, so that
+    all of a SKU's changes are folded together. Returns the claimed rows in id order."""
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     in_flight = sa.orm.aliased(OutboxRow, name="f")
-    busy = sa.select(sa.literal(1)).where(in_flight.state == "in_flight", in_flight.ref == o.ref)
+    # one uncorrelated subquery (evaluated once), not a scan of the in-flight rows per row
+    busy = sa.select(_family(in_flight)).where(in_flight.state == "in_flight")
     due = (
-        sa.select(o.id, o.ref)
-        .where(o.state == "pending", o.available_at <= now, ~busy.exists())
+        sa.select(o.id, o.kind, _family(o))
+        .where(o.state == "pending", o.available_at <= now, _family(o).not_in(busy))
         .order_by(o.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True, of=o)
-    refs = list(dict.fromkeys(ref for _id, ref in session.execute(due)))
-    if not refs:
-        return []
-    claimed: list[OutboxRow] = []
-    for start in range(0, len(refs), 500):  # stay under bound-parameter limits
-        chunk = refs[start : start + 500]
+    picked = session.execute(due).all()
+    heads = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in SKU_KINDS))
+    codes = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in ORDER_KINDS))
+    skus = list(heads)
+    for start in range(0, len(heads), 500):  # stay under bound-parameter limits
+        skus += session.scalars(
+            sa.select(Item.sku).where(Item.parent_sku.in_(heads[start : start + 500]))
+        )
+    pending = sa.update(OutboxRow).where(OutboxRow.state == "pending")
+    claim = {"state": "in_flight", "claim_token": token, "lease_until": lease_until}
+    for start in range(0, len(skus), 500):
+        # a SKU's not-yet-due rows fold into this request
         session.execute(
-            sa.update(OutboxRow)
-            .where(OutboxRow.state == "pending", OutboxRow.ref.in_(chunk))
-            # a SKU's not-yet-due rows fold into this request; an order's wait their turn
-            .where(sa.or_(OutboxRow.kind.in_(SKU_KINDS), OutboxRow.available_at <= now))
-            .values(state="in_flight", claim_token=token, lease_until=lease_until, updated_at=now)
+            pending.where(
+                OutboxRow.kind.in_(SKU_KINDS), OutboxRow.ref.in_(skus[start : start + 500])
+            ).values(**claim, updated_at=now)
         )
-        claimed.extend(
-            session.scalars(
-                sa.select(OutboxRow)
-                .where(OutboxRow.claim_token == token, OutboxRow.ref.in_(chunk))
-                .where(OutboxRow.state == "in_flight")
+    for start in range(0, len(codes), 500):
+        # an order's not-yet-due steps wait their turn
+        session.execute(
+            pending.where(
+                OutboxRow.kind.in_(ORDER_KINDS), OutboxRow.ref.in_(codes[start : start + 500])
             )
+            .where(OutboxRow.available_at <= now)
+            .values(**claim, updated_at=now)
         )
-    return sorted(claimed, key=lambda r: r.id)
+    if not picked:
+        return []
+    return list(
+        session.scalars(
+            sa.select(OutboxRow)
+            .where(OutboxRow.claim_token == token, OutboxRow.state == "in_flight")
+            .order_by(OutboxRow.id)
+        )
+    )
 
 
 def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow]:
@@ -155,20 +193,31 @@ def finish(
     superseded_by: int | None = None,
     last_error: str | None = None,
     last_status: int | None = None,
-    attempts: int | None = None,
+    count_attempt: bool = False,
 ) -> int:
     """Move claimed rows to a final state."""
-    values = {"state": state, "reason": reason, "finished_at": now, "updated_at": now}
-    values["lease_until"] = None
+    values: dict[str, Any] = {"state": state, "reason": reason, "finished_at": now}
+    values.update(updated_at=now, lease_until=None)
+    if count_attempt:
+        values["attempts"] = OutboxRow.attempts + 1
     values.update(
-        _outcome_values(
-            superseded_by=superseded_by,
-            last_error=last_error,
-            last_status=last_status,
-            attempts=attempts,
-        )
+        _outcome_values(superseded_by=superseded_by, last_error=last_error, last_status=last_status)
     )
     return _update_claimed(session, ids, token, values)
+
+
+def hold_claimed(session: Session, ids: list[int], token: str) -> int:
+    """Lock the rows of ``ids`` still in flight under ``token`` until the transaction ends (so no
+    reclaim can take them meanwhile) and count them: a worker records what it learned only
+    while it still holds every row it pushed."""
+    query = (
+        sa.select(OutboxRow.id)
+        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+        .where(OutboxRow.state == "in_flight")
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return len(session.scalars(query).all())
 
 
 def release(

@@ -73,22 +73,32 @@ class SkuRequest:
         return max(self.row_ids)
 
 
-def coalesce(rows: Sequence[Row]) -> SkuRequest:
-    """Fold the product, price and stock rows of ONE SKU (already validated) in id order."""
+def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
+    """Fold the product, price and stock rows of ONE SKU (already validated) in id order.
+
+    With ``sku``, rows of other refs are price/stock rows of that product's variations (see
+    :func:`carried_variations`): they fold into the product's variation entries, so that a
+    variation gets one request with the latest of each field."""
     if not rows:
         raise ValueError("coalesce needs at least one row")
     ordered = sorted(rows, key=lambda r: r.id)
+    sku = sku or ordered[0].ref
     request = SkuRequest(
-        sku=ordered[0].ref,
+        sku=sku,
         row_ids=[r.id for r in ordered],
         fields={},
         sources={},
-        has_product_row=any(r.kind == "product" for r in ordered),
+        has_product_row=any(r.kind == "product" and r.ref == sku for r in ordered),
     )
     for row in ordered:
+        if row.ref != sku:
+            _fold_variations(request, row.id, [{**row.payload, "sku": row.ref}])
+            continue
         for name, value in row.payload.items():
             if name == "variations":
                 _fold_variations(request, row.id, value or [])
+            elif name == "sku":
+                continue  # validation made sure it is the row's ref
             elif not is_blank(value):
                 request.fields[name] = _wire_value(name, value)
                 request.sources[name] = row.id
@@ -165,16 +175,29 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
             send[name] = value
     if request.variations:
         if is_frozen:
-            withheld["variations"] = frozen_reason(item)
+            # A variation's attributes freeze with its product; its price and stock keep flowing
+            # (each variation is then diffed against what SkyHub acknowledged for it).
+            flowing = []
+            for vsku, variation in request.variations.items():
+                for name in variation:
+                    if name != "sku" and name not in FLOWING_FIELDS:
+                        withheld[f"variations[{vsku}].{name}"] = frozen_reason(item)
+                values = {k: v for k, v in variation.items() if k in FLOWING_FIELDS}
+                if values:
+                    flowing.append({"sku": vsku, **values})
+            if flowing:
+                send["variations"] = flowing
         else:
             send["variations"] = list(request.variations.values())
     return Decision(send=send, withheld=withheld, unchanged=unchanged)
 
 
-def variation_request(parent: SkuRequest, variation_sku: str) -> SkuRequest:
-    """One variation carried by a product row, as a request of its own, so that it is diffed
-    against that variation's own acknowledged values and applied rows."""
-    fields = {k: v for k, v in parent.variations[variation_sku].items() if k != "sku"}
+def variation_request(parent: SkuRequest, variation: Mapping[str, Any]) -> SkuRequest:
+    """One variation carried by a product row (as :func:`decide` let it through), as a request
+    of its own, so that it is diffed against that variation's own acknowledged values and
+    applied rows."""
+    variation_sku = variation["sku"]
+    fields = {k: v for k, v in variation.items() if k != "sku"}
     sources = parent.variation_sources.get(variation_sku, {})
     return SkuRequest(
         sku=variation_sku,
@@ -197,6 +220,30 @@ def backoff_delay(
 def key_of(row: Row) -> tuple[str, str]:
     """Rows of one key are delivered together and in order: a SKU, or an order code."""
     return ("order" if row.kind in ORDER_KINDS else "sku", row.ref)
+
+
+def carried_variations(
+    rows_by_ref: Mapping[str, Sequence[Row]], parent_of: Mapping[str, str | None]
+) -> dict[str, str]:
+    """Variation SKUs (-> their parent) whose own rows in this batch fold into their parent's
+    request: the parent's product rows in the same batch carry that variation too. One request
+    per variation then carries the latest value of each field, and all those rows settle
+    together (a failure retries them together: none is finished while a value is still out)."""
+    carried: dict[str, str] = {}
+    for ref in rows_by_ref:
+        parent = parent_of.get(ref)
+        if parent is None or parent not in rows_by_ref:
+            continue
+        listed = {
+            v.get("sku")
+            for r in rows_by_ref[parent]
+            if r.kind == "product"
+            for v in (r.payload.get("variations") or [])
+            if isinstance(v, dict)
+        }
+        if ref in listed:
+            carried[ref] = parent
+    return carried
 
 
 def families(refs: Iterable[str], parent_of: Mapping[str, str | None]) -> list[list[str]]:

@@ -8,10 +8,14 @@ Outcomes per key (design.md, "Relay: one batch"):
 2xx                       newest row ``sent`` (its reason lists withheld fields, if any),
                           older rows ``superseded`` by it
 nothing left to send      newest row ``withheld`` with the reason, older rows superseded
-429                       waited out inside the client; if it persists the rows go back to
-                          pending due in a second, not counted as an attempt
+429                       waited out inside the client; if it persists, or SkyHub asks for
+                          a longer wait than the client's cap, the rows go back to pending
+                          due when SkyHub said (a second by default), not counted
 5xx, timeout, no answer   a few quick retries here, then all rows back to pending with
-                          exponential backoff, one attempt counted; ``dead`` at max_attempts
+                          exponential backoff, one attempt counted per row; ``dead`` when the
+                          newest row has used max_attempts (a fresh value gets a full budget)
+422 on attributes         the rows that carried the attributes ``rejected`` with SkyHub's
+                          text; price/stock go again alone in the same batch
 other 4xx                 all rows of the request ``rejected`` with SkyHub's text
 401/403                   rows back to pending, not counted; the batch stops (every request
                           would fail) and the reason is on the rows and in ``skysync status``
@@ -50,6 +54,7 @@ from skysync.planner import (
     Row,
     SkuRequest,
     backoff_delay,
+    carried_variations,
     coalesce,
     decide,
     families,
@@ -99,6 +104,8 @@ class Outcome:
     # fields sent without a clear answer may have been applied: forget their acknowledged value
     attempted: dict[str, set[str]] = field(default_factory=dict)
     order_status: tuple[str, str] | None = None  # (code, status) after a step went out
+    # rows SkyHub refused (attributes) while the rest of the request went out: id -> reason
+    refused: dict[int, str] = field(default_factory=dict)
 
     # fields SkyHub already had, with the row that asked for them (counts as applied)
     unchanged: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -116,7 +123,8 @@ class Outcome:
 def failure_outcome(exc: SkyHubError) -> Outcome:
     """What a SkyHub error means for the rows of the request it answered (the table above)."""
     if isinstance(exc, RateLimited):
-        return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=1.0)
+        delay = max(1.0, exc.retry_after or 0.0)
+        return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=delay)
     if isinstance(exc, AuthenticationError):
         return Outcome(
             state="auth",
@@ -349,9 +357,14 @@ class Relay:
         if stopped_before:
             auth_failed.set()
         lock = threading.Lock()
+        carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
+        for variation, parent in carried.items():
+            by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
 
         def run_family(keys: list[tuple[str, str]]) -> None:
             for key in keys:
+                if key[0] == "sku" and key[1] in carried:
+                    continue  # its rows go with its parent's request
                 outcome = self._deliver_key(token, key, by_key[key], auth_failed)
                 with lock:
                     summary.keys += 1
@@ -420,7 +433,7 @@ class Relay:
         try:
             if key[0] == "order":
                 return self._deliver_order(token, rows)
-            outcome = self._push_sku(coalesce(rows))
+            outcome = self._push_sku(coalesce(rows, sku=key[1]))
         except AuthenticationError as exc:
             outcome = failure_outcome(exc)
             auth_failed.set()
@@ -442,6 +455,13 @@ class Relay:
     def _load_item(self, sku: str) -> ItemView:
         with session_scope(self.url) as session:
             return item_store.view(session.get(item_store.Item, sku), sku)
+
+    def _attempt(self, learned: Outcome, sku: str, fields: dict[str, Any]) -> None:
+        """Before a write leaves: record it durably (its own committed transaction), so that if
+        no answer is ever recorded (lost, killed, crashed), its fields count as unknown."""
+        learned.attempt(sku, fields)
+        with session_scope(self.url) as session:
+            item_store.begin_attempt(session, sku, fields, self.clock())
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """One SkyHub call with a few quick retries for transient failures."""
@@ -465,6 +485,10 @@ class Relay:
             return self._with(learned, stop.outcome)
         except (RateLimited, RetryableError, PermanentError) as exc:
             # (AuthenticationError goes up: it stops the whole batch, see _deliver_key)
+            # Price/stock did not get through after SkyHub refused some attributes: the rows
+            # stay together (a refused row may be the one carrying the price), so they are
+            # retried, or refused, as one.
+            learned.refused.clear()
             return self._with(learned, failure_outcome(exc))
 
     @staticmethod
@@ -474,6 +498,7 @@ class Relay:
         for sku, sources in learned.unchanged.items():
             outcome.unchanged.setdefault(sku, {}).update(sources)
         outcome.acks = learned.acks + outcome.acks
+        outcome.refused = {**learned.refused, **outcome.refused}
         outcome.exists.update(learned.exists)
         outcome.linked |= learned.linked
         return outcome
@@ -508,12 +533,14 @@ class Relay:
             body = {"sku": sku, **send}
             if variations:
                 body["variations"] = variations
+            parts = [variation_request(request, v) for v in variations or []]
             try:
-                learned.attempt(sku, send)
+                self._attempt(learned, sku, send)
+                for part in parts:
+                    self._attempt(learned, part.sku, part.fields)
                 self._call(lambda: self.client.create_product(body))
                 learned.acks.append(Ack(sku, send, request.sources))
-                for v in variations or []:
-                    part = variation_request(request, v["sku"])
+                for part in parts:
                     learned.acks.append(Ack(part.sku, part.fields, part.sources, parent_sku=sku))
                 return self._sent(learned, decision)
             except Unprocessable:
@@ -524,16 +551,60 @@ class Relay:
                 learned.exists[sku] = True
         if send:
             try:
-                learned.attempt(sku, send)
+                self._attempt(learned, sku, send)
                 self._call(lambda: self.client.update_product(sku, send))
             except NotFound:
                 if request.has_product_row:
                     raise
                 return self._push_unknown_as_variation(request, send, learned, decision)
-            learned.acks.append(Ack(sku, send, request.sources))
+            except Unprocessable as exc:
+                send, variations = self._refused_attributes(request, send, variations, learned, exc)
+                if send:
+                    self._attempt(learned, sku, send)
+                    self._call(lambda: self.client.update_product(sku, send))
+                elif not variations:
+                    reason = decision.reason() if decision.withheld else None
+                    return self._with(
+                        learned,
+                        Outcome(
+                            state="withheld",
+                            reason=reason or "nothing left to send once SkyHub refused the rest",
+                        ),
+                    )
+            if send:
+                learned.acks.append(Ack(sku, send, request.sources))
         for v in variations or []:
-            self._push_variation_entry(sku, variation_request(request, v["sku"]), learned)
+            self._push_variation_entry(sku, variation_request(request, v), learned)
         return self._sent(learned, decision)
+
+    @staticmethod
+    def _refused_attributes(
+        request: SkuRequest,
+        send: dict[str, Any],
+        variations: list[dict[str, Any]] | None,
+        learned: Outcome,
+        exc: Unprocessable,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        """SkyHub refused a write that carried attributes: the rows that carried them are
+        rejected with SkyHub's text, and price/stock (of the product and its variations) go
+        again on their own (returned; possibly nothing). A refusal of price/stock alone stands
+        (re-raised)."""
+        flowing = {k: v for k, v in send.items() if k in FLOWING_FIELDS}
+        attributes = sorted(k for k in send if k not in FLOWING_FIELDS)
+        if not attributes:
+            raise exc
+        carriers = sorted({request.sources[k] for k in attributes})
+        for row_id in carriers:
+            mine = [k for k in attributes if request.sources[k] == row_id]
+            learned.refused[row_id] = (
+                f"SkyHub refused {', '.join(mine)}: {exc}; "
+                "price and stock are not held back by it (sent without these fields)"
+            )
+        kept = [
+            {"sku": v["sku"], **{k: x for k, x in v.items() if k in FLOWING_FIELDS}}
+            for v in variations or []
+        ]
+        return flowing, [v for v in kept if len(v) > 1]
 
     def _push_variation_entry(self, parent: str, part: SkuRequest, learned: Outcome) -> None:
         """One variation of a product row: created under its parent, or updated with the
@@ -548,7 +619,7 @@ class Relay:
             if not fields:
                 return
             try:
-                learned.attempt(vsku, fields)
+                self._attempt(learned, vsku, fields)
                 self._call(lambda: self.client.update_variation(vsku, fields))
                 learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
                 return
@@ -556,7 +627,7 @@ class Relay:
                 pass
         variation = {"sku": vsku, **fields}
         try:
-            learned.attempt(vsku, fields)
+            self._attempt(learned, vsku, fields)
             self._call(lambda: self.client.create_variation(parent, variation))
         except Unprocessable:
             if not self._exists(self.client.get_variation, vsku):
@@ -571,7 +642,7 @@ class Relay:
         variation created outside skysync."""
         sku = request.sku
         try:
-            learned.attempt(sku, send)
+            self._attempt(learned, sku, send)
             self._call(lambda: self.client.update_variation(sku, send))
         except NotFound:
             return self._with(
@@ -609,7 +680,7 @@ class Relay:
                 )
             )
         try:
-            learned.attempt(request.sku, send)
+            self._attempt(learned, request.sku, send)
             self._call(lambda: self.client.update_variation(request.sku, send))
         except NotFound:
             if self._parent_on_its_way(parent_sku):
@@ -727,7 +798,22 @@ class Relay:
         try:
             self._call(actions[row.kind])
         except Unprocessable as exc:
-            if self._order_has_status(code, target):
+            # After a lost answer our own repeat gets a 422: read the order to tell "already
+            # done" from a real refusal. A read that fails says nothing: try again later.
+            try:
+                already = self._order_has_status(code, target)
+            except AuthenticationError:
+                raise
+            except (RateLimited, RetryableError) as read_exc:
+                outcome = failure_outcome(read_exc)
+                outcome.reason = (
+                    f"SkyHub answered {exc}; reading the order to see whether the step already "
+                    f"took effect failed ({read_exc}), so it is tried again later"
+                )
+                return outcome
+            except PermanentError:
+                already = False
+            if already:
                 return Outcome(
                     state="sent",
                     reason=f"order was already {target} in SkyHub ({exc.message})",
@@ -739,11 +825,9 @@ class Relay:
         return Outcome(state="sent", order_status=(code, target))
 
     def _order_has_status(self, code: str, status: str) -> bool:
-        """After a 422: is the order already in the status we asked for (a repeat)?"""
-        try:
-            order = self._call(lambda: self.client.get_order(code))
-        except SkyHubError:
-            return False
+        """After a 422: is the order already in the status we asked for (a repeat)? Raises the
+        read's SkyHubError when the order could not be read."""
+        order = self._call(lambda: self.client.get_order(code))
         current = order.get("status") if isinstance(order, dict) else None
         if isinstance(current, dict):
             current = current.get("code")
@@ -751,12 +835,16 @@ class Relay:
 
     # -- recording ------------------------------------------------------------------------
     def _record(self, token: str, rows: list[Row], outcome: Outcome) -> None:
-        """Write the rows' new state and everything learned about the items, in one transaction."""
+        """Write the rows' new state and everything learned about the items, in one transaction,
+        and only while this claim still holds every one of the rows: a worker whose lease ran
+        out (its rows reclaimed by another batch) writes no acknowledgement, link or order
+        status, since the claim that took over decides from what it saw itself."""
         now = self.clock()
         ids = [r.id for r in rows]
-        winner = max(ids)
-        older = [i for i in ids if i != winner]
         with session_scope(self.url) as session:
+            if outbox.hold_claimed(session, ids, token) < len(ids):
+                log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
+                return
             for sku, exists in outcome.exists.items():
                 item_store.mark_exists(session, sku, exists, now)
             for sku in outcome.linked:
@@ -774,19 +862,28 @@ class Relay:
                 )
             if outcome.order_status is not None:
                 order_store.record_status(session, *outcome.order_status, now)
-            self._settle_rows(session, token, rows, ids, winner, older, outcome, now)
+            refused = [r for r in rows if r.id in outcome.refused]
+            for r in refused:
+                outbox.finish(
+                    session,
+                    [r.id],
+                    token,
+                    state="rejected",
+                    now=now,
+                    reason=outcome.refused[r.id],
+                    last_status=422,
+                )
+            rest = [r for r in rows if r.id not in outcome.refused]
+            if rest:
+                self._settle_rows(session, token, rest, outcome, now)
 
     def _settle_rows(
-        self,
-        session: Session,
-        token: str,
-        rows: list[Row],
-        ids: list[int],
-        winner: int,
-        older: list[int],
-        outcome: Outcome,
-        now: datetime,
+        self, session: Session, token: str, rows: list[Row], outcome: Outcome, now: datetime
     ) -> None:
+        ids = [r.id for r in rows]
+        newest = max(rows, key=lambda r: r.id)
+        winner = newest.id
+        older = [i for i in ids if i != winner]
         state = outcome.state
         if state in ("sent", "withheld"):
             outbox.finish(
@@ -828,13 +925,15 @@ class Relay:
                 last_status=outcome.status,
             )
         elif state == "retry":
-            attempts = max(r.attempts for r in rows) + 1
+            # The budget is the newest value's: older rows folded in (however often they failed)
+            # do not make a fresh value die early.
+            attempts = newest.attempts + 1
             if attempts >= self.settings.max_attempts:
                 outbox.finish(
                     session,
                     ids,
                     token,
-                    attempts=attempts,
+                    count_attempt=True,
                     state="dead",
                     now=now,
                     reason=f"gave up after {attempts} attempts; last error: {outcome.reason}",

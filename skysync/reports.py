@@ -66,6 +66,8 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             frozen_since=_iso(found.frozen_since),
             unfrozen_at=_iso(found.unfrozen_at),
             last_applied=found.last_applied,
+            # sent without a recorded answer: SkyHub's value is unknown until the next answer
+            unknown=sorted(found.attempt or {}),
         )
     data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
     return data

@@ -35,6 +35,7 @@ PRODUCT_FIELDS = frozenset(
         "name", "description", "status", "qty", "price", "promotional_price", "cost",
         "weight", "height", "width", "length", "brand", "ean", "nbm", "categories",
         "images", "specifications", "variations", "variation_attributes", "crossdocking",
+        "sku",
     }
 )  # fmt: skip
 PRODUCT_TEXT_FIELDS = ("name", "description", "brand", "ean", "nbm")
@@ -380,6 +381,14 @@ def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
         return check.problems
     if kind in _BY_KIND:
         _BY_KIND[kind](check, payload)
+    if kind == "product" and not is_blank(payload.get("sku")) and payload["sku"] != ref:
+        # SkyHub's own product JSON carries the SKU: welcome when it is the row's, else a typo
+        # that would update one product with another's data.
+        check.fail(
+            "payload.sku",
+            f"is {describe(payload['sku'])} but the row's ref is {describe(ref)}: "
+            "they must be the same SKU",
+        )
     return check.problems
 
 

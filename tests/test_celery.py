@@ -257,7 +257,11 @@ def test_relay_batch_task_delivers_rows_with_ids_only(
     writes = [e for e in sandbox.request_log() if e["method"] == "POST"]
     assert sorted(e["body"]["product"]["sku"] for e in writes) == skus  # one POST per SKU
 
-    wait_for(lambda: "deliver_chunk" in worker.output, 10, "the worker to log deliver_chunk")
+    wait_for(
+        lambda: re.search(r"skysync\.deliver_chunk\[[0-9a-f-]+\] succeeded", worker.output),
+        10,
+        "the worker to log that deliver_chunk succeeded",
+    )
     output = worker.output
     assert re.search(r"skysync\.relay_batch\[[0-9a-f-]+\] succeeded", output), output
     assert re.search(r"skysync\.deliver_chunk\[[0-9a-f-]+\] succeeded", output), output
@@ -303,6 +307,41 @@ def test_worker_killed_mid_batch_loses_nothing(
     assert_emulator_holds(sandbox, latest)
     reclaimed = sum(r.summary.get("reclaimed", 0) for r in finished_runs(celery_db))
     assert reclaimed == len(in_flight)
+
+
+def test_worker_killed_before_the_answer_then_revert_sends_the_reverted_value(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    start_worker: Callable[[], Worker],
+    tmp_path: Path,
+) -> None:
+    """Issue 9, case 3: SkyHub applies price 12 but its answer never comes, and the worker is
+    killed (SIGKILL) while it waits. The ERP goes back to 10. SkyHub must end on 10: the value
+    sent without a recorded answer does not count as acknowledged."""
+    sku = "CEL-R-01"
+    write_rows(celery_db, [("product", sku, {"name": "R", "price": 10.0, "qty": 1})])
+    first = start_worker()
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, first)
+
+    sandbox.script_fault("PUT", f"/products/{sku}", "applied_hang")
+    (lost,) = write_rows(celery_db, [("price", sku, {"price": 12.0})])
+    run_skysync(["trigger"], env, tmp_path)
+    wait_for(lambda: sandbox.state()["products"][sku]["price"] == 12.0, 30, "SkyHub to apply 12")
+    first.kill()
+    assert states(celery_db)[lost][0] == "in_flight"
+
+    (back,) = write_rows(celery_db, [("price", sku, {"price": 10.0})])
+    assert expire_leases(celery_db) == 1
+    second = start_worker()
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, second)
+
+    rows = states(celery_db)
+    assert rows[back][0] == "sent", rows[back]
+    assert rows[lost][0] == "superseded", rows[lost]
+    assert_emulator_holds(sandbox, {sku: {"price": 10.0}})
 
 
 def test_trigger_lost_in_a_flushed_broker_loses_nothing(

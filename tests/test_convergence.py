@@ -394,8 +394,9 @@ def test_price_reverted_after_a_lost_answer_reaches_skyhub(
 def test_retried_product_row_does_not_overwrite_a_newer_variation_stock(
     sqlite_url: str, unlinked_sandbox: Sandbox
 ) -> None:
-    """Row 2 (product P, variation V qty 4) fails and backs off; row 3 (stock V qty 9) goes
-    out meanwhile. When row 2 is retried it must not put V back to 4."""
+    """Row 2 (product P, variation V qty 4) and row 3 (stock V qty 9) fold into one request for
+    V (qty 9), which fails and backs off with both rows. When they are retried V must end on
+    9, never back on 4."""
     sb = unlinked_sandbox
     parent = fresh(sqlite_url, sb)
     variation = f"{parent}-V"
@@ -414,14 +415,16 @@ def test_retried_product_row_does_not_overwrite_a_newer_variation_stock(
         sb.script_fault("PUT", f"/variations/{variation}", "500", 3)  # row 2's three tries
         relay.run_batch()
         rows = rows_by_id(sqlite_url)
-        assert rows[2].state == "pending"
-        assert rows[3].state == "sent"
-        assert sb.state()["variations"][variation]["qty"] == 9
+        assert (rows[2].state, rows[3].state) == ("pending", "pending")
+        assert [b["variation"] for b in bodies(sb, variation)] == [{"qty": 9}] * 3
 
         converge(sqlite_url, relay)
 
     assert sb.state()["variations"][variation]["qty"] == 9, (
         "the retry of product row 2 put the variation's stock back to 4 after row 3 set 9"
+    )
+    assert [b["variation"]["qty"] for b in bodies(sb, variation)] == [9, 9, 9, 9], (
+        "V got a request other than the latest value"
     )
 
 
@@ -451,3 +454,7 @@ def test_variation_field_keeps_the_row_that_set_it(
     assert sb.state()["variations"][variation]["qty"] == 9, (
         f"row 3 (qty 9) ended {rows[3].state!r}: {rows[3].reason}"
     )
+
+
+def bodies(sb: Sandbox, variation: str) -> list[Any]:
+    return [e["body"] for e in sb.request_log() if e["path"] == f"/variations/{variation}"]

@@ -19,6 +19,7 @@ from skysync.planner import (
     ItemView,
     Row,
     backoff_delay,
+    carried_variations,
     coalesce,
     decide,
     families,
@@ -275,13 +276,32 @@ def test_decide_frozen_keyword_overrides_item() -> None:
     assert unfrozen.send == {"name": "x", "qty": 1}
 
 
-def test_decide_frozen_withholds_variations() -> None:
-    request = coalesce([product(1, variations=[{"sku": "V1", "qty": 4}], price=20.0)])
+def test_decide_frozen_withholds_variation_attributes_but_lets_their_price_and_stock_flow() -> None:
+    variations = [
+        {"sku": "V1", "qty": 4, "price": 55.0, "images": ["https://x/1.jpg"], "ean": "789"},
+        {"sku": "V2", "specifications": [{"key": "cor", "value": "azul"}]},
+    ]
+    request = coalesce([product(1, variations=variations, price=20.0)])
     item = ItemView(sku=SKU, in_skyhub=True, frozen=True, frozen_since=LINKED_AT)
     decision = decide(request, item)
-    assert decision.send == {"price": 20.0}
-    assert "frozen" in decision.withheld["variations"]
-    assert "variations" in decision.reason()
+    assert decision.send == {"price": 20.0, "variations": [{"sku": "V1", "qty": 4, "price": 55.0}]}
+    for name in ("variations[V1].images", "variations[V1].ean", "variations[V2].specifications"):
+        assert decision.withheld[name].startswith("frozen"), decision.withheld
+        assert name in decision.reason()
+    assert "variations[V1].qty" not in decision.reason()
+
+
+def test_decide_frozen_product_whose_variations_carry_only_attributes_sends_none() -> None:
+    request = coalesce([product(1, variations=[{"sku": "V1", "ean": "789"}])])
+    item = ItemView(sku=SKU, in_skyhub=True, frozen=True, frozen_since=LINKED_AT)
+    decision = decide(request, item)
+    assert decision.nothing_to_send
+    assert "variations[V1].ean: frozen" in decision.reason()
+
+
+def test_product_payload_sku_equal_to_ref_is_not_a_field_to_send() -> None:
+    request = coalesce([product(1, sku=SKU, name="x")])
+    assert request.fields == {"name": "x"}
 
 
 def test_decide_sends_variations_when_not_frozen() -> None:
@@ -447,3 +467,25 @@ def test_key_of_separates_skus_and_orders() -> None:
     assert key_of(Row(1, "price", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(2, "product", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(3, "order_invoice", "A-1", {})) == ("order", "A-1")
+
+
+def test_variation_rows_fold_into_their_parents_request_field_by_field() -> None:
+    snapshot = product(1, variations=[{"sku": "V1", "qty": 7, "price": 55.0}])
+    stock = Row(2, "stock", "V1", {"qty": 9})
+    older_price = Row(0, "price", "V1", {"price": 40.0})
+    request = coalesce([stock, snapshot, older_price], sku=SKU)
+    assert request.variations == {"V1": {"sku": "V1", "qty": 9, "price": 55.0}}
+    assert request.variation_sources == {"V1": {"qty": 2, "price": 1}}
+    assert request.row_ids == [0, 1, 2]
+    assert request.has_product_row
+
+
+def test_carried_variations_only_when_the_parents_rows_list_them() -> None:
+    rows_by_ref = {
+        SKU: [product(1, variations=[{"sku": "V1", "qty": 1}])],
+        "V1": [Row(2, "stock", "V1", {"qty": 2})],
+        "V2": [Row(3, "stock", "V2", {"qty": 3})],
+        "LONE": [Row(4, "stock", "LONE", {"qty": 3})],
+    }
+    parents = {"V1": SKU, "V2": SKU, "LONE": "ELSEWHERE"}
+    assert carried_variations(rows_by_ref, parents) == {"V1": SKU}

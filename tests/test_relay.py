@@ -433,18 +433,14 @@ def test_variations_are_created_with_the_parent_and_updated_through_variations(
         summary = relay.run_batch()
         assert summary.claimed == 2
         got = rows(db_url)
-        assert got[parent].state == "sent", got[parent]
+        # the variation's stock row folds into its parent's request: one POST, V1 at 7
         assert got[stock].state == "sent", got[stock]
+        assert (got[parent].state, got[parent].superseded_by) == ("superseded", stock)
         log = [(e["method"], e["path"], e["status"]) for e in sb.request_log()]
-        assert log == [
-            ("GET", "/products/PAI-1", 404),
-            ("POST", "/products", 201),
-            ("PUT", "/variations/V1", 204),
-        ]
+        assert log == [("GET", "/products/PAI-1", 404), ("POST", "/products", 201)]
         post = requests(sb, "POST", "/products")[0]["body"]["product"]
         assert post["sku"] == "PAI-1"
-        assert post["variations"] == [{"sku": "V1", "qty": 1}, {"sku": "V2", "qty": 2}]
-        assert bodies(sb, "PUT", "/variations/V1") == [{"variation": {"qty": 7}}]
+        assert post["variations"] == [{"sku": "V1", "qty": 7}, {"sku": "V2", "qty": 2}]
 
         price = insert(db_url, "price", "V2", {"price": 90.0})
         relay.run_batch()
@@ -457,8 +453,9 @@ def test_variations_are_created_with_the_parent_and_updated_through_variations(
     assert "V1" not in sb.state()["products"]
 
 
-def test_stock_row_of_a_variation_waits_for_its_parent(db_url: str, sb: Sandbox) -> None:
-    """A variation whose parent product cannot be created yet waits (pending, not counted)."""
+def test_stock_row_of_a_variation_goes_with_its_parent(db_url: str, sb: Sandbox) -> None:
+    """A variation's stock row and its parent's product row go as one request: when the parent
+    cannot be created yet, both retry together."""
     sb.script_fault("*", "/products", "503", 3)  # the parent's GET fails three times
     with relay_for(db_url, sb) as relay:
         parent = insert(
@@ -468,14 +465,13 @@ def test_stock_row_of_a_variation_waits_for_its_parent(db_url: str, sb: Sandbox)
         relay.run_batch()
         got = rows(db_url)
         assert (got[parent].state, got[parent].attempts) == ("pending", 1)
-        assert got[stock].state == "pending"
-        assert got[stock].attempts == 0
+        assert (got[stock].state, got[stock].attempts) == ("pending", 1)
         assert "PAI-2" in (got[stock].reason or "")
         assert not requests(sb, "PUT", "/variations/{sku}")
         make_due(db_url)
         drain(relay)
     got = rows(db_url)
-    assert (got[parent].state, got[stock].state) == ("sent", "sent")
+    assert (got[parent].state, got[stock].state) == ("superseded", "sent")
     assert sb.state()["variations"]["W1"]["qty"] == 5
 
 
@@ -924,9 +920,9 @@ def test_cli_drain_closes_its_skyhub_client(
 def test_an_unchanged_newer_value_is_never_overwritten_by_an_older_waiting_row(
     db_url: str, sb: Sandbox
 ) -> None:
-    """Row 2 (V qty 4, carried by a product row) keeps hitting 429 and waits; row 3 (stock V
-    qty 3) is withheld as unchanged because SkyHub already has 3. When row 2 finally goes, the
-    variation must keep 3: the ERP's latest value."""
+    """Row 2 (V qty 4, carried by a product row) hit a 429 and waits; row 3 (stock V qty 3)
+    arrives. A parent and its variations are one key, so the waiting row 2 is claimed with row 3
+    into one request: the variation must end on 3, the ERP's latest value."""
     with relay_for(db_url, sb, client_kw={"max_rate_limit_waits": 0}) as relay:
         create_product(db_url, relay, "P-ST", price=10.0, variations=[{"sku": "V-ST", "qty": 3}])
         older = insert(db_url, "product", "P-ST", {"variations": [{"sku": "V-ST", "qty": 4}]})
@@ -935,12 +931,15 @@ def test_an_unchanged_newer_value_is_never_overwritten_by_an_older_waiting_row(
         relay.run_batch()
         assert row(db_url, older).state == "pending", row(db_url, older)
         newer = insert(db_url, "stock", "V-ST", {"qty": 3})
-        relay.run_batch()
-        assert row(db_url, newer).state == "withheld", row(db_url, newer)
+        summary = relay.run_batch()
+        assert summary.claimed == 2  # row 2 is not due yet, but it is of the same key
+        assert row(db_url, newer).state == "sent", row(db_url, newer)
         make_due(db_url)
         drain(relay)
+    # one request for both rows; the 4 that met the 429 is unknown, so 3 is not "unchanged"
+    assert [b["variation"]["qty"] for b in bodies(sb, "PUT", "/variations/V-ST")] == [4, 3]
     assert sb.state()["variations"]["V-ST"]["qty"] == 3
-    assert row(db_url, older).state in ("withheld", "sent"), row(db_url, older)
+    assert row(db_url, older).state == "superseded", row(db_url, older)
 
 
 def test_requeued_older_price_does_not_overwrite_a_newer_unchanged_one(

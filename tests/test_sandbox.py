@@ -676,3 +676,58 @@ def test_stop_closes_keep_alive_connections() -> None:
         sandbox.stop()
         with pytest.raises(httpx.TransportError):
             c.get("/products")
+
+
+# --------------------------------------------------------------------------- issue 9 knobs
+
+
+def test_applied_hang_applies_and_never_answers(sb: Sandbox) -> None:
+    sb.configure(hang_seconds=0.3)
+    with _client(sb, timeout=5.0) as c:
+        _create(c, "H")
+        sb.script_fault("PUT", "/products/H", "applied_hang")
+        with pytest.raises((httpx.ReadTimeout, httpx.RemoteProtocolError)):
+            c.put("/products/H", json={"product": {"qty": 9}})
+        assert sb.state()["products"]["H"]["qty"] == 9
+    assert (sb.request_log()[-1]["status"], sb.request_log()[-1]["fault"]) == (
+        None,
+        "applied_hang",
+    )
+
+
+def test_refused_category_is_a_422_that_applies_nothing(client: httpx.Client, sb: Sandbox) -> None:
+    _create(client, "C")
+    sb.configure(refused_categories=["BAD"])
+    answer = client.put(
+        "/products/C",
+        json={"product": {"qty": 0, "categories": [{"code": "BAD", "name": "Nada"}]}},
+    )
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "Categoria não encontrada: BAD"}
+    assert sb.state()["products"]["C"]["qty"] == 5
+    assert client.put("/products/C", json={"product": {"qty": 0}}).status_code == 204
+    refused_new = _create(client, "C2", categories=[{"code": "X", "name": "BAD"}])
+    assert refused_new.status_code == 422
+    assert "C2" not in sb.state()["products"]
+    with pytest.raises(ValueError, match="refused_categories"):
+        sb.configure(refused_categories="BAD")
+
+
+def test_attribute_writes_to_a_linked_product_are_listed(client: httpx.Client, sb: Sandbox) -> None:
+    _create(client, "L", variations=[{"sku": "L-1", "qty": 1}])
+    sb.link_product("L")
+    assert client.put("/products/L", json={"product": {"qty": 2, "price": 3.0}}).status_code == 204
+    assert client.put("/variations/L-1", json={"variation": {"qty": 4}}).status_code == 204
+    assert sb.state()["frozen_writes"] == []
+    assert client.put("/products/L", json={"product": {"name": "novo"}}).status_code == 204
+    assert client.put("/variations/L-1", json={"variation": {"ean": "1"}}).status_code == 204
+    assert sb.state()["frozen_writes"] == [
+        {"sku": "L", "fields": ["name"]},
+        {"sku": "L-1", "fields": ["ean"]},
+    ]
+
+
+def test_retry_after_value_is_configurable(client: httpx.Client, sb: Sandbox) -> None:
+    sb.configure(retry_after_header=True, retry_after_seconds=120)
+    sb.script_fault("GET", "/products", "429")
+    assert client.get("/products").headers["Retry-After"] == "120"

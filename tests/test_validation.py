@@ -488,3 +488,19 @@ def test_problem_messages_do_not_dump_huge_values() -> None:
     found = problems("price", "SKU-1", {"price": "9" * 10_000})
     assert len(found) == 1
     assert len(found[0]) < 200
+
+
+def test_product_payload_may_carry_its_own_sku() -> None:
+    assert problems("product", "SKU-1", {"sku": "SKU-1", "name": "x"}) == []
+    assert problems("product", "SKU-1", {"sku": None, "name": "x"}) == []  # null: no value
+
+
+def test_product_payload_sku_other_than_ref_names_both() -> None:
+    (problem,) = problems("product", "SKU-1", {"sku": "SKU-2", "name": "x"})
+    assert problem.startswith("payload.sku: ")
+    assert '"SKU-2"' in problem and '"SKU-1"' in problem
+
+
+def test_price_row_still_refuses_a_sku_field() -> None:
+    (problem,) = problems("price", "SKU-1", {"price": 1.0, "sku": "SKU-1"})
+    assert problem.startswith("payload.sku")

@@ -6,7 +6,8 @@
 * Timeouts are explicit; TLS verification stays on.
 * Every failure is one of the classes in :mod:`skysync.skyhub.errors`; no httpx exception
   escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
-  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`.
+  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. A Retry-After above
+  ``max_retry_after`` (60 s) is not slept: it is raised at once, carrying SkyHub's wait.
 * With a :class:`~skysync.ratelimit.RateLimiter`, each request first takes a slot from the bucket
   of its endpoint and method (see :func:`bucket_for`), so all workers together stay under
   SkyHub's limits.
@@ -183,6 +184,7 @@ class SkyHubClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         limiter: RateLimiter | None = None,
         max_rate_limit_waits: int = 5,
+        max_retry_after: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -190,6 +192,7 @@ class SkyHubClient:
         self.email = email
         self.limiter = limiter
         self.max_rate_limit_waits = max_rate_limit_waits
+        self.max_retry_after = max_retry_after
         self.counter = RequestCounter()
         self._sleep = sleep
         self._http = httpx.Client(
@@ -252,7 +255,10 @@ class SkyHubClient:
             if response.status_code != 429:
                 break
             retry_after = _retry_after(response)
-            if waits >= self.max_rate_limit_waits:
+            # A wait longer than the cap is not slept here (it would hold a worker thread):
+            # the caller puts the rows back, due when SkyHub said.
+            too_long = retry_after is not None and retry_after > self.max_retry_after
+            if waits >= self.max_rate_limit_waits or too_long:
                 raise RateLimited(
                     _error_text(response),
                     retry_after=retry_after,

@@ -55,8 +55,15 @@ Fault model, applied to SkyHub endpoints in this order:
 3. A scripted fault (:meth:`Sandbox.script_fault`), else random ones drawn from ``Random(seed)``:
    ``fail_rate`` (500, 502 with an HTML page, or 503; not applied), ``timeout_rate`` (hang
    ``hang_seconds`` then close without answering; not applied), ``lost_answer_rate`` (writes only:
-   applied, then the connection is closed without a byte).  Scripted faults also offer ``429``
-   and ``drop`` (close at once, not applied).
+   applied, then the connection is closed without a byte).  Scripted faults also offer ``429``,
+   ``drop`` (close at once, not applied) and ``applied_hang`` (applied, then hang
+   ``hang_seconds`` and close: the answer never comes, as when the caller is killed meanwhile).
+   ``refused_categories`` makes a product write naming one of those category codes or names
+   a 422 "Categoria não encontrada" (nothing applied).
+
+``state()["frozen_writes"]`` lists every accepted write that changed an attribute other than
+price, promotional price or stock of a linked product or of its variations (SkyHub accepts it
+and the marketplace ignores it: skysync must never send one).
 4. The body is checked (415 not UTF-8, 400 empty/invalid/unwrapped) and the request is handled.
 
 The credential header values are never logged, stored or echoed.
@@ -124,7 +131,8 @@ ORDER_ACTIONS: dict[str, str] = {
     "shipment_exception": "shipment_exception",
 }
 
-FAULTS = frozenset({"500", "502", "503", "timeout", "lost", "429", "drop"})
+FAULTS = frozenset({"500", "502", "503", "timeout", "lost", "429", "drop", "applied_hang"})
+_FLOWING = frozenset({"sku", "qty", "price", "promotional_price"})
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _AUTH_HEADERS = (
@@ -160,7 +168,9 @@ class SandboxConfig:
     # the 1/s ones by R/9.
     rate_limit: float | None = None
     rate_limits_enabled: bool = True
-    retry_after_header: bool = False  # 429 answers carry `Retry-After: 1` when True
+    retry_after_header: bool = False  # 429 answers carry `Retry-After` when True
+    retry_after_seconds: float = 1.0  # ...with this value
+    refused_categories: list[str] = field(default_factory=list)  # 422 on products naming them
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     timeout_rate: float = 0.0
@@ -695,6 +705,7 @@ class Sandbox:
                 "variations": variations,
                 "orders": copy.deepcopy(self._orders),
                 "queue": list(self._queue),
+                "frozen_writes": copy.deepcopy(self._frozen_writes),
                 "queue_detail": [
                     {
                         "code": code,
@@ -765,6 +776,22 @@ class Sandbox:
         self._counts: dict[str, int] = {}
         self._rng = random.Random(self.config.seed)
         self._order_serial = 0
+        self._frozen_writes: list[dict[str, Any]] = []
+
+    def _check_write_locked(self, sku: str, changes: Mapping[str, Any], now: float) -> None:
+        """422 for a refused category; remember attribute writes to a linked product."""
+        refused = set(self.config.refused_categories)
+        for category in changes.get("categories") or []:
+            if isinstance(category, dict):
+                names = {category.get("code"), category.get("name")}
+            else:
+                names = {category}
+            for name in sorted(n for n in names & refused if isinstance(n, str)):
+                raise ApiError(422, f"Categoria não encontrada: {name}")
+        parent = self._variation_parent.get(sku, sku)
+        attributes = sorted(set(changes) - _FLOWING)
+        if attributes and self._is_linked_locked(parent, now):
+            self._frozen_writes.append({"sku": sku, "fields": attributes})
 
     def _is_linked_locked(self, sku: str, now: float) -> bool:
         linked_at = self._linked_at.get(sku)
@@ -966,6 +993,8 @@ class Sandbox:
                 reply = self._run(route, params, query, body, now)
                 if fault == "lost":
                     reply = _Reply(0, action="drop")
+                elif fault == "applied_hang":
+                    reply = _Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
         except ApiError as exc:
             reply = _error_reply(exc.status, exc.message)
         self._record(
@@ -998,7 +1027,7 @@ class Sandbox:
     def _too_many_requests(self) -> _Reply:
         reply = _error_reply(429, "Limite de requisições excedido (too many requests)")
         if self.config.retry_after_header:
-            reply.headers["Retry-After"] = "1"
+            reply.headers["Retry-After"] = f"{self.config.retry_after_seconds:g}"
         return reply
 
     def _admit_locked(self, route: _Route, now: float) -> bool:
@@ -1172,6 +1201,7 @@ class Sandbox:
         if self._sku_taken_locked(sku):
             raise ApiError(422, f"Produto com SKU '{sku}' já existe")
         _validate_item_fields(product, "product")
+        self._check_write_locked(sku, product, req.now)
         new_variations = self._check_new_variations_locked(sku, product.get("variations", []))
         stored = {
             k: copy.deepcopy(v)
@@ -1222,6 +1252,7 @@ class Sandbox:
         if "sku" in changes and changes["sku"] != sku:
             raise ApiError(422, "O SKU de um produto não pode ser alterado")
         _validate_item_fields(changes, "product")
+        self._check_write_locked(sku, changes, req.now)
         creates: list[dict[str, Any]] = []
         updates: list[tuple[str, dict[str, Any]]] = []
         if "variations" in changes:
@@ -1233,6 +1264,7 @@ class Sandbox:
                     raise ApiError(422, "Cada variação deve ser um objeto JSON")
                 vsku = _require_sku(variation, "variation")
                 _validate_item_fields(variation, "variation")
+                self._check_write_locked(sku, variation, req.now)
                 if self._variation_parent.get(vsku) == sku:
                     updates.append((vsku, variation))
                 elif self._sku_taken_locked(vsku):
@@ -1271,6 +1303,7 @@ class Sandbox:
         if self._sku_taken_locked(vsku):
             raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
         _validate_item_fields(variation, "variation")
+        self._check_write_locked(parent, variation, req.now)
         self._variations[vsku] = copy.deepcopy(variation)
         self._variation_parent[vsku] = parent
         return 201, None
@@ -1291,6 +1324,7 @@ class Sandbox:
         if "sku" in changes and changes["sku"] != sku:
             raise ApiError(422, "O SKU de uma variação não pode ser alterado")
         _validate_item_fields(changes, "variation")
+        self._check_write_locked(sku, changes, req.now)
         for key, value in changes.items():
             if key != "sku":
                 variation[key] = copy.deepcopy(value)
@@ -1533,7 +1567,11 @@ def _validate_config_changes(changes: Mapping[str, Any]) -> None:
             value = changes[name]
             if not _is_number(value) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number between 0 and 1")
-    for name in ("latency_ms", "hang_seconds", "visibility_timeout"):
+    if "refused_categories" in changes:
+        value = changes["refused_categories"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("refused_categories must be a list of strings")
+    for name in ("latency_ms", "hang_seconds", "visibility_timeout", "retry_after_seconds"):
         if name in changes:
             value = changes[name]
             if not _is_number(value) or value < 0:
