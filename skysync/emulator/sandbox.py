@@ -71,8 +71,6 @@ The credential header values are never logged, stored or echoed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import copy
 import hmac
@@ -86,13 +84,23 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from skysync.emulator.config import (
+    SandboxConfig,
+    check_setting_names,
+    is_number,
+    masked_config,
+    validate_config_changes,
+)
+from skysync.emulator.fixtures import demo_order, now_iso
+from skysync.emulator.paging import check_depth, decode_cursor, encode_cursor, first, page_window
+from skysync.emulator.replies import ApiError, Reply, error_reply, json_reply
 
 log = logging.getLogger("skysync.sandbox")
 
@@ -140,10 +148,7 @@ _AUTH_HEADERS = (
     ("X-Api-Key", "api_key"),
     ("X-Accountmanager-Key", "account_key"),
 )
-_SECRET_FIELDS = frozenset({"api_key", "account_key"})
-_BRT = timezone(timedelta(hours=-3))  # SkyHub dates are Brasília time
 _MAX_BODY = 16 * 1024 * 1024
-_MAX_PAGE_DEPTH = 10_000  # SkyHub refuses pages beyond 10,000 entries with a 400
 _LOG_CAPACITY = 100_000  # keeps a long-running CLI emulator from growing without bound
 _NFE_KEY = re.compile(r"\d{44}")
 
@@ -152,54 +157,6 @@ _BAD_GATEWAY_PAGE = (
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
-
-
-@dataclass
-class SandboxConfig:
-    """Everything that shapes the emulator's behaviour; most fields can change at runtime."""
-
-    host: str = "127.0.0.1"
-    port: int = 0  # 0 = ephemeral
-    # When all three credentials are None, any non-empty values are accepted.
-    email: str | None = None
-    api_key: str | None = None
-    account_key: str | None = None
-    # None = SkyHub's limits (9/s and 1/s buckets). R replaces every 9/s limit by R and scales
-    # the 1/s ones by R/9.
-    rate_limit: float | None = None
-    rate_limits_enabled: bool = True
-    retry_after_header: bool = False  # 429 answers carry `Retry-After` when True
-    retry_after_seconds: float = 1.0  # ...with this value
-    refused_categories: list[str] = field(default_factory=list)  # 422 on products naming them
-    latency_ms: float = 0.0
-    fail_rate: float = 0.0
-    timeout_rate: float = 0.0
-    lost_answer_rate: float = 0.0
-    hang_seconds: float = 30.0
-    visibility_timeout: float = 300.0
-    link_delay: float | None = 0.0  # None = never linked automatically (only via admin)
-    seed: int | None = None
-
-
-class ApiError(Exception):
-    """A SkyHub-style error answer: raised anywhere in handling, turned into `{"error": msg}`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class _Reply:
-    """What the connection handler must do: send an answer, drop the socket, or hang first."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-    action: str = "send"  # "send" | "drop" | "hang"
-    hang_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -286,25 +243,6 @@ def _match_route(method: str, segments: list[str]) -> tuple[_Route | None, dict[
     return None, {}
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
-
-
-def _json_reply(status: int, payload: Any = None) -> _Reply:
-    """An answer with a JSON body, or no body at all when payload is None (201/204 answers)."""
-    if payload is None:
-        return _Reply(status)
-    return _Reply(status, _dumps(payload))
-
-
-def _error_reply(status: int, message: str) -> _Reply:
-    return _Reply(status, _dumps({"error": message}))
-
-
-def _now_iso() -> str:
-    return datetime.now(_BRT).isoformat(timespec="seconds")
-
-
 def _json_or_none(body: bytes) -> Any:
     """The request body as JSON for the request log; None when it is empty or not JSON."""
     if not body:
@@ -315,28 +253,6 @@ def _json_or_none(body: bytes) -> Any:
         return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _first(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
-
-
-def _int_param(query: Mapping[str, list[str]], name: str, default: int) -> int:
-    raw = _first(query, name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"Parâmetro '{name}' inválido: deve ser um inteiro") from None
-    if value < 1:
-        raise ApiError(400, f"Parâmetro '{name}' inválido: deve ser maior que zero")
-    return value
-
-
 def _validate_item_fields(item: Mapping[str, Any], what: str) -> None:
     """Business checks SkyHub applies to product and variation fields that are present.
 
@@ -345,7 +261,7 @@ def _validate_item_fields(item: Mapping[str, Any], what: str) -> None:
     for key in ("price", "promotional_price"):
         if key in item:
             value = item[key]
-            if not _is_number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 raise ApiError(
                     422,
                     f"{what}.{key} inválido: deve ser um número maior que zero "
@@ -397,26 +313,6 @@ def _status_code(order: Mapping[str, Any]) -> str | None:
     if isinstance(status, Mapping) and isinstance(status.get("code"), str):
         return status["code"]
     return None
-
-
-def _encode_cursor(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(_dumps(state)).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        state = json.loads(raw.decode("utf-8"))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "Parâmetro 'cursor' inválido") from None
-    if (
-        not isinstance(state, dict)
-        or not isinstance(state.get("o"), int)
-        or not isinstance(state.get("n"), int)
-        or not isinstance(state.get("f"), dict)
-    ):
-        raise ApiError(400, "Parâmetro 'cursor' inválido")
-    return state
 
 
 class _Server(ThreadingHTTPServer):
@@ -515,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _BodyError as exc:
             # The rest of the stream cannot be trusted after a bad framing: answer and close.
             self.close_connection = True
-            self._send(_error_reply(exc.status, exc.message))
+            self._send(error_reply(exc.status, exc.message))
             return
         reply = self.server.sandbox._handle_http(method, self.path, self.headers, body)
         if reply.action == "hang":
@@ -562,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
-    def _send(self, reply: _Reply) -> None:
+    def _send(self, reply: Reply) -> None:
         try:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
@@ -733,13 +629,10 @@ class Sandbox:
 
     def configure(self, **changes: Any) -> None:
         """Change SandboxConfig fields at runtime; ValueError for unknown or invalid values."""
-        known = {f.name for f in fields(SandboxConfig)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"unknown sandbox setting(s): {', '.join(unknown)}")
+        check_setting_names(changes)
         if self._server is not None and ({"host", "port"} & set(changes)):
             raise ValueError("host and port cannot change while serving")
-        _validate_config_changes(changes)
+        validate_config_changes(changes)
         with self._lock:
             for name, value in changes.items():
                 setattr(self.config, name, value)
@@ -838,7 +731,7 @@ class Sandbox:
                 changes["status"] = _normalize_status(changes["status"])
             stored.update(changes)
             # a seeded updated_at is kept (tests replay the same event); otherwise it is now
-            stored["updated_at"] = changes.get("updated_at") or _now_iso()
+            stored["updated_at"] = changes.get("updated_at") or now_iso()
         else:
             stored = self._new_order_locked(order, code)
             self._orders[stored["code"]] = stored
@@ -858,96 +751,11 @@ class Sandbox:
         status = _normalize_status(given.pop("status", "book_product"))
         if code is None:
             code = self._new_order_code_locked()
-        now = datetime.now(_BRT)
-        channel = code.rsplit("-", 2)[0] if code.count("-") >= 2 else "Lojas Americanas"
-        items = given.get("items")
-        if items is None:
-            items = [
-                {
-                    "id": "SKYSYNC-DEMO-1",
-                    "product_id": "SKYSYNC-DEMO-1",
-                    "name": "Produto de demonstração",
-                    "qty": 1,
-                    "original_price": 100.0,
-                    "special_price": 100.0,
-                    "promotions": [],
-                }
-            ]
-        total = 0.0
-        if isinstance(items, list):
-            for item in items:
-                if isinstance(item, Mapping):
-                    price = item.get("special_price", item.get("original_price", 0))
-                    qty = item.get("qty", 1)
-                    if _is_number(price) and _is_number(qty):
-                        total += float(price) * float(qty)
-        address = {
-            "full_name": "Cliente Teste",
-            "street": "Rua Sacadura Cabral",
-            "number": "102",
-            "detail": "",
-            "complement": "",
-            "reference": "",
-            "neighborhood": "Saúde",
-            "city": "Rio de Janeiro",
-            "region": "RJ",
-            "country": "BR",
-            "postcode": "20081262",
-            "phone": "21999999999",
-        }
-        approved = status["code"] not in ("book_product",)
-        result: dict[str, Any] = {
-            "code": code,
-            "channel": channel,
-            "placed_at": now.isoformat(timespec="seconds"),
-            "updated_at": now.isoformat(timespec="seconds"),
-            "approved_date": now.isoformat(timespec="seconds") if approved else None,
-            "shipped_date": None,
-            "delivered_date": None,
-            "total_ordered": round(total, 2),
-            "interest": 0.0,
-            "discount": 0.0,
-            "shipping_cost": 0.0,
-            "shipping_method": "Normal",
-            "shipping_carrier": None,
-            "calculation_type": None,
-            "estimated_delivery": (now + timedelta(days=7)).date().isoformat(),
-            "expedition_limit_date": (now + timedelta(days=2)).isoformat(timespec="seconds"),
-            "sync_status": "NOT_SYNCED",
-            "available_to_sync": True,
-            "tags": [],
-            "status": status,
-            "customer": {
-                "name": "Cliente Teste",
-                "email": "cliente.teste@example.com",
-                "date_of_birth": "1990-01-01",
-                "gender": "female",
-                "vat_number": "00000000191",
-                "phones": ["21999999999"],
-            },
-            "shipping_address": address,
-            "billing_address": copy.deepcopy(address),
-            "items": items,
-            "payments": [
-                {
-                    "method": "CREDIT_CARD",
-                    "description": "Cartão de crédito",
-                    "parcels": 1,
-                    "value": round(total, 2),
-                    "status": "APPROVED" if approved else "PENDING",
-                }
-            ],
-            "invoices": [],
-            "shipments": [],
-        }
-        result.update(given)
-        result["code"] = code
-        result["status"] = status
-        return result
+        return demo_order(given, code, status)
 
     # ----------------------------------------------------------------- HTTP entry
 
-    def _handle_http(self, method: str, raw_path: str, headers: Message, body: bytes) -> _Reply:
+    def _handle_http(self, method: str, raw_path: str, headers: Message, body: bytes) -> Reply:
         """Decide the answer to one request (runs in the connection's thread)."""
         split = urlsplit(raw_path)
         raw_segments = split.path.split("/")[1:]
@@ -978,25 +786,25 @@ class Sandbox:
             if not admitted:
                 reply = self._too_many_requests()
             elif fault in ("500", "503"):
-                reply = _error_reply(
+                reply = error_reply(
                     int(fault), "Internal Server Error" if fault == "500" else "Service Unavailable"
                 )
             elif fault == "502":
-                reply = _Reply(502, _BAD_GATEWAY_PAGE, "text/html")
+                reply = Reply(502, _BAD_GATEWAY_PAGE, "text/html")
             elif fault == "429":
                 reply = self._too_many_requests()
             elif fault == "timeout":
-                reply = _Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
+                reply = Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
             elif fault == "drop":
-                reply = _Reply(0, action="drop")
+                reply = Reply(0, action="drop")
             else:
                 reply = self._run(route, params, query, body, now)
                 if fault == "lost":
-                    reply = _Reply(0, action="drop")
+                    reply = Reply(0, action="drop")
                 elif fault == "applied_hang":
-                    reply = _Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
+                    reply = Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
         except ApiError as exc:
-            reply = _error_reply(exc.status, exc.message)
+            reply = error_reply(exc.status, exc.message)
         self._record(
             now,
             method,
@@ -1024,8 +832,8 @@ class Sandbox:
             ):
                 raise ApiError(401, f"Header {header} inválido (invalid credential)")
 
-    def _too_many_requests(self) -> _Reply:
-        reply = _error_reply(429, "Limite de requisições excedido (too many requests)")
+    def _too_many_requests(self) -> Reply:
+        reply = error_reply(429, "Limite de requisições excedido (too many requests)")
         if self.config.retry_after_header:
             reply.headers["Retry-After"] = f"{self.config.retry_after_seconds:g}"
         return reply
@@ -1083,12 +891,12 @@ class Sandbox:
         query: dict[str, list[str]],
         body: bytes,
         now: float,
-    ) -> _Reply:
+    ) -> Reply:
         data = self._parse_body(route, body)
         handler: Callable[[_Request], tuple[int, Any]] = getattr(self, route.handler)
         with self._lock:
             status, payload = handler(_Request(params, query, data, now, route.action))
-        return _json_reply(status, payload)
+        return json_reply(status, payload)
 
     @staticmethod
     def _parse_body(route: _Route, body: bytes) -> Any:
@@ -1148,27 +956,24 @@ class Sandbox:
     # ----------------------------------------------------------------- products
 
     def _h_list_products(self, req: _Request) -> tuple[int, Any]:
-        cursor = _first(req.query, "cursor")
+        cursor = first(req.query, "cursor")
         if cursor:
-            state = _decode_cursor(cursor)
+            state = decode_cursor(cursor)
             offset, per_page, filters = state["o"], state["n"], state["f"]
         else:
-            per_page = min(_int_param(req.query, "per_page", 25), 100)
-            page = _int_param(req.query, "page", 1)
-            offset = (page - 1) * per_page
+            offset, per_page = page_window(req.query, 25)
             filters = {}
             for name in ("status", "name", "qty_from", "qty_to"):
-                value = _first(req.query, f"filters[{name}]")
+                value = first(req.query, f"filters[{name}]")
                 if value:
                     filters[name] = value
-        if offset >= _MAX_PAGE_DEPTH:
-            raise ApiError(400, "Paginação além de 10.000 registros não é permitida")
+        check_depth(offset)
         matching = [sku for sku in self._products if self._product_matches(sku, filters)]
         page_skus = matching[offset : offset + per_page]
         next_offset = offset + per_page
         next_url = None
         if next_offset < len(matching):
-            next_url = "/products?cursor=" + _encode_cursor(
+            next_url = "/products?cursor=" + encode_cursor(
                 {"o": next_offset, "n": per_page, "f": filters}
             )
         return 200, {
@@ -1191,7 +996,7 @@ class Sandbox:
                     bound = int(filters[name])
                 except ValueError:
                     raise ApiError(400, f"Filtro '{name}' inválido") from None
-                if not _is_number(qty) or not keep(qty, bound):
+                if not is_number(qty) or not keep(qty, bound):
                     return False
         return True
 
@@ -1351,11 +1156,8 @@ class Sandbox:
         return 200, copy.deepcopy(self._get_order_locked(req.params["code"]))
 
     def _h_list_orders(self, req: _Request) -> tuple[int, Any]:
-        per_page = min(_int_param(req.query, "per_page", 100), 100)
-        page = _int_param(req.query, "page", 1)
-        offset = (page - 1) * per_page
-        if offset >= _MAX_PAGE_DEPTH:
-            raise ApiError(400, "Paginação além de 10.000 registros não é permitida")
+        offset, per_page = page_window(req.query, 100)
+        check_depth(offset)
         statuses = set(req.query.get("filters[statuses][]", []))
         statuses |= set(req.query.get("filters[statuses]", []))
         matching = [
@@ -1403,7 +1205,7 @@ class Sandbox:
                 f"Transição de status inválida para o pedido '{code}': "
                 f"de '{current}' para '{target}'",
             )
-        stamp = _now_iso()
+        stamp = now_iso()
         apply = getattr(self, f"_apply_{action}")
         apply(order, data, stamp)  # validates first, then mutates
         order["status"] = _normalize_status(target)
@@ -1486,14 +1288,7 @@ class Sandbox:
 
     # ----------------------------------------------------------------- admin
 
-    def _masked_config(self) -> dict[str, Any]:
-        config = asdict(self.config)
-        for name in _SECRET_FIELDS:
-            if config[name] is not None:
-                config[name] = "***"
-        return config
-
-    def _handle_admin(self, method: str, segments: list[str], body: bytes) -> _Reply:
+    def _handle_admin(self, method: str, segments: list[str], body: bytes) -> Reply:
         """Test and demo controls: no auth, no limits, no faults, not in the request log."""
         try:
             data: Any = None
@@ -1513,24 +1308,22 @@ class Sandbox:
                         order = self.seed_order(data)
                 except ValueError as exc:
                     raise ApiError(422, str(exc)) from None
-                return _json_reply(201, order)
+                return json_reply(201, order)
             if len(route) == 4 and route[:2] == ("POST", "products") and route[3] == "link":
                 try:
                     self.link_product(route[2])
                 except KeyError:
                     raise ApiError(404, f"Produto com SKU '{route[2]}' não encontrado") from None
-                return _Reply(204)
+                return Reply(204)
             if route == ("GET", "state"):
-                return _json_reply(200, self.state())
+                return json_reply(200, self.state())
             if route == ("GET", "requests"):
-                return _json_reply(
-                    200, {"counts": self.request_counts(), "log": self.request_log()}
-                )
+                return json_reply(200, {"counts": self.request_counts(), "log": self.request_log()})
             if route == ("POST", "reset"):
                 self.reset()
-                return _Reply(204)
+                return Reply(204)
             if route == ("GET", "config"):
-                return _json_reply(200, self._masked_config())
+                return json_reply(200, masked_config(self.config))
             if route == ("POST", "config"):
                 if not isinstance(data, dict):
                     raise ApiError(400, "Envie um objeto com os campos a alterar")
@@ -1538,7 +1331,7 @@ class Sandbox:
                     self.configure(**data)
                 except ValueError as exc:
                     raise ApiError(400, str(exc)) from None
-                return _json_reply(200, self._masked_config())
+                return json_reply(200, masked_config(self.config))
             if route == ("POST", "faults"):
                 if not isinstance(data, dict):
                     raise ApiError(400, 'Envie {"method", "path_prefix", "fault", "count"}')
@@ -1551,49 +1344,13 @@ class Sandbox:
                     )
                 except ValueError as exc:
                     raise ApiError(400, str(exc)) from None
-                return _Reply(204)
+                return Reply(204)
             raise ApiError(
                 404,
                 f"Endpoint de administração desconhecido: {method} /_sandbox/{'/'.join(segments)}",
             )
         except ApiError as exc:
-            return _error_reply(exc.status, exc.message)
-
-
-def _validate_config_changes(changes: Mapping[str, Any]) -> None:
-    """Reject values that would make the emulator misbehave in confusing ways."""
-    for name in ("fail_rate", "timeout_rate", "lost_answer_rate"):
-        if name in changes:
-            value = changes[name]
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number between 0 and 1")
-    if "refused_categories" in changes:
-        value = changes["refused_categories"]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError("refused_categories must be a list of strings")
-    for name in ("latency_ms", "hang_seconds", "visibility_timeout", "retry_after_seconds"):
-        if name in changes:
-            value = changes[name]
-            if not _is_number(value) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0")
-    if "link_delay" in changes:
-        value = changes["link_delay"]
-        if value is not None and (not _is_number(value) or value < 0):
-            raise ValueError("link_delay must be None or a number >= 0")
-    if "rate_limit" in changes:
-        value = changes["rate_limit"]
-        if value is not None and (not _is_number(value) or value <= 0):
-            raise ValueError("rate_limit must be None or a number > 0")
-    for name in ("rate_limits_enabled", "retry_after_header"):
-        if name in changes and not isinstance(changes[name], bool):
-            raise ValueError(f"{name} must be true or false")
-    for name in ("email", "api_key", "account_key"):
-        if name in changes and changes[name] is not None and not isinstance(changes[name], str):
-            raise ValueError(f"{name} must be a string or None")
-    if "seed" in changes:
-        value = changes["seed"]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ValueError("seed must be an integer or None")
+            return error_reply(exc.status, exc.message)
 
 
 def main_sandbox(config: SandboxConfig) -> None:
