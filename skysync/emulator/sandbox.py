@@ -71,23 +71,18 @@ The credential header values are never logged, stored or echoed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hmac
 import json
-import logging
 import math
 import random
 import re
-import socket
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -101,8 +96,7 @@ from skysync.emulator.config import (
 from skysync.emulator.fixtures import demo_order, now_iso
 from skysync.emulator.paging import check_depth, decode_cursor, encode_cursor, first, page_window
 from skysync.emulator.replies import ApiError, Reply, error_reply, json_reply
-
-log = logging.getLogger("skysync.sandbox")
+from skysync.emulator.server import Listener
 
 #: SkyHub's answer to deleting an associated item (skyhub-api.md section 6), word for word.
 LINKED_DELETE_ERROR = "Variação possui alguma associação. Remova as associações e tente novamente."
@@ -148,7 +142,6 @@ _AUTH_HEADERS = (
     ("X-Api-Key", "api_key"),
     ("X-Accountmanager-Key", "account_key"),
 )
-_MAX_BODY = 16 * 1024 * 1024
 _LOG_CAPACITY = 100_000  # keeps a long-running CLI emulator from growing without bound
 _NFE_KEY = re.compile(r"\d{44}")
 
@@ -315,172 +308,6 @@ def _status_code(order: Mapping[str, Any]) -> str | None:
     return None
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its Sandbox and can cut every open connection on stop."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall on a machine with
-        # slow reverse DNS; the name is never used here.
-        TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away mid-answer is routine for an emulator that drops sockets on
-        # purpose; keep it out of stderr.
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
-
-    def track(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(conn)
-
-    def untrack(self, conn: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
-    def close_connections(self) -> None:
-        """Shut keep-alive connections so a stopped emulator stops answering on them too."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _BodyError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Wire-level work only: read the body, ask the Sandbox, then answer, drop or hang."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "SkyHubSandbox/1.0"
-    # Headers and body go out in separate writes; with Nagle on, a keep-alive client waits for
-    # the delayed ACK (~40 ms) on every answer.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default writes to stderr; the request line holds the path, never a header.
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        try:
-            body = self._read_body()
-        except _BodyError as exc:
-            # The rest of the stream cannot be trusted after a bad framing: answer and close.
-            self.close_connection = True
-            self._send(error_reply(exc.status, exc.message))
-            return
-        reply = self.server.sandbox._handle_http(method, self.path, self.headers, body)
-        if reply.action == "hang":
-            self.server.sandbox._stopping.wait(reply.hang_seconds)
-            self._drop()
-        elif reply.action == "drop":
-            self._drop()
-        else:
-            self._send(reply)
-
-    def _read_body(self) -> bytes:
-        """Read the whole body (Content-Length or chunked) so a dropped answer is a clean EOF."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            return b""
-        try:
-            length = int(raw_length)
-        except ValueError:
-            raise _BodyError(400, "Content-Length inválido") from None
-        if length < 0:
-            raise _BodyError(400, "Content-Length inválido")
-        if length > _MAX_BODY:
-            raise _BodyError(413, "Corpo da requisição grande demais")
-        return self.rfile.read(length) if length else b""
-
-    def _read_chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BodyError(400, "Corpo chunked inválido") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            total += size
-            if total > _MAX_BODY:
-                raise _BodyError(413, "Corpo da requisição grande demais")
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(1024)
-
-    def _send(self, reply: Reply) -> None:
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            has_body = reply.status not in (204, 304) and reply.status >= 200
-            if has_body:
-                if reply.body:
-                    self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            if has_body and reply.body:
-                self.wfile.write(reply.body)
-        except OSError:
-            self.close_connection = True
-
-    def _drop(self) -> None:
-        """Close without answering: the client sees 'server disconnected without a response'."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-
 class Sandbox:
     """The emulator: SkyHub state, rate limits and faults behind a ThreadingHTTPServer.
 
@@ -490,50 +317,29 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = copy.copy(config) if config is not None else SandboxConfig()
-        self.base_url = ""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._listener = Listener(self._handle_http, self._stopping)
         self._clear_state()
 
     # ----------------------------------------------------------------- lifecycle
 
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` once serving; empty before."""
+        return self._listener.base_url
+
     def start(self) -> str:
         """Serve in a daemon thread and return the base URL."""
-        if self._thread is not None:
-            return self.base_url
-        server = self._bind()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # short, so stop() returns promptly
-            name="skyhub-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
-        log.debug("SkyHub emulator serving on %s", self.base_url)
-        return self.base_url
+        return self._listener.start(self.config.host, self.config.port)
 
     def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
         """Serve in the calling thread until interrupted; `ready` receives the base URL."""
-        server = self._bind()
-        if ready is not None:
-            ready(self.base_url)
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            self._close_server()
+        self._listener.serve_forever(self.config.host, self.config.port, ready)
 
     def stop(self) -> None:
         """Stop serving, cut open connections and hung requests, and join the thread."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._close_server()
+        self._listener.stop()
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -541,23 +347,6 @@ class Sandbox:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    def _bind(self) -> _Server:
-        if self._server is not None:
-            raise RuntimeError("the sandbox is already serving")
-        self._stopping.clear()
-        server = _Server((self.config.host, self.config.port), self)
-        host, port = server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        self.base_url = f"http://{shown}:{port}"
-        self._server = server
-        return server
-
-    def _close_server(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close_connections()
-            server.server_close()
 
     # ----------------------------------------------------------------- direct helpers
 
@@ -630,7 +419,7 @@ class Sandbox:
     def configure(self, **changes: Any) -> None:
         """Change SandboxConfig fields at runtime; ValueError for unknown or invalid values."""
         check_setting_names(changes)
-        if self._server is not None and ({"host", "port"} & set(changes)):
+        if self._listener.serving and ({"host", "port"} & set(changes)):
             raise ValueError("host and port cannot change while serving")
         validate_config_changes(changes)
         with self._lock:
