@@ -82,6 +82,68 @@ def product_matches(product: Mapping[str, Any], filters: Mapping[str, str]) -> b
     return True
 
 
+def is_linked_locked(state: EmulatorState, sku: str, now: float) -> bool:
+    """Whether the product is linked to the marketplace at `now`."""
+    linked_at = state.linked_at.get(sku)
+    return linked_at is not None and now >= linked_at
+
+
+def check_write_locked(
+    state: EmulatorState, sku: str, changes: Mapping[str, Any], now: float
+) -> None:
+    """422 for a refused category; remember attribute writes to a linked product."""
+    refused = set(state.config.refused_categories)
+    for category in changes.get("categories") or []:
+        if isinstance(category, dict):
+            names = {category.get("code"), category.get("name")}
+        else:
+            names = {category}
+        for name in sorted(n for n in names & refused if isinstance(n, str)):
+            raise ApiError(422, f"Categoria não encontrada: {name}")
+    parent = state.variation_parent.get(sku, sku)
+    attributes = sorted(set(changes) - FLOWING)
+    if attributes and is_linked_locked(state, parent, now):
+        state.frozen_writes.append({"sku": sku, "fields": attributes})
+
+
+def check_update_locked(
+    state: EmulatorState, sku: str, changes: Mapping[str, Any], what: str, now: float
+) -> None:
+    """Checks on a partial update (`what` is "product" or "variation"): the SKU stays,
+    the fields are valid, then the write checks."""
+    if "sku" in changes and changes["sku"] != sku:
+        raise ApiError(422, _SKU_IS_FIXED[what])
+    validate_item_fields(changes, what)
+    check_write_locked(state, sku, changes, now)
+
+
+def sku_taken_locked(state: EmulatorState, sku: str) -> bool:
+    """Whether a product or a variation already uses `sku`."""
+    return sku in state.products or sku in state.variations
+
+
+def check_new_variations_locked(
+    state: EmulatorState, parent: str, variations: Any
+) -> list[dict[str, Any]]:
+    """Validate variations sent inside a product before anything is stored (all or none)."""
+    if variations is None:
+        return []
+    if not isinstance(variations, list):
+        raise ApiError(422, "product.variations deve ser uma lista")
+    result = []
+    seen: set[str] = set()
+    for variation in variations:
+        if not isinstance(variation, dict):
+            raise ApiError(422, "Cada variação deve ser um objeto JSON")
+        vsku = require_sku(variation, "variation")
+        if vsku == parent or vsku in seen or sku_taken_locked(state, vsku):
+            raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
+        validate_item_fields(variation, "variation")
+        seen.add(vsku)
+        result.append(copy.deepcopy(variation))
+    return result
+
+
 class Catalog:
     """Products and variations on the shared state; handlers run with the state's lock held."""
 
@@ -113,18 +175,13 @@ class Catalog:
             "frozen_writes": copy.deepcopy(st.frozen_writes),
         }
 
-    def is_linked_locked(self, sku: str, now: float) -> bool:
-        """Whether the product is linked to the marketplace at `now`."""
-        linked_at = self.state.linked_at.get(sku)
-        return linked_at is not None and now >= linked_at
-
     def product_view_locked(self, sku: str, now: float) -> dict[str, Any]:
         """A product as SkyHub shows it: defaults, ``associations`` and ``variations``."""
         st = self.state
         view = copy.deepcopy(st.products[sku])
         view.setdefault("removed", False)
         view.setdefault("condition_type", "new")
-        status = "linked" if self.is_linked_locked(sku, now) else "pending"
+        status = "linked" if is_linked_locked(self.state, sku, now) else "pending"
         view["associations"] = [{"platform": "B2W", "status": status}]
         view["variations"] = [
             copy.deepcopy(variation)
@@ -132,35 +189,6 @@ class Catalog:
             if st.variation_parent[vsku] == sku
         ]
         return view
-
-    def _check_write_locked(self, sku: str, changes: Mapping[str, Any], now: float) -> None:
-        """422 for a refused category; remember attribute writes to a linked product."""
-        st = self.state
-        refused = set(st.config.refused_categories)
-        for category in changes.get("categories") or []:
-            if isinstance(category, dict):
-                names = {category.get("code"), category.get("name")}
-            else:
-                names = {category}
-            for name in sorted(n for n in names & refused if isinstance(n, str)):
-                raise ApiError(422, f"Categoria não encontrada: {name}")
-        parent = st.variation_parent.get(sku, sku)
-        attributes = sorted(set(changes) - FLOWING)
-        if attributes and self.is_linked_locked(parent, now):
-            st.frozen_writes.append({"sku": sku, "fields": attributes})
-
-    def _check_update_locked(
-        self, sku: str, changes: Mapping[str, Any], what: str, now: float
-    ) -> None:
-        """Checks on a partial update (`what` is "product" or "variation"): the SKU stays,
-        the fields are valid, then the write checks."""
-        if "sku" in changes and changes["sku"] != sku:
-            raise ApiError(422, _SKU_IS_FIXED[what])
-        validate_item_fields(changes, what)
-        self._check_write_locked(sku, changes, now)
-
-    def _sku_taken_locked(self, sku: str) -> bool:
-        return sku in self.state.products or sku in self.state.variations
 
     def _get_product_locked(self, sku: str) -> dict[str, Any]:
         """The stored product; 404 when unknown."""
@@ -212,11 +240,11 @@ class Catalog:
         st = self.state
         product: dict[str, Any] = req.data
         sku = require_sku(product, "product")
-        if self._sku_taken_locked(sku):
+        if sku_taken_locked(self.state, sku):
             raise ApiError(422, f"Produto com SKU '{sku}' já existe")
         validate_item_fields(product, "product")
-        self._check_write_locked(sku, product, req.now)
-        new_variations = self._check_new_variations_locked(sku, product.get("variations", []))
+        check_write_locked(self.state, sku, product, req.now)
+        new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
         stored = {
             k: copy.deepcopy(v)
             for k, v in product.items()
@@ -230,25 +258,6 @@ class Catalog:
             st.variation_parent[variation["sku"]] = sku
         return 201, None
 
-    def _check_new_variations_locked(self, parent: str, variations: Any) -> list[dict[str, Any]]:
-        """Validate variations sent inside a product before anything is stored (all or none)."""
-        if variations is None:
-            return []
-        if not isinstance(variations, list):
-            raise ApiError(422, "product.variations deve ser uma lista")
-        result = []
-        seen: set[str] = set()
-        for variation in variations:
-            if not isinstance(variation, dict):
-                raise ApiError(422, "Cada variação deve ser um objeto JSON")
-            vsku = require_sku(variation, "variation")
-            if vsku == parent or vsku in seen or self._sku_taken_locked(vsku):
-                raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
-            validate_item_fields(variation, "variation")
-            seen.add(vsku)
-            result.append(copy.deepcopy(variation))
-        return result
-
     def get_product(self, req: Request) -> Answer:
         """GET /products/{sku}."""
         self._get_product_locked(req.params["sku"])
@@ -260,7 +269,7 @@ class Catalog:
         sku = req.params["sku"]
         product = self._get_product_locked(sku)
         changes: dict[str, Any] = req.data
-        self._check_update_locked(sku, changes, "product", req.now)
+        check_update_locked(self.state, sku, changes, "product", req.now)
         creates: list[dict[str, Any]] = []
         updates: list[tuple[str, dict[str, Any]]] = []
         if "variations" in changes:
@@ -272,10 +281,10 @@ class Catalog:
                     raise ApiError(422, "Cada variação deve ser um objeto JSON")
                 vsku = require_sku(variation, "variation")
                 validate_item_fields(variation, "variation")
-                self._check_write_locked(sku, variation, req.now)
+                check_write_locked(self.state, sku, variation, req.now)
                 if st.variation_parent.get(vsku) == sku:
                     updates.append((vsku, variation))
-                elif self._sku_taken_locked(vsku):
+                elif sku_taken_locked(self.state, vsku):
                     raise ApiError(422, f"Variação com SKU '{vsku}' pertence a outro produto")
                 else:
                     creates.append(copy.deepcopy(variation))
@@ -294,7 +303,7 @@ class Catalog:
         st = self.state
         sku = req.params["sku"]
         self._get_product_locked(sku)
-        if self.is_linked_locked(sku, req.now):
+        if is_linked_locked(self.state, sku, req.now):
             raise ApiError(422, LINKED_DELETE_ERROR)
         del st.products[sku]
         st.linked_at.pop(sku, None)
@@ -312,10 +321,10 @@ class Catalog:
         self._get_product_locked(parent)
         variation: dict[str, Any] = req.data
         vsku = require_sku(variation, "variation")
-        if self._sku_taken_locked(vsku):
+        if sku_taken_locked(self.state, vsku):
             raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
         validate_item_fields(variation, "variation")
-        self._check_write_locked(parent, variation, req.now)
+        check_write_locked(self.state, parent, variation, req.now)
         st.variations[vsku] = copy.deepcopy(variation)
         st.variation_parent[vsku] = parent
         return 201, None
@@ -329,7 +338,7 @@ class Catalog:
         sku = req.params["sku"]
         variation = self._get_variation_locked(sku)
         changes: dict[str, Any] = req.data
-        self._check_update_locked(sku, changes, "variation", req.now)
+        check_update_locked(self.state, sku, changes, "variation", req.now)
         for key, value in changes.items():
             if key != "sku":
                 variation[key] = copy.deepcopy(value)
@@ -340,7 +349,7 @@ class Catalog:
         st = self.state
         sku = req.params["sku"]
         self._get_variation_locked(sku)
-        if self.is_linked_locked(st.variation_parent[sku], req.now):
+        if is_linked_locked(self.state, st.variation_parent[sku], req.now):
             raise ApiError(422, LINKED_DELETE_ERROR)
         del st.variations[sku]
         del st.variation_parent[sku]

@@ -72,12 +72,9 @@ The credential header values are never logged, stored or echoed.
 from __future__ import annotations
 
 import copy
-import hmac
 import json
-import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from email.message import Message
 from typing import Any
@@ -89,38 +86,15 @@ from skysync.emulator.config import (
     masked_config,
     validate_config_changes,
 )
+from skysync.emulator.dispatch import Dispatcher
+from skysync.emulator.faults import check_scripted_fault
 from skysync.emulator.orders import Orders
 from skysync.emulator.replies import ApiError, Reply, error_reply, json_reply
-from skysync.emulator.routes import Request, Route, match_route, parse_body, split_target
+from skysync.emulator.routes import split_target
 from skysync.emulator.server import Listener
 from skysync.emulator.state import EmulatorState
 
 __all__ = ["LINKED_DELETE_ERROR", "Sandbox", "SandboxConfig", "main_sandbox"]
-
-FAULTS = frozenset({"500", "502", "503", "timeout", "lost", "429", "drop", "applied_hang"})
-
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_AUTH_HEADERS = (
-    ("X-User-Email", "email"),
-    ("X-Api-Key", "api_key"),
-    ("X-Accountmanager-Key", "account_key"),
-)
-
-_BAD_GATEWAY_PAGE = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
-    b"</body>\r\n</html>\r\n"
-)
-
-
-def _json_or_none(body: bytes) -> Any:
-    """The request body as JSON for the request log; None when it is empty or not JSON."""
-    if not body:
-        return None
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 class Sandbox:
@@ -135,7 +109,9 @@ class Sandbox:
         self._state = EmulatorState(self.config)
         self._catalog = Catalog(self._state)
         self._orders = Orders(self._state)
-        self._rooms = {"catalog": self._catalog, "orders": self._orders}
+        self._dispatcher = Dispatcher(
+            self._state, {"catalog": self._catalog, "orders": self._orders}
+        )
         self._listener = Listener(self._handle_http, self._state.stopping)
 
     # ----------------------------------------------------------------- lifecycle
@@ -236,181 +212,18 @@ class Sandbox:
         The prefix is compared with the percent-decoded path, so order codes are written as
         they are (with spaces).
         """
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; use one of {sorted(FAULTS)}")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValueError("count must be a positive integer")
-        if not isinstance(method, str) or not isinstance(path_prefix, str):
-            raise ValueError("method and path_prefix must be strings")
+        check_scripted_fault(method, path_prefix, fault, count)
         with self._state.lock:
             self._state.scripted.append([method.upper(), path_prefix, fault, count])
 
     # ----------------------------------------------------------------- HTTP entry
 
     def _handle_http(self, method: str, raw_path: str, headers: Message, body: bytes) -> Reply:
-        """Decide the answer to one request (runs in the connection's thread)."""
+        """Admin calls go to the admin API, everything else through the SkyHub pipeline."""
         target = split_target(raw_path)
-        segments, decoded_path = target.segments, target.decoded_path
-        if segments and segments[0] == "_sandbox":
-            return self._handle_admin(method, segments[1:], body)
-
-        latency = self.config.latency_ms
-        if latency > 0:
-            self._state.stopping.wait(latency / 1000.0)
-
-        query = target.query
-        now = time.monotonic()
-        route, params = match_route(method, segments)
-        route_name = route.template if route is not None else decoded_path
-        fault: str | None = None
-        try:
-            self._check_auth(headers)
-            if route is None:
-                raise ApiError(404, f"Recurso não encontrado: {method} {decoded_path}")
-            with self._state.lock:
-                admitted = self._admit_locked(route, now)
-                if admitted:
-                    fault = self._pick_fault_locked(method, decoded_path)
-            if not admitted:
-                reply = self._too_many_requests()
-            elif fault in ("500", "503"):
-                reply = error_reply(
-                    int(fault), "Internal Server Error" if fault == "500" else "Service Unavailable"
-                )
-            elif fault == "502":
-                reply = Reply(502, _BAD_GATEWAY_PAGE, "text/html")
-            elif fault == "429":
-                reply = self._too_many_requests()
-            elif fault == "timeout":
-                reply = Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
-            elif fault == "drop":
-                reply = Reply(0, action="drop")
-            else:
-                reply = self._run(route, params, query, body, now)
-                if fault == "lost":
-                    reply = Reply(0, action="drop")
-                elif fault == "applied_hang":
-                    reply = Reply(0, action="hang", hang_seconds=self.config.hang_seconds)
-        except ApiError as exc:
-            reply = error_reply(exc.status, exc.message)
-        self._record(
-            now,
-            method,
-            raw_path,
-            route_name,
-            reply.status if reply.action == "send" else None,
-            body,
-            fault,
-        )
-        return reply
-
-    def _check_auth(self, headers: Message) -> None:
-        """401 naming the missing or wrong header; the value itself is never repeated."""
-        cfg = self.config
-        enforce = any(getattr(cfg, attr) is not None for _, attr in _AUTH_HEADERS)
-        for header, attr in _AUTH_HEADERS:
-            value = headers.get(header)
-            if value is None or not value.strip():
-                raise ApiError(401, f"Header {header} ausente ou vazio (missing credential)")
-            expected = getattr(cfg, attr)
-            if (
-                enforce
-                and expected is not None
-                and not hmac.compare_digest(value.encode("utf-8"), expected.encode("utf-8"))
-            ):
-                raise ApiError(401, f"Header {header} inválido (invalid credential)")
-
-    def _too_many_requests(self) -> Reply:
-        reply = error_reply(429, "Limite de requisições excedido (too many requests)")
-        if self.config.retry_after_header:
-            reply.headers["Retry-After"] = f"{self.config.retry_after_seconds:g}"
-        return reply
-
-    def _admit_locked(self, route: Route, now: float) -> bool:
-        """Sliding one-second window per (bucket, method); refused requests are not counted."""
-        cfg = self.config
-        if not cfg.rate_limits_enabled:
-            return True
-        if cfg.rate_limit is None:
-            rate = float(route.base_limit)
-        elif route.base_limit >= 9:
-            rate = float(cfg.rate_limit)
-        else:
-            rate = cfg.rate_limit * route.base_limit / 9.0
-        if rate >= 1:
-            capacity, window = math.floor(rate + 1e-9), 1.0
-        else:
-            # Below one per second: one request per 1/rate seconds.
-            capacity, window = 1, 1.0 / rate
-        accepted = self._state.windows.setdefault((route.bucket, route.method), deque())
-        while accepted and accepted[0] <= now - window:
-            accepted.popleft()
-        if len(accepted) >= capacity:
-            return False
-        accepted.append(now)
-        return True
-
-    def _pick_fault_locked(self, method: str, decoded_path: str) -> str | None:
-        for entry in self._state.scripted:
-            wanted_method, prefix, fault, _count = entry
-            if wanted_method in ("*", method) and decoded_path.startswith(prefix):
-                entry[3] -= 1
-                if entry[3] <= 0:
-                    self._state.scripted.remove(entry)
-                return fault
-        cfg = self.config
-        # Draw only for rates in use, so a seed reproduces the same faults for the same traffic.
-        if cfg.fail_rate > 0 and self._state.rng.random() < cfg.fail_rate:
-            return self._state.rng.choice(("500", "502", "503"))
-        if cfg.timeout_rate > 0 and self._state.rng.random() < cfg.timeout_rate:
-            return "timeout"
-        if (
-            method in _WRITE_METHODS
-            and cfg.lost_answer_rate > 0
-            and self._state.rng.random() < cfg.lost_answer_rate
-        ):
-            return "lost"
-        return None
-
-    def _run(
-        self,
-        route: Route,
-        params: dict[str, str],
-        query: dict[str, list[str]],
-        body: bytes,
-        now: float,
-    ) -> Reply:
-        data = parse_body(route, body)
-        handler: Callable[[Request], tuple[int, Any]] = getattr(
-            self._rooms[route.room], route.handler
-        )
-        with self._state.lock:
-            status, payload = handler(Request(params, query, data, now, route.action))
-        return json_reply(status, payload)
-
-    def _record(
-        self,
-        now: float,
-        method: str,
-        raw_path: str,
-        route: str,
-        status: int | None,
-        body: bytes,
-        fault: str | None,
-    ) -> None:
-        entry = {
-            "t": now,
-            "method": method,
-            "path": raw_path,
-            "route": route,
-            "status": status,
-            "body": _json_or_none(body),
-            "fault": fault,
-        }
-        key = f"{method} {route} {status}"
-        with self._state.lock:
-            self._state.log.append(entry)
-            self._state.counts[key] = self._state.counts.get(key, 0) + 1
+        if target.segments and target.segments[0] == "_sandbox":
+            return self._handle_admin(method, target.segments[1:], body)
+        return self._dispatcher.answer(method, raw_path, target, headers, body)
 
     # ----------------------------------------------------------------- admin
 
