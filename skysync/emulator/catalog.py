@@ -25,6 +25,7 @@ LINKED_DELETE_ERROR = "Variação possui alguma associação. Remova as associa�
 #: Fields a linked item may still change; a write to any other is a frozen write.
 FLOWING = frozenset({"sku", "qty", "price", "promotional_price"})
 
+_NAMES = {"product": "Produto", "variation": "Variação"}
 _SKU_IS_FIXED = {
     "product": "O SKU de um produto não pode ser alterado",
     "variation": "O SKU de uma variação não pode ser alterado",
@@ -115,6 +116,19 @@ def check_update_locked(
         raise ApiError(422, _SKU_IS_FIXED[what])
     validate_item_fields(changes, what)
     check_write_locked(state, sku, changes, now)
+
+
+def check_new_item_locked(
+    state: EmulatorState, item: Mapping[str, Any], what: str, parent: str | None, now: float
+) -> str:
+    """The SKU of a new product or variation (`what`) once it is free, its fields are valid
+    and the write checks pass (on the `parent` product for a variation)."""
+    sku = require_sku(item, what)
+    if sku_taken_locked(state, sku):
+        raise ApiError(422, f"{_NAMES[what]} com SKU '{sku}' já existe")
+    validate_item_fields(item, what)
+    check_write_locked(state, sku if parent is None else parent, item, now)
+    return sku
 
 
 def sku_taken_locked(state: EmulatorState, sku: str) -> bool:
@@ -239,11 +253,7 @@ class Catalog:
         """POST /products: the product and any variations it carries, all or nothing."""
         st = self.state
         product: dict[str, Any] = req.data
-        sku = require_sku(product, "product")
-        if sku_taken_locked(self.state, sku):
-            raise ApiError(422, f"Produto com SKU '{sku}' já existe")
-        validate_item_fields(product, "product")
-        check_write_locked(self.state, sku, product, req.now)
+        sku = check_new_item_locked(st, product, "product", None, req.now)
         new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
         stored = {
             k: copy.deepcopy(v)
@@ -320,11 +330,7 @@ class Catalog:
         parent = req.params["sku"]
         self._get_product_locked(parent)
         variation: dict[str, Any] = req.data
-        vsku = require_sku(variation, "variation")
-        if sku_taken_locked(self.state, vsku):
-            raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
-        validate_item_fields(variation, "variation")
-        check_write_locked(self.state, parent, variation, req.now)
+        vsku = check_new_item_locked(st, variation, "variation", parent, req.now)
         st.variations[vsku] = copy.deepcopy(variation)
         st.variation_parent[vsku] = parent
         return 201, None
