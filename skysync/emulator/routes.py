@@ -55,6 +55,7 @@ class Target:
 
 
 def _action_routes() -> list[Route]:
+    """One route per order action (``POST /orders/{code}/{action}``), each its own bucket."""
     return [
         Route(
             "POST",
