@@ -527,7 +527,7 @@ def sandbox(
     seed: int | None,
 ) -> None:
     """Run the SkyHub emulator: a local SkyHub for tests and ERP teams."""
-    from skysync.skyhub.sandbox import SandboxConfig, main_sandbox
+    from skysync.emulator import SandboxConfig, main_sandbox
 
     for name, value in (
         ("--fail-rate", fail_rate),

@@ -72,7 +72,7 @@ def run_daemon(settings: Settings, *, demo: bool, concurrency: int, emulator_por
     migrate(settings.database_url)
     sandbox = None
     if not settings.has_skyhub_credentials and settings.skyhub_url == DEFAULT_SKYHUB_URL:
-        from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+        from skysync.emulator import Sandbox, SandboxConfig
 
         sandbox = Sandbox(SandboxConfig(port=emulator_port))
         url = sandbox.start()

@@ -29,8 +29,8 @@ from celery_helpers import Worker, clean_env, run_python, run_skysync, wait_for
 from conftest import create_pg_database, drop_pg_database, empty_tables
 
 from skysync.db import migrate, session_scope
+from skysync.emulator import Sandbox, SandboxConfig
 from skysync.models import OutboxRow, RunLog
-from skysync.skyhub.sandbox import Sandbox, SandboxConfig
 
 BROKER_DB = 10
 LIMITER_DB = 11

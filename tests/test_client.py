@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 from skysync.ratelimit import RateLimiter
 from skysync.skyhub.client import SkyHubClient, bucket_for, bucket_rate, route_of
 from skysync.skyhub.errors import (
@@ -34,7 +35,6 @@ from skysync.skyhub.errors import (
     Unprocessable,
 )
 from skysync.skyhub.payloads import Order, QueuedOrder
-from skysync.skyhub.sandbox import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 
 EMAIL = "loja@example.com"
 API_KEY = "SECRET-API-KEY-123"

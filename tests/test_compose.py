@@ -54,7 +54,7 @@ import sqlalchemy as sa
 import yaml
 from conftest import create_pg_database, drop_pg_database
 
-from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+from skysync.emulator import Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

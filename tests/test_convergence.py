@@ -41,10 +41,10 @@ from hypothesis import strategies as st
 
 from skysync.config import load_settings
 from skysync.db import session_scope
+from skysync.emulator import Sandbox, SandboxConfig
 from skysync.models import OutboxRow, utcnow
 from skysync.relay import Relay, drain
 from skysync.skyhub.client import SkyHubClient
-from skysync.skyhub.sandbox import Sandbox, SandboxConfig
 
 CREDENTIALS = {
     "email": "loja@example.com",

@@ -23,11 +23,11 @@ from relay_helpers import insert, relay_for, sandbox_config
 
 from skysync.cli import cli
 from skysync.db import session_scope
+from skysync.emulator import Sandbox
 from skysync.logs import redact
 from skysync.metrics import registry_for
 from skysync.models import RunLog, utcnow
 from skysync.relay import drain
-from skysync.skyhub.sandbox import Sandbox
 
 BIN = Path(sys.executable).parent
 API_KEY = "SECRET-API-KEY-7f3a9c"

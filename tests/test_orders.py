@@ -26,11 +26,11 @@ from relay_helpers import (
 
 from skysync.cli import cli
 from skysync.db import get_engine, session_scope
+from skysync.emulator import Sandbox
 from skysync.models import Order, OrderInbox
 from skysync.orders import pull_orders
 from skysync.ratelimit import RateLimiter
 from skysync.relay import drain
-from skysync.skyhub.sandbox import Sandbox
 
 AMERICANAS = "Lojas Americanas-1517940500554-01"
 SUBMARINO = "Submarino-2222222222-01"

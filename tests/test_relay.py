@@ -35,9 +35,9 @@ from relay_helpers import (
 from skysync import bootstrap
 from skysync.cli import cli
 from skysync.db import session_scope
+from skysync.emulator import Sandbox
 from skysync.models import OutboxRow, utcnow
 from skysync.relay import Relay, drain
-from skysync.skyhub.sandbox import Sandbox
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from skysync.skyhub.sandbox import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
+from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 
 AUTH = {
     "X-User-Email": "loja@example.com",

@@ -1,0 +1,110 @@
+"""The ``/_sandbox`` admin API: test and demo controls over the Sandbox's own methods.
+
+No auth, never rate-limited, never faulted, not in the request log:
+
+====  =========================  ==============================================================
+POST  /_sandbox/orders           an order (realistic defaults), or ``{"raw": {...}}`` as given
+POST  /_sandbox/products/{sku}/link  the product (or a variation's parent) is linked now
+GET   /_sandbox/state            :meth:`Sandbox.state`
+GET   /_sandbox/requests         ``{"counts", "log"}``
+POST  /_sandbox/reset            forget everything but the config
+GET   /_sandbox/config           the config, credentials masked
+POST  /_sandbox/config           change fields; answers the new config
+POST  /_sandbox/faults           ``{"method", "path_prefix", "fault", "count"}``
+====  =========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from skysync.emulator.config import masked_config
+from skysync.emulator.replies import ApiError, Reply, error_reply, json_reply
+
+if TYPE_CHECKING:
+    from skysync.emulator.sandbox import Sandbox
+
+
+def answer_admin(sandbox: Sandbox, method: str, segments: list[str], body: bytes) -> Reply:
+    """The reply to one admin call; `segments` are the decoded path after ``_sandbox``."""
+    try:
+        return _route_admin(sandbox, (method, *segments), _admin_body(body))
+    except ApiError as exc:
+        return error_reply(exc.status, exc.message)
+
+
+def _admin_body(body: bytes) -> Any:
+    """The JSON body, None when empty; 400 when not JSON in UTF-8."""
+    if not body:
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "O corpo deve ser JSON em UTF-8") from None
+
+
+def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
+    """Run the admin call `route` ((method, *segments)); 404 for an unknown one."""
+    if route == ("POST", "orders"):
+        return _seed_order(sandbox, data)
+    if len(route) == 4 and route[:2] == ("POST", "products") and route[3] == "link":
+        try:
+            sandbox.link_product(route[2])
+        except KeyError:
+            raise ApiError(404, f"Produto com SKU '{route[2]}' não encontrado") from None
+        return Reply(204)
+    if route == ("GET", "state"):
+        return json_reply(200, sandbox.state())
+    if route == ("GET", "requests"):
+        return json_reply(200, {"counts": sandbox.request_counts(), "log": sandbox.request_log()})
+    if route == ("POST", "reset"):
+        sandbox.reset()
+        return Reply(204)
+    if route == ("GET", "config"):
+        return json_reply(200, masked_config(sandbox.config))
+    if route == ("POST", "config"):
+        if not isinstance(data, dict):
+            raise ApiError(400, "Envie um objeto com os campos a alterar")
+        try:
+            sandbox.configure(**data)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return json_reply(200, masked_config(sandbox.config))
+    if route == ("POST", "faults"):
+        return _script_fault(sandbox, data)
+    method, *segments = route
+    raise ApiError(
+        404,
+        f"Endpoint de administração desconhecido: {method} /_sandbox/{'/'.join(segments)}",
+    )
+
+
+def _seed_order(sandbox: Sandbox, data: Any) -> Reply:
+    """POST /_sandbox/orders: 400 for a non-object, 422 for an unusable order."""
+    if not isinstance(data, dict):
+        raise ApiError(400, 'Envie um pedido ou {"raw": {...}}')
+    try:
+        if set(data) == {"raw"} and isinstance(data["raw"], dict):
+            order = sandbox.seed_order(data["raw"], raw=True)
+        else:
+            order = sandbox.seed_order(data)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    return json_reply(201, order)
+
+
+def _script_fault(sandbox: Sandbox, data: Any) -> Reply:
+    """POST /_sandbox/faults: 400 for a non-object or an invalid fault."""
+    if not isinstance(data, dict):
+        raise ApiError(400, 'Envie {"method", "path_prefix", "fault", "count"}')
+    try:
+        sandbox.script_fault(
+            data.get("method", "*"),
+            data.get("path_prefix", "/"),
+            data.get("fault", ""),
+            data.get("count", 1),
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return Reply(204)

@@ -1,0 +1,366 @@
+"""The catalogue: products, their variations, linking to the marketplace, and listing pages.
+
+What SkyHub accepts in a product or variation (:func:`validate_item_fields`), which writes it
+refuses (a refused category, deleting a linked item) and which it accepts but the marketplace
+ignores (``frozen_writes``: an attribute other than price, promotional price or stock of a
+linked product or of its variations).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from skysync.emulator.config import is_number
+from skysync.emulator.paging import check_depth, decode_cursor, encode_cursor, first, page_window
+from skysync.emulator.replies import ApiError
+from skysync.emulator.routes import Request
+from skysync.emulator.state import EmulatorState
+
+#: SkyHub's answer to deleting an associated item (skyhub-api.md section 6), word for word.
+LINKED_DELETE_ERROR = "Variação possui alguma associação. Remova as associações e tente novamente."
+
+#: Fields a linked item may still change; a write to any other is a frozen write.
+FLOWING = frozenset({"sku", "qty", "price", "promotional_price"})
+
+_NAMES = {"product": "Produto", "variation": "Variação"}
+_SKU_IS_FIXED = {
+    "product": "O SKU de um produto não pode ser alterado",
+    "variation": "O SKU de uma variação não pode ser alterado",
+}
+
+Answer = tuple[int, Any]
+
+
+def validate_item_fields(item: Mapping[str, Any], what: str) -> None:
+    """Business checks SkyHub applies to product and variation fields that are present.
+
+    Since March 2025 SkyHub refuses a zero or null price; stock must be a whole number.
+    """
+    for key in ("price", "promotional_price"):
+        if key in item:
+            value = item[key]
+            if not is_number(value) or value <= 0:
+                raise ApiError(
+                    422,
+                    f"{what}.{key} inválido: deve ser um número maior que zero "
+                    "(preço zero ou nulo não é aceito)",
+                )
+    if "qty" in item:
+        qty = item["qty"]
+        if not isinstance(qty, int) or isinstance(qty, bool) or qty < 0:
+            raise ApiError(422, f"{what}.qty inválido: deve ser um inteiro maior ou igual a zero")
+    if "status" in item and item["status"] not in ("enabled", "disabled"):
+        raise ApiError(422, f"{what}.status inválido: use 'enabled' ou 'disabled'")
+
+
+def require_sku(item: Mapping[str, Any], what: str) -> str:
+    """The item's SKU; 422 when it is missing or blank."""
+    sku = item.get("sku")
+    if not isinstance(sku, str) or not sku.strip():
+        raise ApiError(422, f"{what}.sku é obrigatório")
+    return sku
+
+
+def product_matches(product: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    """Whether a product passes ``filters[status|name|qty_from|qty_to]``; 400 for a bad bound."""
+    if "status" in filters and product.get("status") != filters["status"]:
+        return False
+    name_filter = filters.get("name", "").lower()
+    if name_filter and name_filter not in str(product.get("name", "")).lower():
+        return False
+    qty = product.get("qty")
+    for name, keep in (("qty_from", lambda q, b: q >= b), ("qty_to", lambda q, b: q <= b)):
+        if name in filters:
+            try:
+                bound = int(filters[name])
+            except ValueError:
+                raise ApiError(400, f"Filtro '{name}' inválido") from None
+            if not is_number(qty) or not keep(qty, bound):
+                return False
+    return True
+
+
+def is_linked_locked(state: EmulatorState, sku: str, now: float) -> bool:
+    """Whether the product is linked to the marketplace at `now`."""
+    linked_at = state.linked_at.get(sku)
+    return linked_at is not None and now >= linked_at
+
+
+def check_write_locked(
+    state: EmulatorState, sku: str, changes: Mapping[str, Any], now: float
+) -> None:
+    """422 for a refused category; remember attribute writes to a linked product."""
+    refused = set(state.config.refused_categories)
+    for category in changes.get("categories") or []:
+        if isinstance(category, dict):
+            names = {category.get("code"), category.get("name")}
+        else:
+            names = {category}
+        for name in sorted(n for n in names & refused if isinstance(n, str)):
+            raise ApiError(422, f"Categoria não encontrada: {name}")
+    parent = state.variation_parent.get(sku, sku)
+    attributes = sorted(set(changes) - FLOWING)
+    if attributes and is_linked_locked(state, parent, now):
+        state.frozen_writes.append({"sku": sku, "fields": attributes})
+
+
+def check_update_locked(
+    state: EmulatorState, sku: str, changes: Mapping[str, Any], what: str, now: float
+) -> None:
+    """Checks on a partial update (`what` is "product" or "variation"): the SKU stays,
+    the fields are valid, then the write checks."""
+    if "sku" in changes and changes["sku"] != sku:
+        raise ApiError(422, _SKU_IS_FIXED[what])
+    validate_item_fields(changes, what)
+    check_write_locked(state, sku, changes, now)
+
+
+def check_new_item_locked(
+    state: EmulatorState, item: Mapping[str, Any], what: str, parent: str | None, now: float
+) -> str:
+    """The SKU of a new product or variation (`what`) once it is free, its fields are valid
+    and the write checks pass (on the `parent` product for a variation)."""
+    sku = require_sku(item, what)
+    if sku_taken_locked(state, sku):
+        raise ApiError(422, f"{_NAMES[what]} com SKU '{sku}' já existe")
+    validate_item_fields(item, what)
+    check_write_locked(state, sku if parent is None else parent, item, now)
+    return sku
+
+
+def sku_taken_locked(state: EmulatorState, sku: str) -> bool:
+    """Whether a product or a variation already uses `sku`."""
+    return sku in state.products or sku in state.variations
+
+
+def check_new_variations_locked(
+    state: EmulatorState, parent: str, variations: Any
+) -> list[dict[str, Any]]:
+    """Validate variations sent inside a product before anything is stored (all or none)."""
+    if variations is None:
+        return []
+    if not isinstance(variations, list):
+        raise ApiError(422, "product.variations deve ser uma lista")
+    result = []
+    seen: set[str] = set()
+    for variation in variations:
+        if not isinstance(variation, dict):
+            raise ApiError(422, "Cada variação deve ser um objeto JSON")
+        vsku = require_sku(variation, "variation")
+        if vsku == parent or vsku in seen or sku_taken_locked(state, vsku):
+            raise ApiError(422, f"Variação com SKU '{vsku}' já existe")
+        validate_item_fields(variation, "variation")
+        seen.add(vsku)
+        result.append(copy.deepcopy(variation))
+    return result
+
+
+class Catalog:
+    """Products and variations on the shared state; handlers run with the state's lock held."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+
+    # ----------------------------------------------------------------- direct helpers
+
+    def link(self, sku: str) -> None:
+        """Make a product (or a variation's parent) linked now; KeyError when unknown."""
+        st = self.state
+        with st.lock:
+            parent = st.variation_parent.get(sku, sku)
+            if parent not in st.products:
+                raise KeyError(sku)
+            st.linked_at[parent] = time.monotonic()
+
+    def snapshot_locked(self, now: float) -> dict[str, Any]:
+        """Products (as GET shows them), variations with their parent, and frozen writes."""
+        st = self.state
+        variations = {}
+        for sku, variation in st.variations.items():
+            view = copy.deepcopy(variation)
+            view["parent_sku"] = st.variation_parent[sku]
+            variations[sku] = view
+        return {
+            "products": {sku: self.product_view_locked(sku, now) for sku in st.products},
+            "variations": variations,
+            "frozen_writes": copy.deepcopy(st.frozen_writes),
+        }
+
+    def product_view_locked(self, sku: str, now: float) -> dict[str, Any]:
+        """A product as SkyHub shows it: defaults, ``associations`` and ``variations``."""
+        st = self.state
+        view = copy.deepcopy(st.products[sku])
+        view.setdefault("removed", False)
+        view.setdefault("condition_type", "new")
+        status = "linked" if is_linked_locked(self.state, sku, now) else "pending"
+        view["associations"] = [{"platform": "B2W", "status": status}]
+        view["variations"] = [
+            copy.deepcopy(variation)
+            for vsku, variation in st.variations.items()
+            if st.variation_parent[vsku] == sku
+        ]
+        return view
+
+    def _get_product_locked(self, sku: str) -> dict[str, Any]:
+        """The stored product; 404 when unknown."""
+        product = self.state.products.get(sku)
+        if product is None:
+            raise ApiError(404, f"Produto com SKU '{sku}' não encontrado")
+        return product
+
+    def _get_variation_locked(self, sku: str) -> dict[str, Any]:
+        """The stored variation; 404 when unknown."""
+        variation = self.state.variations.get(sku)
+        if variation is None:
+            raise ApiError(404, f"Variação com SKU '{sku}' não encontrada")
+        return variation
+
+    # ----------------------------------------------------------------- products
+
+    def list_products(self, req: Request) -> Answer:
+        """GET /products: a page by ``page``/``per_page`` or by ``cursor``, filters kept."""
+        cursor = first(req.query, "cursor")
+        if cursor:
+            state = decode_cursor(cursor)
+            offset, per_page, filters = state["o"], state["n"], state["f"]
+        else:
+            offset, per_page = page_window(req.query, 25)
+            filters = {}
+            for name in ("status", "name", "qty_from", "qty_to"):
+                value = first(req.query, f"filters[{name}]")
+                if value:
+                    filters[name] = value
+        check_depth(offset)
+        products = self.state.products
+        matching = [sku for sku in products if product_matches(products[sku], filters)]
+        page_skus = matching[offset : offset + per_page]
+        next_offset = offset + per_page
+        next_url = None
+        if next_offset < len(matching):
+            next_url = "/products?cursor=" + encode_cursor(
+                {"o": next_offset, "n": per_page, "f": filters}
+            )
+        return 200, {
+            "products": [self.product_view_locked(sku, req.now) for sku in page_skus],
+            "total": len(matching),
+            "next": next_url,
+        }
+
+    def create_product(self, req: Request) -> Answer:
+        """POST /products: the product and any variations it carries, all or nothing."""
+        st = self.state
+        product: dict[str, Any] = req.data
+        sku = check_new_item_locked(st, product, "product", None, req.now)
+        new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
+        stored = {
+            k: copy.deepcopy(v)
+            for k, v in product.items()
+            if k not in ("variations", "associations")
+        }
+        st.products[sku] = stored
+        delay = st.config.link_delay
+        st.linked_at[sku] = None if delay is None else req.now + delay
+        for variation in new_variations:
+            st.variations[variation["sku"]] = variation
+            st.variation_parent[variation["sku"]] = sku
+        return 201, None
+
+    def get_product(self, req: Request) -> Answer:
+        """GET /products/{sku}."""
+        self._get_product_locked(req.params["sku"])
+        return 200, self.product_view_locked(req.params["sku"], req.now)
+
+    def update_product(self, req: Request) -> Answer:
+        """PUT /products/{sku}: partial update; listed variations are updated or created."""
+        st = self.state
+        sku = req.params["sku"]
+        product = self._get_product_locked(sku)
+        changes: dict[str, Any] = req.data
+        check_update_locked(self.state, sku, changes, "product", req.now)
+        creates: list[dict[str, Any]] = []
+        updates: list[tuple[str, dict[str, Any]]] = []
+        if "variations" in changes:
+            variations = changes["variations"]
+            if not isinstance(variations, list):
+                raise ApiError(422, "product.variations deve ser uma lista")
+            for variation in variations:
+                if not isinstance(variation, dict):
+                    raise ApiError(422, "Cada variação deve ser um objeto JSON")
+                vsku = require_sku(variation, "variation")
+                validate_item_fields(variation, "variation")
+                check_write_locked(self.state, sku, variation, req.now)
+                if st.variation_parent.get(vsku) == sku:
+                    updates.append((vsku, variation))
+                elif sku_taken_locked(self.state, vsku):
+                    raise ApiError(422, f"Variação com SKU '{vsku}' pertence a outro produto")
+                else:
+                    creates.append(copy.deepcopy(variation))
+        for key, value in changes.items():
+            if key not in ("sku", "variations", "associations"):
+                product[key] = copy.deepcopy(value)
+        for vsku, variation in updates:
+            st.variations[vsku].update(copy.deepcopy(variation))
+        for variation in creates:
+            st.variations[variation["sku"]] = variation
+            st.variation_parent[variation["sku"]] = sku
+        return 204, None
+
+    def delete_product(self, req: Request) -> Answer:
+        """DELETE /products/{sku}: with its variations; 422 when linked."""
+        st = self.state
+        sku = req.params["sku"]
+        self._get_product_locked(sku)
+        if is_linked_locked(self.state, sku, req.now):
+            raise ApiError(422, LINKED_DELETE_ERROR)
+        del st.products[sku]
+        st.linked_at.pop(sku, None)
+        for vsku in [v for v, parent in st.variation_parent.items() if parent == sku]:
+            del st.variations[vsku]
+            del st.variation_parent[vsku]
+        return 204, None
+
+    # ----------------------------------------------------------------- variations
+
+    def create_variation(self, req: Request) -> Answer:
+        """POST /products/{sku}/variations."""
+        st = self.state
+        parent = req.params["sku"]
+        self._get_product_locked(parent)
+        variation: dict[str, Any] = req.data
+        vsku = check_new_item_locked(st, variation, "variation", parent, req.now)
+        st.variations[vsku] = copy.deepcopy(variation)
+        st.variation_parent[vsku] = parent
+        return 201, None
+
+    def get_variation(self, req: Request) -> Answer:
+        """GET /variations/{sku}."""
+        return 200, copy.deepcopy(self._get_variation_locked(req.params["sku"]))
+
+    def update_variation(self, req: Request) -> Answer:
+        """PUT /variations/{sku}: partial update; the SKU cannot change."""
+        sku = req.params["sku"]
+        variation = self._get_variation_locked(sku)
+        changes: dict[str, Any] = req.data
+        check_update_locked(self.state, sku, changes, "variation", req.now)
+        for key, value in changes.items():
+            if key != "sku":
+                variation[key] = copy.deepcopy(value)
+        return 204, None
+
+    def delete_variation(self, req: Request) -> Answer:
+        """DELETE /variations/{sku}: 422 when the parent is linked."""
+        st = self.state
+        sku = req.params["sku"]
+        self._get_variation_locked(sku)
+        if is_linked_locked(self.state, st.variation_parent[sku], req.now):
+            raise ApiError(422, LINKED_DELETE_ERROR)
+        del st.variations[sku]
+        del st.variation_parent[sku]
+        return 204, None
+
+    def sync_errors(self, req: Request) -> Answer:
+        """GET /sync_errors/products: always empty here."""
+        return 200, {"errors": []}

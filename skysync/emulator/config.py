@@ -1,0 +1,94 @@
+"""What shapes the emulator's behaviour (`SandboxConfig`), and which values it refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+_SECRET_FIELDS = frozenset({"api_key", "account_key"})
+
+
+@dataclass
+class SandboxConfig:
+    """Everything that shapes the emulator's behaviour; most fields can change at runtime."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = ephemeral
+    # When all three credentials are None, any non-empty values are accepted.
+    email: str | None = None
+    api_key: str | None = None
+    account_key: str | None = None
+    # None = SkyHub's limits (9/s and 1/s buckets). R replaces every 9/s limit by R and scales
+    # the 1/s ones by R/9.
+    rate_limit: float | None = None
+    rate_limits_enabled: bool = True
+    retry_after_header: bool = False  # 429 answers carry `Retry-After` when True
+    retry_after_seconds: float = 1.0  # ...with this value
+    refused_categories: list[str] = field(default_factory=list)  # 422 on products naming them
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    timeout_rate: float = 0.0
+    lost_answer_rate: float = 0.0
+    hang_seconds: float = 30.0
+    visibility_timeout: float = 300.0
+    link_delay: float | None = 0.0  # None = never linked automatically (only via admin)
+    seed: int | None = None
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number: int or float, never a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_setting_names(changes: Mapping[str, Any]) -> None:
+    """ValueError naming every key that is not a SandboxConfig field."""
+    known = {f.name for f in fields(SandboxConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"unknown sandbox setting(s): {', '.join(unknown)}")
+
+
+def masked_config(config: SandboxConfig) -> dict[str, Any]:
+    """The config as JSON-ready data, with the credential values replaced by ``***``."""
+    data = asdict(config)
+    for name in _SECRET_FIELDS:
+        if data[name] is not None:
+            data[name] = "***"
+    return data
+
+
+def validate_config_changes(changes: Mapping[str, Any]) -> None:
+    """Reject values that would make the emulator misbehave in confusing ways."""
+    for name in ("fail_rate", "timeout_rate", "lost_answer_rate"):
+        if name in changes:
+            value = changes[name]
+            if not is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number between 0 and 1")
+    if "refused_categories" in changes:
+        value = changes["refused_categories"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("refused_categories must be a list of strings")
+    for name in ("latency_ms", "hang_seconds", "visibility_timeout", "retry_after_seconds"):
+        if name in changes:
+            value = changes[name]
+            if not is_number(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0")
+    if "link_delay" in changes:
+        value = changes["link_delay"]
+        if value is not None and (not is_number(value) or value < 0):
+            raise ValueError("link_delay must be None or a number >= 0")
+    if "rate_limit" in changes:
+        value = changes["rate_limit"]
+        if value is not None and (not is_number(value) or value <= 0):
+            raise ValueError("rate_limit must be None or a number > 0")
+    for name in ("rate_limits_enabled", "retry_after_header"):
+        if name in changes and not isinstance(changes[name], bool):
+            raise ValueError(f"{name} must be true or false")
+    for name in ("email", "api_key", "account_key"):
+        if name in changes and changes[name] is not None and not isinstance(changes[name], str):
+            raise ValueError(f"{name} must be a string or None")
+    if "seed" in changes:
+        value = changes["seed"]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError("seed must be an integer or None")

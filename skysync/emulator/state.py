@@ -1,0 +1,47 @@
+"""The one state object every room of the emulator shares, and the lock that guards it.
+
+The lock is never held while sleeping (latency, hangs), so a slow request never stalls the
+others.  Methods and functions whose name ends in ``_locked`` expect the caller to hold it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict, deque
+from typing import Any
+
+from skysync.emulator.config import SandboxConfig
+
+_LOG_CAPACITY = 100_000  # keeps a long-running CLI emulator from growing without bound
+
+
+class EmulatorState:
+    """Everything the emulator holds: catalogue, orders and queue, rate windows, faults, log."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        # Set while stopping: sleeps (latency, hangs) end at once.
+        self.stopping = threading.Event()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything but the config (the caller holds the lock, or nobody shares yet)."""
+        # catalogue
+        self.products: dict[str, dict[str, Any]] = {}
+        self.linked_at: dict[str, float | None] = {}
+        self.variations: dict[str, dict[str, Any]] = {}
+        self.variation_parent: dict[str, str] = {}
+        self.frozen_writes: list[dict[str, Any]] = []
+        # orders
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.queue: OrderedDict[str, float] = OrderedDict()  # code -> visible from (monotonic)
+        self.order_serial = 0
+        # limits and faults
+        self.windows: dict[tuple[str, str], deque[float]] = {}
+        self.scripted: list[list[Any]] = []
+        self.rng = random.Random(self.config.seed)
+        # request log
+        self.log: deque[dict[str, Any]] = deque(maxlen=_LOG_CAPACITY)
+        self.counts: dict[str, int] = {}
