@@ -32,7 +32,7 @@ from skysync import reports
 from skysync.db import session_scope
 from skysync.models import Item, Order, utcnow
 from skysync.relay import drain
-from skysync.skyhub.sandbox import Sandbox
+from skysync.emulator import Sandbox
 
 KEY = "35190812345678000123550010000012341000012345"
 

@@ -36,7 +36,7 @@ from relay_helpers import expire_leases, insert, make_client, make_due, settings
 from skysync.db import session_scope
 from skysync.models import OutboxRow
 from skysync.relay import Relay
-from skysync.skyhub.sandbox import Sandbox, SandboxConfig
+from skysync.emulator import Sandbox, SandboxConfig
 
 SIMPLE = ("PA", "PB")
 PARENT = "PV"

@@ -554,6 +554,13 @@ def test_scripted_502_is_an_html_page(client: httpx.Client, sb: Sandbox) -> None
     assert client.get("/products").status_code == 200
 
 
+def test_clear_faults_drops_the_scripted_ones_left(client: httpx.Client, sb: Sandbox) -> None:
+    sb.script_fault("GET", "/products", "502", count=3)
+    assert client.get("/products").status_code == 502
+    sb.clear_faults()
+    assert client.get("/products").status_code == 200
+
+
 def test_scripted_timeout_hangs_and_does_not_apply(sb: Sandbox) -> None:
     sb.configure(hang_seconds=0.5)
     with _client(sb, timeout=0.2) as c:

@@ -145,6 +145,11 @@ class Sandbox:
         with self._state.lock:
             self._state.scripted.append([method.upper(), path_prefix, fault, count])
 
+    def clear_faults(self) -> None:
+        """Drop every scripted fault not used up yet (products, orders and config stay)."""
+        with self._state.lock:
+            self._state.scripted.clear()
+
     # ----------------------------------------------------------------- HTTP entry
 
     def _handle_http(self, method: str, raw_path: str, headers: Message, body: bytes) -> Reply:
