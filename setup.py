@@ -1,6 +1,6 @@
 """Only what pyproject.toml cannot say: the top-level ``migrations/`` folder (Alembic's scripts)
 ships inside the wheel as the package ``skysync._migrations``, so that ``skysync migrate`` finds
-its scripts from a plain ``pip install .`` (skysync/db.py looks there first, then beside the
+its scripts from a plain ``pip install .`` (skysync/store/db.py looks there first, then beside the
 source tree for a checkout or an editable install). Everything else is in pyproject.toml."""
 
 from setuptools import find_packages, setup

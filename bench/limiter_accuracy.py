@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import redis
 
-from skysync.ratelimit import RateLimiter
+from skysync.skyhub.ratelimit import RateLimiter
 
 REDIS = "redis://127.0.0.1:6379/12"
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import create_pg_database, drop_pg_database  # noqa: E402
 
-from skysync.db import dispose_engines, get_engine, migrate  # noqa: E402
 from skysync.emulator import Sandbox, SandboxConfig  # noqa: E402
 from skysync.skyhub.client import SkyHubClient  # noqa: E402
+from skysync.store.db import dispose_engines, get_engine, migrate  # noqa: E402
 
 CREDS = {"email": "bench@skysync.local", "api_key": "bench-key", "account_key": "bench-acct"}
 

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from alembic import context
 
 from skysync.config import get_settings
-from skysync.db import get_engine
-from skysync.models import Base
+from skysync.store.db import get_engine
+from skysync.store.models import Base
 
 MIGRATION_LOCK_ID = 0x5C75_1C00  # arbitrary, fixed: "skysync migrate"
 

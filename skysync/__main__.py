@@ -1,3 +1,3 @@
-from skysync.cli import main
+from skysync.entrypoints.cli import main
 
 main()

@@ -71,7 +71,7 @@ app = make_app()
 def _after_fork(**_kwargs: object) -> None:
     # Pooled connections must not cross a fork.
     from skysync import bootstrap
-    from skysync.db import dispose_engines
+    from skysync.store.db import dispose_engines
 
     dispose_engines()
     bootstrap.reset()

@@ -61,7 +61,7 @@ def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
 )
 def pull_orders(self: Task) -> dict[str, Any]:
     """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
-    from skysync.orders import pull_orders as pull
+    from skysync.relay.pull_orders import pull_orders as pull
 
     with log_context(task_id=self.request.id):
         relay = get_relay()

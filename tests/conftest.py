@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from skysync.db import dispose_engines, migrate
-from skysync.ratelimit import RateLimiter
+from skysync.skyhub.ratelimit import RateLimiter
+from skysync.store.db import dispose_engines, migrate
 
 PG_ADMIN_URL = os.environ.get(
     "SKYSYNC_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -79,7 +79,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def empty_tables(url: str) -> None:
-    from skysync.db import get_engine
+    from skysync.store.db import get_engine
 
     with get_engine(url).begin() as conn:
         if url.startswith("postgresql"):
@@ -100,7 +100,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def session(db_url: str) -> Iterator[sa.orm.Session]:
-    from skysync.db import session_scope
+    from skysync.store.db import session_scope
 
     with session_scope(db_url) as s:
         yield s

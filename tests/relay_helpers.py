@@ -15,11 +15,11 @@ import httpx
 import sqlalchemy as sa
 
 import skysync.config
-from skysync.db import get_engine, session_scope
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.models import OutboxRow, utcnow
-from skysync.relay import Relay, drain
+from skysync.relay.service import Relay, drain
 from skysync.skyhub.client import SkyHubClient
+from skysync.store.db import get_engine, session_scope
+from skysync.store.models import OutboxRow, utcnow
 
 CLIENT_CREDENTIALS = {"email": "e@x", "api_key": "k", "account_key": "a"}
 

@@ -28,9 +28,9 @@ import sqlalchemy as sa
 from celery_helpers import Worker, clean_env, run_python, run_skysync, wait_for
 from conftest import create_pg_database, drop_pg_database, empty_tables
 
-from skysync.db import migrate, session_scope
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.models import OutboxRow, RunLog
+from skysync.store.db import migrate, session_scope
+from skysync.store.models import OutboxRow, RunLog
 
 BROKER_DB = 10
 LIMITER_DB = 11

@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from skysync.cli import cli
 from skysync.config import mask_dsn
-from skysync.db import current_revision, dispose_engines, get_engine, session_scope
-from skysync.models import OUTBOX_STATES, OutboxRow, utcnow
-from skysync.validation import problems
+from skysync.domain.validation import problems
+from skysync.entrypoints.cli import cli
+from skysync.store.db import current_revision, dispose_engines, get_engine, session_scope
+from skysync.store.models import OUTBOX_STATES, OutboxRow, utcnow
 
 API_KEY = "sk-live-7f3a9c1e5b2d4068"
 ACCOUNT_KEY = "acct-2b8e6d0f4a1c9753"

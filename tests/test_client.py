@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
-from skysync.ratelimit import RateLimiter
 from skysync.skyhub.client import SkyHubClient, bucket_for, bucket_rate, route_of
 from skysync.skyhub.errors import (
     AuthenticationError,
@@ -35,6 +34,7 @@ from skysync.skyhub.errors import (
     Unprocessable,
 )
 from skysync.skyhub.payloads import Order, QueuedOrder
+from skysync.skyhub.ratelimit import RateLimiter
 
 EMAIL = "loja@example.com"
 API_KEY = "SECRET-API-KEY-123"

@@ -39,11 +39,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skysync.config import load_settings
-from skysync.db import session_scope
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.models import OutboxRow, utcnow
-from skysync.relay import Relay, drain
+from skysync.relay.service import Relay, drain
 from skysync.skyhub.client import SkyHubClient
+from skysync.store.db import session_scope
+from skysync.store.models import OutboxRow, utcnow
 
 CREDENTIALS = {
     "email": "loja@example.com",

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from skysync.db import dispose_engines, get_engine
+from skysync.store.db import dispose_engines, get_engine
 
 BIN = Path(sys.executable).parent
 

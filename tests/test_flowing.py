@@ -28,11 +28,11 @@ from relay_helpers import (
     sandbox_config,
 )
 
-from skysync import reports
-from skysync.db import session_scope
-from skysync.models import Item, Order, utcnow
-from skysync.relay import drain
 from skysync.emulator import Sandbox
+from skysync.relay.service import drain
+from skysync.reporting import reports
+from skysync.store.db import session_scope
+from skysync.store.models import Item, Order, utcnow
 
 KEY = "35190812345678000123550010000012341000012345"
 

@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from relay_helpers import expire_leases, insert, make_client, make_due, settings_for
 
-from skysync.db import session_scope
-from skysync.models import OutboxRow
-from skysync.relay import Relay
 from skysync.emulator import Sandbox, SandboxConfig
+from skysync.relay.service import Relay
+from skysync.store.db import session_scope
+from skysync.store.models import OutboxRow
 
 SIMPLE = ("PA", "PB")
 PARENT = "PV"

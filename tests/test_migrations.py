@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from conftest import TABLES, create_pg_database, drop_pg_database, empty_tables
 
-from skysync.cli import erp_role_sql
-from skysync.db import (
+from skysync.entrypoints.cli import erp_role_sql
+from skysync.store.db import (
     alembic_config,
     current_revision,
     dispose_engines,
@@ -128,7 +128,7 @@ def test_negative_attempts_are_refused(db_url: str) -> None:
 
 
 def test_erp_insert_of_kind_ref_payload_gets_the_defaults(db_url: str) -> None:
-    from skysync.models import OutboxRow, utcnow
+    from skysync.store.models import OutboxRow, utcnow
 
     before = utcnow().replace(microsecond=0)
     _insert(db_url, "kind, ref, payload", "'price', 'SKU-1', '{\"price\": 10.5}'")

@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from prometheus_client import generate_latest
 from relay_helpers import insert, relay_for, sandbox_config
 
-from skysync.cli import cli
-from skysync.db import session_scope
 from skysync.emulator import Sandbox
+from skysync.entrypoints.cli import cli
 from skysync.logs import redact
-from skysync.metrics import registry_for
-from skysync.models import RunLog, utcnow
-from skysync.relay import drain
+from skysync.relay.service import drain
+from skysync.reporting.metrics import registry_for
+from skysync.store.db import session_scope
+from skysync.store.models import RunLog, utcnow
 
 BIN = Path(sys.executable).parent
 API_KEY = "SECRET-API-KEY-7f3a9c"

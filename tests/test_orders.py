@@ -24,13 +24,13 @@ from relay_helpers import (
     sandbox_config,
 )
 
-from skysync.cli import cli
-from skysync.db import get_engine, session_scope
 from skysync.emulator import Sandbox
-from skysync.models import Order, OrderInbox
-from skysync.orders import pull_orders
-from skysync.ratelimit import RateLimiter
-from skysync.relay import drain
+from skysync.entrypoints.cli import cli
+from skysync.relay.pull_orders import pull_orders
+from skysync.relay.service import drain
+from skysync.skyhub.ratelimit import RateLimiter
+from skysync.store.db import get_engine, session_scope
+from skysync.store.models import Order, OrderInbox
 
 AMERICANAS = "Lojas Americanas-1517940500554-01"
 SUBMARINO = "Submarino-2222222222-01"

@@ -1,4 +1,4 @@
-"""The relay's pure decisions (skysync/planner.py): no database, no network, no clock.
+"""The relay's pure decisions (skysync/domain/planner.py): no database, no network, no clock.
 
 coalesce folds one SKU's rows, decide diffs them against what SkyHub acknowledged and what the
 marketplace froze, backoff_delay spaces retries, families orders parents before variations.
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skysync.planner import (
+from skysync.domain.planner import (
     FLOWING_FIELDS,
     Decision,
     ItemView,

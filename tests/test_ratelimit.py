@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from skysync.ratelimit import (
+from skysync.skyhub.ratelimit import (
     RateLimiter,
     RateLimiterUnavailable,
     RateLimitTimeout,

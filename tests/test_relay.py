@@ -33,11 +33,11 @@ from relay_helpers import (
 )
 
 from skysync import bootstrap
-from skysync.cli import cli
-from skysync.db import session_scope
 from skysync.emulator import Sandbox
-from skysync.models import OutboxRow, utcnow
-from skysync.relay import Relay, drain
+from skysync.entrypoints.cli import cli
+from skysync.relay.service import Relay, drain
+from skysync.store.db import session_scope
+from skysync.store.models import OutboxRow, utcnow
 
 
 @pytest.fixture

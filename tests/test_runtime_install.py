@@ -76,7 +76,7 @@ def test_runtime_install_is_complete_and_carries_no_dev_extras(
         "         if not m.name.startswith(('skysync._migrations', 'skysync.__main__'))]\n"
         "for name in names + ['kombu.transport.redis', 'kombu.transport.sqlalchemy']:\n"
         "    importlib.import_module(name)\n"
-        "from skysync.db import ALEMBIC_DIR\n"
+        "from skysync.store.db import ALEMBIC_DIR\n"
         "print(ALEMBIC_DIR)\n"
     )
     # (in an empty directory: `python -c` puts the working directory first on sys.path)

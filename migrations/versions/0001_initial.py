@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from skysync.models import OUTBOX_KINDS, OUTBOX_STATES, LenientJSON, UTCDateTime
+from skysync.store.models import OUTBOX_KINDS, OUTBOX_STATES, LenientJSON, UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None

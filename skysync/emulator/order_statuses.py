@@ -1,7 +1,7 @@
 """Which order statuses exist, which moves between them SkyHub allows, and which action makes each.
 
 Pure data and functions (skyhub-api.md section 4): no state, no I/O.  The table is SkyHub's,
-written down apart from skysync's own (``skysync/order_flow.py``) on purpose: the emulator is
+written down apart from skysync's own (``skysync/domain/order_flow.py``) on purpose: the emulator is
 the referee the relay's order steps are tested against, so it must not borrow their table.
 """
 

@@ -27,7 +27,6 @@ from urllib.parse import quote
 import httpx
 
 from skysync import __version__
-from skysync.ratelimit import RateLimiterUnavailable, RateLimitTimeout
 from skysync.skyhub import payloads
 from skysync.skyhub.errors import (
     AuthenticationError,
@@ -40,10 +39,11 @@ from skysync.skyhub.errors import (
     Unprocessable,
 )
 from skysync.skyhub.payloads import QueuedOrder, parse_order
+from skysync.skyhub.ratelimit import RateLimiterUnavailable, RateLimitTimeout
 
 if TYPE_CHECKING:
     from skysync.config import Settings
-    from skysync.ratelimit import RateLimiter
+    from skysync.skyhub.ratelimit import RateLimiter
 
 log = logging.getLogger("skysync.skyhub")
 

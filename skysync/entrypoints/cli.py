@@ -18,7 +18,7 @@ import click
 
 from skysync import __version__
 from skysync.config import ConfigError, Settings, load_settings, mask_dsn
-from skysync.models import OUTBOX_KINDS, OUTBOX_STATES
+from skysync.store.models import OUTBOX_KINDS, OUTBOX_STATES
 
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -60,8 +60,8 @@ def _echo_json(data: Any) -> None:
 @pass_ctx
 def migrate(ctx: Context) -> None:
     """Create or upgrade the tables (alembic upgrade head)."""
-    from skysync.db import current_revision
-    from skysync.db import migrate as run_migrations
+    from skysync.store.db import current_revision
+    from skysync.store.db import migrate as run_migrations
 
     url = ctx.settings.database_url
     run_migrations(url)
@@ -86,9 +86,9 @@ def enqueue(ctx: Context, kind: str, ref: str, payload: str) -> None:
     KIND is product, price, stock or order_*; REF the SKU or order code; PAYLOAD a JSON object,
     e.g. skysync enqueue price SKU-1 '{"price": 99.9}'.
     """
-    from skysync.db import session_scope
-    from skysync.outbox import enqueue as write_row
-    from skysync.validation import ValidationFailed, parse_payload_text
+    from skysync.domain.validation import ValidationFailed, parse_payload_text
+    from skysync.store.db import session_scope
+    from skysync.store.outbox import enqueue as write_row
 
     try:
         with session_scope(ctx.settings.database_url) as session:
@@ -117,8 +117,8 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
     Exits 1 when something needs an operator: the oldest due row is older than
     --max-pending-age, SkyHub refused the credentials in the last batch or pull, or no batch
     ran for two intervals (beat is down). Cron or a monitor can alert on that."""
-    from skysync.db import session_scope
-    from skysync.status import collect_status, health_problems
+    from skysync.reporting.status import collect_status, health_problems
+    from skysync.store.db import session_scope
 
     settings = ctx.settings
     with session_scope(settings.database_url, readonly=True) as session:
@@ -185,7 +185,7 @@ def relay(ctx: Context) -> None:
 def drain(ctx: Context, max_batches: int) -> None:
     """Run batches in this process until nothing is due. Exit 0 when no row is left pending or
     in flight, 1 otherwise (rows backing off, or a stop such as refused credentials)."""
-    from skysync.relay import drain as drain_outbox
+    from skysync.relay.service import drain as drain_outbox
 
     relay_ = _relay_or_exit(ctx.settings)
     with closing(relay_.client):
@@ -219,7 +219,7 @@ def trigger(ctx: Context) -> None:
 def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
     """The daemon in one process: a Celery worker with embedded beat (and, without SkyHub
     credentials, the built-in SkyHub emulator)."""
-    from skysync.embedded import run_daemon
+    from skysync.entrypoints.embedded import run_daemon
 
     run_daemon(ctx.settings, demo=demo, concurrency=concurrency, emulator_port=emulator_port)
 
@@ -264,7 +264,7 @@ def _stop_on_sigterm() -> None:
 @pass_ctx
 def metrics(ctx: Context, port: int, address: str) -> None:
     """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""
-    from skysync.metrics import serve
+    from skysync.reporting.metrics import serve
 
     click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
     _stop_on_sigterm()
@@ -287,8 +287,8 @@ def outbox_list(
     ctx: Context, state: str | None, kind: str | None, ref: str | None, limit: int, as_json: bool
 ) -> None:
     """The newest rows first, with their state and reason."""
-    from skysync import reports
-    from skysync.db import session_scope
+    from skysync.reporting import reports
+    from skysync.store.db import session_scope
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
         rows = reports.outbox_rows(session, state=state, kind=kind, ref=ref, limit=limit)
@@ -309,9 +309,9 @@ def outbox_list(
 def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> None:
     """Put dead (or rejected, withheld) rows back to pending with their attempts reset:
     `skysync outbox requeue 12 13` or `skysync outbox requeue --state dead`."""
-    from skysync.db import session_scope
-    from skysync.models import utcnow
-    from skysync.outbox import requeue
+    from skysync.store.db import session_scope
+    from skysync.store.models import utcnow
+    from skysync.store.outbox import requeue
 
     if not ids and not state:
         raise click.UsageError("give row IDS or --state")
@@ -331,8 +331,8 @@ def item() -> None:
 @pass_ctx
 def item_show(ctx: Context, sku: str, as_json: bool) -> None:
     """Acknowledged values, linked/frozen state and the SKU's recent rows with their reasons."""
-    from skysync import reports
-    from skysync.db import session_scope
+    from skysync.reporting import reports
+    from skysync.store.db import session_scope
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
         data = reports.item_report(session, sku)
@@ -365,9 +365,9 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
 def item_unfreeze(ctx: Context, sku: str) -> None:
     """Let attribute changes of a linked product through again (an operator's decision: the
     marketplace may still ignore them). Withheld rows can then be requeued."""
-    from skysync.db import session_scope
-    from skysync.items import unfreeze
-    from skysync.models import utcnow
+    from skysync.store.db import session_scope
+    from skysync.store.items import unfreeze
+    from skysync.store.models import utcnow
 
     with session_scope(ctx.settings.database_url) as session:
         if not unfreeze(session, sku, utcnow()):
@@ -389,7 +389,7 @@ def orders() -> None:
 @pass_ctx
 def orders_pull(ctx: Context, max_orders: int) -> None:
     """Drain SkyHub's order queue into the inbox once, in this process."""
-    from skysync.orders import pull_orders
+    from skysync.relay.pull_orders import pull_orders
 
     relay_ = _relay_or_exit(ctx.settings)
     with closing(relay_.client):
@@ -411,8 +411,8 @@ def orders_list(
     ctx: Context, status: str | None, unconsumed: bool, limit: int, as_json: bool
 ) -> None:
     """Orders skysync knows, newest first, with their current status."""
-    from skysync import reports
-    from skysync.db import session_scope
+    from skysync.reporting import reports
+    from skysync.store.db import session_scope
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
         found = reports.orders(session, status=status, unconsumed=unconsumed, limit=limit)
@@ -435,8 +435,8 @@ def orders_list(
 @pass_ctx
 def orders_show(ctx: Context, code: str, as_json: bool) -> None:
     """One order: its inbox history and the status steps sent back, with their states."""
-    from skysync import reports
-    from skysync.db import session_scope
+    from skysync.reporting import reports
+    from skysync.store.db import session_scope
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
         data = reports.order_report(session, code)
@@ -496,7 +496,7 @@ def erp_role(ctx: Context, role: str, apply: bool) -> None:
     if ctx.settings.is_sqlite:
         click.echo("skysync: erp-role --apply needs PostgreSQL; SQLite has no roles", err=True)
         sys.exit(2)
-    from skysync.db import get_engine
+    from skysync.store.db import get_engine
 
     with get_engine(ctx.settings.database_url).begin() as conn:
         conn.exec_driver_sql(sql)

@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import OrderInbox, RunLog, utcnow
-from skysync.outbox import count_by_state, oldest_pending
+from skysync.store.models import OrderInbox, RunLog, utcnow
+from skysync.store.outbox import count_by_state, oldest_pending
 
 
 def _last_run(session: Session, kind: str) -> dict[str, Any] | None:

@@ -40,15 +40,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync import items as item_store
-from skysync import order_store, outbox
 from skysync.config import Settings
-from skysync.db import session_scope
-from skysync.logs import log_context
-from skysync.metrics import save_request_counts
-from skysync.models import SKU_KINDS, OutboxRow, RunLog, utcnow
-from skysync.order_flow import TARGET_STATUS, check_step
-from skysync.planner import (
+from skysync.domain.order_flow import TARGET_STATUS, check_step
+from skysync.domain.planner import (
     FLOWING_FIELDS,
     ItemView,
     Row,
@@ -61,6 +55,9 @@ from skysync.planner import (
     key_of,
     variation_request,
 )
+from skysync.domain.validation import problems
+from skysync.logs import log_context
+from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import (
     AuthenticationError,
@@ -71,7 +68,11 @@ from skysync.skyhub.errors import (
     SkyHubError,
     Unprocessable,
 )
-from skysync.validation import problems
+from skysync.store import items as item_store
+from skysync.store import orders as order_store
+from skysync.store import outbox
+from skysync.store.db import session_scope
+from skysync.store.models import SKU_KINDS, OutboxRow, RunLog, utcnow
 
 log = logging.getLogger("skysync.relay")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from skysync.models import OUTBOX_KINDS, UnreadableJSON
+from skysync.store.models import OUTBOX_KINDS, UnreadableJSON
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_REF_LENGTH = 255

@@ -16,7 +16,7 @@ def _alembic_dir() -> Path:
     """Alembic's scripts: inside the installed package (a wheel ships the top-level migrations/
     as skysync/_migrations, see setup.py), else beside the package in a source checkout or an
     editable install."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # skysync/
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
@@ -64,7 +64,7 @@ def get_engine(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
-        from skysync.models import lenient_json_loads
+        from skysync.store.models import lenient_json_loads
 
         engine = sa.create_engine(
             url,

@@ -41,8 +41,8 @@ def seed_demo(settings: Settings) -> int:
     """Write the demo rows when the outbox is empty; return how many were written."""
     import sqlalchemy as sa
 
-    from skysync.db import session_scope
-    from skysync.models import OutboxRow
+    from skysync.store.db import session_scope
+    from skysync.store.models import OutboxRow
 
     with session_scope(settings.database_url) as session:
         if session.execute(sa.select(sa.func.count()).select_from(OutboxRow)).scalar_one():
@@ -65,8 +65,8 @@ def run_daemon(settings: Settings, *, demo: bool, concurrency: int, emulator_por
     from celery.signals import worker_ready
 
     from skysync import bootstrap
-    from skysync.db import migrate
     from skysync.logs import configure_logging
+    from skysync.store.db import migrate
 
     configure_logging(settings.log_level, secrets=settings.secret_values())
     migrate(settings.database_url)

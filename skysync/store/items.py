@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import Item
-from skysync.planner import ItemView
+from skysync.domain.planner import ItemView
+from skysync.store.models import Item
 
 
 def view(item: Item | None, sku: str) -> ItemView:

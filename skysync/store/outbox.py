@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import (
+from skysync.domain.validation import validate
+from skysync.store.models import (
     ORDER_KINDS,
     OUTBOX_STATES,
     SKU_KINDS,
@@ -18,7 +19,6 @@ from skysync.models import (
     UTCDateTime,
     utcnow,
 )
-from skysync.validation import validate
 
 
 def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:

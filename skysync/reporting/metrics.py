@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from skysync.db import session_scope
-from skysync.models import (
+from skysync.store.db import session_scope
+from skysync.store.models import (
     OUTBOX_KINDS,
     OUTBOX_STATES,
     OrderInbox,
@@ -25,7 +25,7 @@ from skysync.models import (
     RunLog,
     utcnow,
 )
-from skysync.outbox import oldest_pending
+from skysync.store.outbox import oldest_pending
 
 
 def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import ORDER_KINDS, Order, OutboxRow
+from skysync.store.models import ORDER_KINDS, Order, OutboxRow
 
 
 @dataclass(frozen=True)

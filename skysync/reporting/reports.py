@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.models import ORDER_KINDS, Item, Order, OrderInbox, OutboxRow
+from skysync.store.models import ORDER_KINDS, Item, Order, OrderInbox, OutboxRow
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -24,12 +24,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.db import session_scope
-from skysync.metrics import save_request_counts
-from skysync.models import Order, OrderInbox, RunLog, utcnow
+from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.skyhub.payloads import QueuedOrder
+from skysync.store.db import session_scope
+from skysync.store.models import Order, OrderInbox, RunLog, utcnow
 
 log = logging.getLogger("skysync.orders")
 

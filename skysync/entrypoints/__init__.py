@@ -1,0 +1,1 @@
+"""How people start skysync: the command line and the embedded one-process daemon."""

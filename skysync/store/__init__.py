@@ -1,0 +1,1 @@
+"""The database: engines and sessions, tables, and every SQL statement on them."""
