@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from skysync.config import mask_dsn
+
 _context: ContextVar[dict[str, Any] | None] = ContextVar("skysync_log_context", default=None)
 
 
@@ -53,15 +55,14 @@ _PATTERNS = [
         r"authorization)['\"]?\s*[:=]\s*['\"]?)(?P<v>[^'\"\s,;}&]+)",
         re.I,
     ),
-    # user:password@ in URLs
-    re.compile(r"(?P<k>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<v>[^@\s]+)(?=@)", re.I),
+    # (user:password@ in URLs: config.mask_dsn, the same masking `check-config` shows)
 ]
 
 
 def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: f"{m['k']}***", text)
-    return text
+    return mask_dsn(text)
 
 
 class RedactingFilter(logging.Filter):

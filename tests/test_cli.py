@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from skysync.config import mask_dsn
+from skysync.domain.kinds import RowState
 from skysync.domain.validation import problems
 from skysync.entrypoints.cli import cli
 from skysync.store.db import current_revision, dispose_engines, get_engine, session_scope
-from skysync.store.models import OUTBOX_STATES, OutboxRow, utcnow
+from skysync.store.models import OutboxRow, utcnow
 
 API_KEY = "sk-live-7f3a9c1e5b2d4068"
 ACCOUNT_KEY = "acct-2b8e6d0f4a1c9753"
@@ -125,7 +126,7 @@ def row(state: str, **extra: Any) -> dict[str, Any]:
 
 def test_status_json_on_an_empty_outbox(db_url: str) -> None:
     report = status_json(db_url)
-    assert report["outbox"] == dict.fromkeys(OUTBOX_STATES, 0)
+    assert report["outbox"] == dict.fromkeys(RowState, 0)
     assert report["oldest_pending_age_s"] is None
     assert report["orders"] == {"unconsumed": 0, "flagged": 0}
     assert report["last_relay"] is None
@@ -164,7 +165,7 @@ def test_status_json_oldest_pending_is_null_without_pending_rows(db_url: str) ->
     old = utcnow() - timedelta(hours=1)
     insert_rows(db_url, [row("sent", created_at=old), row("rejected", created_at=old)])
     report = status_json(db_url)
-    assert report["outbox"] == dict.fromkeys(OUTBOX_STATES, 0) | {"sent": 1, "rejected": 1}
+    assert report["outbox"] == dict.fromkeys(RowState, 0) | {"sent": 1, "rejected": 1}
     assert report["oldest_pending_age_s"] is None
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from skysync.domain.kinds import UnreadableJSON
 from skysync.domain.validation import MAX_PAYLOAD_BYTES, ValidationFailed, problems, validate
-from skysync.store.models import UnreadableJSON
 
 KEY44 = "35261112345678000199550010000012341000012345"
 assert len(KEY44) == 44

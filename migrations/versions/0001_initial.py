@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from skysync.store.models import OUTBOX_KINDS, OUTBOX_STATES, LenientJSON, UTCDateTime
+from skysync.store.models import LenientJSON, UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -21,6 +21,15 @@ depends_on: str | Sequence[str] | None = None
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 NOW = sa.func.current_timestamp()
+
+
+# The lists as they were at this revision (skysync.domain.kinds holds today's: a new kind or
+# state comes with a migration of its own that changes the CHECK, never by editing this one).
+KINDS_AT_0001 = (
+    "product", "price", "stock", "order_invoice", "order_shipment", "order_delivery",
+    "order_cancel", "order_shipment_exception",
+)  # fmt: skip
+STATES_AT_0001 = ("pending", "in_flight", "sent", "superseded", "withheld", "rejected", "dead")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -46,8 +55,8 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("updated_at", UTCDateTime(), nullable=True),
-        sa.CheckConstraint(_in("kind", OUTBOX_KINDS), name="ck_skysync_outbox_kind"),
-        sa.CheckConstraint(_in("state", OUTBOX_STATES), name="ck_skysync_outbox_state"),
+        sa.CheckConstraint(_in("kind", KINDS_AT_0001), name="ck_skysync_outbox_kind"),
+        sa.CheckConstraint(_in("state", STATES_AT_0001), name="ck_skysync_outbox_state"),
         sa.CheckConstraint(
             "state IN ('pending', 'in_flight', 'sent') OR reason IS NOT NULL",
             name="ck_skysync_outbox_reason",

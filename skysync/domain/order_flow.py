@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skysync.domain.kinds import Kind
+
 # The status each outbox kind moves an order to.
 TARGET_STATUS = {
-    "order_invoice": "order_invoiced",
-    "order_shipment": "order_shipped",
-    "order_delivery": "complete",
-    "order_cancel": "order_canceled",
-    "order_shipment_exception": "shipment_exception",
+    Kind.ORDER_INVOICE: "order_invoiced",
+    Kind.ORDER_SHIPMENT: "order_shipped",
+    Kind.ORDER_DELIVERY: "complete",
+    Kind.ORDER_CANCEL: "order_canceled",
+    Kind.ORDER_SHIPMENT_EXCEPTION: "shipment_exception",
 }
 
 # Where an order may go from each status (the status table of SkyHub's order guide).

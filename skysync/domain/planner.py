@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from skysync.domain.kinds import ORDER_KINDS
 from skysync.domain.validation import is_blank
-from skysync.store.models import ORDER_KINDS
 
 # Fields that keep flowing after the marketplace froze a product (seed rule 2).
 FLOWING_FIELDS = frozenset({"price", "promotional_price", "qty"})

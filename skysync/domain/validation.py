@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from skysync.store.models import OUTBOX_KINDS, UnreadableJSON
+from skysync.domain.kinds import Kind, UnreadableJSON
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_REF_LENGTH = 255
@@ -324,16 +324,16 @@ def _shipment_exception(check: _Check, payload: dict[str, Any]) -> None:
 
 
 _BY_KIND = {
-    "product": _product,
-    "price": _price_row,
-    "stock": _stock_row,
-    "order_invoice": _invoice,
-    "order_shipment": _shipment,
-    "order_delivery": _delivery,
-    "order_cancel": _cancel,
-    "order_shipment_exception": _shipment_exception,
+    Kind.PRODUCT: _product,
+    Kind.PRICE: _price_row,
+    Kind.STOCK: _stock_row,
+    Kind.ORDER_INVOICE: _invoice,
+    Kind.ORDER_SHIPMENT: _shipment,
+    Kind.ORDER_DELIVERY: _delivery,
+    Kind.ORDER_CANCEL: _cancel,
+    Kind.ORDER_SHIPMENT_EXCEPTION: _shipment_exception,
 }
-assert set(_BY_KIND) == set(OUTBOX_KINDS)
+assert set(_BY_KIND) == set(Kind)
 
 
 def nesting_depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
@@ -357,7 +357,7 @@ def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
     check = _Check()
     if kind not in _BY_KIND:
         check.fail(
-            "kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(OUTBOX_KINDS)})"
+            "kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(Kind)})"
         )
     if not isinstance(ref, str) or not ref.strip():
         check.fail("ref", "is required: the SKU, or the order code for order_* kinds")

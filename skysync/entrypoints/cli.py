@@ -18,7 +18,7 @@ import click
 
 from skysync import __version__
 from skysync.config import ConfigError, Settings, load_settings, mask_dsn
-from skysync.store.models import OUTBOX_KINDS, OUTBOX_STATES
+from skysync.domain.kinds import Kind, RowState, values
 
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -191,9 +191,10 @@ def drain(ctx: Context, max_batches: int) -> None:
     with closing(relay_.client):
         batches, counts = drain_outbox(relay_, max_batches=max_batches)
     _echo_json({"batches": batches, "outbox": counts})
-    if counts["pending"] or counts["in_flight"]:
+    if counts[RowState.PENDING] or counts[RowState.IN_FLIGHT]:
         click.echo(
-            f"skysync: {counts['pending']} pending and {counts['in_flight']} in-flight rows left; "
+            f"skysync: {counts[RowState.PENDING]} pending and {counts[RowState.IN_FLIGHT]} "
+            "in-flight rows left; "
             "see `skysync outbox list --state pending`",
             err=True,
         )
@@ -277,8 +278,8 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--state", type=click.Choice(OUTBOX_STATES))
-@click.option("--kind", type=click.Choice(OUTBOX_KINDS))
+@click.option("--state", type=click.Choice(values(RowState)))
+@click.option("--kind", type=click.Choice(values(Kind)))
 @click.option("--ref", help="SKU or order code.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
@@ -304,7 +305,10 @@ def outbox_list(
 
 @outbox.command("requeue")
 @click.argument("ids", nargs=-1, type=int)
-@click.option("--state", type=click.Choice(["dead", "rejected", "withheld"]))
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in (RowState.DEAD, RowState.REJECTED, RowState.WITHHELD)]),
+)
 @pass_ctx
 def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> None:
     """Put dead (or rejected, withheld) rows back to pending with their attempts reset:

@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.config import Settings
+from skysync.domain.kinds import SKU_KINDS
 from skysync.domain.order_flow import TARGET_STATUS, check_step
 from skysync.domain.planner import (
     FLOWING_FIELDS,
@@ -72,7 +73,7 @@ from skysync.store import items as item_store
 from skysync.store import orders as order_store
 from skysync.store import outbox
 from skysync.store.db import session_scope
-from skysync.store.models import SKU_KINDS, OutboxRow, RunLog, utcnow
+from skysync.store.models import OutboxRow, RunLog, utcnow
 
 log = logging.getLogger("skysync.relay")
 

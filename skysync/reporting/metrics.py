@@ -15,16 +15,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from skysync.domain.kinds import Kind, RowState
 from skysync.store.db import session_scope
 from skysync.store.models import (
-    OUTBOX_KINDS,
-    OUTBOX_STATES,
-    OrderInbox,
     OutboxRow,
     RequestStat,
     RunLog,
     utcnow,
 )
+from skysync.store.orders import inbox_counts
 from skysync.store.outbox import oldest_pending
 
 
@@ -59,7 +58,7 @@ class DataCollector(Collector):
         rows = GaugeMetricFamily(
             "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
         )
-        counts = {(s, k): 0 for s in OUTBOX_STATES for k in OUTBOX_KINDS}
+        counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
         query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
             OutboxRow.state, OutboxRow.kind
         )
@@ -68,7 +67,7 @@ class DataCollector(Collector):
         for (state, kind), n in counts.items():
             rows.add_metric([state, kind], n)
         yield rows
-        for state in ("dead", "rejected"):
+        for state in (RowState.DEAD, RowState.REJECTED):
             total = sum(n for (s, _k), n in counts.items() if s == state)
             yield GaugeMetricFamily(
                 f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", value=total
@@ -117,21 +116,14 @@ class DataCollector(Collector):
             "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited
         )
 
-        waiting = session.execute(
-            sa.select(sa.func.count())
-            .select_from(OrderInbox)
-            .where(OrderInbox.consumed_at.is_(None))
-        ).scalar_one()
-        flagged = session.execute(
-            sa.select(sa.func.count())
-            .select_from(OrderInbox)
-            .where(OrderInbox.parse_error.is_not(None), OrderInbox.consumed_at.is_(None))
-        ).scalar_one()
+        inbox = inbox_counts(session)
         yield GaugeMetricFamily(
-            "skysync_orders_waiting_for_erp", "Inbox rows the ERP has not consumed.", waiting
+            "skysync_orders_waiting_for_erp",
+            "Inbox rows the ERP has not consumed.",
+            inbox.unconsumed,
         )
         yield GaugeMetricFamily(
-            "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", flagged
+            "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", inbox.flagged
         )
 
 

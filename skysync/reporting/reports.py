@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.store.models import ORDER_KINDS, Item, Order, OrderInbox, OutboxRow
+from skysync.domain.kinds import ORDER_KINDS
+from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.store.models import OrderInbox, RunLog, utcnow
+from skysync.store.models import RunLog, utcnow
+from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state, oldest_pending
 
 
@@ -31,14 +32,7 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
     now = now or utcnow()
     oldest_due = oldest_pending(session, due_only=True, now=now)
     oldest_any = oldest_pending(session, due_only=False)
-    unconsumed = session.execute(
-        sa.select(sa.func.count()).select_from(OrderInbox).where(OrderInbox.consumed_at.is_(None))
-    ).scalar_one()
-    flagged = session.execute(
-        sa.select(sa.func.count())
-        .select_from(OrderInbox)
-        .where(OrderInbox.parse_error.is_not(None))
-    ).scalar_one()
+    inbox = inbox_counts(session)
     return {
         "outbox": count_by_state(session),
         "oldest_pending_age_s": round((now - oldest_due).total_seconds(), 1)
@@ -49,7 +43,7 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         ),
         "last_relay": _last_run(session, "relay"),
         "last_order_pull": _last_run(session, "pull_orders"),
-        "orders": {"unconsumed": unconsumed, "flagged": flagged},
+        "orders": {"unconsumed": inbox.unconsumed, "flagged": inbox.flagged},
     }
 
 

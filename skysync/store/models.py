@@ -4,7 +4,7 @@ them for queries. They run on PostgreSQL (production) and SQLite (the embedded d
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,36 +12,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-OUTBOX_KINDS = (
-    "product",
-    "price",
-    "stock",
-    "order_invoice",
-    "order_shipment",
-    "order_delivery",
-    "order_cancel",
-    "order_shipment_exception",
-)
-ORDER_KINDS = tuple(k for k in OUTBOX_KINDS if k.startswith("order_"))
-SKU_KINDS = ("product", "price", "stock")
-
-OUTBOX_STATES = ("pending", "in_flight", "sent", "superseded", "withheld", "rejected", "dead")
-# States whose rows are done; every one of them except `sent` must say why.
-FINAL_STATES = ("sent", "superseded", "withheld", "rejected", "dead")
+from skysync.domain.kinds import Kind, RowState, UnreadableJSON
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
-
-@dataclass(frozen=True)
-class UnreadableJSON:
-    """A payload column whose text is not JSON at all (possible on SQLite, where the ERP can
-    INSERT any text). Kept so that validation can reject the row with a reason instead of the
-    relay crashing on it."""
-
-    raw: str
-    problem: str = "is not valid JSON"
 
 
 def lenient_json_loads(text: str | bytes) -> Any:
@@ -111,8 +87,8 @@ class Base(DeclarativeBase):
     pass
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+def _in(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 class OutboxRow(Base):
@@ -129,7 +105,9 @@ class OutboxRow(Base):
     kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     ref: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     payload: Mapped[Any] = mapped_column(LenientJSON(), nullable=True)
-    state: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default="pending")
+    state: Mapped[str] = mapped_column(
+        sa.Text(), nullable=False, server_default=RowState.PENDING.value
+    )
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, server_default="0")
     available_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
@@ -144,10 +122,11 @@ class OutboxRow(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
-        sa.CheckConstraint(_in("kind", OUTBOX_KINDS), name="ck_skysync_outbox_kind"),
-        sa.CheckConstraint(_in("state", OUTBOX_STATES), name="ck_skysync_outbox_state"),
-        sa.CheckConstraint(
-            "state IN ('pending', 'in_flight', 'sent') OR reason IS NOT NULL",
+        sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
+        sa.CheckConstraint(_in("state", RowState), name="ck_skysync_outbox_state"),
+        sa.CheckConstraint(  # every row that is not (yet) sent says why
+            _in("state", (RowState.PENDING, RowState.IN_FLIGHT, RowState.SENT))
+            + " OR reason IS NOT NULL",
             name="ck_skysync_outbox_reason",
         ),
         sa.CheckConstraint("attempts >= 0", name="ck_skysync_outbox_attempts"),
@@ -157,8 +136,8 @@ class OutboxRow(Base):
             "ix_skysync_outbox_due",
             "available_at",
             "id",
-            postgresql_where=sa.text("state = 'pending'"),
-            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text(f"state = '{RowState.PENDING}'"),
+            sqlite_where=sa.text(f"state = '{RowState.PENDING}'"),
         ),
         {"sqlite_autoincrement": True},
     )

@@ -9,7 +9,27 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.store.models import ORDER_KINDS, Order, OutboxRow
+from skysync.domain.kinds import ORDER_KINDS, RowState
+from skysync.store.models import Order, OrderInbox, OutboxRow
+
+
+@dataclass(frozen=True)
+class InboxCounts:
+    """Orders waiting for the ERP: inbox rows not consumed yet, and those of them SkyHub sent
+    malformed (flagged). One definition for `skysync status` and the metrics."""
+
+    unconsumed: int
+    flagged: int
+
+
+def inbox_counts(session: Session) -> InboxCounts:
+    waiting = sa.select(sa.func.count()).select_from(OrderInbox).where(
+        OrderInbox.consumed_at.is_(None)
+    )
+    return InboxCounts(
+        unconsumed=session.execute(waiting).scalar_one(),
+        flagged=session.execute(waiting.where(OrderInbox.parse_error.is_not(None))).scalar_one(),
+    )
 
 
 @dataclass(frozen=True)
@@ -41,20 +61,20 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     rows = session.execute(
         sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.state, OutboxRow.last_status)
         .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
-        .where(OutboxRow.state.in_(("pending", "in_flight", "rejected", "dead", "sent")))
+        .where(OutboxRow.state.not_in((RowState.SUPERSEDED, RowState.WITHHELD)))
         .order_by(OutboxRow.id)
     ).all()
     sent_after: dict[str, int] = {}
     for row_id, kind, state, _status in rows:
-        if state == "sent":
+        if state == RowState.SENT:
             sent_after[kind] = max(sent_after.get(kind, 0), row_id)
     steps = []
     for row_id, kind, state, last_status in rows:
-        if row_id in exclude or state == "sent":
+        if row_id in exclude or state == RowState.SENT:
             continue
-        if state == "rejected" and last_status is None:
+        if state == RowState.REJECTED and last_status is None:
             continue  # refused locally or invalid input: not a step that SkyHub saw
-        if state in ("rejected", "dead") and sent_after.get(kind, 0) > row_id:
+        if state in (RowState.REJECTED, RowState.DEAD) and sent_after.get(kind, 0) > row_id:
             continue  # a newer row of the same kind went out: resolved
         steps.append(Step(row_id, kind, state))
     return steps

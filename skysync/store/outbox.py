@@ -9,16 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, RowState
 from skysync.domain.validation import validate
-from skysync.store.models import (
-    ORDER_KINDS,
-    OUTBOX_STATES,
-    SKU_KINDS,
-    Item,
-    OutboxRow,
-    UTCDateTime,
-    utcnow,
-)
+from skysync.store.models import Item, OutboxRow, UTCDateTime, utcnow
 
 
 def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
@@ -35,7 +28,7 @@ def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
 
 def count_by_state(session: Session) -> dict[str, int]:
     """Rows per state, every state present (0 when none)."""
-    counts = dict.fromkeys(OUTBOX_STATES, 0)
+    counts = dict.fromkeys(RowState, 0)
     rows = session.execute(sa.select(OutboxRow.state, sa.func.count()).group_by(OutboxRow.state))
     for state, n in rows:
         counts[state] = n
