@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from skysync.config import DEFAULT_SKYHUB_URL, Settings, get_settings
 from skysync.relay.service import Relay
-from skysync.skyhub.client import SkyHubClient, bucket_rate
+from skysync.skyhub.buckets import bucket_rate
+from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.ratelimit import RateLimiter, account_namespace
 
 log = logging.getLogger("skysync")

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
-from skysync.skyhub.client import SkyHubClient, bucket_for, bucket_rate, route_of
+from skysync.skyhub.buckets import bucket_for, bucket_rate, route_of
+from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import (
     AuthenticationError,
     NotFound,

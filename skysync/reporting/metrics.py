@@ -7,6 +7,7 @@ database on every scrape, so one `skysync metrics` process sees what every worke
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,80 +52,91 @@ class DataCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with session_scope(self.url, readonly=True) as session:
-            yield from self._collect(session)
+            yield from _outbox_metrics(session, utcnow())
+            yield from _relay_metrics(session)
+            yield from _request_metrics(session)
+            yield from _order_metrics(session)
 
-    def _collect(self, session: Session) -> Iterable[Metric]:
-        now = utcnow()
-        rows = GaugeMetricFamily(
-            "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
-        )
-        counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
-        query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
-            OutboxRow.state, OutboxRow.kind
-        )
-        for state, kind, n in session.execute(query):
-            counts[(state, kind)] = n
-        for (state, kind), n in counts.items():
-            rows.add_metric([state, kind], n)
-        yield rows
-        for state in (RowState.DEAD, RowState.REJECTED):
-            total = sum(n for (s, _k), n in counts.items() if s == state)
-            yield GaugeMetricFamily(
-                f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", value=total
-            )
 
-        oldest = oldest_pending(session, due_only=True, now=now)
+def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
+    """Rows by state and kind (every pair, 0 included), dead and rejected totals, and the age
+    of the oldest due row: what tells ops whether the outbox keeps up."""
+    rows = GaugeMetricFamily(
+        "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
+    )
+    counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
+    query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
+        OutboxRow.state, OutboxRow.kind
+    )
+    for state, kind, n in session.execute(query):
+        counts[(state, kind)] = n
+    for (state, kind), n in counts.items():
+        rows.add_metric([state, kind], n)
+    yield rows
+    for state in (RowState.DEAD, RowState.REJECTED):
+        total = sum(n for (s, _k), n in counts.items() if s == state)
         yield GaugeMetricFamily(
-            "skysync_outbox_oldest_due_pending_age_seconds",
-            "Age of the oldest pending row that is due (0 when none).",
-            value=(now - oldest).total_seconds() if oldest else 0.0,
+            f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", value=total
         )
+    oldest = oldest_pending(session, due_only=True, now=now)
+    yield GaugeMetricFamily(
+        "skysync_outbox_oldest_due_pending_age_seconds",
+        "Age of the oldest pending row that is due (0 when none).",
+        value=(now - oldest).total_seconds() if oldest else 0.0,
+    )
 
-        last = session.scalars(
-            sa.select(RunLog).where(RunLog.kind == "relay").order_by(RunLog.started_at.desc())
-        ).first()
-        started = last.started_at.timestamp() if last else 0.0
-        duration = (
-            (last.finished_at - last.started_at).total_seconds()
-            if last and last.finished_at
-            else 0.0
-        )
-        yield GaugeMetricFamily(
-            "skysync_last_relay_timestamp_seconds", "When the last relay batch started.", started
-        )
-        yield GaugeMetricFamily(
-            "skysync_last_relay_duration_seconds", "How long the last relay batch took.", duration
-        )
-        yield GaugeMetricFamily(
-            "skysync_last_relay_auth_failed",
-            "1 when SkyHub refused the credentials in the last batch.",
-            value=1.0 if last is not None and "credentials" in (last.error or "") else 0.0,
-        )
 
-        requests = CounterMetricFamily(
-            "skysync_skyhub_requests",
-            "Requests to SkyHub by method, endpoint and status ('error': no answer).",
-            labels=["method", "route", "status"],
-        )
-        limited = 0
-        for stat in session.scalars(sa.select(RequestStat)):
-            requests.add_metric([stat.method, stat.route, stat.status], stat.count)
-            if stat.status == "429":
-                limited += stat.count
-        yield requests
-        yield CounterMetricFamily(
-            "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited
-        )
+def _relay_metrics(session: Session) -> Iterable[Metric]:
+    """The last relay batch: when, how long, and whether SkyHub refused the credentials."""
+    last = session.scalars(
+        sa.select(RunLog).where(RunLog.kind == "relay").order_by(RunLog.started_at.desc())
+    ).first()
+    started = last.started_at.timestamp() if last else 0.0
+    duration = (
+        (last.finished_at - last.started_at).total_seconds()
+        if last and last.finished_at
+        else 0.0
+    )
+    yield GaugeMetricFamily(
+        "skysync_last_relay_timestamp_seconds", "When the last relay batch started.", started
+    )
+    yield GaugeMetricFamily(
+        "skysync_last_relay_duration_seconds", "How long the last relay batch took.", duration
+    )
+    yield GaugeMetricFamily(
+        "skysync_last_relay_auth_failed",
+        "1 when SkyHub refused the credentials in the last batch.",
+        value=1.0 if last is not None and "credentials" in (last.error or "") else 0.0,
+    )
 
-        inbox = inbox_counts(session)
-        yield GaugeMetricFamily(
-            "skysync_orders_waiting_for_erp",
-            "Inbox rows the ERP has not consumed.",
-            inbox.unconsumed,
-        )
-        yield GaugeMetricFamily(
-            "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", inbox.flagged
-        )
+
+def _request_metrics(session: Session) -> Iterable[Metric]:
+    """Requests to SkyHub by method, endpoint and status, counted by every worker."""
+    requests = CounterMetricFamily(
+        "skysync_skyhub_requests",
+        "Requests to SkyHub by method, endpoint and status ('error': no answer).",
+        labels=["method", "route", "status"],
+    )
+    limited = 0
+    for stat in session.scalars(sa.select(RequestStat)):
+        requests.add_metric([stat.method, stat.route, stat.status], stat.count)
+        if stat.status == "429":
+            limited += stat.count
+    yield requests
+    yield CounterMetricFamily(
+        "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited
+    )
+
+
+def _order_metrics(session: Session) -> Iterable[Metric]:
+    """Orders waiting for the ERP, and the malformed ones among them."""
+    inbox = inbox_counts(session)
+    yield GaugeMetricFamily(
+        "skysync_orders_waiting_for_erp", "Inbox rows the ERP has not consumed.", inbox.unconsumed
+    )
+    yield GaugeMetricFamily(
+        "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", inbox.flagged
+    )
 
 
 def registry_for(database_url: str) -> CollectorRegistry:

@@ -8,16 +8,15 @@
   escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
   up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. A Retry-After above
   ``max_retry_after`` (60 s) is not slept: it is raised at once, carrying SkyHub's wait.
-* With a :class:`~skysync.ratelimit.RateLimiter`, each request first takes a slot from the bucket
-  of its endpoint and method (see :func:`bucket_for`), so all workers together stay under
-  SkyHub's limits.
+* With a :class:`~skysync.skyhub.ratelimit.RateLimiter`, each request first takes a slot from
+  the bucket of its endpoint and method (:mod:`skysync.skyhub.buckets` says which, and at what
+  pace), so all workers together stay under SkyHub's limits.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import httpx
 
 from skysync import __version__
 from skysync.skyhub import payloads
+from skysync.skyhub.buckets import RequestCounter, bucket_for
 from skysync.skyhub.errors import (
     AuthenticationError,
     NotFound,
@@ -49,7 +49,6 @@ log = logging.getLogger("skysync.skyhub")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=30.0)
 _TAGS = re.compile(r"<[^>]+>")
-_ORDER_ACTIONS = ("invoice", "shipments", "delivery", "cancel", "shipment_exception", "approval")
 
 
 def segment(value: str) -> str:
@@ -59,80 +58,6 @@ def segment(value: str) -> str:
     return encoded.replace(".", "%2E") if set(value) == {"."} else encoded
 
 
-def bucket_for(method: str, path: str) -> str:
-    """The SkyHub rate-limit bucket of a request: endpoint family and method
-    (skyhub-api.md §5: products, variations, order actions, queues at 9/s; the rest 1/s)."""
-    parts = [p for p in path.split("?", 1)[0].split("/") if p]
-    head = parts[0] if parts else ""
-    if head == "products" and len(parts) >= 3 and parts[2] == "variations":
-        return f"variations:{method}"
-    if head in ("products", "variations", "queues"):
-        return f"{head}:{method}"
-    if head == "orders":
-        if method == "GET":
-            return "orders:GET:one" if len(parts) >= 2 else "orders:GET:list"
-        if len(parts) >= 3 and parts[2] in _ORDER_ACTIONS:
-            return f"orders/{parts[2]}:{method}"
-        return f"orders:{method}"
-    return f"other:{head}:{method}"
-
-
-# The buckets SkyHub allows 9/s (skyhub-api.md §5); every other one gets 1/s.
-FAST_BUCKETS = frozenset(
-    {
-        "products:GET", "products:POST", "products:PUT", "products:DELETE",
-        "variations:POST", "variations:PUT", "variations:DELETE",
-        "queues:GET", "queues:DELETE", "orders:POST",
-        *(f"orders/{action}:POST" for action in _ORDER_ACTIONS),
-    }
-)  # fmt: skip
-
-
-# SkyHub allows 1/s on the slow buckets. Pacing at exactly 1/s leaves no room for network
-# jitter: a first request that arrives late and a second that arrives early are less than a
-# second apart at SkyHub, which answers 429. The same margin as 8.5 under 9/s.
-SLOW_BUCKET_RATE = 0.9
-
-
-def bucket_rate(bucket: str, rate: float) -> float:
-    """Our pace for a bucket: ``rate`` for SkyHub's 9/s buckets, at most SLOW_BUCKET_RATE for
-    the 1/s ones (order reads, variation reads, everything else)."""
-    return rate if bucket in FAST_BUCKETS else min(rate, SLOW_BUCKET_RATE)
-
-
-def route_of(path: str) -> str:
-    """The endpoint template of a path, for metrics: /products/A%20B -> /products/{sku}."""
-    parts = [p for p in path.split("?", 1)[0].split("/") if p]
-    if not parts:
-        return "/"
-    head, rest = parts[0], parts[1:]
-    if head == "queues" and rest[:1] == ["orders"]:
-        return "/queues/orders" + ("/{code}" if len(rest) > 1 else "")
-    if head in ("products", "variations") and rest:
-        tail = "/variations" if head == "products" and rest[1:2] == ["variations"] else ""
-        return f"/{head}/{{sku}}{tail}"
-    if head == "orders" and rest:
-        return "/orders/{code}" + (f"/{rest[1]}" if len(rest) > 1 else "")
-    return "/" + "/".join(parts)
-
-
-class RequestCounter:
-    """Requests by (method, route, status), kept in memory until the relay saves them."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str, str], int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, method: str, path: str, status: int | None) -> None:
-        key = (method, route_of(path), "error" if status is None else str(status))
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def take(self) -> dict[tuple[str, str, str], int]:
-        """Everything counted since the last take."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
-        return counts
 
 
 @dataclass(frozen=True)
