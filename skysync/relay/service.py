@@ -1,26 +1,6 @@
 """The relay: outbox rows to SkyHub. ``run_batch`` claims and checks rows and hands them out in
 chunks; ``deliver`` pushes one chunk and records every outcome. Celery tasks (tasks.py) and
 the CLI (``skysync relay``/``drain``) call these; the decisions live in planner.py.
-
-Outcomes per key (design.md, "Relay: one batch"):
-
-========================  ==================================================================
-2xx                       newest row ``sent`` (its reason lists withheld fields, if any),
-                          older rows ``superseded`` by it
-nothing left to send      newest row ``withheld`` with the reason, older rows superseded
-429                       waited out inside the client; if it persists, or SkyHub asks for
-                          a longer wait than the client's cap, the rows go back to pending
-                          due when SkyHub said (a second by default), not counted
-5xx, timeout, no answer   a few quick retries here, then all rows back to pending with
-                          exponential backoff, one attempt counted per row; ``dead`` when the
-                          newest row has used max_attempts (a fresh value gets a full budget)
-422 on attributes         the rows that carried the attributes ``rejected`` with SkyHub's
-                          text; price/stock go again alone in the same batch
-other 4xx                 all rows of the request ``rejected`` with SkyHub's text
-401/403                   rows back to pending, not counted; the batch stops (every request
-                          would fail) and the reason is on the rows and in ``skysync status``
-parent not in SkyHub yet  the variation's rows wait (pending, not counted) with the reason
-========================  ==================================================================
 """
 
 from __future__ import annotations
@@ -33,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,6 +37,15 @@ from skysync.domain.planner import (
 )
 from skysync.domain.validation import problems
 from skysync.logs import log_context
+from skysync.relay.outcome import (
+    Ack,
+    BatchSummary,
+    DeliverySummary,
+    Learned,
+    Outcome,
+    failure_outcome,
+    sent_outcome,
+)
 from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import (
@@ -79,107 +68,12 @@ log = logging.getLogger("skysync.relay")
 CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
 
 
-# -- outcomes -----------------------------------------------------------------------------
-@dataclass
-class Ack:
-    """SkyHub accepted these fields for this SKU."""
-
-    sku: str
-    sent: dict[str, Any]
-    sources: dict[str, int]
-    parent_sku: str | None = None
-
-
-@dataclass
-class Outcome:
-    """How one key ended, plus everything learned on the way (recorded in one transaction)."""
-
-    state: str  # sent | withheld | rejected | retry | wait | auth
-    reason: str | None = None
-    status: int | None = None
-    error: str | None = None
-    delay: float = 0.0
-    acks: list[Ack] = field(default_factory=list)
-    exists: dict[str, bool] = field(default_factory=dict)
-    linked: set[str] = field(default_factory=set)
-    # fields sent without a clear answer may have been applied: forget their acknowledged value
-    attempted: dict[str, set[str]] = field(default_factory=dict)
-    order_status: tuple[str, str] | None = None  # (code, status) after a step went out
-    # rows SkyHub refused (attributes) while the rest of the request went out: id -> reason
-    refused: dict[int, str] = field(default_factory=dict)
-
-    # fields SkyHub already had, with the row that asked for them (counts as applied)
-    unchanged: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def attempt(self, sku: str, fields: dict[str, Any]) -> None:
-        self.attempted.setdefault(sku, set()).update(fields)
-
-    def note_unchanged(self, sku: str, sources: dict[str, int]) -> None:
-        if sources:
-            self.unchanged.setdefault(sku, {}).update(sources)
-
-    blocks_later: bool = False  # later steps of the same order must wait for this one
-
-
-def failure_outcome(exc: SkyHubError) -> Outcome:
-    """What a SkyHub error means for the rows of the request it answered (the table above)."""
-    if isinstance(exc, RateLimited):
-        delay = max(1.0, exc.retry_after or 0.0)
-        return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=delay)
-    if isinstance(exc, AuthenticationError):
-        return Outcome(
-            state="auth",
-            reason=f"stopped: SkyHub refused the credentials ({exc}); fix them and the rows go out",
-            status=exc.status,
-        )
-    if isinstance(exc, PermanentError):
-        return Outcome(
-            state="rejected",
-            reason=f"SkyHub refused it: {exc}",
-            error=str(exc),
-            status=exc.status,
-            blocks_later=True,
-        )
+def _waiting_for_parent(parent_sku: str) -> Outcome:
     return Outcome(
-        state="retry", reason=str(exc), error=str(exc), status=exc.status, blocks_later=True
+        state="wait",
+        delay=5.0,
+        reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
     )
-
-
-class _Stop(Exception):
-    """Carries an Outcome out of the middle of a key's request sequence."""
-
-    def __init__(self, outcome: Outcome):
-        self.outcome = outcome
-
-
-@dataclass
-class BatchSummary:
-    token: str | None
-    reclaimed: int = 0
-    claimed: int = 0
-    rejected: int = 0
-    keys: int = 0
-    chunks: int = 0
-    delivery: DeliverySummary | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "delivery"}
-        if self.delivery is not None:
-            data["delivery"] = self.delivery.as_dict()
-        return data
-
-
-@dataclass
-class DeliverySummary:
-    keys: int = 0
-    by_outcome: dict[str, int] = field(default_factory=dict)
-    auth_failed: bool = False
-
-    def count(self, outcome: str) -> None:
-        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys, **self.by_outcome, "auth_failed": self.auth_failed}
 
 
 def _linked(product: dict[str, Any]) -> bool:
@@ -457,7 +351,7 @@ class Relay:
         with session_scope(self.url) as session:
             return item_store.view(session.get(item_store.Item, sku), sku)
 
-    def _attempt(self, learned: Outcome, sku: str, fields: dict[str, Any]) -> None:
+    def _attempt(self, learned: Learned, sku: str, fields: dict[str, Any]) -> None:
         """Before a write leaves: record it durably (its own committed transaction), so that if
         no answer is ever recorded (lost, killed, crashed), its fields count as unknown."""
         learned.attempt(sku, fields)
@@ -477,34 +371,20 @@ class Relay:
 
     def _push_sku(self, request: SkuRequest) -> Outcome:
         item = self._load_item(request.sku)
-        learned = Outcome(state="sent")
+        learned = Learned()
         try:
             if item.is_variation:
                 return self._push_variation(request, item, learned)
             return self._push_product(request, item, learned)
-        except _Stop as stop:
-            return self._with(learned, stop.outcome)
         except (RateLimited, RetryableError, PermanentError) as exc:
             # (AuthenticationError goes up: it stops the whole batch, see _deliver_key)
             # Price/stock did not get through after SkyHub refused some attributes: the rows
             # stay together (a refused row may be the one carrying the price), so they are
             # retried, or refused, as one.
             learned.refused.clear()
-            return self._with(learned, failure_outcome(exc))
+            return learned.ending(failure_outcome(exc))
 
-    @staticmethod
-    def _with(learned: Outcome, outcome: Outcome) -> Outcome:
-        for sku, names in learned.attempted.items():
-            outcome.attempted.setdefault(sku, set()).update(names)
-        for sku, sources in learned.unchanged.items():
-            outcome.unchanged.setdefault(sku, {}).update(sources)
-        outcome.acks = learned.acks + outcome.acks
-        outcome.refused = {**learned.refused, **outcome.refused}
-        outcome.exists.update(learned.exists)
-        outcome.linked |= learned.linked
-        return outcome
-
-    def _push_product(self, request: SkuRequest, item: ItemView, learned: Outcome) -> Outcome:
+    def _push_product(self, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
         sku = request.sku
         attrs = [k for k in request.fields if k not in FLOWING_FIELDS]
         if (
@@ -527,7 +407,7 @@ class Relay:
         decision = decide(request, item)
         learned.note_unchanged(sku, decision.unchanged)
         if decision.nothing_to_send:
-            return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
+            return learned.ending(Outcome(state="withheld", reason=decision.reason()))
         send = dict(decision.send)
         variations = send.pop("variations", None)
         if not item.in_skyhub and request.has_product_row:
@@ -543,7 +423,7 @@ class Relay:
                 learned.acks.append(Ack(sku, send, request.sources))
                 for part in parts:
                     learned.acks.append(Ack(part.sku, part.fields, part.sources, parent_sku=sku))
-                return self._sent(learned, decision)
+                return sent_outcome(learned, decision)
             except Unprocessable:
                 # "Already exists" (a lost answer to our own POST, or a product created
                 # elsewhere meanwhile) means update it; any other 422 stands as SkyHub said it.
@@ -565,8 +445,7 @@ class Relay:
                     self._call(lambda: self.client.update_product(sku, send))
                 elif not variations:
                     reason = decision.reason() if decision.withheld else None
-                    return self._with(
-                        learned,
+                    return learned.ending(
                         Outcome(
                             state="withheld",
                             reason=reason or "nothing left to send once SkyHub refused the rest",
@@ -576,14 +455,14 @@ class Relay:
                 learned.acks.append(Ack(sku, send, request.sources))
         for v in variations or []:
             self._push_variation_entry(sku, variation_request(request, v), learned)
-        return self._sent(learned, decision)
+        return sent_outcome(learned, decision)
 
     @staticmethod
     def _refused_attributes(
         request: SkuRequest,
         send: dict[str, Any],
         variations: list[dict[str, Any]] | None,
-        learned: Outcome,
+        learned: Learned,
         exc: Unprocessable,
     ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
         """SkyHub refused a write that carried attributes: the rows that carried them are
@@ -607,7 +486,7 @@ class Relay:
         ]
         return flowing, [v for v in kept if len(v) > 1]
 
-    def _push_variation_entry(self, parent: str, part: SkuRequest, learned: Outcome) -> None:
+    def _push_variation_entry(self, parent: str, part: SkuRequest, learned: Learned) -> None:
         """One variation of a product row: created under its parent, or updated with the
         fields that changed and that no newer row (a stock row for it, say) already set."""
         vsku = part.sku
@@ -637,7 +516,7 @@ class Relay:
         learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
 
     def _push_unknown_as_variation(
-        self, request: SkuRequest, send: dict[str, Any], learned: Outcome, decision: Any
+        self, request: SkuRequest, send: dict[str, Any], learned: Learned, decision: Any
     ) -> Outcome:
         """A price/stock row for a SKU we never saw, that SkyHub has no product for: it may be a
         variation created outside skysync."""
@@ -646,8 +525,7 @@ class Relay:
             self._attempt(learned, sku, send)
             self._call(lambda: self.client.update_variation(sku, send))
         except NotFound:
-            return self._with(
-                learned,
+            return learned.ending(
                 Outcome(
                     state="rejected",
                     status=404,
@@ -658,9 +536,9 @@ class Relay:
                 ),
             )
         learned.acks.append(Ack(sku, send, request.sources))
-        return self._sent(learned, decision)
+        return sent_outcome(learned, decision)
 
-    def _push_variation(self, request: SkuRequest, item: ItemView, learned: Outcome) -> Outcome:
+    def _push_variation(self, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
         parent_sku = item.parent_sku or ""
         parent = self._load_item(parent_sku)
         frozen = parent.frozen or item.frozen
@@ -669,32 +547,20 @@ class Relay:
         decision = decide(request, item, frozen=frozen)
         learned.note_unchanged(request.sku, decision.unchanged)
         if decision.nothing_to_send:
-            return self._with(learned, Outcome(state="withheld", reason=decision.reason()))
+            return learned.ending(Outcome(state="withheld", reason=decision.reason()))
         send = {k: v for k, v in decision.send.items() if k != "variations"}
         waiting = self._parent_on_its_way(parent_sku)
         if not parent.in_skyhub and waiting:
-            raise _Stop(
-                Outcome(
-                    state="wait",
-                    delay=5.0,
-                    reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
-                )
-            )
+            return learned.ending(_waiting_for_parent(parent_sku))
         try:
             self._attempt(learned, request.sku, send)
             self._call(lambda: self.client.update_variation(request.sku, send))
         except NotFound:
             if self._parent_on_its_way(parent_sku):
-                raise _Stop(
-                    Outcome(
-                        state="wait",
-                        delay=5.0,
-                        reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
-                    )
-                ) from None
+                return learned.ending(_waiting_for_parent(parent_sku))
             raise
         learned.acks.append(Ack(request.sku, send, request.sources, parent_sku=parent_sku))
-        return self._sent(learned, decision)
+        return sent_outcome(learned, decision)
 
     def _exists(self, read: Callable[[str], Any], sku: str) -> bool:
         """Does SkyHub have it? (``read`` is get_product or get_variation.)"""
@@ -707,15 +573,6 @@ class Relay:
     def _parent_on_its_way(self, parent_sku: str) -> bool:
         with session_scope(self.url) as session:
             return outbox.has_open_rows(session, parent_sku, ("product",))
-
-    @staticmethod
-    def _sent(learned: Outcome, decision: Any) -> Outcome:
-        sent_fields = sorted(k for ack in learned.acks for k in ack.sent)
-        reason = None
-        if decision.withheld:
-            sent = ", ".join(dict.fromkeys(sent_fields)) or "nothing new"
-            reason = f"sent {sent}; withheld {decision.reason()}"
-        return Relay._with(learned, Outcome(state="sent", reason=reason))
 
     # -- orders ---------------------------------------------------------------------------
     def _deliver_order(self, token: str, rows: list[Row]) -> str:
@@ -846,24 +703,24 @@ class Relay:
             if outbox.hold_claimed(session, ids, token) < len(ids):
                 log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
                 return
-            for sku, exists in outcome.exists.items():
+            for sku, exists in outcome.learned.exists.items():
                 item_store.mark_exists(session, sku, exists, now)
-            for sku in outcome.linked:
+            for sku in outcome.learned.linked:
                 item_store.mark_linked(session, sku, now)
             if outcome.state == "retry":
                 # No clear answer: the change may or may not be in SkyHub. Forget what we thought
                 # SkyHub had for those fields, so no later value is skipped as "unchanged".
-                for sku, names in outcome.attempted.items():
+                for sku, names in outcome.learned.attempted.items():
                     item_store.forget(session, sku, names, now)
-            for sku, sources in outcome.unchanged.items():
+            for sku, sources in outcome.learned.unchanged.items():
                 item_store.mark_applied(session, sku, sources, now)
-            for ack in outcome.acks:
+            for ack in outcome.learned.acks:
                 item_store.record_ack(
                     session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
                 )
             if outcome.order_status is not None:
                 order_store.record_status(session, *outcome.order_status, now)
-            refused = [r for r in rows if r.id in outcome.refused]
+            refused = [r for r in rows if r.id in outcome.learned.refused]
             for r in refused:
                 outbox.finish(
                     session,
@@ -871,10 +728,10 @@ class Relay:
                     token,
                     state="rejected",
                     now=now,
-                    reason=outcome.refused[r.id],
+                    reason=outcome.learned.refused[r.id],
                     last_status=422,
                 )
-            rest = [r for r in rows if r.id not in outcome.refused]
+            rest = [r for r in rows if r.id not in outcome.learned.refused]
             if rest:
                 self._settle_rows(session, token, rest, outcome, now)
 
