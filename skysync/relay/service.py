@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from skysync.config import Settings
 from skysync.domain.order_flow import TARGET_STATUS, check_step
@@ -27,7 +26,6 @@ from skysync.domain.planner import (
     ItemView,
     Row,
     SkuRequest,
-    backoff_delay,
     carried_variations,
     coalesce,
     decide,
@@ -46,6 +44,7 @@ from skysync.relay.outcome import (
     failure_outcome,
     sent_outcome,
 )
+from skysync.relay.record import record
 from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import (
@@ -693,137 +692,15 @@ class Relay:
 
     # -- recording ------------------------------------------------------------------------
     def _record(self, token: str, rows: list[Row], outcome: Outcome) -> None:
-        """Write the rows' new state and everything learned about the items, in one transaction,
-        and only while this claim still holds every one of the rows: a worker whose lease ran
-        out (its rows reclaimed by another batch) writes no acknowledgement, link or order
-        status, since the claim that took over decides from what it saw itself."""
-        now = self.clock()
-        ids = [r.id for r in rows]
-        with session_scope(self.url) as session:
-            if outbox.hold_claimed(session, ids, token) < len(ids):
-                log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
-                return
-            for sku, exists in outcome.learned.exists.items():
-                item_store.mark_exists(session, sku, exists, now)
-            for sku in outcome.learned.linked:
-                item_store.mark_linked(session, sku, now)
-            if outcome.state == "retry":
-                # No clear answer: the change may or may not be in SkyHub. Forget what we thought
-                # SkyHub had for those fields, so no later value is skipped as "unchanged".
-                for sku, names in outcome.learned.attempted.items():
-                    item_store.forget(session, sku, names, now)
-            for sku, sources in outcome.learned.unchanged.items():
-                item_store.mark_applied(session, sku, sources, now)
-            for ack in outcome.learned.acks:
-                item_store.record_ack(
-                    session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
-                )
-            if outcome.order_status is not None:
-                order_store.record_status(session, *outcome.order_status, now)
-            refused = [r for r in rows if r.id in outcome.learned.refused]
-            for r in refused:
-                outbox.finish(
-                    session,
-                    [r.id],
-                    token,
-                    state="rejected",
-                    now=now,
-                    reason=outcome.learned.refused[r.id],
-                    last_status=422,
-                )
-            rest = [r for r in rows if r.id not in outcome.learned.refused]
-            if rest:
-                self._settle_rows(session, token, rest, outcome, now)
-
-    def _settle_rows(
-        self, session: Session, token: str, rows: list[Row], outcome: Outcome, now: datetime
-    ) -> None:
-        ids = [r.id for r in rows]
-        newest = max(rows, key=lambda r: r.id)
-        winner = newest.id
-        older = [i for i in ids if i != winner]
-        state = outcome.state
-        if state in ("sent", "withheld"):
-            outbox.finish(
-                session,
-                [winner],
-                token,
-                state=state,
-                now=now,
-                reason=outcome.reason,
-                last_status=outcome.status,
-            )
-            outbox.finish(
-                session,
-                older,
-                token,
-                state="superseded",
-                now=now,
-                superseded_by=winner,
-                reason=f"folded into row {winner}",
-            )
-        elif state == "rejected":
-            outbox.finish(
-                session,
-                [winner],
-                token,
-                state="rejected",
-                now=now,
-                reason=outcome.reason,
-                last_error=outcome.error,
-                last_status=outcome.status,
-            )
-            outbox.finish(
-                session,
-                older,
-                token,
-                state="rejected",
-                now=now,
-                reason=f"folded into row {winner}, which was refused: {outcome.reason}",
-                last_status=outcome.status,
-            )
-        elif state == "retry":
-            # The budget is the newest value's: older rows folded in (however often they failed)
-            # do not make a fresh value die early.
-            attempts = newest.attempts + 1
-            if attempts >= self.settings.max_attempts:
-                outbox.finish(
-                    session,
-                    ids,
-                    token,
-                    count_attempt=True,
-                    state="dead",
-                    now=now,
-                    reason=f"gave up after {attempts} attempts; last error: {outcome.reason}",
-                    last_error=outcome.error,
-                    last_status=outcome.status,
-                )
-            else:
-                delay = backoff_delay(attempts, rng=self.rng)
-                outbox.release(
-                    session,
-                    ids,
-                    token,
-                    now=now,
-                    available_at=now + timedelta(seconds=delay),
-                    count_attempt=True,
-                    reason=(
-                        f"attempt {attempts} failed, retrying in {delay:.0f} s: {outcome.reason}"
-                    ),
-                    last_error=outcome.error,
-                    last_status=outcome.status,
-                )
-        else:  # wait, auth: not the row's fault, not counted
-            outbox.release(
-                session,
-                ids,
-                token,
-                now=now,
-                available_at=now + timedelta(seconds=outcome.delay),
-                count_attempt=False,
-                reason=outcome.reason or state,
-                last_status=outcome.status,
-            )
+        record(
+            self.url,
+            token,
+            rows,
+            outcome,
+            now=self.clock(),
+            max_attempts=self.settings.max_attempts,
+            rng=self.rng,
+        )
 
 
 def drain(
