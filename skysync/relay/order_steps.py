@@ -22,7 +22,7 @@ from skysync.store import orders as order_store
 from skysync.store.db import session_scope
 
 if TYPE_CHECKING:
-    from skysync.relay.service import Relay
+    from skysync.relay.relay import Relay
 
 
 def deliver_order(relay: Relay, token: str, rows: list[Row]) -> Outcome:

@@ -18,7 +18,7 @@ from skysync.relay.variations import push_unknown_as_variation, push_variation_e
 from skysync.skyhub.errors import NotFound, Unprocessable
 
 if TYPE_CHECKING:
-    from skysync.relay.service import Relay
+    from skysync.relay.relay import Relay
 
 
 def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:

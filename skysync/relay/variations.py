@@ -14,7 +14,7 @@ from skysync.store import outbox
 from skysync.store.db import session_scope
 
 if TYPE_CHECKING:
-    from skysync.relay.service import Relay
+    from skysync.relay.relay import Relay
 
 
 def push_variation(relay: Relay, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:

@@ -42,6 +42,15 @@ def count_by_state(session: Session) -> dict[str, int]:
     return counts
 
 
+def count_due(session: Session, now: datetime) -> int:
+    """Pending rows due by ``now`` (what another batch would find to claim)."""
+    return session.execute(
+        sa.select(sa.func.count())
+        .select_from(OutboxRow)
+        .where(OutboxRow.state == "pending", OutboxRow.available_at <= now)
+    ).scalar_one()
+
+
 def oldest_pending(
     session: Session, *, due_only: bool, now: datetime | None = None
 ) -> datetime | None:
