@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from skysync.config import DEFAULT_SKYHUB_URL, Settings, get_settings
-from skysync.relay.service import Relay
+from skysync.relay import Relay
 from skysync.skyhub.buckets import bucket_rate
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.ratelimit import RateLimiter, account_namespace

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 import skysync.config
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.relay.service import Relay, drain
+from skysync.relay import Relay, drain
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import get_engine, session_scope
 from skysync.store.models import OutboxRow, utcnow

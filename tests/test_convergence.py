@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 from skysync.config import load_settings
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.relay.service import Relay, drain
+from skysync.relay import Relay, drain
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, utcnow

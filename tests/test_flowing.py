@@ -29,7 +29,7 @@ from relay_helpers import (
 )
 
 from skysync.emulator import Sandbox
-from skysync.relay.service import drain
+from skysync.relay import drain
 from skysync.reporting import reports
 from skysync.store.db import session_scope
 from skysync.store.models import Item, Order, utcnow

@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from relay_helpers import expire_leases, insert, make_client, make_due, settings_for
 
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.relay.service import Relay
+from skysync.relay import Relay
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow
 

@@ -24,7 +24,7 @@ from relay_helpers import insert, relay_for, sandbox_config
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.logs import redact
-from skysync.relay.service import drain
+from skysync.relay import drain
 from skysync.reporting.metrics import registry_for
 from skysync.store.db import session_scope
 from skysync.store.models import RunLog, utcnow

@@ -26,8 +26,8 @@ from relay_helpers import (
 
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
+from skysync.relay import drain
 from skysync.relay.pull_orders import pull_orders
-from skysync.relay.service import drain
 from skysync.skyhub.ratelimit import RateLimiter
 from skysync.store.db import get_engine, session_scope
 from skysync.store.models import Order, OrderInbox

@@ -35,7 +35,7 @@ from relay_helpers import (
 from skysync import bootstrap
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
-from skysync.relay.service import Relay, drain
+from skysync.relay import Relay, drain
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, utcnow
 

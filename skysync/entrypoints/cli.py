@@ -185,7 +185,7 @@ def relay(ctx: Context) -> None:
 def drain(ctx: Context, max_batches: int) -> None:
     """Run batches in this process until nothing is due. Exit 0 when no row is left pending or
     in flight, 1 otherwise (rows backing off, or a stop such as refused credentials)."""
-    from skysync.relay.service import drain as drain_outbox
+    from skysync.relay import drain as drain_outbox
 
     relay_ = _relay_or_exit(ctx.settings)
     with closing(relay_.client):

@@ -28,6 +28,7 @@ from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.skyhub.payloads import QueuedOrder
+from skysync.store import runs
 from skysync.store.db import session_scope
 from skysync.store.models import Order, OrderInbox, RunLog, utcnow
 
@@ -105,7 +106,7 @@ def pull_orders(
     try:
         _pull(url, client, summary, max_orders)
     except AuthenticationError as exc:
-        error = f"stopped: SkyHub refused the credentials ({exc})"
+        error = runs.auth_stop_reason(exc)
         summary.stopped = error
     except SkyHubError as exc:
         # Stored orders are safe; the rest stay in SkyHub's queue for the next run.

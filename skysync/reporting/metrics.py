@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import Kind, RowState
+from skysync.store import runs
 from skysync.store.db import session_scope
 from skysync.store.models import (
     OutboxRow,
@@ -106,7 +107,7 @@ def _relay_metrics(session: Session) -> Iterable[Metric]:
     yield GaugeMetricFamily(
         "skysync_last_relay_auth_failed",
         "1 when SkyHub refused the credentials in the last batch.",
-        value=1.0 if last is not None and "credentials" in (last.error or "") else 0.0,
+        value=1.0 if last is not None and runs.is_auth_stop(last.error) else 0.0,
     )
 
 

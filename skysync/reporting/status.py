@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state, oldest_pending
@@ -70,7 +71,7 @@ def health_problems(
         run = report[key]
         if run is None:
             continue
-        if run["error"] and "credentials" in run["error"]:
+        if runs.is_auth_stop(run["error"]):
             problems.append(f"the last {label} {run['error']}")
         since = (now - datetime.fromisoformat(run["started_at"])).total_seconds()
         if since > 2 * interval:

@@ -35,12 +35,21 @@ def count_by_state(session: Session) -> dict[str, int]:
     return counts
 
 
+def count_due(session: Session, now: datetime) -> int:
+    """Pending rows due by ``now`` (what another batch would find to claim)."""
+    return session.execute(
+        sa.select(sa.func.count())
+        .select_from(OutboxRow)
+        .where(OutboxRow.state == RowState.PENDING, OutboxRow.available_at <= now)
+    ).scalar_one()
+
+
 def oldest_pending(
     session: Session, *, due_only: bool, now: datetime | None = None
 ) -> datetime | None:
     """created_at of the oldest pending row (only rows due now when ``due_only``)."""
     oldest = sa.func.min(OutboxRow.created_at, type_=UTCDateTime())
-    query = sa.select(oldest).where(OutboxRow.state == "pending")
+    query = sa.select(oldest).where(OutboxRow.state == RowState.PENDING)
     if due_only:
         query = query.where(OutboxRow.available_at <= (now or utcnow()))
     return session.execute(query).scalar()
@@ -61,9 +70,9 @@ def reclaim_expired(session: Session, now: datetime) -> int:
     """in_flight rows whose lease ran out (their worker died) go back to pending."""
     result = session.execute(
         sa.update(OutboxRow)
-        .where(OutboxRow.state == "in_flight", OutboxRow.lease_until < now)
+        .where(OutboxRow.state == RowState.IN_FLIGHT, OutboxRow.lease_until < now)
         .values(
-            state="pending",
+            state=RowState.PENDING,
             claim_token=None,
             lease_until=None,
             reason="lease expired: the worker handling it stopped; retrying",
@@ -98,10 +107,10 @@ def claim_due(
     o = sa.orm.aliased(OutboxRow, name="o")
     in_flight = sa.orm.aliased(OutboxRow, name="f")
     # one uncorrelated subquery (evaluated once), not a scan of the in-flight rows per row
-    busy = sa.select(_family(in_flight)).where(in_flight.state == "in_flight")
+    busy = sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
     due = (
         sa.select(o.id, o.kind, _family(o))
-        .where(o.state == "pending", o.available_at <= now, _family(o).not_in(busy))
+        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(busy))
         .order_by(o.id)
         .limit(limit)
     )
@@ -115,8 +124,8 @@ def claim_due(
         skus += session.scalars(
             sa.select(Item.sku).where(Item.parent_sku.in_(heads[start : start + 500]))
         )
-    pending = sa.update(OutboxRow).where(OutboxRow.state == "pending")
-    claim = {"state": "in_flight", "claim_token": token, "lease_until": lease_until}
+    pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
+    claim = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
     for start in range(0, len(skus), 500):
         # a SKU's not-yet-due rows fold into this request
         session.execute(
@@ -138,7 +147,7 @@ def claim_due(
     return list(
         session.scalars(
             sa.select(OutboxRow)
-            .where(OutboxRow.claim_token == token, OutboxRow.state == "in_flight")
+            .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
             .order_by(OutboxRow.id)
         )
     )
@@ -150,7 +159,7 @@ def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow
         session.scalars(
             sa.select(OutboxRow)
             .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-            .where(OutboxRow.state == "in_flight")
+            .where(OutboxRow.state == RowState.IN_FLIGHT)
             .order_by(OutboxRow.id)
         )
     )
@@ -164,7 +173,7 @@ def _update_claimed(session: Session, ids: list[int], token: str, values: dict[s
     result = session.execute(
         sa.update(OutboxRow)
         .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == "in_flight")
+        .where(OutboxRow.state == RowState.IN_FLIGHT)
         .values(**values)
     )
     return result.rowcount or 0
@@ -206,7 +215,7 @@ def hold_claimed(session: Session, ids: list[int], token: str) -> int:
     query = (
         sa.select(OutboxRow.id)
         .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == "in_flight")
+        .where(OutboxRow.state == RowState.IN_FLIGHT)
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
@@ -227,7 +236,7 @@ def release(
 ) -> int:
     """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops."""
     values: dict[str, Any] = {
-        "state": "pending",
+        "state": RowState.PENDING,
         "claim_token": None,
         "lease_until": None,
         "available_at": available_at,
@@ -250,7 +259,7 @@ def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
     query = sa.select(sa.literal(1)).where(
         OutboxRow.ref == ref,
         OutboxRow.kind.in_(kinds),
-        OutboxRow.state.in_(("pending", "in_flight")),
+        OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
     )
     return session.execute(query.limit(1)).first() is not None
 
@@ -259,14 +268,15 @@ def requeue(
     session: Session, *, ids: list[int] | None = None, state: str | None = None, now: datetime
 ) -> int:
     """An operator's requeue: dead (or rejected) rows back to pending, attempts reset."""
-    query = sa.update(OutboxRow).where(OutboxRow.state.in_(("dead", "rejected", "withheld")))
+    requeueable = (RowState.DEAD, RowState.REJECTED, RowState.WITHHELD)
+    query = sa.update(OutboxRow).where(OutboxRow.state.in_(requeueable))
     if ids:
         query = query.where(OutboxRow.id.in_(ids))
     if state:
         query = query.where(OutboxRow.state == state)
     result = session.execute(
         query.values(
-            state="pending",
+            state=RowState.PENDING,
             attempts=0,
             available_at=now,
             claim_token=None,

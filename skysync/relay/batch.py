@@ -1,0 +1,171 @@
+"""One batch (design.md, "Relay: one batch"): reclaim expired leases, claim due rows, reject the
+invalid ones, and hand the rest out in chunks by key; ``drain`` runs batches until nothing is
+due."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from skysync.domain.kinds import SKU_KINDS, RowState
+from skysync.domain.planner import families
+from skysync.domain.validation import problems
+from skysync.logs import log_context
+from skysync.relay.outcome import BatchSummary
+from skysync.store import items as item_store
+from skysync.store import outbox, runs
+from skysync.store.db import session_scope
+from skysync.store.models import OutboxRow
+
+if TYPE_CHECKING:
+    from skysync.relay.relay import Relay
+
+log = logging.getLogger("skysync.relay")
+
+CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
+
+
+def run_batch(
+    relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = None
+) -> BatchSummary:
+    """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key.
+
+    ``dispatch(token, row_ids)`` sends a chunk to a worker (Celery); without it the chunks
+    are delivered here, in this process. The run log records the batch, and why it stopped.
+    """
+    token = secrets.token_hex(8)
+    summary = BatchSummary(token=token)
+    with session_scope(relay.url) as session:
+        run_id = runs.start(session, token, relay.clock())
+    try:
+        with log_context(claim_token=token):
+            chunks = _claim(relay, token, summary)
+        summary.chunks = len(chunks)
+        if dispatch is not None:
+            for chunk in chunks:
+                dispatch(token, chunk)
+        else:
+            summary.delivery = relay.deliver(token, [i for chunk in chunks for i in chunk])
+    except Exception as exc:
+        _finish_run(relay, run_id, summary, error=f"{type(exc).__name__}: {exc}")
+        raise
+    error = None
+    if summary.delivery is not None and summary.delivery.auth_failed:
+        with session_scope(relay.url) as session:
+            error = runs.error_of(session, token)
+    _finish_run(relay, run_id, summary, error=error)
+    return summary
+
+
+def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
+    with session_scope(relay.url) as session:
+        runs.finish(session, run_id, relay.clock(), summary.as_dict(), error)
+
+
+def _claim(relay: Relay, token: str, summary: BatchSummary) -> list[list[int]]:
+    """Claim due rows under ``token`` (after reclaiming expired leases), reject the invalid
+    ones, and chunk the rest so that a product and its variations share a chunk."""
+    now = relay.clock()
+    lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
+    with session_scope(relay.url) as session:
+        summary.reclaimed = outbox.reclaim_expired(session, now)
+        claimed = outbox.claim_due(
+            session,
+            token=token,
+            now=now,
+            lease_until=lease_until,
+            limit=relay.settings.batch_size,
+        )
+        summary.claimed = len(claimed)
+        valid = _reject_invalid(session, claimed, token, now, summary)
+        _register_variations(session, valid, now)
+        by_ref: dict[str, list[int]] = {}
+        for row in valid:
+            by_ref.setdefault(row.ref, []).append(row.id)
+        parents = item_store.parents_of(session, by_ref)
+    summary.keys = len(by_ref)
+    return chunk_by_family(by_ref, parents)
+
+
+def _reject_invalid(
+    session: Session, claimed: list[OutboxRow], token: str, now: datetime, summary: BatchSummary
+) -> list[OutboxRow]:
+    """Reject each row that fails validation, with its reasons; a bad row never blocks the
+    others. Returns the valid rows."""
+    valid: list[OutboxRow] = []
+    for row in claimed:
+        try:
+            found = problems(row.kind, row.ref, row.payload)
+        except Exception as exc:  # a payload we cannot even judge must not block others
+            found = [f"payload: cannot be checked ({type(exc).__name__})"]
+        if not found:
+            valid.append(row)
+            continue
+        reason = "invalid: " + "; ".join(found)
+        outbox.finish(session, [row.id], token, state=RowState.REJECTED, now=now, reason=reason)
+        summary.rejected += 1
+        log.warning(
+            "row %s (%s %s) rejected: %s",
+            row.id,
+            row.kind,
+            row.ref,
+            found,
+            extra={"sku" if row.kind in SKU_KINDS else "order": row.ref},
+        )
+    return valid
+
+
+def _register_variations(session: Session, rows: list[OutboxRow], now: datetime) -> None:
+    """A product row names its variations: remember their parent before chunking, so a
+    variation's own rows travel with their parent's."""
+    for row in rows:
+        variations = row.payload.get("variations") if row.kind == "product" else None
+        if variations:
+            item_store.register_variations(session, row.ref, [v["sku"] for v in variations], now)
+
+
+def chunk_by_family(
+    by_ref: dict[str, list[int]], parents: dict[str, str | None]
+) -> list[list[int]]:
+    """Row ids in chunks of about CHUNK_KEYS keys; a family (a product and its variations)
+    is never split across chunks, so one worker sends it in order."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    keys_in_current = 0
+    for family in families(by_ref, parents):
+        if current and keys_in_current + len(family) > CHUNK_KEYS:
+            chunks.append(current)
+            current, keys_in_current = [], 0
+        for ref in family:
+            current.extend(by_ref[ref])
+        keys_in_current += len(family)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def drain(
+    relay: Relay, *, max_batches: int = 1000, pause: float = 0.0
+) -> tuple[int, dict[str, int]]:
+    """Run batches in this process until nothing is due, or SkyHub refused the credentials.
+    Returns (batches, final counts)."""
+    batches = 0
+    while batches < max_batches:
+        summary = relay.run_batch()
+        batches += 1
+        if summary.delivery is not None and summary.delivery.auth_failed:
+            break
+        with session_scope(relay.url) as session:
+            due = outbox.count_due(session, relay.clock())
+        if due == 0:
+            break
+        if pause:
+            relay.sleep(pause)
+    with session_scope(relay.url) as session:
+        counts = outbox.count_by_state(session)
+    return batches, counts

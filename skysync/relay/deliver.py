@@ -1,0 +1,204 @@
+"""Delivering one chunk: load the rows still claimed, group them by family, push each key
+(first family alone, the rest on threads) under a fresh lease, and stop the whole claim at
+the first 401/403 from SkyHub."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from skysync.domain.planner import Row, SkuRequest, carried_variations, coalesce, families, key_of
+from skysync.logs import log_context
+from skysync.relay.order_steps import deliver_order
+from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
+from skysync.relay.products import push_product
+from skysync.relay.variations import push_variation
+from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
+from skysync.store import items as item_store
+from skysync.store import outbox, runs
+from skysync.store.db import session_scope
+
+if TYPE_CHECKING:
+    from skysync.relay.relay import Relay
+
+log = logging.getLogger("skysync.relay")
+
+Key = tuple[str, str]  # ("sku", sku) or ("order", code)
+
+
+class AuthStop:
+    """The one signal that SkyHub refused the credentials under this claim. The first key to
+    meet a 401/403 trips it and notes the reason on the run; every key after it (on any
+    thread, or in a later chunk of the same claim, which finds the note) records its rows as
+    stopped without spending a request: every request would fail the same way."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+        self._tripped = threading.Event()
+        if self.reason() is not None:
+            self._tripped.set()
+
+    @property
+    def tripped(self) -> bool:
+        return self._tripped.is_set()
+
+    def trip(self, reason: str) -> None:
+        self._tripped.set()
+        with session_scope(self.url) as session:
+            runs.note_error(session, self.token, reason)
+
+    def reason(self) -> str | None:
+        with session_scope(self.url) as session:
+            return runs.error_of(session, self.token)
+
+
+@dataclass
+class _Claimed:
+    """The rows of a chunk by key, in the groups that go out together."""
+
+    by_key: dict[Key, list[Row]]
+    groups: list[list[Key]]
+    carried: dict[str, str]  # variation -> parent whose request carries its rows
+
+
+def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
+    """Push the rows of ``row_ids`` still claimed by ``token``; a duplicate or redelivered
+    task finds them already finished and does nothing."""
+    summary = DeliverySummary()
+    if not row_ids:
+        return summary
+    claimed = _load_claimed(relay, token, row_ids)
+    if claimed is None:
+        return summary
+    stop = AuthStop(relay.url, token)
+    lock = threading.Lock()
+
+    def run_family(keys: list[Key]) -> None:
+        for key in keys:
+            if key[0] == "sku" and key[1] in claimed.carried:
+                continue  # its rows go with its parent's request
+            state = deliver_key(relay, token, key, claimed.by_key[key], stop)
+            with lock:
+                summary.keys += 1
+                summary.count(state)
+
+    _run_groups(claimed.groups, run_family, relay.concurrency)
+    summary.auth_failed = stop.tripped
+    relay.save_request_counts()
+    return summary
+
+
+def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | None:
+    """The rows still claimed by ``token``, by key, grouped by family (orders alone); a
+    variation whose parent's request carries it goes in that request. None if none is left."""
+    with session_scope(relay.url) as session:
+        rows = [
+            Row(r.id, r.kind, r.ref, r.payload, r.attempts)
+            for r in outbox.load_claimed(session, token, row_ids)
+        ]
+        by_key: dict[Key, list[Row]] = {}
+        for row in rows:
+            by_key.setdefault(key_of(row), []).append(row)
+        sku_refs = [ref for (cls, ref) in by_key if cls == "sku"]
+        parents = item_store.parents_of(session, sku_refs)
+    if not rows:
+        return None
+    groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, parents)]
+    groups += [[key] for key in by_key if key[0] == "order"]
+    carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
+    for variation, parent in carried.items():
+        by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
+    return _Claimed(by_key, groups, carried)
+
+
+def _run_groups(
+    groups: list[list[Key]], run_family: Callable[[list[Key]], None], concurrency: int
+) -> None:
+    """The first family goes alone: if SkyHub refuses the credentials, that one request is
+    all the batch spends; the rest are released untouched. Then the others, on threads."""
+    run_family(groups[0])
+    rest = groups[1:]
+    workers = max(1, min(concurrency, len(rest)))
+    if workers == 1:
+        for group in rest:
+            run_family(group)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="skysync-push") as pool:
+        # each thread runs in a copy of this context: log lines keep the task id
+        jobs = [pool.submit(contextvars.copy_context().run, run_family, g) for g in rest]
+        for future in jobs:
+            future.result()
+
+
+def deliver_key(relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop) -> str:
+    """One key's rows, with the key on every log line; returns the outcome's state."""
+    field = "order" if key[0] == "order" else "sku"
+    with log_context(claim_token=token, **{field: key[1]}):
+        return _deliver_key(relay, token, key, rows, stop)
+
+
+def _deliver_key(relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop) -> str:
+    """Push one key's rows and record how it ended, unless the claim was stopped (the rows
+    go back untouched) or lost (another claim took the rows and sends them)."""
+    if stop.tripped:
+        reason = stop.reason() or "SkyHub refused the credentials"
+        relay.record(token, rows, Outcome(state="auth", reason=reason))
+        return "auth"
+    if not _renew_lease(relay, token, rows):
+        log.warning("rows %s are no longer held by this claim; skipped", [r.id for r in rows])
+        return "lost_claim"
+    # order steps are recorded one by one as they end; a SKU's rows together, below
+    recorded = key[0] == "order"
+    try:
+        if recorded:
+            outcome = deliver_order(relay, token, rows)
+        else:
+            outcome = relay._push_sku(coalesce(rows, sku=key[1]))
+    except Exception as exc:  # a bug must not lose rows: they go back with the error
+        log.exception("unexpected error delivering %s rows %s", key[1], [r.id for r in rows])
+        outcome = Outcome(state="retry", reason=f"internal error: {type(exc).__name__}: {exc}")
+        recorded = False
+    if outcome.state == "auth":
+        stop.trip(outcome.reason or "")
+    elif recorded:
+        return outcome.state
+    if not recorded:
+        relay.record(token, rows, outcome)
+    suffix = f" ({outcome.reason})" if outcome.reason else ""
+    log.info("%s %s: %s%s", key[0], key[1], outcome.state, suffix)
+    return outcome.state
+
+
+def _renew_lease(relay: Relay, token: str, rows: list[Row]) -> bool:
+    """A fresh lease for this key's requests; False if another claim took the rows meanwhile
+    (this task waited past its lease): then that claim sends them, not us."""
+    ids = [r.id for r in rows]
+    lease_until = relay.clock() + timedelta(seconds=relay.settings.lease_seconds)
+    with session_scope(relay.url) as session:
+        return outbox.renew_lease(session, ids, token, lease_until) == len(ids)
+
+
+def push_sku(relay: Relay, request: SkuRequest) -> Outcome:
+    """One SKU's request, a variation's or a product's, and what a SkyHub error means for it."""
+    item = relay.load_item(request.sku)
+    learned = Learned()
+    try:
+        if item.is_variation:
+            return push_variation(relay, request, item, learned)
+        return push_product(relay, request, item, learned)
+    except AuthenticationError as exc:
+        # The claim stops: the rows go back as they were, nothing learned is recorded.
+        return failure_outcome(exc)
+    except (RateLimited, RetryableError, PermanentError) as exc:
+        # Price/stock did not get through after SkyHub refused some attributes: the rows
+        # stay together (a refused row may be the one carrying the price), so they are
+        # retried, or refused, as one.
+        learned.refused.clear()
+        return learned.ending(failure_outcome(exc))

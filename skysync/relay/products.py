@@ -1,0 +1,156 @@
+"""A product's request: created when SkyHub lacks it, updated otherwise; when SkyHub refuses the
+attributes (422), the rows that carried them are rejected and price/stock go again alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from skysync.domain.kinds import RowState
+from skysync.domain.planner import (
+    FLOWING_FIELDS,
+    ItemView,
+    SkuRequest,
+    decide,
+    variation_request,
+)
+from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
+from skysync.relay.variations import push_unknown_as_variation, push_variation_entry
+from skysync.skyhub.errors import NotFound, Unprocessable
+
+if TYPE_CHECKING:
+    from skysync.relay.relay import Relay
+
+
+def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
+    """Send what changed for a product (and the variations its product row carries): create it
+    if SkyHub lacks it, else update it; a price/stock row for a SKU SkyHub has no product for
+    may be a variation made outside skysync."""
+    sku = request.sku
+    item = _learn_remote_state(relay, request, item, learned)
+    decision = decide(request, item)
+    learned.note_unchanged(sku, decision.unchanged)
+    if decision.nothing_to_send:
+        return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
+    send = dict(decision.send)
+    variations = send.pop("variations", None)
+    creating = not item.in_skyhub and request.has_product_row
+    if creating and _create_product(relay, request, send, variations, learned):
+        return sent_outcome(learned, decision)
+    if send:
+        try:
+            _update_product(relay, sku, send, learned)
+        except NotFound:
+            if request.has_product_row:
+                raise
+            return push_unknown_as_variation(relay, request, send, learned, decision)
+        except Unprocessable as exc:
+            send, variations = refused_attributes(request, send, variations, learned, exc)
+            if send:
+                _update_product(relay, sku, send, learned)
+            elif not variations:
+                reason = decision.reason() if decision.withheld else None
+                reason = reason or "nothing left to send once SkyHub refused the rest"
+                return learned.ending(Outcome(state=RowState.WITHHELD, reason=reason))
+        if send:
+            learned.acks.append(Ack(sku, send, request.sources))
+    for v in variations or []:
+        push_variation_entry(relay, sku, variation_request(request, v), learned)
+    return sent_outcome(learned, decision)
+
+
+def _learn_remote_state(
+    relay: Relay, request: SkuRequest, item: ItemView, learned: Learned
+) -> ItemView:
+    """Before spending a write on attributes that would be ignored, learn whether SkyHub has the
+    product and whether the marketplace froze it (linked). Only a product row that carries
+    attributes or variations, or a product SkyHub may lack, is worth the read."""
+    sku = request.sku
+    attrs = [k for k in request.fields if k not in FLOWING_FIELDS]
+    if not (
+        request.has_product_row
+        and (attrs or request.variations or not item.in_skyhub)
+        and (not item.frozen)
+    ):
+        return item
+    try:
+        remote = relay.call(lambda: relay.client.get_product(sku))
+    except NotFound:
+        remote = None
+    learned.exists[sku] = remote is not None
+    item = replace(item, in_skyhub=remote is not None)
+    if remote is not None and _linked(remote):
+        learned.linked.add(sku)
+        if not item.unfrozen:
+            item = replace(item, frozen=True, frozen_since=relay.clock())
+    return item
+
+
+def _create_product(
+    relay: Relay,
+    request: SkuRequest,
+    send: dict[str, Any],
+    variations: list[dict[str, Any]] | None,
+    learned: Learned,
+) -> bool:
+    """Create the product with its variations in one POST. False when SkyHub says it already
+    exists (a lost answer to our own POST, or a product created elsewhere meanwhile): then it
+    is updated instead. Any other 422 stands as SkyHub said it (raised)."""
+    sku = request.sku
+    body = {"sku": sku, **send}
+    if variations:
+        body["variations"] = variations
+    parts = [variation_request(request, v) for v in variations or []]
+    try:
+        relay.attempt(learned, sku, send)
+        for part in parts:
+            relay.attempt(learned, part.sku, part.fields)
+        relay.call(lambda: relay.client.create_product(body))
+    except Unprocessable:
+        if not relay.exists(relay.client.get_product, sku):
+            raise
+        learned.exists[sku] = True
+        return False
+    learned.acks.append(Ack(sku, send, request.sources))
+    for part in parts:
+        learned.acks.append(Ack(part.sku, part.fields, part.sources, parent_sku=sku))
+    return True
+
+
+def _update_product(relay: Relay, sku: str, send: dict[str, Any], learned: Learned) -> None:
+    relay.attempt(learned, sku, send)
+    relay.call(lambda: relay.client.update_product(sku, send))
+
+
+def refused_attributes(
+    request: SkuRequest,
+    send: dict[str, Any],
+    variations: list[dict[str, Any]] | None,
+    learned: Learned,
+    exc: Unprocessable,
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """SkyHub refused a write that carried attributes: the rows that carried them are
+    rejected with SkyHub's text, and price/stock (of the product and its variations) go
+    again on their own (returned; possibly nothing). A refusal of price/stock alone stands
+    (re-raised)."""
+    flowing = {k: v for k, v in send.items() if k in FLOWING_FIELDS}
+    attributes = sorted(k for k in send if k not in FLOWING_FIELDS)
+    if not attributes:
+        raise exc
+    carriers = sorted({request.sources[k] for k in attributes})
+    for row_id in carriers:
+        mine = [k for k in attributes if request.sources[k] == row_id]
+        learned.refused[row_id] = (
+            f"SkyHub refused {', '.join(mine)}: {exc}; "
+            "price and stock are not held back by it (sent without these fields)"
+        )
+    kept = [
+        {"sku": v["sku"], **{k: x for k, x in v.items() if k in FLOWING_FIELDS}}
+        for v in variations or []
+    ]
+    return flowing, [v for v in kept if len(v) > 1]
+
+
+def _linked(product: dict[str, Any]) -> bool:
+    associations = product.get("associations") or []
+    return any(isinstance(a, dict) and a.get("status") == "linked" for a in associations)

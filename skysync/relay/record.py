@@ -1,0 +1,189 @@
+"""Recording an outcome: the rows' new state and everything learned about the items (what SkyHub
+acknowledged, which SKUs exist or are linked, an order's status), in one transaction."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from skysync.domain.kinds import RowState
+from skysync.domain.planner import Row, backoff_delay
+from skysync.relay.outcome import Learned, Outcome
+from skysync.store import items as item_store
+from skysync.store import orders as order_store
+from skysync.store import outbox
+from skysync.store.db import session_scope
+
+log = logging.getLogger("skysync.relay")
+
+
+def record(
+    url: str,
+    token: str,
+    rows: list[Row],
+    outcome: Outcome,
+    *,
+    now: datetime,
+    max_attempts: int,
+    rng: random.Random,
+) -> None:
+    """Write the rows' new state and everything learned about the items, in one transaction,
+    and only while this claim still holds every one of the rows: a worker whose lease ran
+    out (its rows reclaimed by another batch) writes no acknowledgement, link or order
+    status, since the claim that took over decides from what it saw itself."""
+    ids = [r.id for r in rows]
+    with session_scope(url) as session:
+        if outbox.hold_claimed(session, ids, token) < len(ids):
+            log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
+            return
+        _record_learned(session, outcome, now)
+        if outcome.order_status is not None:
+            order_store.record_status(session, *outcome.order_status, now)
+        refused = outcome.learned.refused
+        _reject_refused(session, token, [r for r in rows if r.id in refused], refused, now)
+        rest = [r for r in rows if r.id not in refused]
+        if not rest:
+            return
+        settle = Settle(session, token, rest, outcome, now)
+        if outcome.state in (RowState.SENT, RowState.WITHHELD):
+            settle.done()
+        elif outcome.state == RowState.REJECTED:
+            settle.rejected()
+        elif outcome.state == "retry":
+            settle.retry(max_attempts, rng)
+        else:  # wait, auth
+            settle.waiting()
+
+
+def _record_learned(session: Session, outcome: Outcome, now: datetime) -> None:
+    """What the requests taught us about the items, whatever the rows' fate."""
+    learned: Learned = outcome.learned
+    for sku, exists in learned.exists.items():
+        item_store.mark_exists(session, sku, exists, now)
+    for sku in learned.linked:
+        item_store.mark_linked(session, sku, now)
+    if outcome.state == "retry":
+        # No clear answer: the change may or may not be in SkyHub. Forget what we thought
+        # SkyHub had for those fields, so no later value is skipped as "unchanged".
+        for sku, names in learned.attempted.items():
+            item_store.forget(session, sku, names, now)
+    for sku, sources in learned.unchanged.items():
+        item_store.mark_applied(session, sku, sources, now)
+    for ack in learned.acks:
+        item_store.record_ack(
+            session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
+        )
+
+
+def _reject_refused(
+    session: Session, token: str, rows: list[Row], reasons: dict[int, str], now: datetime
+) -> None:
+    """Rows whose attributes SkyHub refused (422) while the rest of the request went out: each
+    is rejected with its own reason, and the others settle by the request's outcome."""
+    for r in rows:
+        outbox.finish(
+            session,
+            [r.id],
+            token,
+            state=RowState.REJECTED,
+            now=now,
+            reason=reasons[r.id],
+            last_status=422,
+        )
+
+
+class Settle:
+    """The rows of one request (a key's rows folded into one) after its outcome: the newest row
+    speaks for the value, older rows were folded into it."""
+
+    def __init__(
+        self, session: Session, token: str, rows: list[Row], outcome: Outcome, now: datetime
+    ):
+        self.session = session
+        self.token = token
+        self.outcome = outcome
+        self.now = now
+        self.ids = [r.id for r in rows]
+        self.newest = max(rows, key=lambda r: r.id)
+        self.older = [i for i in self.ids if i != self.newest.id]
+
+    def done(self) -> None:
+        """``sent`` or ``withheld``: the newest row takes the outcome, older rows are
+        ``superseded`` by it (their values were folded in, or are older than it)."""
+        out, winner = self.outcome, self.newest.id
+        self._finish([winner], state=out.state, reason=out.reason, last_status=out.status)
+        self._finish(
+            self.older,
+            state=RowState.SUPERSEDED,
+            superseded_by=winner,
+            reason=f"folded into row {winner}",
+        )
+
+    def rejected(self) -> None:
+        """SkyHub (or a local check) refused the request: every row of it is ``rejected``, the
+        older ones pointing at the newest, whose text is SkyHub's."""
+        out, winner = self.outcome, self.newest.id
+        self._finish(
+            [winner],
+            state=RowState.REJECTED,
+            reason=out.reason,
+            last_error=out.error,
+            last_status=out.status,
+        )
+        self._finish(
+            self.older,
+            state=RowState.REJECTED,
+            reason=f"folded into row {winner}, which was refused: {out.reason}",
+            last_status=out.status,
+        )
+
+    def retry(self, max_attempts: int, rng: random.Random) -> None:
+        """No clear answer: back to pending with backoff, one attempt counted per row, or
+        ``dead`` once the budget is used. The budget is the newest value's: older rows folded
+        in (however often they failed) do not make a fresh value die early."""
+        out = self.outcome
+        attempts = self.newest.attempts + 1
+        if attempts >= max_attempts:
+            self._finish(
+                self.ids,
+                count_attempt=True,
+                state=RowState.DEAD,
+                reason=f"gave up after {attempts} attempts; last error: {out.reason}",
+                last_error=out.error,
+                last_status=out.status,
+            )
+            return
+        delay = backoff_delay(attempts, rng=rng)
+        outbox.release(
+            self.session,
+            self.ids,
+            self.token,
+            now=self.now,
+            available_at=self.now + timedelta(seconds=delay),
+            count_attempt=True,
+            reason=f"attempt {attempts} failed, retrying in {delay:.0f} s: {out.reason}",
+            last_error=out.error,
+            last_status=out.status,
+        )
+
+    def waiting(self) -> None:
+        """``wait`` or ``auth``: not the rows' fault, so back to pending, not counted, due when
+        the outcome says (a rate-limit window, a parent on its way, the credentials fixed)."""
+        out = self.outcome
+        outbox.release(
+            self.session,
+            self.ids,
+            self.token,
+            now=self.now,
+            available_at=self.now + timedelta(seconds=out.delay),
+            count_attempt=False,
+            reason=out.reason or out.state,
+            last_status=out.status,
+        )
+
+    def _finish(self, ids: list[int], **values: Any) -> None:
+        outbox.finish(self.session, ids, self.token, now=self.now, **values)

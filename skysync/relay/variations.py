@@ -1,0 +1,111 @@
+"""Variation pushes: a variation row of its own (it waits for its parent to reach SkyHub), a
+variation carried by its product row (created under the parent or updated), and a price/stock
+row for a SKU SkyHub has no product for (maybe a variation made outside skysync)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from skysync.domain.kinds import RowState
+from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
+from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
+from skysync.skyhub.errors import NotFound, Unprocessable
+from skysync.store import outbox
+from skysync.store.db import session_scope
+
+if TYPE_CHECKING:
+    from skysync.relay.relay import Relay
+
+
+def push_variation(relay: Relay, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
+    """A variation's own rows: frozen when its parent is, and waiting (not counted) while the
+    parent product is still on its way to SkyHub, rather than spending a request on a 404."""
+    parent_sku = item.parent_sku or ""
+    parent = relay.load_item(parent_sku)
+    frozen = parent.frozen or item.frozen
+    if frozen and not item.frozen:
+        item = replace(item, frozen=True, frozen_since=parent.frozen_since)
+    decision = decide(request, item, frozen=frozen)
+    learned.note_unchanged(request.sku, decision.unchanged)
+    if decision.nothing_to_send:
+        return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
+    send = {k: v for k, v in decision.send.items() if k != "variations"}
+    if not parent.in_skyhub and _parent_on_its_way(relay, parent_sku):
+        return learned.ending(_waiting_for_parent(parent_sku))
+    try:
+        relay.attempt(learned, request.sku, send)
+        relay.call(lambda: relay.client.update_variation(request.sku, send))
+    except NotFound:
+        if _parent_on_its_way(relay, parent_sku):
+            return learned.ending(_waiting_for_parent(parent_sku))
+        raise
+    learned.acks.append(Ack(request.sku, send, request.sources, parent_sku=parent_sku))
+    return sent_outcome(learned, decision)
+
+
+def push_variation_entry(relay: Relay, parent: str, part: SkuRequest, learned: Learned) -> None:
+    """One variation of a product row: created under its parent, or updated with the
+    fields that changed and that no newer row (a stock row for it, say) already set."""
+    vsku = part.sku
+    known = relay.load_item(vsku)
+    part_decision = decide(part, known, frozen=False)
+    learned.note_unchanged(vsku, part_decision.unchanged)
+    fields = part_decision.send
+    sources = part.sources
+    if known.in_skyhub:
+        if not fields:
+            return
+        try:
+            relay.attempt(learned, vsku, fields)
+            relay.call(lambda: relay.client.update_variation(vsku, fields))
+            learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
+            return
+        except NotFound:
+            pass
+    variation = {"sku": vsku, **fields}
+    try:
+        relay.attempt(learned, vsku, fields)
+        relay.call(lambda: relay.client.create_variation(parent, variation))
+    except Unprocessable:
+        if not relay.exists(relay.client.get_variation, vsku):
+            raise
+        relay.call(lambda: relay.client.update_variation(vsku, fields))
+    learned.acks.append(Ack(vsku, fields, sources, parent_sku=parent))
+
+
+def push_unknown_as_variation(
+    relay: Relay, request: SkuRequest, send: dict[str, Any], learned: Learned, decision: Decision
+) -> Outcome:
+    """A price/stock row for a SKU we never saw, that SkyHub has no product for: it may be a
+    variation created outside skysync."""
+    sku = request.sku
+    try:
+        relay.attempt(learned, sku, send)
+        relay.call(lambda: relay.client.update_variation(sku, send))
+    except NotFound:
+        return learned.ending(
+            Outcome(
+                state=RowState.REJECTED,
+                status=404,
+                reason=(
+                    f"SkyHub has no product or variation with SKU {sku!r}: "
+                    "send a product row that creates it first"
+                ),
+            )
+        )
+    learned.acks.append(Ack(sku, send, request.sources))
+    return sent_outcome(learned, decision)
+
+
+def _parent_on_its_way(relay: Relay, parent_sku: str) -> bool:
+    with session_scope(relay.url) as session:
+        return outbox.has_open_rows(session, parent_sku, ("product",))
+
+
+def _waiting_for_parent(parent_sku: str) -> Outcome:
+    return Outcome(
+        state="wait",
+        delay=5.0,
+        reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
+    )

@@ -1,0 +1,61 @@
+"""The relay's run log: one ``RunLog`` row per batch, with its summary and the error that
+stopped it (``skysync status`` and the metrics read it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.store.models import RunLog
+
+# How a run that SkyHub refused the credentials for says so. One definition: the relay and the
+# order pull write it (auth_stop_reason), `skysync status` and the metrics read it
+# (is_auth_stop), so the two sides cannot drift apart.
+AUTH_STOP = "stopped: SkyHub refused the credentials"
+
+
+def auth_stop_reason(detail: object) -> str:
+    """The run error (and row reason) for a 401/403 from SkyHub."""
+    return f"{AUTH_STOP} ({detail})"
+
+
+def is_auth_stop(error: str | None) -> bool:
+    """Did SkyHub refuse the credentials in the run that ended with ``error``?"""
+    return bool(error) and AUTH_STOP in error
+
+
+def start(session: Session, token: str, now: datetime) -> int:
+    """A new relay run for the batch claimed with ``token``; returns its id."""
+    run = RunLog(kind="relay", claim_token=token, started_at=now, summary={})
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish(
+    session: Session, run_id: int, now: datetime, summary: dict[str, Any], error: str | None
+) -> None:
+    """Close the run with its summary; an error a chunk already noted (a stop) is kept."""
+    run = session.get(RunLog, run_id)
+    if run is not None:
+        run.finished_at = now
+        run.summary = summary
+        run.error = error or run.error
+
+
+def error_of(session: Session, token: str) -> str | None:
+    """The error noted on the run of ``token``, if any."""
+    return session.scalars(sa.select(RunLog.error).where(RunLog.claim_token == token)).first()
+
+
+def note_error(session: Session, token: str, reason: str) -> None:
+    """Note why the run of ``token`` stopped, unless a reason is already there (the first
+    stop wins)."""
+    session.execute(
+        sa.update(RunLog)
+        .where(RunLog.claim_token == token, RunLog.error.is_(None))
+        .values(error=reason)
+    )
