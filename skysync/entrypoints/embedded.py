@@ -42,17 +42,16 @@ DEMO_ROWS: list[tuple[str, str, dict[str, Any]]] = [
 
 def seed_demo(settings: Settings) -> int:
     """Write the demo rows when the outbox is empty; return how many were written."""
-    import sqlalchemy as sa
 
+    from skysync.store import outbox
     from skysync.store.db import session_scope
-    from skysync.store.models import OutboxRow
 
     with session_scope(settings.database_url) as session:
-        if session.execute(sa.select(sa.func.count()).select_from(OutboxRow)).scalar_one():
+        if not outbox.is_empty(session):
             return 0
-        # Plain rows, as an ERP would INSERT them: the bad one is rejected by the relay.
+        # Plain rows, as an ERP would INSERT them (not validated): the relay rejects the bad one.
         for kind, ref, payload in DEMO_ROWS:
-            session.add(OutboxRow(kind=kind, ref=ref, payload=payload))
+            outbox.insert_unchecked(session, kind, ref, payload)
     return len(DEMO_ROWS)
 
 

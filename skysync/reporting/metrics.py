@@ -16,17 +16,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import Kind, RowState
+from skysync.domain.kinds import RowState
 from skysync.store import runs
 from skysync.store.db import session_scope
 from skysync.store.models import (
-    OutboxRow,
     RequestStat,
     RunLog,
     utcnow,
 )
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox import oldest_pending
+from skysync.store.outbox import count_by_state_and_kind, oldest_pending
 
 
 def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:
@@ -65,12 +64,7 @@ def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
     rows = GaugeMetricFamily(
         "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
     )
-    counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
-    query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
-        OutboxRow.state, OutboxRow.kind
-    )
-    for state, kind, n in session.execute(query):
-        counts[(state, kind)] = n
+    counts = count_by_state_and_kind(session)
     for (state, kind), n in counts.items():
         rows.add_metric([state, kind], n)
     yield rows

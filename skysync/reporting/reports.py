@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import ORDER_KINDS
+from skysync.store import outbox
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
@@ -42,14 +42,8 @@ def outbox_rows(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Outbox rows, newest first."""
-    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
-    if state:
-        query = query.where(OutboxRow.state == state)
-    if kind:
-        query = query.where(OutboxRow.kind == kind)
-    if ref:
-        query = query.where(OutboxRow.ref == ref)
-    return [row_dict(r) for r in session.scalars(query)]
+    rows = outbox.recent_rows(session, state=state, kind=kind, ref=ref, limit=limit)
+    return [row_dict(r) for r in rows]
 
 
 def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, Any]:
@@ -107,11 +101,7 @@ def order_report(session: Session, code: str) -> dict[str, Any] | None:
     inbox = session.scalars(
         sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
     ).all()
-    steps = session.scalars(
-        sa.select(OutboxRow)
-        .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
-        .order_by(OutboxRow.id)
-    ).all()
+    steps = outbox.order_rows(session, code)
     if order is None and not inbox and not steps:
         return None
     return {

@@ -9,8 +9,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import ORDER_KINDS, RowState
-from skysync.store.models import Order, OrderInbox, OutboxRow
+from skysync.domain.kinds import RowState
+from skysync.store import outbox
+from skysync.store.models import Order, OrderInbox
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,11 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     """Earlier steps of this order that later ones must not overtake: rows still waiting (not
     claimed now), and rows SkyHub refused or that died, unless a newer row of the same kind has
     been sent since. Rows skysync refused locally (impossible steps) block nothing."""
-    rows = session.execute(
-        sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.state, OutboxRow.last_status)
-        .where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
-        .where(OutboxRow.state.not_in((RowState.SUPERSEDED, RowState.WITHHELD)))
-        .order_by(OutboxRow.id)
-    ).all()
+    seen = tuple(s for s in RowState if s not in (RowState.SUPERSEDED, RowState.WITHHELD))
+    rows = [
+        (r.id, r.kind, r.state, r.last_status)
+        for r in outbox.order_rows(session, code, states=seen)
+    ]
     sent_after: dict[str, int] = {}
     for row_id, kind, state, _status in rows:
         if state == RowState.SENT:

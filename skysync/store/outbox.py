@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, RowState
+from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, RowState
 from skysync.domain.validation import validate
 from skysync.store.models import Item, OutboxRow, UTCDateTime, utcnow
 
@@ -26,6 +26,11 @@ def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
     return row
 
 
+def insert_unchecked(session: Session, kind: str, ref: str, payload: Any) -> None:
+    """A row exactly as an ERP's plain INSERT writes it, not validated (the demo's bad row)."""
+    session.add(OutboxRow(kind=kind, ref=ref, payload=payload))
+
+
 def count_by_state(session: Session) -> dict[str, int]:
     """Rows per state, every state present (0 when none)."""
     counts = dict.fromkeys(RowState, 0)
@@ -33,6 +38,50 @@ def count_by_state(session: Session) -> dict[str, int]:
     for state, n in rows:
         counts[state] = n
     return counts
+
+
+def count_by_state_and_kind(session: Session) -> dict[tuple[str, str], int]:
+    """Rows per (state, kind), every pair present (0 when none): what the metrics export."""
+    counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
+    query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
+        OutboxRow.state, OutboxRow.kind
+    )
+    for state, kind, n in session.execute(query):
+        counts[(state, kind)] = n
+    return counts
+
+
+def is_empty(session: Session) -> bool:
+    return session.execute(sa.select(sa.literal(1)).select_from(OutboxRow).limit(1)).first() is None
+
+
+def recent_rows(
+    session: Session,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    ref: str | None = None,
+    limit: int = 50,
+) -> list[OutboxRow]:
+    """Rows newest first, filtered (what `skysync outbox list` and `item show` print)."""
+    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    if state:
+        query = query.where(OutboxRow.state == state)
+    if kind:
+        query = query.where(OutboxRow.kind == kind)
+    if ref:
+        query = query.where(OutboxRow.ref == ref)
+    return list(session.scalars(query))
+
+
+def order_rows(
+    session: Session, code: str, *, states: tuple[RowState, ...] | None = None
+) -> list[OutboxRow]:
+    """The status-step rows of one order, oldest first (``states``: only those)."""
+    query = sa.select(OutboxRow).where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+    if states is not None:
+        query = query.where(OutboxRow.state.in_(states))
+    return list(session.scalars(query.order_by(OutboxRow.id)))
 
 
 def count_due(session: Session, now: datetime) -> int:
