@@ -39,7 +39,7 @@ COPY skysync /tmp/src/skysync
 RUN pip install --no-deps --no-build-isolation /tmp/src \
     && rm -rf /tmp/src \
     && skysync --version \
-    && python -c 'from skysync.db import ALEMBIC_DIR; print("migrations:", ALEMBIC_DIR)'
+    && python -c 'from skysync.store.db import ALEMBIC_DIR; print("migrations:", ALEMBIC_DIR)'
 
 # The service's own, writable working directory (for a SQLite file if one is ever configured;
 # compose's beat keeps its schedule in /tmp). skysync reads an optional .env from here: the image
