@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from skysync.domain.kinds import ORDER_KINDS
+from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS
 from skysync.domain.validation import is_blank
 
 # Fields that keep flowing after the marketplace froze a product (seed rule 2).
@@ -103,6 +103,44 @@ def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
                 request.fields[name] = _wire_value(name, value)
                 request.sources[name] = row.id
     return request
+
+
+class Folding:
+    """Which claimed rows a batch needs to load, fed one valid row at a time in id order.
+
+    :func:`coalesce` keeps, for each field, the value of the newest row that has one. So of a
+    SKU's rows only these matter: the newest row of each kind, and the newest row carrying
+    each field (a variation's field within a product row counted apart). Folding those gives
+    the same request, the same sources and the same newest row as folding all the rows; the
+    others are settled with them by claim token and SKU, never listed. Order steps are all
+    kept (each is its own request). The memory kept is bounded by keys and fields, not rows.
+    """
+
+    def __init__(self) -> None:
+        self._by_ref: dict[str, dict[tuple[Any, ...], int]] = {}
+
+    def add(self, row_id: int, kind: str, ref: str, payload: Any) -> None:
+        newest = self._by_ref.setdefault(ref, {})
+        if kind not in SKU_KINDS:
+            newest[("row", row_id)] = row_id
+            return
+        marks: list[tuple[Any, ...]] = [("kind", kind)]
+        for name, value in (payload or {}).items():
+            if name == "variations":
+                for variation in value or []:
+                    marks += [
+                        ("variation", variation.get("sku"), field)
+                        for field, v in variation.items()
+                        if field != "sku" and not is_blank(v)
+                    ]
+            elif name != "sku" and not is_blank(value):
+                marks.append(("field", name))
+        for mark in marks:
+            newest[mark] = max(newest.get(mark, 0), row_id)
+
+    def ids_by_ref(self) -> dict[str, list[int]]:
+        """The rows to load, per ref, in id order (refs in the order they were first seen)."""
+        return {ref: sorted(set(marks.values())) for ref, marks in self._by_ref.items()}
 
 
 INTEGER_FIELDS = frozenset({"qty", "crossdocking"})

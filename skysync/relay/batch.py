@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import SKU_KINDS, RowState
-from skysync.domain.planner import families
+from skysync.domain.planner import Folding, families
 from skysync.domain.validation import problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary
 from skysync.store import items as item_store
 from skysync.store import outbox, runs
 from skysync.store.db import session_scope
-from skysync.store.models import OutboxRow
 
 if TYPE_CHECKING:
     from skysync.relay.relay import Relay
@@ -69,64 +68,73 @@ def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str 
 
 def _claim(relay: Relay, token: str, summary: BatchSummary) -> list[list[int]]:
     """Claim due rows under ``token`` (after reclaiming expired leases), reject the invalid
-    ones, and chunk the rest so that a product and its variations share a chunk."""
+    ones, and chunk the rest so that a product and its variations share a chunk. The claimed
+    rows are read a page at a time; the chunks name only the rows the requests need (see
+    :class:`Folding`), the others of each SKU are settled with them by claim token and SKU."""
     now = relay.clock()
     lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
         summary.reclaimed = outbox.reclaim_expired(session, now)
-        claimed = outbox.claim_due(
+        outbox.claim_due(
             session,
             token=token,
             now=now,
             lease_until=lease_until,
             limit=relay.settings.batch_size,
         )
-        summary.claimed = len(claimed)
-        valid = _reject_invalid(session, claimed, token, now, summary)
-        _register_variations(session, valid, now)
-        by_ref: dict[str, list[int]] = {}
-        for row in valid:
-            by_ref.setdefault(row.ref, []).append(row.id)
+        folding = Folding()
+        for page in outbox.iter_claimed(session, token):
+            summary.claimed += len(page)
+            valid = _reject_invalid(session, page, token, now, summary)
+            _register_variations(session, valid, now)
+            for row in valid:
+                folding.add(*row)
+        by_ref = folding.ids_by_ref()
         parents = item_store.parents_of(session, by_ref)
     summary.keys = len(by_ref)
     return chunk_by_family(by_ref, parents)
 
 
 def _reject_invalid(
-    session: Session, claimed: list[OutboxRow], token: str, now: datetime, summary: BatchSummary
-) -> list[OutboxRow]:
+    session: Session,
+    claimed: list[outbox.ClaimedRow],
+    token: str,
+    now: datetime,
+    summary: BatchSummary,
+) -> list[outbox.ClaimedRow]:
     """Reject each row that fails validation, with its reasons; a bad row never blocks the
     others. Returns the valid rows."""
-    valid: list[OutboxRow] = []
+    valid: list[outbox.ClaimedRow] = []
     for row in claimed:
+        row_id, kind, ref, payload = row
         try:
-            found = problems(row.kind, row.ref, row.payload)
+            found = problems(kind, ref, payload)
         except Exception as exc:  # a payload we cannot even judge must not block others
             found = [f"payload: cannot be checked ({type(exc).__name__})"]
         if not found:
             valid.append(row)
             continue
         reason = "invalid: " + "; ".join(found)
-        outbox.finish(session, [row.id], token, state=RowState.REJECTED, now=now, reason=reason)
+        outbox.finish(session, [row_id], token, state=RowState.REJECTED, now=now, reason=reason)
         summary.rejected += 1
         log.warning(
             "row %s (%s %s) rejected: %s",
-            row.id,
-            row.kind,
-            row.ref,
+            row_id,
+            kind,
+            ref,
             found,
-            extra={"sku" if row.kind in SKU_KINDS else "order": row.ref},
+            extra={"sku" if kind in SKU_KINDS else "order": ref},
         )
     return valid
 
 
-def _register_variations(session: Session, rows: list[OutboxRow], now: datetime) -> None:
+def _register_variations(session: Session, rows: list[outbox.ClaimedRow], now: datetime) -> None:
     """A product row names its variations: remember their parent before chunking, so a
     variation's own rows travel with their parent's."""
-    for row in rows:
-        variations = row.payload.get("variations") if row.kind == "product" else None
+    for _id, kind, ref, payload in rows:
+        variations = payload.get("variations") if kind == "product" else None
         if variations:
-            item_store.register_variations(session, row.ref, [v["sku"] for v in variations], now)
+            item_store.register_variations(session, ref, [v["sku"] for v in variations], now)
 
 
 def chunk_by_family(

@@ -18,6 +18,7 @@ from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
 from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
 from skysync.relay.products import push_product
+from skysync.relay.record import folded_refs
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
 from skysync.store import items as item_store
@@ -182,7 +183,8 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row]) -> bool:
     ids = [r.id for r in rows]
     lease_until = relay.clock() + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
-        return outbox.renew_lease(session, ids, token, lease_until) == len(ids)
+        held = outbox.renew_lease(session, ids, token, lease_until, refs=folded_refs(rows))
+        return held == len(ids)
 
 
 def push_sku(relay: Relay, request: SkuRequest) -> Outcome:

@@ -45,8 +45,12 @@ def parents_of(session: Session, skus: Iterable[str]) -> dict[str, str | None]:
     skus = list(skus)
     if not skus:
         return {}
-    rows = session.execute(sa.select(Item.sku, Item.parent_sku).where(Item.sku.in_(skus)))
-    return {sku: parent for sku, parent in rows}
+    found: dict[str, str | None] = {}
+    for start in range(0, len(skus), 500):  # stay under bound-parameter limits
+        part = skus[start : start + 500]
+        rows = session.execute(sa.select(Item.sku, Item.parent_sku).where(Item.sku.in_(part)))
+        found.update({sku: parent for sku, parent in rows})
+    return found
 
 
 def register_variations(

@@ -3,6 +3,7 @@ and completing them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -106,6 +107,16 @@ def oldest_pending(
 
 # -- the relay's side ---------------------------------------------------------------------
 CLAIM_LOCK_ID = 0x5C75_0B0C  # arbitrary, fixed: "skysync claim"
+# No statement's size grows with the backlog: lists of ids or refs go in slices of this many
+# bound parameters (PostgreSQL allows 65,535 per statement, SQLite 32,766), and claimed rows are
+# read in pages of PAGE_ROWS.
+IN_CHUNK = 500
+PAGE_ROWS = 2000
+
+
+def _slices(values: Sequence[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield list(values[start : start + IN_CHUNK])
 
 
 def _lock_claimers(session: Session) -> None:
@@ -146,12 +157,14 @@ def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
 
 def claim_due(
     session: Session, *, token: str, now: datetime, lease_until: datetime, limit: int
-) -> list[OutboxRow]:
+) -> int:
     """Claim pending rows due now, oldest first, up to ``limit``, never a key that still has an
     in_flight row. A key is an order code, or a product with its variations (so a parent's
     product row and a variation's stock row can never be in flight at once, in two batches).
     With them come every other pending product/price/stock row of the same families, so that
-    all of a SKU's changes are folded together. Returns the claimed rows in id order."""
+    all of a SKU's changes are folded together. Each statement names at most IN_CHUNK keys,
+    whatever the backlog. Returns how many rows were picked; read the claim with
+    :func:`iter_claimed`."""
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     in_flight = sa.orm.aliased(OutboxRow, name="f")
@@ -169,63 +182,89 @@ def claim_due(
     heads = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in SKU_KINDS))
     codes = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in ORDER_KINDS))
     skus = list(heads)
-    for start in range(0, len(heads), 500):  # stay under bound-parameter limits
-        skus += session.scalars(
-            sa.select(Item.sku).where(Item.parent_sku.in_(heads[start : start + 500]))
-        )
+    for part in _slices(heads):  # stay under bound-parameter limits
+        skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
     pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
     claim = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
-    for start in range(0, len(skus), 500):
+    for part in _slices(skus):
         # a SKU's not-yet-due rows fold into this request
         session.execute(
-            pending.where(
-                OutboxRow.kind.in_(SKU_KINDS), OutboxRow.ref.in_(skus[start : start + 500])
-            ).values(**claim, updated_at=now)
+            pending.where(OutboxRow.kind.in_(SKU_KINDS), OutboxRow.ref.in_(part)).values(
+                **claim, updated_at=now
+            )
         )
-    for start in range(0, len(codes), 500):
+    for part in _slices(codes):
         # an order's not-yet-due steps wait their turn
         session.execute(
-            pending.where(
-                OutboxRow.kind.in_(ORDER_KINDS), OutboxRow.ref.in_(codes[start : start + 500])
-            )
+            pending.where(OutboxRow.kind.in_(ORDER_KINDS), OutboxRow.ref.in_(part))
             .where(OutboxRow.available_at <= now)
             .values(**claim, updated_at=now)
         )
-    if not picked:
-        return []
-    return list(
-        session.scalars(
-            sa.select(OutboxRow)
-            .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
-            .order_by(OutboxRow.id)
-        )
-    )
+    return len(picked)
+
+
+ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
+
+
+def iter_claimed(session: Session, token: str) -> Iterator[list[ClaimedRow]]:
+    """The rows in flight under ``token``, in id order, a page at a time (keyset pagination:
+    however many rows a claim took, no statement and no page grows with them)."""
+    after = 0
+    while True:
+        page = [
+            (r.id, r.kind, r.ref, r.payload)
+            for r in session.execute(
+                sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload)
+                .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
+                .where(OutboxRow.id > after)
+                .order_by(OutboxRow.id)
+                .limit(PAGE_ROWS)
+            )
+        ]
+        if not page:
+            return
+        yield page
+        after = page[-1][0]
 
 
 def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow]:
     """The rows of ``ids`` still in_flight under ``token`` (a redelivered task finds none)."""
-    return list(
-        session.scalars(
+    rows: list[OutboxRow] = []
+    for part in _slices(sorted(set(ids))):
+        rows += session.scalars(
             sa.select(OutboxRow)
-            .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
+            .where(OutboxRow.id.in_(part), OutboxRow.claim_token == token)
             .where(OutboxRow.state == RowState.IN_FLIGHT)
             .order_by(OutboxRow.id)
         )
-    )
+    return rows
 
 
-def _update_claimed(session: Session, ids: list[int], token: str, values: dict[str, Any]) -> int:
+def _update_claimed(
+    session: Session,
+    ids: list[int],
+    token: str,
+    values: dict[str, Any],
+    refs: Sequence[str] = (),
+) -> int:
     """Update rows of ``ids`` only while ``token`` still holds them in flight, so a task whose
-    lease was reclaimed cannot overwrite what a later claim decided."""
-    if not ids:
-        return 0
-    result = session.execute(
-        sa.update(OutboxRow)
-        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == RowState.IN_FLIGHT)
-        .values(**values)
+    lease was reclaimed cannot overwrite what a later claim decided. With ``refs``, the other
+    product/price/stock rows of those SKUs held by ``token`` (older rows folded into ``ids``,
+    never loaded) get the same values, set-based. Returns how many of ``ids`` were updated."""
+    held = sa.update(OutboxRow).where(
+        OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT
     )
-    return result.rowcount or 0
+    updated = 0
+    for part in _slices(ids):
+        result = session.execute(held.where(OutboxRow.id.in_(part)).values(**values))
+        updated += result.rowcount or 0
+    if refs:
+        # no need to exclude ``ids``: each update here either takes them out of flight (so
+        # this pass no longer matches them) or sets the same values again (a lease)
+        rest = held.where(OutboxRow.kind.in_(SKU_KINDS))
+        for part in _slices(list(refs)):
+            session.execute(rest.where(OutboxRow.ref.in_(part)).values(**values))
+    return updated
 
 
 def _outcome_values(**values: Any) -> dict[str, Any]:
@@ -245,8 +284,9 @@ def finish(
     last_error: str | None = None,
     last_status: int | None = None,
     count_attempt: bool = False,
+    refs: Sequence[str] = (),
 ) -> int:
-    """Move claimed rows to a final state."""
+    """Move claimed rows to a final state (with ``refs``, see :func:`_update_claimed`)."""
     values: dict[str, Any] = {"state": state, "reason": reason, "finished_at": now}
     values.update(updated_at=now, lease_until=None)
     if count_attempt:
@@ -254,21 +294,24 @@ def finish(
     values.update(
         _outcome_values(superseded_by=superseded_by, last_error=last_error, last_status=last_status)
     )
-    return _update_claimed(session, ids, token, values)
+    return _update_claimed(session, ids, token, values, refs)
 
 
 def hold_claimed(session: Session, ids: list[int], token: str) -> int:
     """Lock the rows of ``ids`` still in flight under ``token`` until the transaction ends (so no
     reclaim can take them meanwhile) and count them: a worker records what it learned only
     while it still holds every row it pushed."""
-    query = (
-        sa.select(OutboxRow.id)
-        .where(OutboxRow.id.in_(ids), OutboxRow.claim_token == token)
-        .where(OutboxRow.state == RowState.IN_FLIGHT)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return len(session.scalars(query).all())
+    held = 0
+    for part in _slices(ids):
+        query = (
+            sa.select(OutboxRow.id)
+            .where(OutboxRow.id.in_(part), OutboxRow.claim_token == token)
+            .where(OutboxRow.state == RowState.IN_FLIGHT)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        held += len(session.scalars(query).all())
+    return held
 
 
 def release(
@@ -282,8 +325,10 @@ def release(
     count_attempt: bool,
     last_error: str | None = None,
     last_status: int | None = None,
+    refs: Sequence[str] = (),
 ) -> int:
-    """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops."""
+    """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops
+    (with ``refs``, see :func:`_update_claimed`)."""
     values: dict[str, Any] = {
         "state": RowState.PENDING,
         "claim_token": None,
@@ -295,12 +340,15 @@ def release(
     if count_attempt:
         values["attempts"] = OutboxRow.attempts + 1
     values.update(_outcome_values(last_error=last_error, last_status=last_status))
-    return _update_claimed(session, ids, token, values)
+    return _update_claimed(session, ids, token, values, refs)
 
 
-def renew_lease(session: Session, ids: list[int], token: str, lease_until: datetime) -> int:
-    """Extend the lease of rows still held by ``token``; returns how many are still held."""
-    return _update_claimed(session, ids, token, {"lease_until": lease_until})
+def renew_lease(
+    session: Session, ids: list[int], token: str, lease_until: datetime, refs: Sequence[str] = ()
+) -> int:
+    """Extend the lease of rows still held by ``token`` (and, with ``refs``, of the other rows
+    of those SKUs it holds); returns how many of ``ids`` are still held."""
+    return _update_claimed(session, ids, token, {"lease_until": lease_until}, refs)
 
 
 def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
