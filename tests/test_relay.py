@@ -833,6 +833,23 @@ def test_duplicated_task_does_nothing_the_second_time(db_url: str, sb: Sandbox) 
 # -- 13. the CLI -----------------------------------------------------------------------------------
 
 
+def test_cli_drain_reports_progress_off_a_terminal(
+    db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay]
+) -> None:
+    """Off a terminal (a cron job, a container log), `skysync drain` logs how it goes: rows
+    left, rows/s, requests sent, ETA (every --progress-every seconds; 0: after each batch)."""
+    env = {"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SKYHUB_URL": sb.base_url}
+    for n in range(3):
+        insert(db_url, "product", f"PG-{n}", {"name": "Prato", "price": 10.0 + n, "qty": n})
+    result = run_cli(["drain", "--progress-every", "0"], **env)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if "drain:" in line]
+    assert lines, result.stderr
+    assert "0 rows left, 3 done" in lines[-1], lines
+    assert f"{len(sb.request_log())} requests sent" in lines[-1], lines
+    assert "rows/s" in lines[-1] and "ETA 0 s" in lines[-1], lines
+
+
 def test_cli_drain_list_requeue_show_status(
     db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay]
 ) -> None:

@@ -8,9 +8,11 @@ Exit codes: 0 success; 1 the command ran and found a problem (invalid row, unhea
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import sys
+import time
 from contextlib import closing
 from typing import Any
 
@@ -179,17 +181,49 @@ def relay(ctx: Context) -> None:
     _echo_json(summary.as_dict())
 
 
+class _DrainDisplay:
+    """On a terminal, one progress line rewritten in place after each batch; elsewhere (a
+    cron job, a container log) a log line every ``every`` seconds."""
+
+    def __init__(self, *, terminal: bool, every: float) -> None:
+        self.terminal, self.every = terminal, every
+        self.last = float("-inf")
+        self.shown = False
+
+    def __call__(self, progress: Any) -> None:
+        if self.terminal:
+            click.echo("\r" + progress.line() + "\x1b[K", err=True, nl=False)
+            self.shown = True
+        elif time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            logging.getLogger("skysync").info(progress.line())
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
 @cli.command()
 @click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--progress-every",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between progress lines in the log when not on a terminal.",
+)
 @pass_ctx
-def drain(ctx: Context, max_batches: int) -> None:
-    """Run batches in this process until nothing is due. Exit 0 when no row is left pending or
-    in flight, 1 otherwise (rows backing off, or a stop such as refused credentials)."""
+def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
+    """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
+    requests sent, ETA). Exit 0 when no row is left pending or in flight, 1 otherwise (rows
+    backing off, or a stop such as refused credentials)."""
     from skysync.relay import drain as drain_outbox
 
     relay_ = _relay_or_exit(ctx.settings)
+    show = _DrainDisplay(terminal=sys.stderr.isatty(), every=progress_every)
     with closing(relay_.client):
-        batches, counts = drain_outbox(relay_, max_batches=max_batches)
+        batches, counts = drain_outbox(relay_, max_batches=max_batches, progress=show)
+    show.close()
     _echo_json({"batches": batches, "outbox": counts})
     if counts[RowState.PENDING] or counts[RowState.IN_FLIGHT]:
         click.echo(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -157,11 +159,43 @@ def chunk_by_family(
     return chunks
 
 
+@dataclass(frozen=True)
+class DrainProgress:
+    """How a drain is going, after each batch: what `skysync drain` shows while it works."""
+
+    batches: int
+    done: int  # rows that stopped being due since the drain began
+    left: int  # rows still due
+    requests: int  # requests sent to SkyHub
+    elapsed: float  # seconds
+
+    def line(self) -> str:
+        rate = self.done / self.elapsed if self.elapsed > 0 else 0.0
+        if not self.left:
+            eta = "0 s"
+        elif rate > 0:
+            eta = f"{self.left / rate:.0f} s"
+        else:
+            eta = "unknown"
+        return (
+            f"drain: {self.left} rows left, {self.done} done ({rate:,.0f} rows/s), "
+            f"{self.requests} requests sent, {self.batches} batches, ETA {eta}"
+        )
+
+
 def drain(
-    relay: Relay, *, max_batches: int = 1000, pause: float = 0.0
+    relay: Relay,
+    *,
+    max_batches: int = 1000,
+    pause: float = 0.0,
+    progress: Callable[[DrainProgress], None] | None = None,
 ) -> tuple[int, dict[str, int]]:
-    """Run batches in this process until nothing is due, or SkyHub refused the credentials.
-    Returns (batches, final counts)."""
+    """Run batches in this process until nothing is due, or SkyHub refused the credentials;
+    ``progress`` hears how it goes after each batch. Returns (batches, final counts)."""
+    started = time.monotonic()
+    requests_before = relay.client.counter.total
+    with session_scope(relay.url) as session:
+        due_at_start = outbox.count_due(session, relay.clock())
     batches = 0
     while batches < max_batches:
         summary = relay.run_batch()
@@ -170,6 +204,16 @@ def drain(
             break
         with session_scope(relay.url) as session:
             due = outbox.count_due(session, relay.clock())
+        if progress is not None:
+            progress(
+                DrainProgress(
+                    batches=batches,
+                    done=max(0, due_at_start - due),
+                    left=due,
+                    requests=relay.client.counter.total - requests_before,
+                    elapsed=time.monotonic() - started,
+                )
+            )
         if due == 0:
             break
         if pause:

@@ -72,11 +72,13 @@ class RequestCounter:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
+        self.total = 0  # every request since this client began (never taken): drain's progress
 
     def add(self, method: str, path: str, status: int | None) -> None:
         key = (method, route_of(path), "error" if status is None else str(status))
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
+            self.total += 1
 
     def take(self) -> dict[tuple[str, str, str], int]:
         """Everything counted since the last take."""
