@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from skysync.emulator.limits import peak_per_second
+
 ROOT = Path(__file__).resolve().parent.parent
 STANDINS = ROOT / ".ci" / "standin-images"
 STATE_DIR = Path(os.environ.get("SKYSYNC_CI_STATE", "/var/lib/skysync-ci"))
@@ -346,16 +348,6 @@ def readme_sql(kinds: set[str]) -> list[str]:
     return statements
 
 
-def max_per_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def insert_products(stack: Stack, prefix: str, count: int) -> None:
     stack.psql(
         "INSERT INTO skysync_outbox (kind, ref, payload) SELECT 'product', "
@@ -507,7 +499,7 @@ def check_scaled_workers(stack: Stack) -> None:
     log_entries = stack.sandbox("/_sandbox/requests")["log"][log_start:]
     puts = [e for e in log_entries if e["method"] == "PUT" and e["route"].startswith("/products")]
     refused = [e for e in puts if e["status"] == 429]
-    peak = max_per_second([e["t"] for e in puts if e["status"] != 429])
+    peak = peak_per_second([e["t"] for e in puts if e["status"] != 429])
     log(
         f"{len(skus)} stock updates on 3 workers in {took:.1f} s: {len(puts)} PUT /products, "
         f"{len(refused)} answered 429, at most {peak} accepted in any second"

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import create_pg_database, drop_pg_database  # noqa: E402
 
 from skysync.emulator import Sandbox, SandboxConfig  # noqa: E402
+from skysync.emulator.limits import peak_per_second  # noqa: E402
 from skysync.skyhub.client import SkyHubClient  # noqa: E402
 from skysync.store.db import dispose_engines, get_engine, migrate  # noqa: E402
 
@@ -107,7 +108,7 @@ def main() -> int:
         limited = [e for e in log if e["status"] == 429]
         span = ok[-1]["t"] - puts[0]["t"] if len(ok) > 1 else float("nan")
         rate = (len(ok) - 1) / span if span else float("nan")
-        max_in_window = _max_in_one_second([e["t"] for e in ok])
+        max_in_window = peak_per_second([e["t"] for e in ok])
         result = {
             "rows": args.rows,
             "configured_rate_limit": args.rate_limit,
@@ -172,15 +173,6 @@ def _wait_until_final(db_url: str, timeout: float) -> dict[str, int]:
         if time.monotonic() > deadline:
             return counts
         time.sleep(0.2)
-
-
-def _max_in_one_second(times: list[float]) -> int:
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 if __name__ == "__main__":

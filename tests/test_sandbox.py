@@ -8,6 +8,7 @@ emulator's internals.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
+from skysync.emulator.limits import peak_per_second
 
 AUTH = {
     "X-User-Email": "loja@example.com",
@@ -486,6 +488,16 @@ def test_sync_errors_is_a_list(client: httpx.Client) -> None:
 
 def _max_in_any_second(times: list[float]) -> int:
     return max((sum(1 for u in times if t <= u < t + 1.0) for t in times), default=0)
+
+
+def test_peak_per_second_reads_a_log_as_the_brute_force_count_does() -> None:
+    """The helper benchmarks and the compose test read request logs with agrees with the
+    obvious (quadratic) count, including windows that start exactly one second apart."""
+    rng = random.Random(7)
+    for _ in range(200):
+        # eighths of a second: exact in binary, so "exactly one second apart" is exact too
+        times = [rng.randint(0, 40) / 8 for _ in range(rng.randint(0, 40))]
+        assert peak_per_second(times) == _max_in_any_second(times), times
 
 
 def test_burst_is_limited_to_nine_per_second(client: httpx.Client, sb: Sandbox) -> None:

@@ -30,7 +30,8 @@ ORDER_KINDS: tuple[Kind, ...] = tuple(k for k in Kind if k not in SKU_KINDS)
 
 
 class RowState(StrEnum):
-    """The ``state`` column: pending -> in_flight -> one of the final states."""
+    """The ``state`` column: pending -> in_flight -> one of the final states (sent, superseded,
+    withheld, rejected, dead); every final state but sent carries a reason (a CHECK holds it)."""
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -39,12 +40,6 @@ class RowState(StrEnum):
     WITHHELD = "withheld"
     REJECTED = "rejected"
     DEAD = "dead"
-
-
-# Done with; every one of them except `sent` must say why (a CHECK constraint holds it).
-FINAL_STATES: tuple[RowState, ...] = tuple(
-    s for s in RowState if s not in (RowState.PENDING, RowState.IN_FLIGHT)
-)
 
 
 @dataclass(frozen=True)

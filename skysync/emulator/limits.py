@@ -44,6 +44,18 @@ def admit_locked(state: EmulatorState, route: Route, now: float) -> bool:
     return True
 
 
+def peak_per_second(times: list[float]) -> int:
+    """The most of ``times`` (request log ``t`` values) that fall in any one-second window:
+    how benchmarks and the compose test read a request log against SkyHub's per-second limits."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def too_many_requests(config: SandboxConfig) -> Reply:
     """SkyHub's 429, with ``Retry-After`` when the config asks for it."""
     reply = error_reply(429, "Limite de requisições excedido (too many requests)")
