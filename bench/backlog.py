@@ -5,13 +5,14 @@ with its rate limit out of the way and no latency.
 
 Three shapes of pending stock rows, each in a fresh PostgreSQL database written with one
 set-based INSERT: 1,000,000 rows over 10,000 SKUs; 1,000,000 rows on one SKU; 100,000 rows over
-100,000 SKUs (``--scale`` multiplies rows and SKUs, for a quick run). The SKUs exist in the
-emulator beforehand (seeded directly, no requests). Each shape is drained in this process as
+100,000 SKUs (``--scale`` multiplies rows and SKUs, for a quick run). The emulator runs in its
+own process (``skysync sandbox``, as SkyHub is elsewhere), and the SKUs exist in it beforehand
+(seeded through its admin API, no requests). Each shape is drained in this process as
 ``skysync drain`` does (batches of SKYSYNC_BATCH_SIZE, the pushes on threads).
 
 For each shape it reports rows/s from the first claim to the last row final, requests sent,
-whether every SKU ends with its newest value, and the peak RSS of this process (it holds the
-emulator too, so the relay's own share is smaller). Then the raw-SQL baseline on the same rows:
+whether every SKU ends with its newest value, and the peak RSS of this process (the relay's).
+Then the raw-SQL baseline on the same rows:
 ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` (n = 10,000) in a loop marking
 them done with no HTTP, and the ratio to it. Goals (issue 10): >= 20,000 rows/s for the first
 two shapes, >= 0.5 of the baseline, peak RSS < 300 MB.
@@ -21,12 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +41,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import create_pg_database, drop_pg_database  # noqa: E402
 
 import skysync.config  # noqa: E402
-from skysync.emulator import Sandbox, SandboxConfig  # noqa: E402
 from skysync.relay import Relay, drain  # noqa: E402
 from skysync.skyhub.client import SkyHubClient  # noqa: E402
 from skysync.store.db import dispose_engines, get_engine, migrate  # noqa: E402
@@ -64,14 +69,34 @@ def write_backlog(db_url: str, rows: int, skus: int) -> None:
         conn.execute(sa.text("ANALYZE skysync_outbox"))
 
 
-def seed_emulator(sandbox: Sandbox, skus: int) -> None:
+@contextmanager
+def emulator() -> Iterator[httpx.Client]:
+    """``skysync sandbox`` in its own process, limits out of the way; an admin client on it."""
+    cli = "from skysync.entrypoints.cli import main; main()"
+    command = [sys.executable, "-c", cli, "sandbox", "--port", "0"]
+    command += ["--rate-limit", "1000000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_SKYHUB")}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "SkyHub emulator listening on http://..."
+        if "listening on " not in line:
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        with httpx.Client(base_url=line.split("listening on ")[1].strip(), timeout=120) as admin:
+            yield admin
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def seed_emulator(admin: httpx.Client, skus: int) -> None:
     """The SKUs exist in SkyHub already (set-up, not measured: no requests)."""
-    state = sandbox._state  # bench set-up only: the emulator has no bulk-seed endpoint
-    with state.lock:
-        for i in range(skus):
-            sku = f"BL-{i:06d}"
-            state.products[sku] = {"sku": sku, "name": f"backlog {i}", "qty": 0}
-            state.linked_at[sku] = None
+    for start in range(0, skus, 10_000):
+        products = [
+            {"sku": f"BL-{i:06d}", "name": f"backlog {i}", "qty": 0}
+            for i in range(start, min(skus, start + 10_000))
+        ]
+        admin.post("/_sandbox/products", json={"products": products}).raise_for_status()
 
 
 def newest_values(db_url: str) -> dict[str, int]:
@@ -112,15 +137,15 @@ def run_baseline(db_url: str, batch_size: int) -> float:
 
 def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict[str, Any]:
     db_url = create_pg_database("skysync_bench")
-    sandbox = Sandbox(SandboxConfig(rate_limits_enabled=False, latency_ms=0, **CREDS))
-    base_url = sandbox.start()
     try:
-        migrate(db_url)
-        write_backlog(db_url, rows, skus)
-        seed_emulator(sandbox, skus)
-        expected = newest_values(db_url)
-        result = run_relay(db_url, base_url, args.batch_size, args.concurrency)
-        state = sandbox.state()["products"]
+        with emulator() as admin:
+            migrate(db_url)
+            write_backlog(db_url, rows, skus)
+            seed_emulator(admin, skus)
+            expected = newest_values(db_url)
+            result = run_relay(db_url, str(admin.base_url), args.batch_size, args.concurrency)
+            state = admin.get("/_sandbox/state").json()["products"]
+            requests = sum(admin.get("/_sandbox/requests").json()["counts"].values())
         stale = sum(1 for sku, qty in expected.items() if state[sku].get("qty") != qty)
         baseline = run_baseline(db_url, args.baseline_limit)
         return {
@@ -130,7 +155,7 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
             "seconds": round(result["seconds"], 2),
             "rows_per_s": round(rows / result["seconds"]),
             "batches": result["batches"],
-            "requests": len(sandbox.request_log()),
+            "requests": requests,
             "final": {k: v for k, v in result["counts"].items() if v},
             "stale_skus": stale,
             "baseline_rows_per_s": round(rows / baseline),
@@ -138,7 +163,6 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
             "peak_rss_mb": round(peak_rss_mb()),
         }
     finally:
-        sandbox.stop()
         dispose_engines()
         drop_pg_database(db_url)
 

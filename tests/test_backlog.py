@@ -184,3 +184,86 @@ def test_folding_loads_only_rows_that_carry_a_newest_field() -> None:
     loaded = coalesce(rows_of(*[s for s in specs[:5] if s[0] in picked[s[2]]]), sku="P")
     assert (loaded.fields, loaded.sources) == (everything.fields, everything.sources)
     assert loaded.variations == everything.variations
+
+
+# -- what a SKU's backlog costs per request -----------------------------------------------------
+
+
+def _leases(db_url: str, sku: str) -> set[Any]:
+    """The leases of the SKU's rows in flight (as datetimes, on either database)."""
+    from skysync.store.models import OutboxRow
+
+    query = sa.select(OutboxRow.lease_until).where(
+        OutboxRow.ref == sku, OutboxRow.state == "in_flight"
+    )
+    with get_engine(db_url).connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+@pytest.mark.parametrize("minutes_later, renewed", [(0.25, False), (0.75, True)])
+def test_a_key_renews_its_backlogs_lease_only_when_half_of_it_is_gone(
+    db_url: str, sb: Sandbox, minutes_later: float, renewed: bool
+) -> None:
+    """Renewing a lease rewrites every row of the SKU's backlog: with more than half of the
+    lease left (60 s here), the request goes out under the claim's lease as it is; with less,
+    the whole backlog gets a fresh lease before the request."""
+    from datetime import timedelta
+
+    from skysync.store.models import utcnow
+
+    chunks: list[tuple[str, list[int]]] = []
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "LEASE-1", qty=1)
+        insert_stock_rows(db_url, "LEASE-1", 50)
+        relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
+        ((token, ids),) = chunks
+        (claimed_lease,) = _leases(db_url, "LEASE-1")
+        later = utcnow() + timedelta(minutes=minutes_later)
+        relay.clock = lambda: later
+        seen: list[set[Any]] = []
+        original = relay._push_sku
+
+        def push(request: Any) -> Any:
+            seen.append(_leases(db_url, "LEASE-1"))
+            return original(request)
+
+        relay._push_sku = push  # type: ignore[method-assign]
+        relay.deliver(token, ids)
+    assert len(seen) == 1
+    if renewed:
+        (lease,) = seen[0]
+        assert lease >= later + timedelta(seconds=59)
+    else:
+        assert seen[0] == {claimed_lease}
+    assert product(sb, "LEASE-1")["qty"] == 50
+    assert states(db_url, "LEASE-1")[("sent", None)] == 1
+
+
+def test_a_big_claim_refreshes_the_planner_statistics_so_settling_uses_the_claim_index(
+    pg_url: str, sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(PostgreSQL: SQLite keeps no statistics unless asked.) After a claim moves many rows to
+    in_flight, PostgreSQL's statistics (taken when they were pending) would make it reach a
+    SKU's claimed rows through (state, id), reading every row in flight for each SKU settled.
+    The batch refreshes them, and the settling statements use the claim index (migration
+    0004)."""
+    from skysync.store import outbox
+
+    db_url = pg_url
+
+    monkeypatch.setattr(outbox, "BIG_CLAIM_ROWS", 1_000)
+    for i in range(40):
+        insert_stock_rows(db_url, f"STAT-{i:02d}", 50)
+    with get_engine(db_url).begin() as conn:
+        conn.execute(sa.text("ANALYZE skysync_outbox"))  # all pending, as the ERP left them
+    chunks: list[tuple[str, list[int]]] = []
+    with relay_for(db_url, sb) as relay:
+        relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
+    token = chunks[0][0]
+    settle = (
+        "EXPLAIN UPDATE skysync_outbox SET lease_until = now() WHERE claim_token = :t "
+        "AND state = 'in_flight' AND kind IN ('product', 'price', 'stock') AND ref IN ('STAT-07')"
+    )
+    with get_engine(db_url).connect() as conn:
+        plan = "\n".join(conn.execute(sa.text(settle), {"t": token}).scalars())
+    assert "ix_skysync_outbox_claim" in plan, plan

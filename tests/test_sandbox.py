@@ -750,3 +750,36 @@ def test_retry_after_value_is_configurable(client: httpx.Client, sb: Sandbox) ->
     sb.configure(retry_after_header=True, retry_after_seconds=120)
     sb.script_fault("GET", "/products", "429")
     assert client.get("/products").headers["Retry-After"] == "120"
+
+
+def test_admin_seeds_a_catalogue_without_requests(sb: Sandbox, client: httpx.Client) -> None:
+    products = [
+        {"sku": f"SEED-{i}", "name": f"seeded {i}", "qty": i, "price": 10.0 + i}
+        for i in range(3)
+    ]
+    products[2]["variations"] = [{"sku": "SEED-2-P", "qty": 4, "price": 12.0}]
+    seeded = client.post("/_sandbox/products", json={"products": products})
+    assert seeded.status_code == 201
+    assert seeded.json() == {"seeded": 3}
+    assert client.get("/products/SEED-1").json()["qty"] == 1
+    assert client.get("/variations/SEED-2-P").json()["qty"] == 4
+    assert sb.state()["variations"]["SEED-2-P"]["parent_sku"] == "SEED-2"
+    # set-up, not traffic: nothing in the request log but the two reads above
+    assert [r["path"] for r in sb.request_log()] == ["/products/SEED-1", "/variations/SEED-2-P"]
+
+
+def test_admin_seed_is_all_or_nothing_and_names_the_bad_product(
+    sb: Sandbox, client: httpx.Client
+) -> None:
+    bad = client.post(
+        "/_sandbox/products",
+        json={"products": [{"sku": "OK-1", "name": "fine"}, {"name": "no sku"}]},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"].startswith("products[1]: ")
+    assert "sku" in bad.json()["error"]
+    assert sb.state()["products"] == {}
+    assert client.post("/_sandbox/products", json=[{"sku": "X"}]).status_code == 400
+    taken = client.post("/_sandbox/products", json={"products": [{"sku": "OK-1"}, {"sku": "OK-1"}]})
+    assert taken.status_code == 422
+    assert sb.state()["products"] == {}

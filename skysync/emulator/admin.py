@@ -4,6 +4,7 @@ No auth, never rate-limited, never faulted, not in the request log:
 
 ====  =========================  ==============================================================
 POST  /_sandbox/orders           an order (realistic defaults), or ``{"raw": {...}}`` as given
+POST  /_sandbox/products         ``{"products": [...]}``: stored as if created, no requests
 POST  /_sandbox/products/{sku}/link  the product (or a variation's parent) is linked now
 GET   /_sandbox/state            :meth:`Sandbox.state`
 GET   /_sandbox/requests         ``{"counts", "log"}``
@@ -48,6 +49,8 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
     """Run the admin call `route` ((method, *segments)); 404 for an unknown one."""
     if route == ("POST", "orders"):
         return _seed_order(sandbox, data)
+    if route == ("POST", "products"):
+        return _seed_products(sandbox, data)
     if len(route) == 4 and route[:2] == ("POST", "products") and route[3] == "link":
         try:
             sandbox.link_product(route[2])
@@ -92,6 +95,17 @@ def _seed_order(sandbox: Sandbox, data: Any) -> Reply:
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     return json_reply(201, order)
+
+
+def _seed_products(sandbox: Sandbox, data: Any) -> Reply:
+    """POST /_sandbox/products: 400 unless ``{"products": [...]}``, 422 for a bad product."""
+    if not isinstance(data, dict) or not isinstance(data.get("products"), list):
+        raise ApiError(400, 'Envie {"products": [{"sku": ...}, ...]}')
+    try:
+        seeded = sandbox.seed_products(data["products"])
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    return json_reply(201, {"seeded": seeded})
 
 
 def _script_fault(sandbox: Sandbox, data: Any) -> Reply:

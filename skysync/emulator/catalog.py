@@ -251,9 +251,32 @@ class Catalog:
 
     def create_product(self, req: Request) -> Answer:
         """POST /products: the product and any variations it carries, all or nothing."""
+        self._store_new_product_locked(req.data, req.now)
+        return 201, None
+
+    def seed(self, products: list[Any]) -> int:
+        """Store products (with their variations) as if each had been created through the API
+        (the same checks; link delay applies), without a request: set-up for tests and
+        benchmarks with large catalogues. All or nothing: ApiError names the first bad one."""
         st = self.state
-        product: dict[str, Any] = req.data
-        sku = check_new_item_locked(st, product, "product", None, req.now)
+        with st.lock:
+            now = time.monotonic()
+            saved = (dict(st.products), dict(st.linked_at), dict(st.variations))
+            saved_parents = dict(st.variation_parent)
+            try:
+                for index, product in enumerate(products):
+                    if not isinstance(product, dict):
+                        raise ApiError(422, f"products[{index}]: deve ser um objeto")
+                    self._store_new_product_locked(product, now)
+            except ApiError as exc:
+                st.products, st.linked_at, st.variations = saved
+                st.variation_parent = saved_parents
+                raise ApiError(exc.status, f"products[{index}]: {exc.message}") from None
+        return len(products)
+
+    def _store_new_product_locked(self, product: dict[str, Any], now: float) -> None:
+        st = self.state
+        sku = check_new_item_locked(st, product, "product", None, now)
         new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
         stored = {
             k: copy.deepcopy(v)
@@ -262,11 +285,10 @@ class Catalog:
         }
         st.products[sku] = stored
         delay = st.config.link_delay
-        st.linked_at[sku] = None if delay is None else req.now + delay
+        st.linked_at[sku] = None if delay is None else now + delay
         for variation in new_variations:
             st.variations[variation["sku"]] = variation
             st.variation_parent[variation["sku"]] = sku
-        return 201, None
 
     def get_product(self, req: Request) -> Answer:
         """GET /products/{sku}."""

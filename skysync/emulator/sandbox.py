@@ -20,7 +20,7 @@ from skysync.emulator.config import SandboxConfig, check_setting_names, validate
 from skysync.emulator.dispatch import Dispatcher
 from skysync.emulator.faults import check_scripted_fault
 from skysync.emulator.orders import Orders
-from skysync.emulator.replies import Reply
+from skysync.emulator.replies import ApiError, Reply
 from skysync.emulator.routes import split_target
 from skysync.emulator.server import Listener
 from skysync.emulator.state import EmulatorState
@@ -84,6 +84,14 @@ class Sandbox:
         with self._state.lock:
             stored = self._orders.store_locked(order, raw=raw, allow_existing=True)
             return copy.deepcopy(stored)
+
+    def seed_products(self, products: list[Any]) -> int:
+        """Store products (and the variations they carry) as if created through the API, with
+        no requests: set-up for large catalogues. All or nothing; ValueError names the bad one."""
+        try:
+            return self._catalog.seed(products)
+        except ApiError as exc:
+            raise ValueError(exc.message) from None
 
     def link_product(self, sku: str) -> None:
         """Make a product (or a variation's parent) linked now; KeyError when unknown."""

@@ -93,6 +93,9 @@ def _claim(relay: Relay, token: str, summary: BatchSummary) -> list[list[int]]:
                 folding.add(*row)
         by_ref = folding.ids_by_ref()
         parents = item_store.parents_of(session, by_ref)
+    if summary.claimed >= outbox.BIG_CLAIM_ROWS:
+        with session_scope(relay.url) as session:
+            outbox.refresh_statistics(session)
     summary.keys = len(by_ref)
     return chunk_by_family(by_ref, parents)
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from skysync.domain.planner import Row, SkuRequest, carried_variations, coalesce, families, key_of
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.relay")
 
 Key = tuple[str, str]  # ("sku", sku) or ("order", code)
+NO_LEASE = datetime.min.replace(tzinfo=UTC)  # renewed before any request
 
 
 class AuthStop:
@@ -67,6 +68,7 @@ class _Claimed:
     by_key: dict[Key, list[Row]]
     groups: list[list[Key]]
     carried: dict[str, str]  # variation -> parent whose request carries its rows
+    lease_until: dict[Key, datetime]  # the earliest lease among each key's loaded rows
 
 
 def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
@@ -85,7 +87,8 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
         for key in keys:
             if key[0] == "sku" and key[1] in claimed.carried:
                 continue  # its rows go with its parent's request
-            state = deliver_key(relay, token, key, claimed.by_key[key], stop)
+            lease = claimed.lease_until[key]
+            state = deliver_key(relay, token, key, claimed.by_key[key], stop, lease)
             with lock:
                 summary.keys += 1
                 summary.count(state)
@@ -99,24 +102,29 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
 def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | None:
     """The rows still claimed by ``token``, by key, grouped by family (orders alone); a
     variation whose parent's request carries it goes in that request. None if none is left."""
+    by_key: dict[Key, list[Row]] = {}
+    lease_until: dict[Key, datetime] = {}
     with session_scope(relay.url) as session:
-        rows = [
-            Row(r.id, r.kind, r.ref, r.payload, r.attempts)
-            for r in outbox.load_claimed(session, token, row_ids)
-        ]
-        by_key: dict[Key, list[Row]] = {}
-        for row in rows:
-            by_key.setdefault(key_of(row), []).append(row)
+        loaded = outbox.load_claimed(session, token, row_ids)
+        for r in loaded:
+            row = Row(r.id, r.kind, r.ref, r.payload, r.attempts)
+            key = key_of(row)
+            by_key.setdefault(key, []).append(row)
+            lease = r.lease_until or NO_LEASE
+            lease_until[key] = min(lease_until.get(key, lease), lease)
         sku_refs = [ref for (cls, ref) in by_key if cls == "sku"]
         parents = item_store.parents_of(session, sku_refs)
-    if not rows:
+    if not loaded:
         return None
     groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, parents)]
     groups += [[key] for key in by_key if key[0] == "order"]
     carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
     for variation, parent in carried.items():
         by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
-    return _Claimed(by_key, groups, carried)
+        lease_until[("sku", parent)] = min(
+            lease_until[("sku", parent)], lease_until[("sku", variation)]
+        )
+    return _Claimed(by_key, groups, carried, lease_until)
 
 
 def _run_groups(
@@ -138,21 +146,25 @@ def _run_groups(
             future.result()
 
 
-def deliver_key(relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop) -> str:
+def deliver_key(
+    relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop, lease_until: datetime
+) -> str:
     """One key's rows, with the key on every log line; returns the outcome's state."""
     field = "order" if key[0] == "order" else "sku"
     with log_context(claim_token=token, **{field: key[1]}):
-        return _deliver_key(relay, token, key, rows, stop)
+        return _deliver_key(relay, token, key, rows, stop, lease_until)
 
 
-def _deliver_key(relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop) -> str:
+def _deliver_key(
+    relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop, lease_until: datetime
+) -> str:
     """Push one key's rows and record how it ended, unless the claim was stopped (the rows
     go back untouched) or lost (another claim took the rows and sends them)."""
     if stop.tripped:
         reason = stop.reason() or "SkyHub refused the credentials"
         relay.record(token, rows, Outcome(state="auth", reason=reason))
         return "auth"
-    if not _renew_lease(relay, token, rows):
+    if not _renew_lease(relay, token, rows, lease_until):
         log.warning("rows %s are no longer held by this claim; skipped", [r.id for r in rows])
         return "lost_claim"
     # order steps are recorded one by one as they end; a SKU's rows together, below
@@ -177,13 +189,22 @@ def _deliver_key(relay: Relay, token: str, key: Key, rows: list[Row], stop: Auth
     return outcome.state
 
 
-def _renew_lease(relay: Relay, token: str, rows: list[Row]) -> bool:
-    """A fresh lease for this key's requests; False if another claim took the rows meanwhile
-    (this task waited past its lease): then that claim sends them, not us."""
+def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetime) -> bool:
+    """Make sure this key's requests go out under a lease with time to spare; False if another
+    claim took the rows meanwhile (this task waited past its lease): then that claim sends
+    them, not us.
+
+    While more than half the lease is left, nothing is written: no other claim can have taken
+    rows whose lease has not run out (only an expired lease is reclaimed), and the outcome is
+    recorded only if the claim still holds them. Otherwise the lease is renewed, which for a
+    SKU rewrites every row of its backlog, so it is not done for every key of every chunk."""
+    lease = timedelta(seconds=relay.settings.lease_seconds)
+    now = relay.clock()
+    if lease_until - now > lease / 2:
+        return True
     ids = [r.id for r in rows]
-    lease_until = relay.clock() + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
-        held = outbox.renew_lease(session, ids, token, lease_until, refs=folded_refs(rows))
+        held = outbox.renew_lease(session, ids, token, now + lease, refs=folded_refs(rows))
         return held == len(ids)
 
 

@@ -36,7 +36,8 @@ def record(
     out (its rows reclaimed by another batch) writes no acknowledgement, link or order
     status, since the claim that took over decides from what it saw itself."""
     ids = [r.id for r in rows]
-    with session_scope(url) as session:
+    # not flushed: the attempt record before the request was (see session_scope)
+    with session_scope(url, flush_wal=False) as session:
         if outbox.hold_claimed(session, ids, token) < len(ids):
             log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
             return

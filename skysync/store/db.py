@@ -96,16 +96,30 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str, *, readonly: bool = False) -> Iterator[Session]:
+def session_scope(
+    url: str, *, readonly: bool = False, flush_wal: bool = True
+) -> Iterator[Session]:
     """A unit of work: commits when the block ends cleanly, rolls back otherwise.
 
     On SQLite every transaction takes the write lock at BEGIN (``BEGIN IMMEDIATE``), which also
     serializes claimers there the way the advisory lock does on PostgreSQL; ``readonly`` skips
     it for pure reads.
+
+    ``flush_wal=False`` (PostgreSQL): the commit returns without waiting for its WAL to reach
+    the disk (``synchronous_commit = off``, for this transaction only). A crash of PostgreSQL
+    itself may then lose the last fraction of a second of such commits, never corrupt them,
+    and never one that a later flushed commit depends on: WAL is written in order, so the next
+    flushed commit makes every earlier one durable too. The relay uses it for its bookkeeping
+    (claims, outcomes), because every request is preceded by a flushed commit (the attempt
+    record, see Relay.attempt): a lost outcome leaves its rows in flight, sent again after the
+    lease with the attempted fields counted as unknown, so nothing is lost and no stale value
+    wins. Never for anything the ERP or an operator wrote.
     """
     session = session_factory(url)()
     if readonly and url.startswith("sqlite"):
         session.connection(execution_options={"sqlite_readonly": True})
+    if not flush_wal and url.startswith("postgresql"):
+        session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
     try:
         yield session
         session.commit()

@@ -139,6 +139,13 @@ class OutboxRow(Base):
             postgresql_where=sa.text(f"state = '{RowState.PENDING}'"),
             sqlite_where=sa.text(f"state = '{RowState.PENDING}'"),
         ),
+        sa.Index(  # the relay's updates under a claim, by token and SKU (migration 0004)
+            "ix_skysync_outbox_claim",
+            "claim_token",
+            "ref",
+            postgresql_where=sa.text(f"state = '{RowState.IN_FLIGHT}'"),
+            sqlite_where=sa.text(f"state = '{RowState.IN_FLIGHT}'"),
+        ),
         {"sqlite_autoincrement": True},
     )
 

@@ -203,6 +203,20 @@ def claim_due(
     return len(picked)
 
 
+# A claim this big moves enough rows to in_flight that PostgreSQL's statistics (taken when they
+# were pending) mislead its planner: it reads every in-flight row through (state, id) for each
+# SKU it settles, instead of the claim index (migration 0004). See refresh_statistics.
+BIG_CLAIM_ROWS = 10_000
+
+
+def refresh_statistics(session: Session) -> None:
+    """Fresh planner statistics for the outbox after a big claim (PostgreSQL; ``ANALYZE`` reads
+    a fixed-size sample, a fraction of a second on millions of rows, and blocks no reader or
+    writer). SQLite keeps no statistics unless asked, and picks the claim index by its shape."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text(f"ANALYZE {OutboxRow.__tablename__}"))
+
+
 ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
 
 
