@@ -91,6 +91,22 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="How long a claim holds rows before it is reclaimed.",
     )
+    price_drop_guard: float | None = Field(
+        default=None,
+        gt=0,
+        lt=100,
+        allow_inf_nan=False,
+        description=(
+            "Percent: a price or promotional price more than this below the last price SkyHub "
+            "acknowledged is held back until released (unset: the guard is off)."
+        ),
+    )
+    stock_buffer: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Units kept back from every quantity: SkyHub gets max(qty - buffer, 0).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     flower_basic_auth: SecretStr | None = Field(
         default=None,
@@ -116,7 +132,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @field_validator("skyhub_email", "broker_url", "redis_url", mode="before")
+    @field_validator("skyhub_email", "broker_url", "redis_url", "price_drop_guard", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

@@ -110,9 +110,9 @@ def insert_rows(url: str, rows: list[dict[str, Any]]) -> None:
             conn.execute(sa.insert(OutboxRow.__table__).values(**row))
 
 
-def status_json(url: str) -> dict[str, Any]:
+def status_json(url: str, exit_code: int = 0) -> dict[str, Any]:
     result = run(["status", "--json"], SKYSYNC_DATABASE_URL=url)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     return json.loads(result.stdout)
 
 
@@ -144,9 +144,11 @@ def test_status_json_counts_every_state(db_url: str) -> None:
             row("withheld"),
             *[row("rejected")] * 2,
             *[row("dead")] * 4,
+            row("held"),
         ],
     )
-    report = status_json(db_url)
+    report = status_json(db_url, exit_code=1)  # a held row waits for an operator
+    assert any("held by the price drop guard" in p for p in report["problems"]), report
     assert report["outbox"] == {
         "pending": 2,
         "in_flight": 1,
@@ -155,6 +157,7 @@ def test_status_json_counts_every_state(db_url: str) -> None:
         "withheld": 1,
         "rejected": 2,
         "dead": 4,
+        "held": 1,
     }
     age = report["oldest_pending_age_s"]
     assert isinstance(age, int | float)

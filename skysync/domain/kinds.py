@@ -31,7 +31,9 @@ ORDER_KINDS: tuple[Kind, ...] = tuple(k for k in Kind if k not in SKU_KINDS)
 
 class RowState(StrEnum):
     """The ``state`` column: pending -> in_flight -> one of the final states (sent, superseded,
-    withheld, rejected, dead); every final state but sent carries a reason (a CHECK holds it)."""
+    withheld, rejected, dead), or ``held`` (a guard held its value back until an operator
+    releases it or a newer row replaces it); every state after in_flight but sent carries a
+    reason (a CHECK holds it)."""
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -40,6 +42,7 @@ class RowState(StrEnum):
     WITHHELD = "withheld"
     REJECTED = "rejected"
     DEAD = "dead"
+    HELD = "held"
 
 
 @dataclass(frozen=True)

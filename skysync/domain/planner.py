@@ -35,6 +35,7 @@ class Row:
     ref: str
     payload: Any
     attempts: int = 0
+    released: bool = False  # an operator released it from the price guard (outbox release)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class SkuRequest:
     has_product_row: bool
     variations: dict[str, dict[str, Any]] = field(default_factory=dict)
     variation_sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    released: frozenset[int] = frozenset()  # rows the price guard lets through (released)
 
     @property
     def winner_id(self) -> int:
@@ -89,6 +91,7 @@ def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
         fields={},
         sources={},
         has_product_row=any(r.kind == "product" and r.ref == sku for r in ordered),
+        released=frozenset(r.id for r in ordered if r.released),
     )
     for row in ordered:
         if row.ref != sku:
@@ -243,6 +246,7 @@ def variation_request(parent: SkuRequest, variation: Mapping[str, Any]) -> SkuRe
         fields=fields,
         sources={k: sources.get(k, parent.winner_id) for k in fields},
         has_product_row=True,
+        released=parent.released,
     )
 
 

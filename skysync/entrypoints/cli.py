@@ -358,6 +358,27 @@ def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> Non
     click.echo(f"requeued {n} row(s)")
 
 
+@outbox.command("release")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@pass_ctx
+def outbox_release(ctx: Context, ids: tuple[int, ...]) -> None:
+    """Let rows the price drop guard held back go out: `skysync outbox release 12 13`. Each goes
+    back to pending, due now, and the guard lets it through (once: a newer row is guarded as
+    usual). Exit 1 if some ID is not a held row (the others are released)."""
+    from skysync.store.db import session_scope
+    from skysync.store.models import utcnow
+    from skysync.store.outbox import release_held
+
+    with session_scope(ctx.settings.database_url) as session:
+        refused = release_held(session, list(dict.fromkeys(ids)), utcnow())
+    released = len(set(ids)) - len(refused)
+    click.echo(f"released {released} row(s): they go out with the next batch")
+    for row_id, why in sorted(refused.items()):
+        click.echo(f"skysync: row {row_id} not released: {why}", err=True)
+    if refused:
+        sys.exit(1)
+
+
 @cli.group()
 def item() -> None:
     """What SkyHub acknowledged per SKU, and its frozen state."""
@@ -388,7 +409,11 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
             click.echo(f"  variation of {data['parent_sku']}")
         click.echo("  acknowledged by SkyHub:")
         for name, value in sorted(data["acknowledged"].items()):
-            click.echo(f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}")
+            line = f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}"
+            if name in data["erp_values"]:
+                line += f"  (the ERP wrote {data['erp_values'][name]}; the stock buffer kept back"
+                line += " the rest)"
+            click.echo(line)
         if data["unknown"]:
             names = ", ".join(data["unknown"])
             click.echo(f"  unknown (sent, no answer recorded; resent with the next value): {names}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from skysync.domain.guards import buffer_stock, hold_price_drops
 from skysync.domain.planner import Row, SkuRequest, carried_variations, coalesce, families, key_of
 from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
@@ -107,7 +108,7 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
     with session_scope(relay.url) as session:
         loaded = outbox.load_claimed(session, token, row_ids)
         for r in loaded:
-            row = Row(r.id, r.kind, r.ref, r.payload, r.attempts)
+            row = Row(r.id, r.kind, r.ref, r.payload, r.attempts, r.released_at is not None)
             key = key_of(row)
             by_key.setdefault(key, []).append(row)
             lease = r.lease_until or NO_LEASE
@@ -209,9 +210,15 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
 
 
 def push_sku(relay: Relay, request: SkuRequest) -> Outcome:
-    """One SKU's request, a variation's or a product's, and what a SkyHub error means for it."""
+    """One SKU's request, a variation's or a product's, and what a SkyHub error means for it.
+    The guards come first: the stock buffer, then the price drop guard (rows it holds back go
+    to ``held``; the rest of the request goes on)."""
     item = relay.load_item(request.sku)
     learned = Learned()
+    request = buffer_stock(request, relay.settings.stock_buffer)
+    learned.note_prices(request)
+    request, held = hold_price_drops(request, item, relay.settings.price_drop_guard)
+    learned.held.update(held)
     try:
         if item.is_variation:
             return push_variation(relay, request, item, learned)
@@ -222,6 +229,8 @@ def push_sku(relay: Relay, request: SkuRequest) -> Outcome:
     except (RateLimited, RetryableError, PermanentError) as exc:
         # Price/stock did not get through after SkyHub refused some attributes: the rows
         # stay together (a refused row may be the one carrying the price), so they are
-        # retried, or refused, as one.
+        # retried, or refused, as one; so are the rows the price guard held back (the guard
+        # decides again on the retry).
         learned.refused.clear()
+        learned.held.clear()
         return learned.ending(failure_outcome(exc))

@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from skysync.domain.guards import GUARDED_PRICES
 from skysync.domain.kinds import RowState
-from skysync.domain.planner import Decision
+from skysync.domain.planner import Decision, SkuRequest
 from skysync.skyhub.errors import (
     AuthenticationError,
     PermanentError,
@@ -60,11 +61,21 @@ class Learned:
     attempted: dict[str, set[str]] = field(default_factory=dict)
     # rows SkyHub refused (attributes) while the rest of the request went out: id -> reason
     refused: dict[int, str] = field(default_factory=dict)
+    # rows the price drop guard held back while the rest went out: id -> reason
+    held: dict[int, str] = field(default_factory=dict)
+    # per SKU, the rows carrying the request's price fields (held or not): they replace older
+    # held rows once the request is settled
+    prices: dict[str, dict[str, int]] = field(default_factory=dict)
     # fields SkyHub already had, with the row that asked for them (counts as applied)
     unchanged: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def attempt(self, sku: str, fields: dict[str, Any]) -> None:
         self.attempted.setdefault(sku, set()).update(fields)
+
+    def note_prices(self, request: SkuRequest) -> None:
+        found = {n: request.sources[n] for n in GUARDED_PRICES if n in request.sources}
+        if found:
+            self.prices.setdefault(request.sku, {}).update(found)
 
     def note_unchanged(self, sku: str, sources: dict[str, int]) -> None:
         if sources:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from skysync.domain.guards import replaced_held
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.planner import Row, backoff_delay
 from skysync.relay.outcome import Learned, Outcome
@@ -46,12 +47,19 @@ def record(
             order_store.record_status(session, *outcome.order_status, now)
         refused = outcome.learned.refused
         _reject_refused(session, token, [r for r in rows if r.id in refused], refused, now)
-        rest = [r for r in rows if r.id not in refused]
+        done = outcome.state in (RowState.SENT, RowState.WITHHELD)
+        # the price guard's holds stand once the rest went out; otherwise every row goes back
+        # together and the guard decides again
+        held = outcome.learned.held if done else {}
+        _hold(session, token, [r for r in rows if r.id in held], held, now)
+        if done:
+            _replace_held(session, outcome.learned.prices, now)
+        rest = [r for r in rows if r.id not in refused and r.id not in held]
         if not rest:
             _supersede_unloaded(session, token, rows, now)
             return
         settle = Settle(session, token, rest, outcome, now)
-        if outcome.state in (RowState.SENT, RowState.WITHHELD):
+        if done:
             settle.done()
         elif outcome.state == RowState.REJECTED:
             settle.rejected()
@@ -104,6 +112,24 @@ def _supersede_unloaded(session: Session, token: str, rows: list[Row], now: date
         reason=f"folded into row {winner}",
         refs=refs,
     )
+
+
+def _hold(
+    session: Session, token: str, rows: list[Row], reasons: dict[int, str], now: datetime
+) -> None:
+    """Rows whose price the guard held back (the rest of the request went out): each waits as
+    ``held`` with its reason, until an operator releases it or a newer row replaces it."""
+    for r in rows:
+        outbox.finish(session, [r.id], token, state=RowState.HELD, now=now, reason=reasons[r.id])
+
+
+def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: datetime) -> None:
+    """Older held rows whose every price field this request carried a newer value of (sent,
+    or held itself) are superseded by the newest of those rows."""
+    for sku, sources in prices.items():
+        held = outbox.held_rows(session, sku)
+        for row_id, by in replaced_held(held, sources).items():
+            outbox.supersede_held(session, row_id, by, now)
 
 
 def _reject_refused(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from skysync.domain.guards import hold_price_drops
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
 from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
@@ -49,6 +50,9 @@ def push_variation_entry(relay: Relay, parent: str, part: SkuRequest, learned: L
     fields that changed and that no newer row (a stock row for it, say) already set."""
     vsku = part.sku
     known = relay.load_item(vsku)
+    learned.note_prices(part)
+    part, held = hold_price_drops(part, known, relay.settings.price_drop_guard)
+    learned.held.update(held)
     part_decision = decide(part, known, frozen=False)
     learned.note_unchanged(vsku, part_decision.unchanged)
     fields = part_decision.send

@@ -63,9 +63,28 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             last_applied=found.last_applied,
             # sent without a recorded answer: SkyHub's value is unknown until the next answer
             unknown=sorted(found.attempt or {}),
+            # the quantity the ERP wrote, when SkyHub got less (SKYSYNC_STOCK_BUFFER)
+            erp_values=_erp_values(session, sku, found),
         )
     data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
     return data
+
+
+def _erp_values(session: Session, sku: str, item: Item) -> dict[str, Any]:
+    """The ERP's own value of each buffered field (qty) whose acknowledged value differs: read
+    from the row SkyHub's value came from (the SKU's own row, or its parent's product row)."""
+    found: dict[str, Any] = {}
+    for name in ("qty",):
+        row_id = (item.last_applied or {}).get(name)
+        row = session.get(OutboxRow, int(row_id)) if row_id is not None else None
+        payload = row.payload if row is not None and isinstance(row.payload, dict) else {}
+        if row is not None and row.ref != sku:
+            entries = [v for v in payload.get("variations") or [] if isinstance(v, dict)]
+            payload = next((v for v in entries if v.get("sku") == sku), {})
+        value = payload.get(name)
+        if value is not None and value != (item.acknowledged or {}).get(name):
+            found[name] = value
+    return found
 
 
 def orders(

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.kinds import RowState
 from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
@@ -59,6 +60,13 @@ def health_problems(
     """Why an operator should look now (empty when healthy): what `skysync status` exits 1 on."""
     now = now or utcnow()
     problems = []
+    held = report["outbox"].get(RowState.HELD, 0)
+    if held:
+        problems.append(
+            f"{held} row(s) held by the price drop guard wait for an operator: "
+            "`skysync outbox list --state held`, then `skysync outbox release ID...` "
+            "(or the ERP writes a newer price)"
+        )
     age = report["oldest_pending_age_s"]
     if age is not None and age > max_pending_age:
         problems.append(

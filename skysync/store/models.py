@@ -120,6 +120,8 @@ class OutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     last_status: Mapped[int | None] = mapped_column(sa.Integer(), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # an operator released this held row: the price guard lets it through (migration 0005)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, RowState
+from skysync.domain.planner import Row
 from skysync.domain.validation import validate
 from skysync.store.models import Item, OutboxRow, UTCDateTime, utcnow
 
@@ -363,6 +364,62 @@ def renew_lease(
     """Extend the lease of rows still held by ``token`` (and, with ``refs``, of the other rows
     of those SKUs it holds); returns how many of ``ids`` are still held."""
     return _update_claimed(session, ids, token, {"lease_until": lease_until}, refs)
+
+
+def held_rows(session: Session, ref: str) -> list[Row]:
+    """The rows of SKU ``ref`` the price guard holds, oldest first."""
+    query = (
+        sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload)
+        .where(OutboxRow.ref == ref, OutboxRow.state == RowState.HELD)
+        .where(OutboxRow.kind.in_(SKU_KINDS))
+        .order_by(OutboxRow.id)
+    )
+    return [Row(i, kind, r, payload) for i, kind, r, payload in session.execute(query)]
+
+
+def supersede_held(session: Session, row_id: int, by: int, now: datetime) -> None:
+    """A held row replaced by a newer value of its prices (row ``by``)."""
+    session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.id == row_id, OutboxRow.state == RowState.HELD)
+        .values(
+            state=RowState.SUPERSEDED,
+            superseded_by=by,
+            reason=f"held by the price guard, then replaced by the newer row {by}",
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def release_held(session: Session, ids: Sequence[int], now: datetime) -> dict[int, str]:
+    """An operator's release of held rows: back to pending, due now, marked so that the price
+    guard lets them through. Returns, for each id that was not released, why."""
+    found: dict[int, str] = {}
+    for part in _slices(list(ids)):
+        query = sa.select(OutboxRow.id, OutboxRow.state).where(OutboxRow.id.in_(part))
+        found.update({row_id: state for row_id, state in session.execute(query)})
+    refused = {
+        i: ("no such row" if i not in found else f"is {found[i]}, not held")
+        for i in ids
+        if found.get(i) != RowState.HELD
+    }
+    held = [i for i in ids if i not in refused]
+    for part in _slices(held):
+        session.execute(
+            sa.update(OutboxRow)
+            .where(OutboxRow.id.in_(part), OutboxRow.state == RowState.HELD)
+            .values(
+                state=RowState.PENDING,
+                available_at=now,
+                released_at=now,
+                claim_token=None,
+                finished_at=None,
+                reason="released by an operator: the price guard lets it through",
+                updated_at=now,
+            )
+        )
+    return refused
 
 
 def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
