@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from skysync.emulator import Sandbox
 from skysync.skyhub.ratelimit import RateLimiter
 from skysync.store.db import dispose_engines, migrate
 
@@ -104,6 +105,16 @@ def session(db_url: str) -> Iterator[sa.orm.Session]:
 
     with session_scope(db_url) as s:
         yield s
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    """The SkyHub emulator over HTTP, products never linked, rate limits off
+    (relay_helpers.sandbox_config)."""
+    from relay_helpers import sandbox_config
+
+    with Sandbox(sandbox_config()) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture

@@ -270,11 +270,11 @@ def fresh_sqlite(tmp_path: Path) -> Iterator[str]:
 def test_migrate_fresh_sqlite_prints_the_revision(fresh_sqlite: str) -> None:
     result = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0003"
-    assert current_revision(fresh_sqlite) == "0003"
+    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0004"
+    assert current_revision(fresh_sqlite) == "0004"
     again = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert again.exit_code == 0, again.output
-    assert "at revision 0003" in again.stdout
+    assert "at revision 0004" in again.stdout
 
 
 # -- erp-role --------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
 
     migrated = skysync("migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "at revision 0003" in migrated.stdout
+    assert "at revision 0004" in migrated.stdout
 
     ok = skysync("enqueue", "stock", "SKU-1", '{"qty": 0}')
     assert ok.returncode == 0, ok.stderr
