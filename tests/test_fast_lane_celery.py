@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import sqlalchemy as sa
-from celery_helpers import Worker, clean_env, run_skysync, wait_for
-from conftest import create_pg_database, drop_pg_database, empty_tables
+from celery_helpers import Worker, clean_env, flush_redis, run_skysync, wait_for
+from conftest import empty_tables, migrated_pg_database
 
 from skysync.emulator import Sandbox, SandboxConfig
 from skysync.skyhub.client import SkyHubClient
-from skysync.store.db import get_engine, migrate, session_scope
+from skysync.store.db import get_engine, session_scope
 from skysync.store.models import RunLog
 
 BROKER_DB, LIMITER_DB = 6, 7  # this machine's Redis databases for this test (flushed)
@@ -35,10 +34,8 @@ WATCHER_LINE = "fast lane on (stockouts"
 
 @pytest.fixture(scope="module")
 def lane_db() -> Iterator[str]:
-    url = create_pg_database("skysync_lane")
-    migrate(url)
-    yield url
-    drop_pg_database(url)
+    with migrated_pg_database("skysync_lane") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +46,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def _flush_redis() -> None:
-    for db in (BROKER_DB, LIMITER_DB):
-        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+    flush_redis(BROKER_DB, LIMITER_DB)
 
 
 @pytest.fixture
