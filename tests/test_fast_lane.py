@@ -58,11 +58,9 @@ def _claim(db_url: str, rule: LaneRule | None, claim_as: str = "t-lane") -> set[
 # -- settings ------------------------------------------------------------------------------
 
 
-def test_settings_default_off_and_bad_values_name_the_variable() -> None:
-    settings = load_settings()
-    assert settings.fast_lane == "off" and not settings.lane_rule.on
-    assert settings.masked()["fast_lane"] == "off"
-    assert settings.masked()["fast_lane_stock_threshold"] == 0
+def test_settings_bad_values_name_the_variable() -> None:
+    """(The default and `skysync check-config` are in test_cli.py, with no SKYSYNC_* set.)"""
+    assert not load_settings(fast_lane="off").lane_rule.on
     on = load_settings(fast_lane=" StockOuts ", fast_lane_stock_threshold=3)
     assert on.lane_rule == LaneRule(LaneMode.STOCKOUTS, 3)
     for bad, name in (

@@ -156,6 +156,13 @@ def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
     return sa.func.coalesce(parent, row.ref)
 
 
+def _busy() -> sa.Select[tuple[str]]:
+    """The families with a row in flight: one uncorrelated subquery (evaluated once), not a
+    scan of the in-flight rows per row."""
+    in_flight = sa.orm.aliased(OutboxRow, name="f")
+    return sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
+
+
 def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.ColumnElement[bool]:
     """The SQL form of :meth:`LaneRule.picks` over ``row``: never raises on a payload that is
     not JSON or whose qty is not a number (such a row is simply not a stock-out)."""
@@ -203,12 +210,9 @@ def claim_due(
     and can never send a value that a newer row would overwrite."""
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
-    in_flight = sa.orm.aliased(OutboxRow, name="f")
-    # one uncorrelated subquery (evaluated once), not a scan of the in-flight rows per row
-    busy = sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
     due = (
         sa.select(o.id, o.kind, _family(o))
-        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(busy))
+        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
         .order_by(o.id)
         .limit(limit)
     )
@@ -243,16 +247,14 @@ def claim_due(
 
 
 def lane_rows_due(session: Session, rule: LaneRule, now: datetime) -> bool:
-    """Is there a row for the fast lane to claim: pending, due, picked by ``rule``, of a SKU
-    with no row in flight? One cheap query (the pending-due index, stopped at the first
-    match): the lane's watcher asks it before it wakes a worker."""
+    """Is there a row for the fast lane to claim: pending, due, picked by ``rule``, of a family
+    with no row in flight (what :func:`claim_due` would take)? One cheap query (the pending-due
+    index, stopped at the first match): the lane's watcher asks it before it wakes a worker."""
     o = sa.orm.aliased(OutboxRow, name="o")
-    f = sa.orm.aliased(OutboxRow, name="f")
-    in_flight = sa.exists().where(f.ref == o.ref, f.state == RowState.IN_FLIGHT)
     query = (
         sa.select(sa.literal(1))
         .select_from(o)
-        .where(o.state == RowState.PENDING, o.available_at <= now, ~in_flight)
+        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
         .where(lane_filter(o, rule, session.get_bind().dialect.name))
         .limit(1)
     )
