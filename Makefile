@@ -26,11 +26,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
 
-## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain (needs PostgreSQL, Redis)
+## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness
+## with the fast lane on and off (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
 	$(BIN)/python -m bench.limiter_accuracy
 	$(BIN)/python -m bench.backlog
+	$(BIN)/python -m bench.freshness
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -9,11 +9,15 @@ The database is the source of truth; the broker is a doorbell that may lose mess
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
 
 from skysync.config import get_settings
+
+if TYPE_CHECKING:
+    from skysync.relay.fast_lane import LaneWatcher
 
 
 def _time_limits(lease_seconds: float) -> tuple[float, float]:
@@ -85,3 +89,28 @@ def _logging(**_kwargs: object) -> None:
 
     settings = get_settings()
     configure_logging(settings.log_level, secrets=settings.secret_values())
+
+
+# The fast lane's watcher (relay/fast_lane.py): one thread in each worker's main process, only
+# when SKYSYNC_FAST_LANE is on, so a worker (compose's `worker`, or `skysync run`) needs no other
+# change to run it. On PostgreSQL the workers elect one watcher among them.
+_lane_watcher: list[LaneWatcher] = []
+
+
+@worker_ready.connect
+def _start_fast_lane(**_kwargs: object) -> None:
+    settings = get_settings()
+    if not settings.lane_rule.on:
+        return
+    from skysync.relay.fast_lane import LaneWatcher
+    from skysync.tasks import wake_fast_lane
+
+    watcher = LaneWatcher(settings, wake_fast_lane)
+    watcher.start()
+    _lane_watcher.append(watcher)
+
+
+@worker_shutdown.connect
+def _stop_fast_lane(**_kwargs: object) -> None:
+    while _lane_watcher:
+        _lane_watcher.pop().stop()

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from skysync.domain.fast_lane import LaneMode, LaneRule
+
 DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
 
@@ -108,6 +110,26 @@ class Settings(BaseSettings):
         description="Units kept back from every quantity: SkyHub gets max(qty - buffer, 0).",
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    fast_lane: str = Field(
+        default="off",
+        description="The fast lane (docs/fast-lane.md): off (default), stockouts (stock rows "
+        "with qty <= fast_lane_stock_threshold go out within seconds) or all (every price and "
+        "stock row).",
+    )
+    fast_lane_stock_threshold: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="A stock row with qty at or below this is a stock-out for the fast lane.",
+    )
+    fast_lane_poll: float = Field(
+        default=1.0,
+        ge=0.2,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds between the fast lane's checks for due rows (its fallback when "
+        "no notification comes, and its only trigger on SQLite).",
+    )
     flower_basic_auth: SecretStr | None = Field(
         default=None,
         description='Flower\'s "user:password" (secret); Flower refuses to start without.',
@@ -163,6 +185,14 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("fast_lane")
+    @classmethod
+    def _fast_lane_mode(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in {m.value for m in LaneMode}:
+            raise ValueError("must be one of off, stockouts, all")
+        return mode
+
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
         """A secret still set to a placeholder (CHANGE_ME...) would send garbage to SkyHub or
@@ -208,6 +238,11 @@ class Settings(BaseSettings):
     def has_skyhub_credentials(self) -> bool:
         """All three SkyHub credentials are set: talk to the configured SkyHub."""
         return bool(self.skyhub_email and self.skyhub_api_key and self.skyhub_account_key)
+
+    @property
+    def lane_rule(self) -> LaneRule:
+        """The fast lane's choice of rows (mode off: the lane does nothing)."""
+        return LaneRule(LaneMode(self.fast_lane), self.fast_lane_stock_threshold)
 
     @property
     def is_sqlite(self) -> bool:

@@ -40,6 +40,32 @@ def relay_batch(self: Task) -> dict[str, Any]:
 
 
 @app.task(
+    name="skysync.relay_fast",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_WHILE_DATABASE_DOWN,
+)
+def relay_fast(self: Task) -> dict[str, Any]:
+    """The fast lane (relay/fast_lane.py): claim the families of the due rows it picks and
+    hand them to deliver_chunk, like a batch; nothing while SKYSYNC_FAST_LANE is off."""
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        summary = relay.run_fast(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+    return summary.as_dict()
+
+
+# A lane wake not run within this many seconds is dropped: the watcher wakes it again if its
+# rows are still due, so a backed-up queue never piles up stale wakes.
+FAST_WAKE_EXPIRES = 30
+
+
+def wake_fast_lane() -> None:
+    """Queue one run of the fast lane (what the lane's watcher calls)."""
+    relay_fast.apply_async(expires=FAST_WAKE_EXPIRES)
+
+
+@app.task(
     name="skysync.deliver_chunk",
     bind=True,
     acks_late=True,

@@ -26,6 +26,18 @@ WORKER_COMMAND = [
 ]
 
 
+def flush_redis(*dbs: int) -> None:
+    """Empty these databases of the local Redis (a test's broker and limiter)."""
+    import redis
+
+    for db in dbs:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
 def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any SKYSYNC_* variable, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from skysync.emulator import Sandbox
 from skysync.skyhub.ratelimit import RateLimiter
 from skysync.store.db import dispose_engines, migrate
 
@@ -62,6 +64,17 @@ def drop_pg_database(url: str) -> None:
     engine.dispose()
 
 
+@contextmanager
+def migrated_pg_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database at the migrations' head, dropped on exit."""
+    url = create_pg_database(prefix)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     url = create_pg_database()
@@ -104,6 +117,16 @@ def session(db_url: str) -> Iterator[sa.orm.Session]:
 
     with session_scope(db_url) as s:
         yield s
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    """The SkyHub emulator over HTTP, products never linked, rate limits off
+    (relay_helpers.sandbox_config)."""
+    from relay_helpers import sandbox_config
+
+    with Sandbox(sandbox_config()) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
-from celery_helpers import Worker, clean_env, run_python, run_skysync, wait_for
-from conftest import create_pg_database, drop_pg_database, empty_tables
+from celery_helpers import Worker, clean_env, flush_redis, run_python, run_skysync, wait_for
+from conftest import empty_tables, migrated_pg_database
 
 from skysync.emulator import Sandbox, SandboxConfig
-from skysync.store.db import migrate, session_scope
+from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, RunLog
 
 BROKER_DB = 10
@@ -47,10 +47,8 @@ DELIVERY_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def celery_db() -> Iterator[str]:
-    url = create_pg_database("skysync_celery")
-    migrate(url)
-    yield url
-    drop_pg_database(url)
+    with migrated_pg_database("skysync_celery") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +60,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def _flush_redis() -> None:
-    for db in {BROKER_DB, LIMITER_DB}:
-        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+    flush_redis(BROKER_DB, LIMITER_DB)
 
 
 @pytest.fixture

@@ -224,6 +224,20 @@ def test_check_config_bad_rate_limit_exits_2_naming_the_variable() -> None:
     assert result.stdout == ""
 
 
+def test_check_config_shows_the_fast_lane_off_by_default_and_refuses_a_bad_mode() -> None:
+    shown = json.loads(run(["check-config"]).stdout)
+    assert (shown["fast_lane"], shown["fast_lane_stock_threshold"]) == ("off", 0)
+    assert shown["fast_lane_poll"] == 1.0
+    on = run(["check-config"], SKYSYNC_FAST_LANE="stockouts", SKYSYNC_FAST_LANE_STOCK_THRESHOLD="2")
+    assert on.exit_code == 0, on.output
+    assert json.loads(on.stdout)["fast_lane"] == "stockouts"
+    assert json.loads(on.stdout)["fast_lane_stock_threshold"] == 2
+    bad = run(["check-config"], SKYSYNC_FAST_LANE="yes", SKYSYNC_FAST_LANE_STOCK_THRESHOLD="-1")
+    assert bad.exit_code == 2 and bad.stdout == ""
+    assert "SKYSYNC_FAST_LANE: Value error, must be one of off, stockouts, all" in bad.stderr
+    assert "SKYSYNC_FAST_LANE_STOCK_THRESHOLD: " in bad.stderr
+
+
 def test_bad_value_next_to_a_secret_never_shows_the_secret() -> None:
     result = run(
         ["check-config"],

@@ -85,6 +85,9 @@ REQUIRED_ENV = {
     "SKYSYNC_MAX_ATTEMPTS",
     "SKYSYNC_LEASE_SECONDS",
     "SKYSYNC_LOG_LEVEL",
+    "SKYSYNC_FAST_LANE",
+    "SKYSYNC_FAST_LANE_STOCK_THRESHOLD",
+    "SKYSYNC_FAST_LANE_POLL",
 }
 START_TIMEOUT = 45.0
 DELIVERY_TIMEOUT = 30.0
@@ -262,6 +265,10 @@ def test_services_and_their_order() -> None:
         env = service_environment(services[name], COMPOSE_ENV)
         assert set(env) >= REQUIRED_ENV, f"{name} lacks {REQUIRED_ENV - set(env)}"
         assert env["SKYSYNC_BROKER_URL"] != env["SKYSYNC_REDIS_URL"]
+    # The fast lane is off unless the one variable says otherwise; the worker then runs it.
+    assert service_environment(services["worker"], COMPOSE_ENV)["SKYSYNC_FAST_LANE"] == "off"
+    lane_on = {**COMPOSE_ENV, "SKYSYNC_FAST_LANE": "stockouts"}
+    assert service_environment(services["worker"], lane_on)["SKYSYNC_FAST_LANE"] == "stockouts"
     # The Flower password goes to Flower only.
     assert "SKYSYNC_FLOWER_BASIC_AUTH" in service_environment(services["flower"], COMPOSE_ENV)
     for name in set(SKYSYNC_SERVICES) - {"flower"}:

@@ -9,7 +9,7 @@ in test_celery.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -25,7 +25,6 @@ from relay_helpers import (
     requests,
     row,
     rows,
-    sandbox_config,
 )
 
 from skysync.emulator import Sandbox
@@ -78,12 +77,6 @@ def kill() -> None:
 def db(pg_url: str) -> str:
     empty_tables(pg_url)
     return pg_url
-
-
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
 
 
 def item(db: str, sku: str) -> Item:

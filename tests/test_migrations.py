@@ -46,7 +46,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0005"
+    assert HEAD == "0006"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 
@@ -64,6 +64,48 @@ def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
     # Running it again is a no-op, not an error (the `migrate` container runs on every start).
     migrate(fresh_url)
     assert current_revision(fresh_url) == HEAD
+
+
+def _lane_trigger(url: str) -> list[str]:
+    """The fast lane's trigger and function, where the database has them."""
+    with get_engine(url).connect() as conn:
+        if url.startswith("sqlite"):
+            return list(conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            ).scalars())  # fmt: skip
+        return list(conn.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE tgname = 'skysync_outbox_fast_lane' "
+            "UNION ALL SELECT proname FROM pg_proc "
+            "WHERE proname = 'skysync_outbox_fast_lane_notify'"
+        ).scalars())  # fmt: skip
+
+
+def test_fast_lane_trigger_is_installed_and_removed(fresh_url: str) -> None:
+    """0006 installs the NOTIFY trigger on PostgreSQL (a plain INSERT of a stock row rings,
+    a product row does not); downgrading to 0003 removes it. SQLite gets no trigger."""
+    from skysync.store.notify import LaneListener
+
+    migrate(fresh_url, "0003")
+    assert _lane_trigger(fresh_url) == []
+    migrate(fresh_url)
+    if fresh_url.startswith("sqlite"):
+        assert _lane_trigger(fresh_url) == []
+        return
+    assert sorted(_lane_trigger(fresh_url)) == [
+        "skysync_outbox_fast_lane",
+        "skysync_outbox_fast_lane_notify",
+    ]
+    with LaneListener(fresh_url) as listener:
+        listener.listen()
+        _insert(fresh_url, "kind, ref, payload", "'product', 'P', '{\"name\": \"x\"}'")
+        assert not listener.wait(0.3)
+        _insert(fresh_url, "kind, ref, payload", "'stock', 'S', '{\"qty\": 0}'")
+        assert listener.wait(5)
+        downgrade(fresh_url, "0005")
+        assert _lane_trigger(fresh_url) == []
+        _insert(fresh_url, "kind, ref, payload", "'stock', 'S', '{\"qty\": 0}'")
+        assert not listener.wait(0.3)
+    assert _count(fresh_url) == 3
 
 
 # -- CHECK constraints and defaults (plain SQL, as an ERP would write it) --------------------------

@@ -41,12 +41,6 @@ from skysync.store.models import OutboxRow, utcnow
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """The CLI reads SKYSYNC_* and .env: run it in an empty directory with none inherited."""
     monkeypatch.chdir(tmp_path)

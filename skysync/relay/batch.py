@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.planner import Folding, families
 from skysync.domain.validation import problems
@@ -32,20 +33,30 @@ CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, bi
 
 
 def run_batch(
-    relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = None
+    relay: Relay,
+    dispatch: Callable[[str, list[int]], Any] | None = None,
+    *,
+    lane: LaneRule | None = None,
 ) -> BatchSummary:
     """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key.
 
     ``dispatch(token, row_ids)`` sends a chunk to a worker (Celery); without it the chunks
     are delivered here, in this process. The run log records the batch, and why it stopped.
+
+    With ``lane`` this is a fast-lane run (fast_lane.py): only the families of the rows the
+    lane picks are claimed, and the run log records it (as ``fast_lane``) only when it
+    claimed something, since the lane runs whenever a row may be waiting.
     """
     token = secrets.token_hex(8)
     summary = BatchSummary(token=token)
-    with session_scope(relay.url) as session:
-        run_id = runs.start(session, token, relay.clock())
+    run_id = None if lane is not None else _start_run(relay, token, "relay")
     try:
         with log_context(claim_token=token):
-            chunks = _claim(relay, token, summary)
+            chunks = _claim(relay, token, summary, lane)
+        if run_id is None:
+            if not summary.claimed:
+                return summary
+            run_id = _start_run(relay, token, "fast_lane")
         summary.chunks = len(chunks)
         if dispatch is not None:
             for chunk in chunks:
@@ -53,7 +64,8 @@ def run_batch(
         else:
             summary.delivery = relay.deliver(token, [i for chunk in chunks for i in chunk])
     except Exception as exc:
-        _finish_run(relay, run_id, summary, error=f"{type(exc).__name__}: {exc}")
+        if run_id is not None:
+            _finish_run(relay, run_id, summary, error=f"{type(exc).__name__}: {exc}")
         raise
     error = None
     if summary.delivery is not None and summary.delivery.auth_failed:
@@ -63,12 +75,19 @@ def run_batch(
     return summary
 
 
+def _start_run(relay: Relay, token: str, kind: str) -> int:
+    with session_scope(relay.url) as session:
+        return runs.start(session, token, relay.clock(), kind=kind)
+
+
 def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
     with session_scope(relay.url) as session:
         runs.finish(session, run_id, relay.clock(), summary.as_dict(), error)
 
 
-def _claim(relay: Relay, token: str, summary: BatchSummary) -> list[list[int]]:
+def _claim(
+    relay: Relay, token: str, summary: BatchSummary, lane: LaneRule | None = None
+) -> list[list[int]]:
     """Claim due rows under ``token`` (after reclaiming expired leases), reject the invalid
     ones, and chunk the rest so that a product and its variations share a chunk. The claimed
     rows are read a page at a time; the chunks name only the rows the requests need (see
@@ -83,6 +102,7 @@ def _claim(relay: Relay, token: str, summary: BatchSummary) -> list[list[int]]:
             now=now,
             lease_until=lease_until,
             limit=relay.settings.batch_size,
+            lane=lane,
         )
         folding = Folding()
         for page in outbox.iter_claimed(session, token):

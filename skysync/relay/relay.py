@@ -16,7 +16,7 @@ from typing import Any
 
 from skysync.config import Settings
 from skysync.domain.planner import ItemView, Row, SkuRequest
-from skysync.relay import batch, deliver
+from skysync.relay import batch, deliver, fast_lane
 from skysync.relay.outcome import BatchSummary, DeliverySummary, Learned, Outcome
 from skysync.relay.record import record
 from skysync.reporting.metrics import save_request_counts
@@ -60,6 +60,11 @@ class Relay:
         are delivered here, in this process.
         """
         return batch.run_batch(self, dispatch)
+
+    def run_fast(self, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
+        """The fast lane (fast_lane.py): a batch over the families of the due rows that
+        SKYSYNC_FAST_LANE picks; nothing at all while the lane is off."""
+        return fast_lane.run_fast(self, dispatch)
 
     def deliver(self, token: str, row_ids: list[int]) -> DeliverySummary:
         """Push the rows of ``row_ids`` still claimed by ``token`` (deliver.py)."""

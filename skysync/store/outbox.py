@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.fast_lane import LaneMode, LaneRule
 from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, RowState
 from skysync.domain.planner import Row
 from skysync.domain.validation import validate
@@ -156,8 +157,46 @@ def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
     return sa.func.coalesce(parent, row.ref)
 
 
+def _busy() -> sa.Select[tuple[str]]:
+    """The families with a row in flight: one uncorrelated subquery (evaluated once), not a
+    scan of the in-flight rows per row."""
+    in_flight = sa.orm.aliased(OutboxRow, name="f")
+    return sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
+
+
+def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.ColumnElement[bool]:
+    """The SQL form of :meth:`LaneRule.picks` over ``row``: never raises on a payload that is
+    not JSON or whose qty is not a number (such a row is simply not a stock-out)."""
+    if not rule.on:
+        return sa.false()
+    kind = row.kind.in_(rule.kinds)
+    if rule.mode is LaneMode.ALL:
+        return kind
+    found = sa.inspect(row)
+    o = found.name if getattr(found, "is_aliased_class", False) else OutboxRow.__tablename__
+    if dialect == "postgresql":
+        # CASE: the cast runs only on numbers, whatever order the planner picks
+        stockout = sa.text(
+            f"CASE WHEN jsonb_typeof({o}.payload -> 'qty') = 'number' "
+            f"THEN ({o}.payload ->> 'qty')::numeric <= :lane_threshold ELSE false END"
+        )
+    else:
+        stockout = sa.text(
+            f"CASE WHEN json_valid({o}.payload) AND json_type({o}.payload, '$.qty') "
+            f"IN ('integer', 'real') THEN json_extract({o}.payload, '$.qty') <= :lane_threshold "
+            "ELSE 0 END"
+        )
+    return sa.and_(kind, stockout.bindparams(lane_threshold=rule.threshold))
+
+
 def claim_due(
-    session: Session, *, token: str, now: datetime, lease_until: datetime, limit: int
+    session: Session,
+    *,
+    token: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    lane: LaneRule | None = None,
 ) -> int:
     """Claim pending rows due now, oldest first, up to ``limit``, never a key that still has an
     in_flight row. A key is an order code, or a product with its variations (so a parent's
@@ -165,19 +204,23 @@ def claim_due(
     With them come every other pending product/price/stock row of the same families, so that
     all of a SKU's changes are folded together. Each statement names at most IN_CHUNK keys,
     whatever the backlog. Returns how many rows were picked; read the claim with
-    :func:`iter_claimed`."""
+    :func:`iter_claimed`.
+
+    With ``lane`` (the fast lane), only rows the lane picks start a claim, but their families
+    are claimed whole as above, so the lane folds a SKU's older and newer rows like a batch
+    and can never send a value that a newer row would overwrite."""
     _lock_claimers(session)
     o = sa.orm.aliased(OutboxRow, name="o")
-    in_flight = sa.orm.aliased(OutboxRow, name="f")
-    # one uncorrelated subquery (evaluated once), not a scan of the in-flight rows per row
-    busy = sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
     due = (
         sa.select(o.id, o.kind, _family(o))
-        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(busy))
+        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
         .order_by(o.id)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if lane is not None:
+        due = due.where(lane_filter(o, lane, dialect))
+    if dialect == "postgresql":
         due = due.with_for_update(skip_locked=True, of=o)
     picked = session.execute(due).all()
     heads = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in SKU_KINDS))
@@ -216,6 +259,21 @@ def refresh_statistics(session: Session) -> None:
     writer). SQLite keeps no statistics unless asked, and picks the claim index by its shape."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text(f"ANALYZE {OutboxRow.__tablename__}"))
+
+
+def lane_rows_due(session: Session, rule: LaneRule, now: datetime) -> bool:
+    """Is there a row for the fast lane to claim: pending, due, picked by ``rule``, of a family
+    with no row in flight (what :func:`claim_due` would take)? One cheap query (the pending-due
+    index, stopped at the first match): the lane's watcher asks it before it wakes a worker."""
+    o = sa.orm.aliased(OutboxRow, name="o")
+    query = (
+        sa.select(sa.literal(1))
+        .select_from(o)
+        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
+        .where(lane_filter(o, rule, session.get_bind().dialect.name))
+        .limit(1)
+    )
+    return session.execute(query).first() is not None
 
 
 ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
