@@ -6,7 +6,6 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,11 @@ from relay_helpers import (
     relay_for,
     requests,
     row,
-    sandbox_config,
 )
 
 from skysync.domain.planner import Folding, Row, coalesce
 from skysync.emulator import Sandbox
 from skysync.store.db import get_engine
-
-
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
 
 
 def insert_stock_rows(db_url: str, sku: str, n: int) -> tuple[int, int]:

@@ -5,10 +5,8 @@ PostgreSQL; the pure decisions below them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from relay_helpers import (
@@ -18,7 +16,6 @@ from relay_helpers import (
     relay_for,
     requests,
     row,
-    sandbox_config,
 )
 
 from skysync.domain.guards import buffer_stock, hold_price_drops, replaced_held
@@ -28,12 +25,6 @@ from skysync.entrypoints.cli import cli
 from skysync.relay import drain
 from skysync.reporting.status import collect_status, health_problems
 from skysync.store.db import get_engine, migrate, session_scope
-
-
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
 
 
 def cli_run(db_url: str, *args: str, **env: str) -> Any:
