@@ -36,7 +36,10 @@ SKUs and order codes are percent-decoded path segments, order codes may hold spa
 POST     /products                            ``{"product":{...}}`` -> 201; 422 duplicate/invalid
 GET      /products                            ``page``, ``per_page`` (25, max 100), ``cursor``,
                                               ``filters[status|name|qty_from|qty_to]``
-                                              -> ``{"products","total","next"}``
+                                              -> ``{"products","total","next"}``; products
+                                              carry their ``variations``; a ``page`` beyond
+                                              10,000 entries is a 400, the ``next`` cursor
+                                              goes any depth
 GET      /products/{sku}                      200 with ``associations`` and ``variations``; 404
 PUT      /products/{sku}                      ``{"product":{partial}}`` -> 204; 404
 DELETE   /products/{sku}                      204; 422 when linked; 404
@@ -64,7 +67,9 @@ including a repeat of the current status, is 422) and re-enqueue the order.
 
 Admin endpoints (no auth, never rate-limited, never faulted, not in the request log):
 ``POST /_sandbox/orders`` (an order, or ``{"raw": {...}}`` stored unvalidated),
-``POST /_sandbox/products/{sku}/link``, ``GET /_sandbox/state``, ``GET /_sandbox/requests``,
+``POST /_sandbox/products/{sku}/link``, ``POST /_sandbox/products`` (a product SkyHub has that
+skysync never sent), ``PATCH|DELETE /_sandbox/products/{sku}`` (a change behind skysync's back,
+for reconciliation tests), ``GET /_sandbox/state``, ``GET /_sandbox/requests``,
 ``POST /_sandbox/reset``, ``GET|POST /_sandbox/config``, ``POST /_sandbox/faults``.
 
 Fault model, applied to SkyHub endpoints in this order:

@@ -89,6 +89,25 @@ class Sandbox:
         """Make a product (or a variation's parent) linked now; KeyError when unknown."""
         self._catalog.link(sku)
 
+    def seed_product(self, product: Mapping[str, Any], linked: bool = False) -> None:
+        """Store a product (with the variations it lists) as if SkyHub had it all along, made
+        outside skysync: no request, no rate limit. ValueError for an unusable one."""
+        if not isinstance(product, Mapping):
+            raise ValueError("a product must be a JSON object")
+        self._catalog.seed_product(product, linked=linked)
+
+    def change_product(self, sku: str, fields: Mapping[str, Any]) -> None:
+        """Change a product or a variation behind skysync's back (SkyHub's panel, another
+        integration); a ``None`` value removes the field. KeyError for an unknown SKU."""
+        if not isinstance(fields, Mapping):
+            raise ValueError("the fields must be a JSON object")
+        self._catalog.change_behind(sku, fields)
+
+    def remove_product(self, sku: str) -> None:
+        """Delete a product (with its variations) or a variation behind skysync's back, linked
+        or not. KeyError for an unknown SKU."""
+        self._catalog.remove(sku)
+
     def state(self) -> dict[str, Any]:
         """A snapshot of everything the emulator holds, as plain JSON-ready data.
 
