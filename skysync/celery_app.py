@@ -53,6 +53,11 @@ def make_app() -> Celery:
                 "schedule": timedelta(seconds=settings.order_poll_interval),
                 "options": {"expires": settings.order_poll_interval},
             },
+            "reconcile": {
+                "task": "skysync.reconcile",
+                "schedule": timedelta(seconds=settings.reconcile_interval),
+                "options": {"expires": settings.reconcile_interval},
+            },
         },
         timezone="UTC",
         enable_utc=True,

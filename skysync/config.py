@@ -91,6 +91,17 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="How long a claim holds rows before it is reclaimed.",
     )
+    reconcile_interval: float = Field(
+        default=86400.0,
+        ge=60,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between reconciliations with SkyHub's catalogue (daily).",
+    )
+    reconcile_repair: bool = Field(
+        default=False,
+        description="Scheduled reconciliations enqueue corrective rows for the drift they find.",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     flower_basic_auth: SecretStr | None = Field(
         default=None,

@@ -66,3 +66,26 @@ def pull_orders(self: Task) -> dict[str, Any]:
     with log_context(task_id=self.request.id):
         relay = get_relay()
         return pull(relay.url, relay.client).as_dict()
+
+
+@app.task(
+    name="skysync.reconcile",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    # A catalogue takes about pages / 8.5 s (2,500,000 SKUs: 50 min), more than the relay's
+    # limits allow; kept under the Redis broker's visibility timeout (1 h), which would
+    # deliver a longer task a second time.
+    soft_time_limit=3000,
+    time_limit=3300,
+    **RETRY_WHILE_DATABASE_DOWN,
+)
+def reconcile(self: Task) -> dict[str, Any]:
+    """Hold SkyHub's catalogue against the ERP's latest accepted values; repair only when
+    SKYSYNC_RECONCILE_REPAIR says so. No arguments: nothing to show in Flower."""
+    from skysync.relay.reconcile import reconcile as run
+
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        report = run(relay, repair=relay.settings.reconcile_repair)
+    return report.summary(sample=0)

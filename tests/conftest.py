@@ -124,3 +124,25 @@ def make_limiter() -> Iterator[Callable[..., RateLimiter]]:
     yield make
     for limiter in made:
         limiter.reset()
+
+
+@pytest.fixture
+def sb() -> Iterator[Any]:
+    """The SkyHub emulator serving on a free port: products never linked unless a test links
+    them, no rate limits unless a test wants them (a test module may define its own)."""
+    from relay_helpers import sandbox_config
+
+    from skysync.emulator import Sandbox
+
+    with Sandbox(sandbox_config()) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The CLI reads SKYSYNC_* and .env: run it in an empty directory with none inherited."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("SKYSYNC_"):
+            monkeypatch.delenv(name)
+    return tmp_path

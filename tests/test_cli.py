@@ -31,13 +31,8 @@ API_KEY = "sk-live-7f3a9c1e5b2d4068"
 ACCOUNT_KEY = "acct-2b8e6d0f4a1c9753"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith("SKYSYNC_"):
-            monkeypatch.delenv(name)
-    return tmp_path
+# every test runs in an empty directory with no SKYSYNC_* inherited (conftest's clean_env)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def run(args: list[str], **env: str) -> Result:
@@ -270,11 +265,11 @@ def fresh_sqlite(tmp_path: Path) -> Iterator[str]:
 def test_migrate_fresh_sqlite_prints_the_revision(fresh_sqlite: str) -> None:
     result = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0003"
-    assert current_revision(fresh_sqlite) == "0003"
+    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0005"
+    assert current_revision(fresh_sqlite) == "0005"
     again = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert again.exit_code == 0, again.output
-    assert "at revision 0003" in again.stdout
+    assert "at revision 0005" in again.stdout
 
 
 # -- erp-role --------------------------------------------------------------------------------------
@@ -367,7 +362,7 @@ def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
 
     migrated = skysync("migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "at revision 0003" in migrated.stdout
+    assert "at revision 0005" in migrated.stdout
 
     ok = skysync("enqueue", "stock", "SKU-1", '{"qty": 0}')
     assert ok.returncode == 0, ok.stderr

@@ -153,6 +153,17 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
             click.echo(f"  stopped: {run['error']}")
     orders = report["orders"]
     click.echo(f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)")
+    rec = report["last_reconcile"]
+    if rec is None:
+        click.echo("last reconciliation: never")
+    else:
+        click.echo(
+            f"last reconciliation: {rec['started_at']}: {rec['skus_compared']} SKUs, "
+            f"{rec['drift']} drift, {rec['orphans']} orphan(s), {rec['missing']} missing, "
+            f"{rec['frozen']} frozen, {rec['repaired_rows']} correction row(s)"
+        )
+        if rec["error"]:
+            click.echo(f"  {rec['error']}")
     if problems:
         click.echo("UNHEALTHY:")
         for problem in problems:
@@ -181,6 +192,15 @@ def relay(ctx: Context) -> None:
     _echo_json(summary.as_dict())
 
 
+_progress_every = click.option(
+    "--progress-every",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between progress lines in the log when not on a terminal.",
+)
+
+
 class _DrainDisplay:
     """On a terminal, one progress line rewritten in place after each batch; elsewhere (a
     cron job, a container log) a log line every ``every`` seconds."""
@@ -205,13 +225,7 @@ class _DrainDisplay:
 
 @cli.command()
 @click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--progress-every",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds between progress lines in the log when not on a terminal.",
-)
+@_progress_every
 @pass_ctx
 def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
     """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
@@ -233,6 +247,69 @@ def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Enqueue corrective rows for the drift found.")
+@click.option("--sku", help="Only this SKU (a product, or a variation).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@_progress_every
+@pass_ctx
+def reconcile(
+    ctx: Context, repair: bool, sku: str | None, as_json: bool, progress_every: float
+) -> None:
+    """Read SkyHub's catalogue and compare price, promotional price, stock (and the attributes
+    of products not frozen) with the ERP's latest accepted values. Reports drift, frozen
+    attributes, orphans (in SkyHub, never written by the ERP) and missing SKUs. Exit 0 when
+    SkyHub matches, 1 when there is drift, an orphan or a missing SKU, or the run stopped."""
+    from skysync.relay.reconcile import reconcile as run
+
+    relay_ = _relay_or_exit(ctx.settings)
+    show = _DrainDisplay(terminal=sys.stderr.isatty(), every=progress_every)
+    with closing(relay_.client):
+        report = run(relay_, sku=sku, repair=repair, progress=show)
+    show.close()
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        _print_reconcile(report)
+    if report.error:
+        click.echo(f"skysync: reconciliation {report.error}", err=True)
+    if report.has_drift or report.error:
+        sys.exit(1)
+
+
+def _print_reconcile(report: Any) -> None:
+    def value(v: Any) -> str:
+        return "(none)" if v is None else json.dumps(v, ensure_ascii=False)[:60]
+
+    click.echo(
+        f"{report.skus_compared} SKUs compared over {report.pages} page(s); "
+        f"{len(report.drift)} drift, {len(report.frozen)} frozen, {len(report.orphans)} orphan(s), "
+        f"{len(report.missing)} missing"
+    )
+    frozen_title = "frozen (reported, never repaired)"
+    for title, found in (("drift", report.drift), (frozen_title, report.frozen)):
+        if found:
+            click.echo(f"{title}:")
+        for d in found:
+            since = d.since.isoformat(timespec="seconds") if d.since else "unknown"
+            click.echo(
+                f"  {d.sku:<24} {d.field:<18} ERP {value(d.erp)}  SkyHub {value(d.skyhub)}  "
+                f"(believed since {since}, row {d.row_id})"
+            )
+    if report.orphans:
+        names = ", ".join(report.orphans)
+        click.echo(f"orphans (SkyHub has them, the ERP never wrote them): {names}")
+    if report.missing:
+        names = ", ".join(m.sku for m in report.missing)
+        click.echo(f"missing (the ERP wrote them, SkyHub lacks them): {names}")
+    for r in report.repaired:
+        click.echo(f"enqueued correction row {r['row_id']} ({r['kind']} {r['ref']})")
+    for r in report.not_repaired:
+        click.echo(f"not repaired: {r['ref']}: {r['reason']}")
+    if report.busy_fields:
+        click.echo(f"{report.busy_fields} field(s) not compared: a write for them is on its way")
 
 
 @cli.command()
@@ -334,6 +411,8 @@ def outbox_list(
         click.echo("no rows")
     for r in rows:
         line = f"{r['id']:>8} {r['state']:<10} {r['kind']:<24} {r['ref']:<24} tries={r['attempts']}"
+        if r["origin"] != "erp":
+            line += f" [{r['origin']}]"
         click.echo(line + (f"  {r['reason']}" if r["reason"] else ""))
 
 
@@ -394,7 +473,8 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
             click.echo(f"  unknown (sent, no answer recorded; resent with the next value): {names}")
     click.echo("  recent rows:")
     for r in data["recent_rows"]:
-        click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {r['reason'] or ''}")
+        origin = f"[{r['origin']}] " if r["origin"] != "erp" else ""
+        click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {origin}{r['reason'] or ''}")
 
 
 @item.command("unfreeze")

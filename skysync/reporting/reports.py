@@ -30,6 +30,7 @@ def row_dict(row: OutboxRow) -> dict[str, Any]:
         "reason": row.reason,
         "superseded_by": row.superseded_by,
         "last_status": row.last_status,
+        "origin": row.origin,
     }
 
 

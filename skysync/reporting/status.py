@@ -29,6 +29,24 @@ def _last_run(session: Session, kind: str) -> dict[str, Any] | None:
     }
 
 
+def _last_reconcile(session: Session) -> dict[str, Any] | None:
+    """The newest reconciliation: when, and what it found."""
+    run = _last_run(session, "reconcile")
+    if run is None:
+        return None
+    summary = run["summary"] or {}
+    return {
+        "started_at": run["started_at"],
+        "finished_at": run["finished_at"],
+        "error": run["error"],
+        **{
+            k: summary.get(k, 0)
+            for k in ("skus_compared", "drift", "frozen", "orphans", "missing", "repaired_rows")
+        },
+        "drift_fields": summary.get("drift_fields", {}),
+    }
+
+
 def collect_status(session: Session, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     oldest_due = oldest_pending(session, due_only=True, now=now)
@@ -44,6 +62,7 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         ),
         "last_relay": _last_run(session, "relay"),
         "last_order_pull": _last_run(session, "pull_orders"),
+        "last_reconcile": _last_reconcile(session),
         "orders": {"unconsumed": inbox.unconsumed, "flagged": inbox.flagged},
     }
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from skysync.domain.kinds import Kind, RowState, UnreadableJSON
+from skysync.domain.kinds import Kind, Origin, RowState, UnreadableJSON
 
 
 def utcnow() -> datetime:
@@ -120,9 +120,15 @@ class OutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     last_status: Mapped[int | None] = mapped_column(sa.Integer(), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # who wrote the row: the ERP (the default, the only value its role can get) or skysync's
+    # reconciliation (a correction); fixed once written (a trigger refuses a change)
+    origin: Mapped[str] = mapped_column(
+        sa.Text(), nullable=False, server_default=Origin.ERP.value
+    )
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
+        sa.CheckConstraint(_in("origin", Origin), name="ck_skysync_outbox_origin"),
         sa.CheckConstraint(_in("state", RowState), name="ck_skysync_outbox_state"),
         sa.CheckConstraint(  # every row that is not (yet) sent says why
             _in("state", (RowState.PENDING, RowState.IN_FLIGHT, RowState.SENT))
