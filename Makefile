@@ -26,11 +26,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
 
-## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain (needs PostgreSQL, Redis)
+## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, reconciliation (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
 	$(BIN)/python -m bench.limiter_accuracy
 	$(BIN)/python -m bench.backlog
+	$(BIN)/python -m bench.reconcile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
