@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         default=False,
         description="Scheduled reconciliations enqueue corrective rows for the drift they find.",
     )
+    sync_errors_interval: float = Field(
+        default=3600.0,
+        ge=60,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between pulls of SkyHub's own errors (/sync_errors).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     flower_basic_auth: SecretStr | None = Field(
         default=None,

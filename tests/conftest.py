@@ -29,6 +29,7 @@ TABLES = (
     "skysync_order",
     "skysync_run",
     "skysync_request_stat",
+    "skysync_sync_error",
 )
 
 

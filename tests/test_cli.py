@@ -265,11 +265,11 @@ def fresh_sqlite(tmp_path: Path) -> Iterator[str]:
 def test_migrate_fresh_sqlite_prints_the_revision(fresh_sqlite: str) -> None:
     result = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0005"
-    assert current_revision(fresh_sqlite) == "0005"
+    assert result.stdout.strip() == f"database {fresh_sqlite} at revision 0006"
+    assert current_revision(fresh_sqlite) == "0006"
     again = run(["migrate"], SKYSYNC_DATABASE_URL=fresh_sqlite)
     assert again.exit_code == 0, again.output
-    assert "at revision 0005" in again.stdout
+    assert "at revision 0006" in again.stdout
 
 
 # -- erp-role --------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
 
     migrated = skysync("migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "at revision 0005" in migrated.stdout
+    assert "at revision 0006" in migrated.stdout
 
     ok = skysync("enqueue", "stock", "SKU-1", '{"qty": 0}')
     assert ok.returncode == 0, ok.stderr

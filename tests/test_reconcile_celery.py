@@ -18,7 +18,7 @@ from conftest import create_pg_database, drop_pg_database
 from relay_helpers import create_product, insert, relay_for, row, sandbox_config
 
 from skysync.emulator import Sandbox
-from skysync.store import runs
+from skysync.store import runs, sync_errors
 from skysync.store.db import migrate, session_scope
 from skysync.store.models import OutboxRow
 
@@ -66,9 +66,12 @@ def test_beat_schedules_reconcile_from_the_settings(env: dict[str, str], tmp_pat
     assert run_python(code, env, tmp_path).split() == ["skysync.reconcile", "3600.0"]
     default = {k: v for k, v in env.items() if k != "SKYSYNC_RECONCILE_INTERVAL"}
     assert run_python(code, default, tmp_path).split() == ["skysync.reconcile", "86400.0"]
+    errors_code = code.replace("'reconcile'", "'pull-sync-errors'")
+    assert run_python(errors_code, env, tmp_path).split() == ["skysync.pull_sync_errors", "3600.0"]
     shown = run_skysync(["check-config"], env, tmp_path)
     assert '"reconcile_interval": 3600.0' in shown
     assert '"reconcile_repair": true' in shown
+    assert '"sync_errors_interval": 3600.0' in shown
 
 
 def test_a_real_worker_reconciles_and_repairs(
@@ -112,3 +115,36 @@ def test_a_real_worker_reconciles_and_repairs(
     finally:
         worker.stop()
     insert(pg, "stock", "CEL-R1", {"qty": 1})  # the outbox still takes ERP rows afterwards
+
+
+def test_a_real_worker_pulls_skyhubs_own_errors(
+    env: dict[str, str], pg: str, sb: Sandbox, tmp_path: Path
+) -> None:
+    sb.add_sync_error(
+        "products",
+        {
+            "entity_id": "CEL-E1",
+            "error_category_code": "link_b2w_products",
+            "error_code": "ean_null",
+            "message": "EAN vazio",
+        },
+    )
+    worker = Worker(env, tmp_path)
+    try:
+        worker.start()
+        run_python(
+            "from skysync.tasks import pull_sync_errors\npull_sync_errors.delay()\n", env, tmp_path
+        )
+
+        def pulled() -> bool:
+            with session_scope(pg) as session:
+                return runs.last(session, "pull_sync_errors") is not None
+
+        wait_for(pulled, 60, "the worker's pull of SkyHub's errors")
+    finally:
+        worker.stop()
+    with session_scope(pg) as session:
+        found = [sync_errors.as_dict(e) for e in sync_errors.listed(session)]
+    assert [(e["entity_id"], e["error_code"], e["message"]) for e in found] == [
+        ("CEL-E1", "ean_null", "EAN vazio")
+    ]

@@ -10,6 +10,8 @@ POST  /_sandbox/products     ``{"product": {...}, "linked": false}``: SkyHub has
 PATCH /_sandbox/products/{sku}  ``{"price": 12.5, ...}``: a product or variation changed
                              behind skysync's back (``null`` removes a field)
 DELETE /_sandbox/products/{sku}  a product or variation deleted behind skysync's back
+POST  /_sandbox/sync_errors  ``{"entity_type": "products"|"orders", "entity_id",
+                             "error_category_code", "error_code", "message"}``: SkyHub's own error
 GET   /_sandbox/state            :meth:`Sandbox.state`
 GET   /_sandbox/requests         ``{"counts", "log"}``
 POST  /_sandbox/reset            forget everything but the config
@@ -69,6 +71,14 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
         return Reply(201)
     if len(route) == 3 and route[0] in ("PATCH", "DELETE") and route[1] == "products":
         return _behind_the_back(sandbox, route[0], route[2], data)
+    if route == ("POST", "sync_errors"):
+        if not isinstance(data, dict):
+            raise ApiError(400, 'Envie {"entity_type": "products", "entity_id", ...}')
+        try:
+            added = sandbox.add_sync_error(str(data.get("entity_type", "")), data)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        return json_reply(201, added)
     if route == ("GET", "state"):
         return json_reply(200, sandbox.state())
     if route == ("GET", "requests"):

@@ -460,7 +460,3 @@ class Catalog:
         del st.variations[sku]
         del st.variation_parent[sku]
         return 204, None
-
-    def sync_errors(self, req: Request) -> Answer:
-        """GET /sync_errors/products: always empty here."""
-        return 200, {"errors": []}

@@ -24,6 +24,7 @@ from skysync.emulator.replies import Reply
 from skysync.emulator.routes import split_target
 from skysync.emulator.server import Listener
 from skysync.emulator.state import EmulatorState
+from skysync.emulator.sync_errors import SyncErrors
 
 
 class Sandbox:
@@ -38,8 +39,10 @@ class Sandbox:
         self._state = EmulatorState(self.config)
         self._catalog = Catalog(self._state)
         self._orders = Orders(self._state)
+        self._sync_errors = SyncErrors(self._state)
         self._dispatcher = Dispatcher(
-            self._state, {"catalog": self._catalog, "orders": self._orders}
+            self._state,
+            {"catalog": self._catalog, "orders": self._orders, "sync_errors": self._sync_errors},
         )
         self._listener = Listener(self._handle_http, self._state.stopping)
 
@@ -108,6 +111,12 @@ class Sandbox:
         or not. KeyError for an unknown SKU."""
         self._catalog.remove(sku)
 
+    def add_sync_error(self, entity_type: str, error: Mapping[str, Any]) -> dict[str, Any]:
+        """SkyHub notices an error about an accepted product or order (``entity_type``
+        "products" or "orders"; ``entity_id``, ``error_category_code``, ``error_code`` and
+        ``message`` required). ValueError for a bad one."""
+        return self._sync_errors.add(entity_type, error)
+
     def state(self) -> dict[str, Any]:
         """A snapshot of everything the emulator holds, as plain JSON-ready data.
 
@@ -124,6 +133,7 @@ class Sandbox:
             "orders": orders["orders"],
             "queue": orders["queue"],
             "frozen_writes": catalog["frozen_writes"],
+            "sync_errors": copy.deepcopy(self._state.sync_errors),
             "queue_detail": orders["queue_detail"],
         }
 

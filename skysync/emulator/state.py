@@ -39,6 +39,8 @@ class EmulatorState:
         self.variations: dict[str, dict[str, Any]] = {}
         self.variation_parent: dict[str, str] = {}
         self.frozen_writes: list[dict[str, Any]] = []
+        # SkyHub's own errors about accepted products and orders, per entity type
+        self.sync_errors: dict[str, list[dict[str, Any]]] = {"products": [], "orders": []}
         # orders
         self.orders: dict[str, dict[str, Any]] = {}
         self.queue: OrderedDict[str, float] = OrderedDict()  # code -> visible from (monotonic)

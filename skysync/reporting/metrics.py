@@ -26,6 +26,7 @@ from skysync.store.models import (
 )
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state_and_kind, oldest_pending
+from skysync.store.sync_errors import open_counts
 
 
 def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:
@@ -57,6 +58,7 @@ class DataCollector(Collector):
             yield from _request_metrics(session)
             yield from _order_metrics(session)
             yield from _reconcile_metrics(session)
+            yield from _sync_error_metrics(session)
 
 
 def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
@@ -159,6 +161,18 @@ def _reconcile_metrics(session: Session) -> Iterable[Metric]:
         "When the last reconciliation finished (0: never).",
         value=last.finished_at.timestamp() if last is not None and last.finished_at else 0.0,
     )
+
+
+def _sync_error_metrics(session: Session) -> Iterable[Metric]:
+    """SkyHub's own errors still open (neither resolved nor ignored), per entity type."""
+    errors = GaugeMetricFamily(
+        "skysync_skyhub_sync_errors",
+        "SkyHub's own errors about accepted products and orders, still open.",
+        labels=["entity_type"],
+    )
+    for entity_type, n in open_counts(session).items():
+        errors.add_metric([entity_type], n)
+    yield errors
 
 
 def registry_for(database_url: str) -> CollectorRegistry:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.store import outbox
+from skysync.store import outbox, sync_errors
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
@@ -66,6 +66,12 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             unknown=sorted(found.attempt or {}),
         )
     data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
+    data["sync_errors"] = [
+        sync_errors.as_dict(e)
+        for e in sync_errors.listed(
+            session, entity_id=sku, entity_type="products", include_closed=True, limit=recent
+        )
+    ]
     return data
 
 

@@ -13,6 +13,7 @@ from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state, oldest_pending
+from skysync.store.sync_errors import open_counts
 
 
 def _last_run(session: Session, kind: str) -> dict[str, Any] | None:
@@ -63,6 +64,8 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         "last_relay": _last_run(session, "relay"),
         "last_order_pull": _last_run(session, "pull_orders"),
         "last_reconcile": _last_reconcile(session),
+        "sync_errors": open_counts(session),
+        "last_sync_errors_pull": _last_run(session, "pull_sync_errors"),
         "orders": {"unconsumed": inbox.unconsumed, "flagged": inbox.flagged},
     }
 

@@ -255,3 +255,43 @@ class RequestStat(Base):
     route: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     status: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     count: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, server_default="0")
+
+
+class SyncError(Base):
+    """One of SkyHub's own errors about a product or order it accepted (``/sync_errors``):
+    never deleted; resolved when SkyHub stops listing it, ignored when an operator asked SkyHub
+    to ignore it."""
+
+    __tablename__ = "skysync_sync_error"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    entity_type: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # products | orders
+    entity_id: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # SKU or order code
+    error_category_code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    error_code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    message: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    last_occurrence: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)  # SkyHub's
+    raw: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ignored_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "entity_type IN ('products', 'orders')", name="ck_skysync_sync_error_entity_type"
+        ),
+        sa.UniqueConstraint(
+            "entity_type",
+            "entity_id",
+            "error_category_code",
+            "error_code",
+            name="uq_skysync_sync_error_key",
+        ),
+        sa.Index("ix_skysync_sync_error_entity", "entity_id"),
+        {"sqlite_autoincrement": True},
+    )
