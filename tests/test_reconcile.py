@@ -387,3 +387,21 @@ def test_a_listing_skyhub_cannot_answer_stops_the_run_and_says_why(
     assert report.repaired == [] and report.missing == []  # nothing concluded from a failed read
     with session_scope(db_url) as session:
         assert collect_status(session)["last_reconcile"]["error"] == report.error
+
+
+def test_an_unfrozen_product_has_its_variations_attributes_repaired(
+    db_url: str, sb: Sandbox, clean_env: Path
+) -> None:
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "REC-U", variations=[{"sku": "REC-U-1", "ean": "111"}])
+        sb.link_product("REC-U")
+        insert(db_url, "product", "REC-U", {"name": "learn the link"})
+        drain(relay)
+        env = {"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SKYHUB_URL": sb.base_url}
+        assert CliRunner().invoke(cli, ["item", "unfreeze", "REC-U"], env=env).exit_code == 0
+        behind_the_back(sb, "REC-U-1", ean="999")
+
+        report = reconcile(relay)
+
+    assert [(d.sku, d.field, d.frozen) for d in report.drift] == [("REC-U-1", "ean", False)]
+    assert report.frozen == []

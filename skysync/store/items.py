@@ -186,7 +186,8 @@ def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, Reconcil
         if item is None:
             continue
         parent = items.get(item.parent_sku) if item.parent_sku else None
-        frozen_by = parent if parent is not None and parent.frozen else item
+        owner = parent if parent is not None else item  # a product freezes with its variations
+        frozen_by = owner if owner.frozen else item
         facts[sku] = ReconcileFacts(
             sku=sku,
             parent_sku=item.parent_sku,
@@ -195,7 +196,7 @@ def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, Reconcil
             attempt=dict(item.attempt or {}),
             frozen=frozen_by.frozen,
             frozen_since=frozen_by.frozen_since,
-            unfrozen=item.unfrozen_at is not None and not frozen_by.frozen,
+            unfrozen=owner.unfrozen_at is not None and not frozen_by.frozen,
         )
     return facts
 
