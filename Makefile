@@ -27,12 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
 
 ## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness
-## with the fast lane on and off (needs PostgreSQL, Redis)
+## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
 	$(BIN)/python -m bench.limiter_accuracy
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.freshness
+	$(BIN)/python -m bench.reconcile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

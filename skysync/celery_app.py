@@ -57,6 +57,16 @@ def make_app() -> Celery:
                 "schedule": timedelta(seconds=settings.order_poll_interval),
                 "options": {"expires": settings.order_poll_interval},
             },
+            "pull-sync-errors": {
+                "task": "skysync.pull_sync_errors",
+                "schedule": timedelta(seconds=settings.sync_errors_interval),
+                "options": {"expires": settings.sync_errors_interval},
+            },
+            "reconcile": {
+                "task": "skysync.reconcile",
+                "schedule": timedelta(seconds=settings.reconcile_interval),
+                "options": {"expires": settings.reconcile_interval},
+            },
         },
         timezone="UTC",
         enable_utc=True,

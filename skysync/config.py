@@ -109,6 +109,24 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Units kept back from every quantity: SkyHub gets max(qty - buffer, 0).",
     )
+    reconcile_interval: float = Field(
+        default=86400.0,
+        ge=60,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between reconciliations with SkyHub's catalogue (daily).",
+    )
+    reconcile_repair: bool = Field(
+        default=False,
+        description="Scheduled reconciliations enqueue corrective rows for the drift they find.",
+    )
+    sync_errors_interval: float = Field(
+        default=3600.0,
+        ge=60,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between pulls of SkyHub's own errors (/sync_errors).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     fast_lane: str = Field(
         default="off",

@@ -92,3 +92,42 @@ def pull_orders(self: Task) -> dict[str, Any]:
     with log_context(task_id=self.request.id):
         relay = get_relay()
         return pull(relay.url, relay.client).as_dict()
+
+
+# What every task here promises: late acks (redelivered if its worker dies), no result kept,
+# and another go while the database is away.
+DURABLE: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "ignore_result": True,
+    **RETRY_WHILE_DATABASE_DOWN,
+}
+
+
+@app.task(
+    name="skysync.reconcile",
+    # A catalogue takes about pages / 8.5 s (2,500,000 SKUs: 50 min), more than the relay's
+    # limits allow; kept under the Redis broker's visibility timeout (1 h), which would
+    # deliver a longer task a second time.
+    soft_time_limit=3000,
+    time_limit=3300,
+    **DURABLE,
+)
+def reconcile(self: Task) -> dict[str, Any]:
+    """Hold SkyHub's catalogue against the ERP's latest accepted values; repair only when
+    SKYSYNC_RECONCILE_REPAIR says so. No arguments: nothing to show in Flower."""
+    from skysync.relay.reconcile import reconcile as run
+
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        report = run(relay, repair=relay.settings.reconcile_repair)
+    return report.summary(sample=0)
+
+
+@app.task(name="skysync.pull_sync_errors", **DURABLE)
+def pull_sync_errors(self: Task) -> dict[str, Any]:
+    """Store SkyHub's own errors about accepted products and orders (/sync_errors)."""
+    from skysync.relay.sync_errors import pull_sync_errors as pull
+
+    with log_context(task_id=self.request.id):
+        return pull(get_relay()).as_dict()

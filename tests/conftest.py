@@ -31,6 +31,7 @@ TABLES = (
     "skysync_order",
     "skysync_run",
     "skysync_request_stat",
+    "skysync_sync_error",
 )
 
 
@@ -120,16 +121,6 @@ def session(db_url: str) -> Iterator[sa.orm.Session]:
 
 
 @pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    """The SkyHub emulator over HTTP, products never linked, rate limits off
-    (relay_helpers.sandbox_config)."""
-    from relay_helpers import sandbox_config
-
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
 def make_limiter() -> Iterator[Callable[..., RateLimiter]]:
     """RateLimiters on a namespace of their own; every storage is reset at teardown."""
     made: list[RateLimiter] = []
@@ -147,3 +138,24 @@ def make_limiter() -> Iterator[Callable[..., RateLimiter]]:
     yield make
     for limiter in made:
         limiter.reset()
+
+
+@pytest.fixture
+def sb() -> Iterator[Any]:
+    """The SkyHub emulator serving on a free port: products never linked unless a test links
+    them, no rate limits unless a test wants them (a test module may define its own)."""
+    from relay_helpers import sandbox_config
+
+
+    with Sandbox(sandbox_config()) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The CLI reads SKYSYNC_* and .env: run it in an empty directory with none inherited."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("SKYSYNC_"):
+            monkeypatch.delenv(name)
+    return tmp_path

@@ -31,13 +31,8 @@ API_KEY = "sk-live-7f3a9c1e5b2d4068"
 ACCOUNT_KEY = "acct-2b8e6d0f4a1c9753"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith("SKYSYNC_"):
-            monkeypatch.delenv(name)
-    return tmp_path
+# every test runs in an empty directory with no SKYSYNC_* inherited (conftest's clean_env)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def run(args: list[str], **env: str) -> Result:

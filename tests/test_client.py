@@ -387,10 +387,10 @@ def test_variations_create_update_get(sb: Sandbox, client: SkyHubClient) -> None
 
 
 def test_product_sync_errors(sb: Sandbox, client: SkyHubClient) -> None:
-    assert client.product_sync_errors() == {"errors": []}
+    assert client.product_sync_errors() == {"error_qty": 0, "errors": []}
     assert _last(sb)["path"] == "/sync_errors/products"
 
-    assert client.product_sync_errors("imagem") == {"errors": []}
+    assert client.product_sync_errors("imagem") == {"error_qty": 0, "errors": []}
     entry = _last(sb)
     assert entry["path"] == "/sync_errors/products?error_category_code=imagem"
     assert entry["status"] == 200

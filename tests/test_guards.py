@@ -266,3 +266,19 @@ def test_replaced_held_needs_a_newer_value_of_every_price_it_carries() -> None:
     assert replaced_held(held, {"price": 5}) == {}
     assert replaced_held(held, {"price": 5, "promotional_price": 6}) == {3: 6}
     assert replaced_held(held, {"price": 2, "promotional_price": 6}) == {}
+
+
+def test_reconcile_holds_skyhub_to_the_buffered_quantity(db_url: str, sb: Sandbox) -> None:
+    """With a stock buffer SkyHub should hold the ERP's quantity less the buffer: that is no
+    drift; SkyHub showing the ERP's full quantity is, and its repair goes out buffered."""
+    from skysync.relay.reconcile import reconcile
+
+    with relay_for(db_url, sb, settings_kw={"stock_buffer": 3}) as relay:
+        create_product(db_url, relay, "B-R", qty=10, price=20.0)
+        assert product(sb, "B-R")["qty"] == 7
+        assert not reconcile(relay).has_drift
+        sb.change_product("B-R", {"qty": 10})  # someone "fixed" it in SkyHub's panel
+        report = reconcile(relay, repair=True)
+        assert [(d.field, d.erp, d.skyhub) for d in report.drift] == [("qty", 10, 10)]
+        drain(relay)
+    assert product(sb, "B-R")["qty"] == 7

@@ -46,7 +46,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0006"
+    assert HEAD == "0008"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 
@@ -71,7 +71,8 @@ def _lane_trigger(url: str) -> list[str]:
     with get_engine(url).connect() as conn:
         if url.startswith("sqlite"):
             return list(conn.exec_driver_sql(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                "AND name LIKE 'skysync_outbox_fast_lane%'"
             ).scalars())  # fmt: skip
         return list(conn.exec_driver_sql(
             "SELECT tgname FROM pg_trigger WHERE tgname = 'skysync_outbox_fast_lane' "
@@ -82,7 +83,7 @@ def _lane_trigger(url: str) -> list[str]:
 
 def test_fast_lane_trigger_is_installed_and_removed(fresh_url: str) -> None:
     """0006 installs the NOTIFY trigger on PostgreSQL (a plain INSERT of a stock row rings,
-    a product row does not); downgrading to 0003 removes it. SQLite gets no trigger."""
+    a product row does not); downgrading below it removes it. SQLite gets no trigger."""
     from skysync.store.notify import LaneListener
 
     migrate(fresh_url, "0003")

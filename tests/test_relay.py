@@ -5,7 +5,6 @@ table and from what the emulator received. Every test runs on SQLite and on Post
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,16 +37,6 @@ from skysync.entrypoints.cli import cli
 from skysync.relay import Relay, drain
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, utcnow
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """The CLI reads SKYSYNC_* and .env: run it in an empty directory with none inherited."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith("SKYSYNC_"):
-            monkeypatch.delenv(name)
-    return tmp_path
 
 
 def run_cli(args: list[str], **env: str) -> Result:

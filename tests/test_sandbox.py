@@ -480,7 +480,7 @@ def test_marketplace_change_by_reseeding_requeues_the_order(
 
 
 def test_sync_errors_is_a_list(client: httpx.Client) -> None:
-    assert client.get("/sync_errors/products").json() == {"errors": []}
+    assert client.get("/sync_errors/products").json() == {"error_qty": 0, "errors": []}
 
 
 # --------------------------------------------------------------------------- rate limits

@@ -45,6 +45,14 @@ class RowState(StrEnum):
     HELD = "held"
 
 
+class Origin(StrEnum):
+    """The ``origin`` column: who wrote the row. The ERP's rows get the default; only
+    skysync's reconciliation writes the other value (the ERP's role cannot set the column)."""
+
+    ERP = "erp"
+    RECONCILE = "reconcile"
+
+
 @dataclass(frozen=True)
 class UnreadableJSON:
     """A payload column whose text is not JSON at all (possible on SQLite, where the ERP can

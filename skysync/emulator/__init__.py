@@ -19,6 +19,7 @@ Where things are (one shared :class:`~skysync.emulator.state.EmulatorState` and 
 ``limits.py``          per (bucket, method) rate windows and the 429 answer
 ``faults.py``          scripted and random faults and what each one does
 ``catalog.py``         products, variations, linking, frozen writes, product pages and cursors
+``sync_errors.py``     SkyHub's own errors about accepted products and orders, and ignoring them
 ``orders.py``          orders, status actions, the queue and its redelivery
 ``order_statuses.py``  the status codes and the transition table
 ``admin.py``           the ``/_sandbox`` admin API
@@ -36,7 +37,10 @@ SKUs and order codes are percent-decoded path segments, order codes may hold spa
 POST     /products                            ``{"product":{...}}`` -> 201; 422 duplicate/invalid
 GET      /products                            ``page``, ``per_page`` (25, max 100), ``cursor``,
                                               ``filters[status|name|qty_from|qty_to]``
-                                              -> ``{"products","total","next"}``
+                                              -> ``{"products","total","next"}``; products
+                                              carry their ``variations``; a ``page`` beyond
+                                              10,000 entries is a 400, the ``next`` cursor
+                                              goes any depth
 GET      /products/{sku}                      200 with ``associations`` and ``variations``; 404
 PUT      /products/{sku}                      ``{"product":{partial}}`` -> 204; 404
 DELETE   /products/{sku}                      204; 422 when linked; 404
@@ -56,7 +60,10 @@ POST     /orders/{code}/cancel                ``{"status":"order_canceled"}``
 POST     /orders/{code}/shipment_exception    ``{"status":"shipment_exception",...}``
 GET      /queues/orders                       200 + ONE order, or 204 when nothing is visible
 DELETE   /queues/orders/{code}                204; 404 when not queued
-GET      /sync_errors/products                ``{"errors": []}``
+GET      /sync_errors/{products,orders}       ``page``, ``per_page`` (100), ``error_category_code``
+                                              -> ``{"error_qty","errors"}``
+PATCH    /sync_errors/{products,orders}       ``{"errors":[{"entity_id","error_category_code",
+                                              "error_code"}]}`` -> 204: ignored, not listed again
 =======  ===================================  =====================================================
 
 Order actions answer 201 with no body, move the order along the transition table (anything else,
@@ -64,7 +71,10 @@ including a repeat of the current status, is 422) and re-enqueue the order.
 
 Admin endpoints (no auth, never rate-limited, never faulted, not in the request log):
 ``POST /_sandbox/orders`` (an order, or ``{"raw": {...}}`` stored unvalidated),
-``POST /_sandbox/products/{sku}/link``, ``GET /_sandbox/state``, ``GET /_sandbox/requests``,
+``POST /_sandbox/products/{sku}/link``, ``POST /_sandbox/products`` (a product SkyHub has that
+skysync never sent), ``PATCH|DELETE /_sandbox/products/{sku}`` (a change behind skysync's back,
+for reconciliation tests), ``POST /_sandbox/sync_errors`` (an error SkyHub noticed),
+``GET /_sandbox/state``, ``GET /_sandbox/requests``,
 ``POST /_sandbox/reset``, ``GET|POST /_sandbox/config``, ``POST /_sandbox/faults``.
 
 Fault model, applied to SkyHub endpoints in this order:

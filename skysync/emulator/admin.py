@@ -4,8 +4,15 @@ No auth, never rate-limited, never faulted, not in the request log:
 
 ====  =========================  ==============================================================
 POST  /_sandbox/orders           an order (realistic defaults), or ``{"raw": {...}}`` as given
-POST  /_sandbox/products         ``{"products": [...]}``: stored as if created, no requests
 POST  /_sandbox/products/{sku}/link  the product (or a variation's parent) is linked now
+POST  /_sandbox/products     ``{"product": {...}, "linked": false}``: SkyHub has it, made
+                             outside skysync (an orphan); or ``{"products": [...]}``: a
+                             catalogue stored as if created through the API (all or nothing)
+PATCH /_sandbox/products/{sku}  ``{"price": 12.5, ...}``: a product or variation changed
+                             behind skysync's back (``null`` removes a field)
+DELETE /_sandbox/products/{sku}  a product or variation deleted behind skysync's back
+POST  /_sandbox/sync_errors  ``{"entity_type": "products"|"orders", "entity_id",
+                             "error_category_code", "error_code", "message"}``: SkyHub's own error
 GET   /_sandbox/state            :meth:`Sandbox.state`
 GET   /_sandbox/requests         ``{"counts", "log"}``
 POST  /_sandbox/reset            forget everything but the config
@@ -49,7 +56,7 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
     """Run the admin call `route` ((method, *segments)); 404 for an unknown one."""
     if route == ("POST", "orders"):
         return _seed_order(sandbox, data)
-    if route == ("POST", "products"):
+    if route == ("POST", "products") and isinstance(data, dict) and "products" in data:
         return _seed_products(sandbox, data)
     if len(route) == 4 and route[:2] == ("POST", "products") and route[3] == "link":
         try:
@@ -57,6 +64,24 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
         except KeyError:
             raise ApiError(404, f"Produto com SKU '{route[2]}' não encontrado") from None
         return Reply(204)
+    if route == ("POST", "products"):
+        if not isinstance(data, dict) or not isinstance(data.get("product"), dict):
+            raise ApiError(400, 'Envie {"product": {...}, "linked": false}')
+        try:
+            sandbox.seed_product(data["product"], linked=bool(data.get("linked", False)))
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        return Reply(201)
+    if len(route) == 3 and route[0] in ("PATCH", "DELETE") and route[1] == "products":
+        return _behind_the_back(sandbox, route[0], route[2], data)
+    if route == ("POST", "sync_errors"):
+        if not isinstance(data, dict):
+            raise ApiError(400, 'Envie {"entity_type": "products", "entity_id", ...}')
+        try:
+            added = sandbox.add_sync_error(str(data.get("entity_type", "")), data)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        return json_reply(201, added)
     if route == ("GET", "state"):
         return json_reply(200, sandbox.state())
     if route == ("GET", "requests"):
@@ -81,6 +106,20 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any) -> Reply:
         404,
         f"Endpoint de administração desconhecido: {method} /_sandbox/{'/'.join(segments)}",
     )
+
+
+def _behind_the_back(sandbox: Sandbox, method: str, sku: str, data: Any) -> Reply:
+    """PATCH (change fields) or DELETE a product or variation behind skysync's back."""
+    try:
+        if method == "DELETE":
+            sandbox.remove_product(sku)
+        elif not isinstance(data, dict) or not data:
+            raise ApiError(400, 'Envie os campos a alterar: {"price": 12.5, ...}')
+        else:
+            sandbox.change_product(sku, data)
+    except KeyError:
+        raise ApiError(404, f"Produto ou variação com SKU '{sku}' não encontrado") from None
+    return Reply(204)
 
 
 def _seed_order(sandbox: Sandbox, data: Any) -> Reply:

@@ -166,6 +166,91 @@ class Catalog:
 
     # ----------------------------------------------------------------- direct helpers
 
+    def store_product_locked(self, sku: str, product: dict[str, Any]) -> None:
+        """Keep a new product, last in the listing order."""
+        st = self.state
+        st.products[sku] = product
+        st.next_serial += 1
+        st.product_serial[sku] = st.next_serial
+
+    def _serial_locked(self, sku: str) -> int:
+        """The product's listing serial (one is given to a product stored without one)."""
+        st = self.state
+        serial = st.product_serial.get(sku)
+        if serial is None:
+            st.next_serial += 1
+            serial = st.product_serial[sku] = st.next_serial
+        return serial
+
+    def seed_product(self, product: Mapping[str, Any], linked: bool = False) -> None:
+        """Store a product (and the variations it lists) as if SkyHub had it all along: no
+        request, no rate limit, no frozen-write check. An existing SKU is replaced.
+        ValueError when the product or a variation has no SKU or uses one of another product."""
+        st = self.state
+        with st.lock:
+            sku = product.get("sku")
+            if not isinstance(sku, str) or not sku:
+                raise ValueError("a product needs a non-empty sku")
+            variations = product.get("variations") or []
+            for variation in variations:
+                vsku = variation.get("sku") if isinstance(variation, dict) else None
+                if not isinstance(vsku, str) or not vsku:
+                    raise ValueError(f"every variation of {sku!r} needs a non-empty sku")
+                if vsku in st.products or st.variation_parent.get(vsku, sku) != sku:
+                    raise ValueError(f"variation SKU {vsku!r} belongs to another product")
+            if sku in st.variations:
+                raise ValueError(f"{sku!r} is a variation SKU")
+            self._remove_locked(sku)
+            stored = {k: copy.deepcopy(v) for k, v in product.items() if k != "variations"}
+            self.store_product_locked(sku, stored)
+            st.linked_at[sku] = time.monotonic() if linked else None
+            for variation in variations:
+                st.variations[variation["sku"]] = copy.deepcopy(variation)
+                st.variation_parent[variation["sku"]] = sku
+
+    def change_behind(self, sku: str, fields: Mapping[str, Any]) -> None:
+        """Change a product or variation as SkyHub's panel or another integration would, behind
+        skysync's back (any field, linked or not; never a frozen write). ``None`` removes a
+        field. KeyError for an unknown SKU."""
+        st = self.state
+        with st.lock:
+            target = st.products.get(sku)
+            if target is None:
+                target = st.variations.get(sku)
+            if target is None:
+                raise KeyError(sku)
+            for name, value in fields.items():
+                if name in ("sku", "variations", "associations"):
+                    continue
+                if value is None:
+                    target.pop(name, None)
+                else:
+                    target[name] = copy.deepcopy(value)
+
+    def remove(self, sku: str) -> None:
+        """Delete a product (with its variations) or a variation, linked or not, as someone
+        working in SkyHub's panel could. KeyError for an unknown SKU."""
+        st = self.state
+        with st.lock:
+            if sku in st.variations:
+                del st.variations[sku]
+                del st.variation_parent[sku]
+            elif sku in st.products:
+                self._remove_locked(sku)
+            else:
+                raise KeyError(sku)
+
+    def _remove_locked(self, sku: str) -> None:
+        st = self.state
+        if sku not in st.products:
+            return
+        del st.products[sku]
+        st.product_serial.pop(sku, None)
+        st.linked_at.pop(sku, None)
+        for vsku in [v for v, parent in st.variation_parent.items() if parent == sku]:
+            del st.variations[vsku]
+            del st.variation_parent[vsku]
+
     def link(self, sku: str) -> None:
         """Make a product (or a variation's parent) linked now; KeyError when unknown."""
         st = self.state
@@ -221,11 +306,28 @@ class Catalog:
     # ----------------------------------------------------------------- products
 
     def list_products(self, req: Request) -> Answer:
-        """GET /products: a page by ``page``/``per_page`` or by ``cursor``, filters kept."""
+        """GET /products: a page by ``page``/``per_page`` (at most 10,000 entries deep) or by
+        ``cursor`` (any depth: the cursor is how SkyHub pages past 10,000), filters kept.
+
+        A cursor says "after product serial N", so products created or deleted while a client
+        pages never make it skip or repeat one; ``next`` is given while more products match."""
         cursor = first(req.query, "cursor")
+        products = self.state.products
+        serial = {sku: self._serial_locked(sku) for sku in products}
         if cursor:
             state = decode_cursor(cursor)
-            offset, per_page, filters = state["o"], state["n"], state["f"]
+            after, per_page, filters = state["a"], state["n"], state["f"]
+            matching = sorted(
+                (
+                    sku
+                    for sku in products
+                    if serial[sku] > after and product_matches(products[sku], filters)
+                ),
+                key=serial.__getitem__,
+            )
+            total = sum(1 for sku in products if product_matches(products[sku], filters))
+            page_skus = matching[:per_page]
+            more = len(matching) > per_page
         else:
             offset, per_page = page_window(req.query, 25)
             filters = {}
@@ -233,19 +335,22 @@ class Catalog:
                 value = first(req.query, f"filters[{name}]")
                 if value:
                     filters[name] = value
-        check_depth(offset)
-        products = self.state.products
-        matching = [sku for sku in products if product_matches(products[sku], filters)]
-        page_skus = matching[offset : offset + per_page]
-        next_offset = offset + per_page
+            check_depth(offset)
+            matching = sorted(
+                (sku for sku in products if product_matches(products[sku], filters)),
+                key=serial.__getitem__,
+            )
+            total = len(matching)
+            page_skus = matching[offset : offset + per_page]
+            more = offset + per_page < len(matching)
         next_url = None
-        if next_offset < len(matching):
+        if more and page_skus:
             next_url = "/products?cursor=" + encode_cursor(
-                {"o": next_offset, "n": per_page, "f": filters}
+                {"a": serial[page_skus[-1]], "n": per_page, "f": filters}
             )
         return 200, {
             "products": [self.product_view_locked(sku, req.now) for sku in page_skus],
-            "total": len(matching),
+            "total": total,
             "next": next_url,
         }
 
@@ -262,16 +367,18 @@ class Catalog:
         with st.lock:
             now = time.monotonic()
             saved = (dict(st.products), dict(st.linked_at), dict(st.variations))
-            saved_parents = dict(st.variation_parent)
-            try:
-                for index, product in enumerate(products):
+            saved_parents, saved_serials = dict(st.variation_parent), dict(st.product_serial)
+            saved_next = st.next_serial
+            for index, product in enumerate(products):
+                try:
                     if not isinstance(product, dict):
-                        raise ApiError(422, f"products[{index}]: deve ser um objeto")
+                        raise ApiError(422, "deve ser um objeto")
                     self._store_new_product_locked(product, now)
-            except ApiError as exc:
-                st.products, st.linked_at, st.variations = saved
-                st.variation_parent = saved_parents
-                raise ApiError(exc.status, f"products[{index}]: {exc.message}") from None
+                except ApiError as exc:
+                    st.products, st.linked_at, st.variations = saved
+                    st.variation_parent, st.product_serial = saved_parents, saved_serials
+                    st.next_serial = saved_next
+                    raise ApiError(exc.status, f"products[{index}]: {exc.message}") from None
         return len(products)
 
     def _store_new_product_locked(self, product: dict[str, Any], now: float) -> None:
@@ -283,7 +390,7 @@ class Catalog:
             for k, v in product.items()
             if k not in ("variations", "associations")
         }
-        st.products[sku] = stored
+        self.store_product_locked(sku, stored)
         delay = st.config.link_delay
         st.linked_at[sku] = None if delay is None else now + delay
         for variation in new_variations:
@@ -332,16 +439,11 @@ class Catalog:
 
     def delete_product(self, req: Request) -> Answer:
         """DELETE /products/{sku}: with its variations; 422 when linked."""
-        st = self.state
         sku = req.params["sku"]
         self._get_product_locked(sku)
         if is_linked_locked(self.state, sku, req.now):
             raise ApiError(422, LINKED_DELETE_ERROR)
-        del st.products[sku]
-        st.linked_at.pop(sku, None)
-        for vsku in [v for v, parent in st.variation_parent.items() if parent == sku]:
-            del st.variations[vsku]
-            del st.variation_parent[vsku]
+        self._remove_locked(sku)
         return 204, None
 
     # ----------------------------------------------------------------- variations
@@ -382,7 +484,3 @@ class Catalog:
         del st.variations[sku]
         del st.variation_parent[sku]
         return 204, None
-
-    def sync_errors(self, req: Request) -> Answer:
-        """GET /sync_errors/products: always empty here."""
-        return 200, {"errors": []}

@@ -47,7 +47,7 @@ def check_depth(offset: int) -> None:
 
 
 def encode_cursor(state: dict[str, Any]) -> str:
-    """An opaque cursor for ``{"o": offset, "n": per_page, "f": filters}``."""
+    """An opaque cursor for ``{"a": after serial, "n": per_page, "f": filters}``."""
     return base64.urlsafe_b64encode(dumps(state)).decode("ascii").rstrip("=")
 
 
@@ -60,7 +60,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raise ApiError(400, "Parâmetro 'cursor' inválido") from None
     if (
         not isinstance(state, dict)
-        or not isinstance(state.get("o"), int)
+        or not isinstance(state.get("a"), int)
         or not isinstance(state.get("n"), int)
         or not isinstance(state.get("f"), dict)
     ):

@@ -24,10 +24,10 @@ class Route:
     template: str
     bucket: str
     base_limit: int  # requests per second on real SkyHub
-    room: str  # "catalog" or "orders": which room's method handles it
+    room: str  # "catalog", "orders" or "sync_errors": which room's method handles it
     handler: str  # name of that room's method
     wrapper: str | None = None  # key the JSON body must be wrapped in; None = body ignored
-    action: str | None = None  # order action sub-endpoint
+    action: str | None = None  # order action sub-endpoint; the entity type of /sync_errors
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -95,7 +95,23 @@ ROUTES: tuple[Route, ...] = (
     *_action_routes(),
     Route("GET", "/queues/orders", "queues/orders", 9, "orders", "queue_read"),
     Route("DELETE", "/queues/orders/{code}", "queues/orders", 9, "orders", "queue_ack"),
-    Route("GET", "/sync_errors/products", "sync_errors/products", 1, "catalog", "sync_errors"),
+    *(
+        Route(
+            method,
+            f"/sync_errors/{entity}",
+            f"sync_errors/{entity}",
+            1,
+            "sync_errors",
+            handler,
+            wrapper,
+            entity,
+        )
+        for entity in ("products", "orders")
+        for method, handler, wrapper in (
+            ("GET", "list_errors", None),
+            ("PATCH", "ignore", "errors"),
+        )
+    ),
 )
 
 
@@ -159,6 +175,10 @@ def parse_body(route: Route, body: bytes) -> Any:
         if not isinstance(data[key], str):
             raise ApiError(400, "A chave 'status' deve ser o código do status")
         return data
+    if key == "errors":
+        if not isinstance(data[key], list):
+            raise ApiError(400, "A chave 'errors' deve conter uma lista")
+        return data[key]
     if not isinstance(data[key], dict):
         raise ApiError(400, f"A chave '{key}' deve conter um objeto JSON")
     return data[key]

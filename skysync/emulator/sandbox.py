@@ -24,6 +24,7 @@ from skysync.emulator.replies import ApiError, Reply
 from skysync.emulator.routes import split_target
 from skysync.emulator.server import Listener
 from skysync.emulator.state import EmulatorState
+from skysync.emulator.sync_errors import SyncErrors
 
 
 class Sandbox:
@@ -38,8 +39,10 @@ class Sandbox:
         self._state = EmulatorState(self.config)
         self._catalog = Catalog(self._state)
         self._orders = Orders(self._state)
+        self._sync_errors = SyncErrors(self._state)
         self._dispatcher = Dispatcher(
-            self._state, {"catalog": self._catalog, "orders": self._orders}
+            self._state,
+            {"catalog": self._catalog, "orders": self._orders, "sync_errors": self._sync_errors},
         )
         self._listener = Listener(self._handle_http, self._state.stopping)
 
@@ -97,6 +100,31 @@ class Sandbox:
         """Make a product (or a variation's parent) linked now; KeyError when unknown."""
         self._catalog.link(sku)
 
+    def seed_product(self, product: Mapping[str, Any], linked: bool = False) -> None:
+        """Store a product (with the variations it lists) as if SkyHub had it all along, made
+        outside skysync: no request, no rate limit. ValueError for an unusable one."""
+        if not isinstance(product, Mapping):
+            raise ValueError("a product must be a JSON object")
+        self._catalog.seed_product(product, linked=linked)
+
+    def change_product(self, sku: str, fields: Mapping[str, Any]) -> None:
+        """Change a product or a variation behind skysync's back (SkyHub's panel, another
+        integration); a ``None`` value removes the field. KeyError for an unknown SKU."""
+        if not isinstance(fields, Mapping):
+            raise ValueError("the fields must be a JSON object")
+        self._catalog.change_behind(sku, fields)
+
+    def remove_product(self, sku: str) -> None:
+        """Delete a product (with its variations) or a variation behind skysync's back, linked
+        or not. KeyError for an unknown SKU."""
+        self._catalog.remove(sku)
+
+    def add_sync_error(self, entity_type: str, error: Mapping[str, Any]) -> dict[str, Any]:
+        """SkyHub notices an error about an accepted product or order (``entity_type``
+        "products" or "orders"; ``entity_id``, ``error_category_code``, ``error_code`` and
+        ``message`` required). ValueError for a bad one."""
+        return self._sync_errors.add(entity_type, error)
+
     def state(self) -> dict[str, Any]:
         """A snapshot of everything the emulator holds, as plain JSON-ready data.
 
@@ -113,6 +141,7 @@ class Sandbox:
             "orders": orders["orders"],
             "queue": orders["queue"],
             "frozen_writes": catalog["frozen_writes"],
+            "sync_errors": copy.deepcopy(self._state.sync_errors),
             "queue_detail": orders["queue_detail"],
         }
 

@@ -30,10 +30,17 @@ class EmulatorState:
         """Forget everything but the config (the caller holds the lock, or nobody shares yet)."""
         # catalogue
         self.products: dict[str, dict[str, Any]] = {}
+        # listing order: a product's serial is given when it is created and never reused, so a
+        # cursor ("after serial N") neither skips nor repeats products created or deleted
+        # while a client pages
+        self.product_serial: dict[str, int] = {}
+        self.next_serial = 0
         self.linked_at: dict[str, float | None] = {}
         self.variations: dict[str, dict[str, Any]] = {}
         self.variation_parent: dict[str, str] = {}
         self.frozen_writes: list[dict[str, Any]] = []
+        # SkyHub's own errors about accepted products and orders, per entity type
+        self.sync_errors: dict[str, list[dict[str, Any]]] = {"products": [], "orders": []}
         # orders
         self.orders: dict[str, dict[str, Any]] = {}
         self.queue: OrderedDict[str, float] = OrderedDict()  # code -> visible from (monotonic)

@@ -153,6 +153,22 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
             click.echo(f"  stopped: {run['error']}")
     orders = report["orders"]
     click.echo(f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)")
+    rec = report["last_reconcile"]
+    if rec is None:
+        click.echo("last reconciliation: never")
+    else:
+        click.echo(
+            f"last reconciliation: {rec['started_at']}: {rec['skus_compared']} SKUs, "
+            f"{rec['drift']} drift, {rec['orphans']} orphan(s), {rec['missing']} missing, "
+            f"{rec['frozen']} frozen, {rec['repaired_rows']} correction row(s)"
+        )
+        if rec["error"]:
+            click.echo(f"  {rec['error']}")
+    errors = report["sync_errors"]
+    click.echo(
+        f"SkyHub's own errors, open: {errors['products']} about products, "
+        f"{errors['orders']} about orders (skysync errors list)"
+    )
     if problems:
         click.echo("UNHEALTHY:")
         for problem in problems:
@@ -181,6 +197,15 @@ def relay(ctx: Context) -> None:
     _echo_json(summary.as_dict())
 
 
+_progress_every = click.option(
+    "--progress-every",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between progress lines in the log when not on a terminal.",
+)
+
+
 class _DrainDisplay:
     """On a terminal, one progress line rewritten in place after each batch; elsewhere (a
     cron job, a container log) a log line every ``every`` seconds."""
@@ -205,13 +230,7 @@ class _DrainDisplay:
 
 @cli.command()
 @click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--progress-every",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds between progress lines in the log when not on a terminal.",
-)
+@_progress_every
 @pass_ctx
 def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
     """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
@@ -233,6 +252,69 @@ def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Enqueue corrective rows for the drift found.")
+@click.option("--sku", help="Only this SKU (a product, or a variation).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@_progress_every
+@pass_ctx
+def reconcile(
+    ctx: Context, repair: bool, sku: str | None, as_json: bool, progress_every: float
+) -> None:
+    """Read SkyHub's catalogue and compare price, promotional price, stock (and the attributes
+    of products not frozen) with the ERP's latest accepted values. Reports drift, frozen
+    attributes, orphans (in SkyHub, never written by the ERP) and missing SKUs. Exit 0 when
+    SkyHub matches, 1 when there is drift, an orphan or a missing SKU, or the run stopped."""
+    from skysync.relay.reconcile import reconcile as run
+
+    relay_ = _relay_or_exit(ctx.settings)
+    show = _DrainDisplay(terminal=sys.stderr.isatty(), every=progress_every)
+    with closing(relay_.client):
+        report = run(relay_, sku=sku, repair=repair, progress=show)
+    show.close()
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        _print_reconcile(report)
+    if report.error:
+        click.echo(f"skysync: reconciliation {report.error}", err=True)
+    if report.has_drift or report.error:
+        sys.exit(1)
+
+
+def _print_reconcile(report: Any) -> None:
+    def value(v: Any) -> str:
+        return "(none)" if v is None else json.dumps(v, ensure_ascii=False)[:60]
+
+    click.echo(
+        f"{report.skus_compared} SKUs compared over {report.pages} page(s); "
+        f"{len(report.drift)} drift, {len(report.frozen)} frozen, {len(report.orphans)} orphan(s), "
+        f"{len(report.missing)} missing"
+    )
+    frozen_title = "frozen (reported, never repaired)"
+    for title, found in (("drift", report.drift), (frozen_title, report.frozen)):
+        if found:
+            click.echo(f"{title}:")
+        for d in found:
+            since = d.since.isoformat(timespec="seconds") if d.since else "unknown"
+            click.echo(
+                f"  {d.sku:<24} {d.field:<18} ERP {value(d.erp)}  SkyHub {value(d.skyhub)}  "
+                f"(believed since {since}, row {d.row_id})"
+            )
+    if report.orphans:
+        names = ", ".join(report.orphans)
+        click.echo(f"orphans (SkyHub has them, the ERP never wrote them): {names}")
+    if report.missing:
+        names = ", ".join(m.sku for m in report.missing)
+        click.echo(f"missing (the ERP wrote them, SkyHub lacks them): {names}")
+    for r in report.repaired:
+        click.echo(f"enqueued correction row {r['row_id']} ({r['kind']} {r['ref']})")
+    for r in report.not_repaired:
+        click.echo(f"not repaired: {r['ref']}: {r['reason']}")
+    if report.busy_fields:
+        click.echo(f"{report.busy_fields} field(s) not compared: a write for them is on its way")
 
 
 @cli.command()
@@ -334,6 +416,8 @@ def outbox_list(
         click.echo("no rows")
     for r in rows:
         line = f"{r['id']:>8} {r['state']:<10} {r['kind']:<24} {r['ref']:<24} tries={r['attempts']}"
+        if r["origin"] != "erp":
+            line += f" [{r['origin']}]"
         click.echo(line + (f"  {r['reason']}" if r["reason"] else ""))
 
 
@@ -419,7 +503,12 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
             click.echo(f"  unknown (sent, no answer recorded; resent with the next value): {names}")
     click.echo("  recent rows:")
     for r in data["recent_rows"]:
-        click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {r['reason'] or ''}")
+        origin = f"[{r['origin']}] " if r["origin"] != "erp" else ""
+        click.echo(f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {origin}{r['reason'] or ''}")
+    if data["sync_errors"]:
+        click.echo("  SkyHub's own errors about it:")
+        for e in data["sync_errors"]:
+            click.echo("    " + _error_line(e))
 
 
 @item.command("unfreeze")
@@ -518,6 +607,105 @@ def orders_show(ctx: Context, code: str, as_json: bool) -> None:
     click.echo("  steps sent back:")
     for r in data["steps"]:
         click.echo(f"    {r['id']:>8} {r['kind']:<26} {r['state']:<10} {r['reason'] or ''}")
+
+
+@cli.group()
+def errors() -> None:
+    """SkyHub's own errors about products and orders it accepted (/sync_errors)."""
+
+
+def _error_line(e: dict[str, Any]) -> str:
+    state = "open"
+    if e["ignored_at"]:
+        state = "ignored"
+    elif e["resolved_at"]:
+        state = "resolved"
+    what = "SKU" if e["entity_type"] == "products" else "order"
+    return (
+        f"{e['id']:>6} {state:<8} {what} {e['entity_id']}: "
+        f"{e['error_category_code']}/{e['error_code']}: {e['message'] or ''} "
+        f"(last {e['last_occurrence'] or '?'})"
+    )
+
+
+@errors.command("pull")
+@pass_ctx
+def errors_pull(ctx: Context) -> None:
+    """Read SkyHub's errors now and store them (beat does it every
+    SKYSYNC_SYNC_ERRORS_INTERVAL)."""
+    from skysync.relay.sync_errors import pull_sync_errors
+
+    relay_ = _relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        summary = pull_sync_errors(relay_)
+    _echo_json(summary.as_dict())
+    if summary.stopped:
+        sys.exit(1)
+
+
+@errors.command("list")
+@click.option("--sku", help="Only this SKU's errors.")
+@click.option("--order", "order_code", help="Only this order's errors.")
+@click.option("--all", "include_closed", is_flag=True, help="Resolved and ignored ones too.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def errors_list(
+    ctx: Context,
+    sku: str | None,
+    order_code: str | None,
+    include_closed: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """SkyHub's errors, newest first: open ones (neither resolved nor ignored) unless --all."""
+    from skysync.store import sync_errors
+    from skysync.store.db import session_scope
+
+    if sku and order_code:
+        raise click.UsageError("give --sku or --order, not both")
+    entity_type = "products" if sku else "orders" if order_code else None
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        found = [
+            sync_errors.as_dict(e)
+            for e in sync_errors.listed(
+                session,
+                entity_id=sku or order_code,
+                entity_type=entity_type,
+                include_closed=include_closed,
+                limit=limit,
+            )
+        ]
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no errors")
+    for e in found:
+        click.echo(_error_line(e))
+
+
+@errors.command("ignore")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@pass_ctx
+def errors_ignore(ctx: Context, ids: tuple[int, ...]) -> None:
+    """Ask SkyHub to ignore these errors (after fixing their cause): it stops listing them,
+    and they are kept here marked ignored."""
+    from skysync.relay.sync_errors import ignore_sync_errors
+    from skysync.skyhub.errors import SkyHubError
+
+    relay_ = _relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        try:
+            ignored, unknown = ignore_sync_errors(relay_, list(ids))
+        except SkyHubError as exc:
+            click.echo(f"skysync: SkyHub did not take it: {exc}", err=True)
+            sys.exit(1)
+    if ignored:
+        click.echo(f"ignored {len(ignored)} error(s): {', '.join(map(str, ignored))}")
+    if unknown:
+        click.echo(f"skysync: unknown error id(s): {', '.join(map(str, unknown))}", err=True)
+        sys.exit(1)
 
 
 def erp_role_sql(role: str) -> str:

@@ -26,6 +26,7 @@ from skysync.store.models import (
 )
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state_and_kind, oldest_pending
+from skysync.store.sync_errors import open_counts
 
 
 def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:
@@ -56,6 +57,8 @@ class DataCollector(Collector):
             yield from _relay_metrics(session)
             yield from _request_metrics(session)
             yield from _order_metrics(session)
+            yield from _reconcile_metrics(session)
+            yield from _sync_error_metrics(session)
 
 
 def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
@@ -132,6 +135,44 @@ def _order_metrics(session: Session) -> Iterable[Metric]:
     yield GaugeMetricFamily(
         "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", inbox.flagged
     )
+
+
+def _reconcile_metrics(session: Session) -> Iterable[Metric]:
+    """What the last reconciliation found: drifted fields by name, orphans, missing SKUs, and
+    when it ran (0 when it never did)."""
+    last = runs.last(session, "reconcile")
+    summary = (last.summary or {}) if last is not None else {}
+    drift = GaugeMetricFamily(
+        "skysync_drift_fields",
+        "Fields where SkyHub differs from the ERP's latest accepted value (last reconciliation).",
+        labels=["field"],
+    )
+    for name, n in sorted((summary.get("drift_fields") or {}).items()):
+        drift.add_metric([name], n)
+    yield drift
+    for name, key, text in (
+        ("skysync_orphan_skus", "orphans", "SKUs SkyHub has that the ERP never wrote."),
+        ("skysync_missing_skus", "missing", "SKUs the ERP wrote that SkyHub lacks."),
+        ("skysync_frozen_drift_fields", "frozen", "Frozen attributes SkyHub holds otherwise."),
+    ):
+        yield GaugeMetricFamily(name, text + " (last reconciliation)", value=summary.get(key, 0))
+    yield GaugeMetricFamily(
+        "skysync_last_reconcile_timestamp_seconds",
+        "When the last reconciliation finished (0: never).",
+        value=last.finished_at.timestamp() if last is not None and last.finished_at else 0.0,
+    )
+
+
+def _sync_error_metrics(session: Session) -> Iterable[Metric]:
+    """SkyHub's own errors still open (neither resolved nor ignored), per entity type."""
+    errors = GaugeMetricFamily(
+        "skysync_skyhub_sync_errors",
+        "SkyHub's own errors about accepted products and orders, still open.",
+        labels=["entity_type"],
+    )
+    for entity_type, n in open_counts(session).items():
+        errors.add_metric([entity_type], n)
+    yield errors
 
 
 def registry_for(database_url: str) -> CollectorRegistry:

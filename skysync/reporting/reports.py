@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.store import outbox
+from skysync.store import outbox, sync_errors
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
@@ -30,6 +30,7 @@ def row_dict(row: OutboxRow) -> dict[str, Any]:
         "reason": row.reason,
         "superseded_by": row.superseded_by,
         "last_status": row.last_status,
+        "origin": row.origin,
     }
 
 
@@ -67,6 +68,12 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             erp_values=_erp_values(session, sku, found),
         )
     data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
+    data["sync_errors"] = [
+        sync_errors.as_dict(e)
+        for e in sync_errors.listed(
+            session, entity_id=sku, entity_type="products", include_closed=True, limit=recent
+        )
+    ]
     return data
 
 

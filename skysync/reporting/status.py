@@ -14,6 +14,7 @@ from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox import count_by_state, oldest_pending
+from skysync.store.sync_errors import open_counts
 
 
 def _last_run(session: Session, kind: str) -> dict[str, Any] | None:
@@ -27,6 +28,24 @@ def _last_run(session: Session, kind: str) -> dict[str, Any] | None:
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "summary": run.summary,
         "error": run.error,
+    }
+
+
+def _last_reconcile(session: Session) -> dict[str, Any] | None:
+    """The newest reconciliation: when, and what it found."""
+    run = _last_run(session, "reconcile")
+    if run is None:
+        return None
+    summary = run["summary"] or {}
+    return {
+        "started_at": run["started_at"],
+        "finished_at": run["finished_at"],
+        "error": run["error"],
+        **{
+            k: summary.get(k, 0)
+            for k in ("skus_compared", "drift", "frozen", "orphans", "missing", "repaired_rows")
+        },
+        "drift_fields": summary.get("drift_fields", {}),
     }
 
 
@@ -45,6 +64,9 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         ),
         "last_relay": _last_run(session, "relay"),
         "last_order_pull": _last_run(session, "pull_orders"),
+        "last_reconcile": _last_reconcile(session),
+        "sync_errors": open_counts(session),
+        "last_sync_errors_pull": _last_run(session, "pull_sync_errors"),
         "orders": {"unconsumed": inbox.unconsumed, "flagged": inbox.flagged},
     }
 

@@ -58,8 +58,6 @@ def segment(value: str) -> str:
     return encoded.replace(".", "%2E") if set(value) == {"."} else encoded
 
 
-
-
 @dataclass(frozen=True)
 class ProductPage:
     products: list[dict[str, Any]]
@@ -328,6 +326,29 @@ class SkyHubClient:
     def product_sync_errors(self, category: str | None = None) -> Any:
         params = {"error_category_code": category} if category else None
         return self._get("/sync_errors/products", params)
+
+    def sync_errors(
+        self, entity_type: str, *, page: int = 1, per_page: int = 100
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of GET /sync_errors/{products,orders}: (errors, SkyHub's total). The list
+        is read from ``errors`` (or ``skus``/``products``/``orders``, or a bare list)."""
+        body = self._get(
+            f"/sync_errors/{segment(entity_type)}", {"page": page, "per_page": per_page}
+        )
+        if isinstance(body, list):
+            return [e for e in body if isinstance(e, dict)], None
+        body = body if isinstance(body, dict) else {}
+        found: list[Any] = []
+        for key in ("errors", "skus", entity_type, "items"):
+            if isinstance(body.get(key), list):
+                found = body[key]
+                break
+        total = body.get("error_qty")
+        return [e for e in found if isinstance(e, dict)], total if isinstance(total, int) else None
+
+    def ignore_sync_errors(self, entity_type: str, errors: list[dict[str, str]]) -> None:
+        """PATCH /sync_errors/{products,orders}: SkyHub stops listing these errors."""
+        self.request("PATCH", f"/sync_errors/{segment(entity_type)}", json={"errors": errors})
 
     # -- orders ---------------------------------------------------------------------------
     def next_queued_order(self) -> QueuedOrder | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.planner import ItemView
+from skysync.domain.reconcile import ItemFacts as ReconcileFacts
 from skysync.store.models import Item
 
 
@@ -164,3 +165,55 @@ def mark_applied(session: Session, sku: str, sources: Mapping[str, int], now: da
     if changed:
         item.last_applied = applied
         item.updated_at = now
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, ReconcileFacts]:
+    """What the item table says of these SKUs for a reconciliation, a variation with its
+    parent's freeze (the marketplace freezes a product with its variations)."""
+    items: dict[str, Item] = {}
+    wanted = list(dict.fromkeys(skus))
+    for start in range(0, len(wanted), 500):  # stay under bound-parameter limits
+        part = wanted[start : start + 500]
+        items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
+    parents = sorted({i.parent_sku for i in items.values() if i.parent_sku} - set(items))
+    for start in range(0, len(parents), 500):
+        part = parents[start : start + 500]
+        items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
+    facts = {}
+    for sku in wanted:
+        item = items.get(sku)
+        if item is None:
+            continue
+        parent = items.get(item.parent_sku) if item.parent_sku else None
+        owner = parent if parent is not None else item  # a product freezes with its variations
+        frozen_by = owner if owner.frozen else item
+        facts[sku] = ReconcileFacts(
+            sku=sku,
+            parent_sku=item.parent_sku,
+            acknowledged=dict(item.acknowledged or {}),
+            last_applied={k: int(v) for k, v in (item.last_applied or {}).items()},
+            attempt=dict(item.attempt or {}),
+            frozen=frozen_by.frozen,
+            frozen_since=frozen_by.frozen_since,
+            unfrozen=owner.unfrozen_at is not None and not frozen_by.frozen,
+        )
+    return facts
+
+
+def believed_in_skyhub(session: Session) -> Iterator[tuple[str, str | None]]:
+    """(sku, parent_sku) of every SKU skysync believes SkyHub holds, streamed."""
+    query = sa.select(Item.sku, Item.parent_sku).where(Item.in_skyhub.is_(True))
+    rows = session.execute(query.order_by(Item.sku).execution_options(yield_per=2000))
+    yield from ((sku, parent) for sku, parent in rows)
+
+
+def mark_gone(session: Session, skus: Iterable[str], now: datetime) -> None:
+    """SkyHub does not hold these SKUs (a reconciliation found them missing): forget what it
+    acknowledged, so the relay creates them again instead of diffing against a ghost."""
+    for sku in skus:
+        item = session.get(Item, sku)
+        if item is not None:
+            item.in_skyhub = False
+            item.acknowledged = {}
+            item.updated_at = now

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from skysync.domain.kinds import Kind, RowState, UnreadableJSON
+from skysync.domain.kinds import Kind, Origin, RowState, UnreadableJSON
 
 
 def utcnow() -> datetime:
@@ -122,9 +122,15 @@ class OutboxRow(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # an operator released this held row: the price guard lets it through (migration 0005)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # who wrote the row: the ERP (the default, the only value its role can get) or skysync's
+    # reconciliation (a correction); fixed once written (a trigger refuses a change)
+    origin: Mapped[str] = mapped_column(
+        sa.Text(), nullable=False, server_default=Origin.ERP.value
+    )
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
+        sa.CheckConstraint(_in("origin", Origin), name="ck_skysync_outbox_origin"),
         sa.CheckConstraint(_in("state", RowState), name="ck_skysync_outbox_state"),
         sa.CheckConstraint(  # every row that is not (yet) sent says why
             _in("state", (RowState.PENDING, RowState.IN_FLIGHT, RowState.SENT))
@@ -258,3 +264,43 @@ class RequestStat(Base):
     route: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     status: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     count: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, server_default="0")
+
+
+class SyncError(Base):
+    """One of SkyHub's own errors about a product or order it accepted (``/sync_errors``):
+    never deleted; resolved when SkyHub stops listing it, ignored when an operator asked SkyHub
+    to ignore it."""
+
+    __tablename__ = "skysync_sync_error"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    entity_type: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # products | orders
+    entity_id: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # SKU or order code
+    error_category_code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    error_code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    message: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
+    last_occurrence: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)  # SkyHub's
+    raw: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ignored_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "entity_type IN ('products', 'orders')", name="ck_skysync_sync_error_entity_type"
+        ),
+        sa.UniqueConstraint(
+            "entity_type",
+            "entity_id",
+            "error_category_code",
+            "error_code",
+            name="uq_skysync_sync_error_key",
+        ),
+        sa.Index("ix_skysync_sync_error_entity", "entity_id"),
+        {"sqlite_autoincrement": True},
+    )

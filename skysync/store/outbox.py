@@ -3,7 +3,7 @@ and completing them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
-from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, RowState
+from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, Origin, RowState
 from skysync.domain.planner import Row
+from skysync.domain.reconcile import AcceptedRow
 from skysync.domain.validation import validate
 from skysync.store.models import Item, OutboxRow, UTCDateTime, utcnow
 
@@ -512,3 +513,73 @@ def requeue(
         )
     )
     return result.rowcount or 0
+
+
+# -- reconciliation -----------------------------------------------------------------------
+ACCEPTED_STATES = (RowState.SENT, RowState.SUPERSEDED, RowState.WITHHELD)
+
+
+def accepted_rows(session: Session, ids: Iterable[int]) -> dict[int, AcceptedRow]:
+    """These rows (the ones ``skysync_item.last_applied`` names), by id."""
+    found: dict[int, AcceptedRow] = {}
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.finished_at)
+    for part in _slices(sorted(set(ids))):
+        for row in session.execute(sa.select(*columns).where(OutboxRow.id.in_(part))):
+            found[row.id] = AcceptedRow(row.id, row.ref, row.payload, row.finished_at)
+    return found
+
+
+def product_rows_finished_since(
+    session: Session, refs: Iterable[str], since: datetime
+) -> list[AcceptedRow]:
+    """Product rows of ``refs`` that got through (sent, superseded, withheld) since ``since``:
+    where a frozen product's withheld attributes are."""
+    found = []
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.finished_at)
+    for part in _slices(sorted(set(refs))):
+        query = sa.select(*columns).where(
+            OutboxRow.ref.in_(part),
+            OutboxRow.kind == Kind.PRODUCT,
+            OutboxRow.state.in_(ACCEPTED_STATES),
+            OutboxRow.finished_at >= since,
+        )
+        found += [
+            AcceptedRow(r.id, r.ref, r.payload, r.finished_at) for r in session.execute(query)
+        ]
+    return found
+
+
+def open_kinds(session: Session, refs: Iterable[str]) -> dict[str, set[str]]:
+    """The kinds of rows each ref still has waiting or in flight."""
+    found: dict[str, set[str]] = {}
+    for part in _slices(sorted(set(refs))):
+        query = (
+            sa.select(OutboxRow.ref, OutboxRow.kind)
+            .where(
+                OutboxRow.ref.in_(part),
+                OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
+            )
+            .distinct()
+        )
+        for ref, kind in session.execute(query):
+            found.setdefault(ref, set()).add(kind)
+    return found
+
+
+def written_refs(session: Session, refs: Iterable[str]) -> set[str]:
+    """Which of ``refs`` the outbox has any row for (the ERP wrote something for them)."""
+    found: set[str] = set()
+    for part in _slices(sorted(set(refs))):
+        query = sa.select(OutboxRow.ref).where(OutboxRow.ref.in_(part)).distinct()
+        found.update(session.scalars(query))
+    return found
+
+
+def enqueue_correction(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
+    """A corrective row from reconciliation: validated as the ERP's are, pending, and marked
+    ``origin = 'reconcile'`` (a value the ERP's role cannot write)."""
+    validate(kind, ref, payload)
+    row = OutboxRow(kind=kind, ref=ref, payload=payload, origin=Origin.RECONCILE)
+    session.add(row)
+    session.flush()
+    return row

@@ -60,3 +60,30 @@ def note_error(session: Session, token: str, reason: str) -> None:
         .where(RunLog.claim_token == token, RunLog.error.is_(None))
         .values(error=reason)
     )
+
+
+def add(
+    session: Session,
+    kind: str,
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    summary: dict[str, Any],
+    error: str | None,
+) -> None:
+    """A finished run of ``kind`` (an order pull, a reconciliation) with its summary."""
+    session.add(
+        RunLog(
+            kind=kind,
+            started_at=started_at,
+            finished_at=finished_at,
+            summary=summary,
+            error=error,
+        )
+    )
+
+
+def last(session: Session, kind: str) -> RunLog | None:
+    """The newest run of ``kind``."""
+    query = sa.select(RunLog).where(RunLog.kind == kind).order_by(RunLog.started_at.desc())
+    return session.scalars(query.limit(1)).first()
