@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.relay")
 
 CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
+# Chunk k holds about CHUNK_KEYS * CHUNK_STAGGER[k % 5] keys (25 on average): workers that
+# start their chunks together then do not finish them together. A worker between two chunks
+# sends nothing; were they all between chunks at once, every bucket would idle meanwhile.
+CHUNK_STAGGER = (1.0, 0.6, 1.4, 0.8, 1.2)
 
 
 def run_batch(
@@ -170,11 +174,11 @@ def chunk_by_family(
     parents: Mapping[str, str | None],
     first_kind: Mapping[str, str] | None = None,
 ) -> list[list[int]]:
-    """Row ids in chunks of about CHUNK_KEYS keys; a family (a product and its variations)
-    is never split across chunks, so one worker sends it in order. The families are
-    interleaved by the bucket their first request probably hits (``first_kind``: the kind of
-    each ref's first row; docs/relay.md, "Every bucket at once"), so that every chunk carries
-    work for every bucket and the workers keep them all busy at the same time."""
+    """Row ids in chunks of about CHUNK_KEYS keys (see CHUNK_STAGGER); a family (a product
+    and its variations) is never split across chunks, so one worker sends it in order. The
+    families are interleaved by the bucket their first request probably hits (``first_kind``:
+    the kind of each ref's first row; docs/relay.md, "Every bucket at once"), so that every
+    chunk carries work for every bucket and the workers keep them all busy at the same time."""
     kinds = first_kind or {}
 
     def lane(family: list[str]) -> str:
@@ -185,7 +189,8 @@ def chunk_by_family(
     cut: list[list[list[str]]] = []
     keys_in_current = 0
     for family in ordered:
-        if not cut or keys_in_current + len(family) > CHUNK_KEYS:
+        limit = round(CHUNK_KEYS * CHUNK_STAGGER[(len(cut) - 1) % len(CHUNK_STAGGER)])
+        if not cut or keys_in_current + len(family) > limit:
             cut.append([])
             keys_in_current = 0
         cut[-1].append(family)
