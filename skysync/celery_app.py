@@ -8,6 +8,8 @@ The database is the source of truth; the broker is a doorbell that may lose mess
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -89,6 +91,22 @@ def _after_fork(**_kwargs: object) -> None:
 
     dispose_engines()
     bootstrap.reset()
+    # Build the relay and open a database connection now, beside the pool's start, so that
+    # a child's first chunk starts sending at once, as the others do (docs/relay.md, "Every
+    # bucket at once"). In the background: a database that is down must not stop the child.
+    threading.Thread(target=_warm_up, name="skysync-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    from skysync import bootstrap
+    from skysync.store.db import get_engine
+
+    try:
+        relay = bootstrap.get_relay()
+        with get_engine(relay.url).connect():
+            pass
+    except Exception:  # the first task meets the same problem, and reports it
+        logging.getLogger("skysync").debug("worker warm-up failed", exc_info=True)
 
 
 @setup_logging.connect

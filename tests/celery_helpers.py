@@ -49,9 +49,13 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
 class Worker:
     """``celery worker`` in a subprocess; ``output`` is everything it printed so far."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path):
+    def __init__(self, env: Mapping[str, str], cwd: Path, *, concurrency: int = 4):
         self.env = dict(env)
         self.cwd = cwd
+        self.command = [
+            f"--concurrency={concurrency}" if a.startswith("--concurrency=") else a
+            for a in WORKER_COMMAND
+        ]
         self.proc: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._lock = threading.Lock()
@@ -64,7 +68,7 @@ class Worker:
 
     def start(self, *, timeout: float = 30.0) -> Worker:
         self.proc = subprocess.Popen(
-            WORKER_COMMAND,
+            self.command,
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.PIPE,

@@ -95,13 +95,13 @@ def env(celery_db: str, sandbox: Sandbox, broker: redis.Redis) -> dict[str, str]
 
 
 @pytest.fixture
-def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], Worker]]:
-    """Starts workers (cwd: an empty directory, so no stray .env is read); every worker started
-    is stopped at the end, whatever happened."""
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Starts workers (cwd: an empty directory, so no stray .env is read), with 4 threads
+    unless told; every worker started is stopped at the end, whatever happened."""
     started: list[Worker] = []
 
-    def start() -> Worker:
-        worker = Worker(env, tmp_path)
+    def start(concurrency: int = 4) -> Worker:
+        worker = Worker(env, tmp_path, concurrency=concurrency)
         started.append(worker)
         return worker.start()
 
@@ -434,3 +434,55 @@ def test_broker_flushed_after_claim_loses_nothing(
         sandbox, {sku: {"price": prices[i], "qty": 7} for i, sku in enumerate(skus)}
     )
     assert_no_values_or_secrets(worker.output, prices, "the worker output")
+
+
+def test_product_and_variation_writes_go_out_together(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+) -> None:
+    """SkyHub limits ``PUT /products/{sku}`` and ``PUT /variations/{sku}`` separately: the
+    ERP's stock rows for 30 products, then for 30 variations (of other products), go out
+    interleaved, both buckets at once, not the variations after the products. One worker
+    thread, so the chunks go one after the other: the interleaving is within them."""
+    products = [f"CEL-M-{i:02d}" for i in range(30)]
+    parents = [f"CEL-N-{j:02d}" for j in range(15)]
+    variations = [f"{parent}-{k}" for parent in parents for k in "ab"]
+    write_rows(
+        celery_db,
+        [("product", sku, {"name": sku, "price": 10.0}) for sku in products]
+        + [
+            ("product", p, {"name": p, "variations": [{"sku": f"{p}-{k}", "qty": 1} for k in "ab"]})
+            for p in parents
+        ],
+    )
+    worker = start_worker(1)
+    run_skysync(["trigger"], env, tmp_path)  # what the store already has, sent by skysync
+    wait_delivered(celery_db, worker)
+    assert_all_final(celery_db)
+    seen = len(sandbox.request_log())
+
+    write_rows(
+        celery_db,
+        [("stock", sku, {"qty": 5}) for sku in products]
+        + [("stock", sku, {"qty": 3}) for sku in variations],
+    )
+    run_skysync(["trigger"], env, tmp_path)
+    wait_delivered(celery_db, worker)
+    assert_all_final(celery_db)
+
+    writes = [e for e in sandbox.request_log()[seen:] if e["method"] != "GET"]
+    assert all(e["method"] == "PUT" and 200 <= e["status"] < 300 for e in writes), writes
+    buckets = [e["path"].split("/")[1] for e in writes]  # in the order SkyHub saw them
+    assert sorted(buckets) == ["products"] * 30 + ["variations"] * 30
+    first_half = buckets[:30]
+    assert first_half.count("variations") >= 10, buckets
+    assert first_half.count("products") >= 10, buckets
+    product_times = [e["t"] for e in writes if e["path"].startswith("/products/")]
+    variation_times = [e["t"] for e in writes if e["path"].startswith("/variations/")]
+    # the variation writes happen during the product writes' span, not after it
+    assert min(variation_times) < sorted(product_times)[len(product_times) // 4]
+    assert max(product_times) > sorted(variation_times)[3 * len(variation_times) // 4]
+    assert sandbox.state()["variations"][variations[-1]]["qty"] == 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
+from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.planner import Folding, families
 from skysync.domain.validation import problems
 from skysync.logs import log_context
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.relay")
 
 CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
+# Chunk k holds about CHUNK_KEYS * CHUNK_STAGGER[k % 5] keys (25 on average): workers that
+# start their chunks together then do not finish them together. A worker between two chunks
+# sends nothing; were they all between chunks at once, every bucket would idle meanwhile.
+CHUNK_STAGGER = (1.0, 0.6, 1.4, 0.8, 1.2)
 
 
 def run_batch(
@@ -105,19 +110,21 @@ def _claim(
             lane=lane,
         )
         folding = Folding()
+        first_kind: dict[str, str] = {}  # of each ref: which bucket its key probably hits
         for page in outbox.iter_claimed(session, token):
             summary.claimed += len(page)
             valid = _reject_invalid(session, page, token, now, summary)
             _register_variations(session, valid, now)
             for row in valid:
                 folding.add(*row)
+                first_kind.setdefault(row[2], row[1])
         by_ref = folding.ids_by_ref()
         parents = item_store.parents_of(session, by_ref)
     if summary.claimed >= outbox.BIG_CLAIM_ROWS:
         with session_scope(relay.url) as session:
             outbox.refresh_statistics(session)
     summary.keys = len(by_ref)
-    return chunk_by_family(by_ref, parents)
+    return chunk_by_family(by_ref, parents, first_kind)
 
 
 def _reject_invalid(
@@ -163,23 +170,34 @@ def _register_variations(session: Session, rows: list[outbox.ClaimedRow], now: d
 
 
 def chunk_by_family(
-    by_ref: dict[str, list[int]], parents: dict[str, str | None]
+    by_ref: dict[str, list[int]],
+    parents: Mapping[str, str | None],
+    first_kind: Mapping[str, str] | None = None,
 ) -> list[list[int]]:
-    """Row ids in chunks of about CHUNK_KEYS keys; a family (a product and its variations)
-    is never split across chunks, so one worker sends it in order."""
-    chunks: list[list[int]] = []
-    current: list[int] = []
+    """Row ids in chunks of about CHUNK_KEYS keys (see CHUNK_STAGGER); a family (a product
+    and its variations) is never split across chunks, so one worker sends it in order. The
+    families are interleaved by the bucket their first request probably hits (``first_kind``:
+    the kind of each ref's first row; docs/relay.md, "Every bucket at once"), so that every
+    chunk carries work for every bucket and the workers keep them all busy at the same time."""
+    kinds = first_kind or {}
+
+    def lane(family: list[str]) -> str:
+        head = family[0]
+        return lane_of_key(kinds.get(head, "stock"), variation=parents.get(head) is not None)
+
+    ordered = interleave(families(by_ref, parents), lane)
+    cut: list[list[list[str]]] = []
     keys_in_current = 0
-    for family in families(by_ref, parents):
-        if current and keys_in_current + len(family) > CHUNK_KEYS:
-            chunks.append(current)
-            current, keys_in_current = [], 0
-        for ref in family:
-            current.extend(by_ref[ref])
+    for family in ordered:
+        limit = round(CHUNK_KEYS * CHUNK_STAGGER[(len(cut) - 1) % len(CHUNK_STAGGER)])
+        if not cut or keys_in_current + len(family) > limit:
+            cut.append([])
+            keys_in_current = 0
+        cut[-1].append(family)
         keys_in_current += len(family)
-    if current:
-        chunks.append(current)
-    return chunks
+    lanes = list(dict.fromkeys(lane(family) for family in ordered))
+    chunks = [lead_with(chunk, lane, lanes, k) for k, chunk in enumerate(cut)]
+    return [[i for family in chunk for ref in family for i in by_ref[ref]] for chunk in chunks]
 
 
 @dataclass(frozen=True)

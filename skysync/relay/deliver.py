@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from skysync.domain.guards import buffer_stock, hold_price_drops
+from skysync.domain.lanes import lane_of_key, threads_per_lane
 from skysync.domain.planner import Row, SkuRequest, carried_variations, coalesce, families, key_of
 from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
@@ -33,6 +35,10 @@ log = logging.getLogger("skysync.relay")
 
 Key = tuple[str, str]  # ("sku", sku) or ("order", code)
 NO_LEASE = datetime.min.replace(tzinfo=UTC)  # renewed before any request
+
+# Seconds after a 2xx during which a chunk skips the lone first request that checks the
+# credentials: a revocation in that window costs at most a request per thread, all stopped.
+CREDENTIALS_SEEN_FOR = 60.0
 
 
 class AuthStop:
@@ -67,7 +73,8 @@ class _Claimed:
     """The rows of a chunk by key, in the groups that go out together."""
 
     by_key: dict[Key, list[Row]]
-    groups: list[list[Key]]
+    groups: list[list[Key]]  # in the chunk's order (interleaved by lane)
+    lanes: list[str]  # of each group: the bucket its first request probably hits
     carried: dict[str, str]  # variation -> parent whose request carries its rows
     lease_until: dict[Key, datetime]  # the earliest lease among each key's loaded rows
 
@@ -94,7 +101,10 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
                 summary.keys += 1
                 summary.count(state)
 
-    _run_groups(claimed.groups, run_family, relay.concurrency)
+    # The credentials check (one request alone) is spent only where this process has not
+    # seen them accepted lately: otherwise every chunk would start with one lane alone.
+    check = not relay.client.accepted_within(CREDENTIALS_SEEN_FOR)
+    _run_groups(claimed.groups, claimed.lanes, run_family, relay.concurrency, check=check)
     summary.auth_failed = stop.tripped
     relay.save_request_counts()
     return summary
@@ -119,30 +129,66 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
         return None
     groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, parents)]
     groups += [[key] for key in by_key if key[0] == "order"]
+
+    # In the chunk's own order: batch.py interleaved it by lane (skysync/domain/lanes.py).
+    position = {row_id: i for i, row_id in enumerate(row_ids)}
+    groups.sort(key=lambda g: min(position.get(r.id, 0) for key in g for r in by_key[key]))
+    lanes = [
+        lane_of_key(by_key[g[0]][0].kind, variation=parents.get(g[0][1]) is not None)
+        for g in groups
+    ]
     carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
     for variation, parent in carried.items():
         by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
         lease_until[("sku", parent)] = min(
             lease_until[("sku", parent)], lease_until[("sku", variation)]
         )
-    return _Claimed(by_key, groups, carried, lease_until)
+    return _Claimed(by_key, groups, lanes, carried, lease_until)
 
 
 def _run_groups(
-    groups: list[list[Key]], run_family: Callable[[list[Key]], None], concurrency: int
+    groups: list[list[Key]],
+    lanes: list[str],
+    run_family: Callable[[list[Key]], None],
+    concurrency: int,
+    *,
+    check: bool = True,
 ) -> None:
-    """The first family goes alone: if SkyHub refuses the credentials, that one request is
-    all the batch spends; the rest are released untouched. Then the others, on threads."""
-    run_family(groups[0])
-    rest = groups[1:]
-    workers = max(1, min(concurrency, len(rest)))
-    if workers == 1:
-        for group in rest:
+    """With ``check``, the first family goes alone: if SkyHub refuses the credentials, that
+    one request is all the batch spends; the rest are released untouched. Then the others, on
+    threads: each lane (bucket) has threads of its own that take only its families while it
+    has any, then help the lane with the most left; so threads waiting on one bucket's
+    limiter never hold up another bucket's requests (docs/relay.md, "Every bucket at once")."""
+    first = 1 if check else 0
+    if check:
+        run_family(groups[0])
+    queues: dict[str, deque[list[Key]]] = {}
+    for group, lane in zip(groups[first:], lanes[first:], strict=True):
+        queues.setdefault(lane, deque()).append(group)
+    workers = max(1, min(concurrency, len(groups) - first))
+    homes = [
+        lane
+        for lane, n in threads_per_lane({k: len(q) for k, q in queues.items()}, workers).items()
+        for _ in range(n)
+    ]
+    if len(homes) <= 1:
+        for group in groups[first:]:
             run_family(group)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="skysync-push") as pool:
+    lock = threading.Lock()
+
+    def take(home: str) -> list[Key] | None:
+        with lock:
+            queue = queues[home] if queues[home] else max(queues.values(), key=len)
+            return queue.popleft() if queue else None
+
+    def work(home: str) -> None:
+        while (group := take(home)) is not None:
+            run_family(group)
+
+    with ThreadPoolExecutor(len(homes), thread_name_prefix="skysync-push") as pool:
         # each thread runs in a copy of this context: log lines keep the task id
-        jobs = [pool.submit(contextvars.copy_context().run, run_family, g) for g in rest]
+        jobs = [pool.submit(contextvars.copy_context().run, work, home) for home in homes]
         for future in jobs:
             future.result()
 

@@ -117,6 +117,7 @@ class SkyHubClient:
         self.max_rate_limit_waits = max_rate_limit_waits
         self.max_retry_after = max_retry_after
         self.counter = RequestCounter()
+        self.last_accepted: float | None = None  # time.monotonic() of the last 2xx answer
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -154,6 +155,12 @@ class SkyHubClient:
 
     def __repr__(self) -> str:
         return f"SkyHubClient(base_url={self.base_url!r}, email={self.email!r})"
+
+    def accepted_within(self, seconds: float) -> bool:
+        """Did SkyHub accept a request of this client (a 2xx, so the credentials held) in the
+        last ``seconds``?"""
+        last = self.last_accepted
+        return last is not None and time.monotonic() - last <= seconds
 
     def close(self) -> None:
         self._http.close()
@@ -195,6 +202,7 @@ class SkyHubClient:
             log.info("rate limited on %s %s; waiting %.2f s", method, path, delay)
             self._sleep(delay)
         if response.is_success:
+            self.last_accepted = time.monotonic()
             return response
         raise self._error(method, path, response)
 
