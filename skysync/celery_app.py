@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 def _time_limits(lease_seconds: float) -> tuple[float, float]:
     hard = max(10.0, min(600.0, lease_seconds * 0.9))
     return hard * 0.9, hard
+
+
+def _every(task: str, seconds: float) -> dict[str, Any]:
+    """A beat entry: ``task`` every ``seconds``; a run not started by the next one is dropped."""
+    return {"task": task, "schedule": timedelta(seconds=seconds), "options": {"expires": seconds}}
 
 
 def make_app() -> Celery:
@@ -49,26 +54,10 @@ def make_app() -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         beat_schedule={
-            "relay": {
-                "task": "skysync.relay_batch",
-                "schedule": timedelta(seconds=settings.sync_interval),
-                "options": {"expires": settings.sync_interval},
-            },
-            "pull-orders": {
-                "task": "skysync.pull_orders",
-                "schedule": timedelta(seconds=settings.order_poll_interval),
-                "options": {"expires": settings.order_poll_interval},
-            },
-            "pull-sync-errors": {
-                "task": "skysync.pull_sync_errors",
-                "schedule": timedelta(seconds=settings.sync_errors_interval),
-                "options": {"expires": settings.sync_errors_interval},
-            },
-            "reconcile": {
-                "task": "skysync.reconcile",
-                "schedule": timedelta(seconds=settings.reconcile_interval),
-                "options": {"expires": settings.reconcile_interval},
-            },
+            "relay": _every("skysync.relay_batch", settings.sync_interval),
+            "pull-orders": _every("skysync.pull_orders", settings.order_poll_interval),
+            "pull-sync-errors": _every("skysync.pull_sync_errors", settings.sync_errors_interval),
+            "reconcile": _every("skysync.reconcile", settings.reconcile_interval),
         },
         timezone="UTC",
         enable_utc=True,

@@ -23,14 +23,17 @@ RETRY_WHILE_DATABASE_DOWN: dict[str, Any] = {
     "max_retries": 40,
 }
 
-
-@app.task(
-    name="skysync.relay_batch",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
+# What every task here promises: late acks (redelivered if its worker dies), no result kept,
+# and another go while the database is away.
+DURABLE: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "ignore_result": True,
     **RETRY_WHILE_DATABASE_DOWN,
-)
+}
+
+
+@app.task(name="skysync.relay_batch", **DURABLE)
 def relay_batch(self: Task) -> dict[str, Any]:
     """One batch: claim due rows and hand them to deliver_chunk in chunks by key."""
     with log_context(task_id=self.request.id):
@@ -39,13 +42,7 @@ def relay_batch(self: Task) -> dict[str, Any]:
     return summary.as_dict()
 
 
-@app.task(
-    name="skysync.relay_fast",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    **RETRY_WHILE_DATABASE_DOWN,
-)
+@app.task(name="skysync.relay_fast", **DURABLE)
 def relay_fast(self: Task) -> dict[str, Any]:
     """The fast lane (relay/fast_lane.py): claim the families of the due rows it picks and
     hand them to deliver_chunk, like a batch; nothing while SKYSYNC_FAST_LANE is off."""
@@ -65,26 +62,14 @@ def wake_fast_lane() -> None:
     relay_fast.apply_async(expires=FAST_WAKE_EXPIRES)
 
 
-@app.task(
-    name="skysync.deliver_chunk",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    **RETRY_WHILE_DATABASE_DOWN,
-)
+@app.task(name="skysync.deliver_chunk", **DURABLE)
 def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops)."""
     with log_context(task_id=self.request.id):
         return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
 
 
-@app.task(
-    name="skysync.pull_orders",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    **RETRY_WHILE_DATABASE_DOWN,
-)
+@app.task(name="skysync.pull_orders", **DURABLE)
 def pull_orders(self: Task) -> dict[str, Any]:
     """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
     from skysync.relay.pull_orders import pull_orders as pull
@@ -93,15 +78,6 @@ def pull_orders(self: Task) -> dict[str, Any]:
         relay = get_relay()
         return pull(relay.url, relay.client).as_dict()
 
-
-# What every task here promises: late acks (redelivered if its worker dies), no result kept,
-# and another go while the database is away.
-DURABLE: dict[str, Any] = {
-    "bind": True,
-    "acks_late": True,
-    "ignore_result": True,
-    **RETRY_WHILE_DATABASE_DOWN,
-}
 
 
 @app.task(
