@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from skysync.domain.planner import ItemView, Row, SkuRequest
+from skysync.domain.validation import is_number
 
 GUARDED_PRICES = ("price", "promotional_price")
 
@@ -29,9 +30,7 @@ class Guards:
 
 
 def _buffered(value: Any, buffer: int) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return max(int(value) - buffer, 0)
-    return value
+    return max(int(value) - buffer, 0) if is_number(value) else value
 
 
 def buffer_stock(request: SkuRequest, buffer: int) -> SkuRequest:
@@ -51,9 +50,7 @@ def buffer_stock(request: SkuRequest, buffer: int) -> SkuRequest:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
+    return float(value) if is_number(value) else None
 
 
 def hold_price_drops(

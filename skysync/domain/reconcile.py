@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from skysync.domain.planner import FLOWING_FIELDS
+from skysync.domain.validation import is_number
 
 # What SkyHub shows that the ERP never writes: never compared.
 REMOTE_ONLY = frozenset({"sku", "variations", "associations", "removed", "condition_type"})
@@ -111,15 +112,11 @@ def listed_skus(product: Mapping[str, Any]) -> list[Listed]:
     return found
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def same(a: Any, b: Any) -> bool:
     """JSON values equal as SkyHub means them: 10 and 10.0 are one price; true is not 1."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    if _is_number(a) and _is_number(b):
+    if is_number(a) and is_number(b):
         return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=1e-9)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
@@ -141,7 +138,7 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
             continue
         remote = listed.fields.get(name)
         wanted = believed.value
-        if name == "qty" and stock_buffer and _is_number(wanted):
+        if name == "qty" and stock_buffer and is_number(wanted):
             wanted = max(int(wanted) - stock_buffer, 0)
         if same(wanted, remote):
             continue

@@ -85,13 +85,18 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, never a boolean (Python's True is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def is_blank(value: Any) -> bool:
     """``null`` and ``""`` mean "no value": such a field is not sent (design rule 3)."""
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
 def _number(check: _Check, where: str, value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         hint = " (use a JSON number with a dot, e.g. 12.5)" if isinstance(value, str) else ""
         check.fail(where, f"must be a JSON number, got {describe(value)}{hint}")
         return None
@@ -115,7 +120,7 @@ def _price(check: _Check, where: str, value: Any) -> float | None:
 
 
 def _qty(check: _Check, where: str, value: Any, *, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         check.fail(where, f"must be a whole number, got {describe(value)}")
     elif isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         check.fail(where, f"must be a whole number, got {value!r}")
