@@ -46,12 +46,13 @@ def record(
         if outcome.order_status is not None:
             order_store.record_status(session, *outcome.order_status, now)
         refused = outcome.learned.refused
-        _reject_refused(session, token, [r for r in rows if r.id in refused], refused, now)
+        # rows whose attributes SkyHub refused (422) while the rest of the request went out
+        _set_aside(session, token, rows, refused, now, state=RowState.REJECTED, last_status=422)
         done = outcome.state in (RowState.SENT, RowState.WITHHELD)
         # the price guard's holds stand once the rest went out; otherwise every row goes back
         # together and the guard decides again
         held = outcome.learned.held if done else {}
-        _hold(session, token, [r for r in rows if r.id in held], held, now)
+        _set_aside(session, token, rows, held, now, state=RowState.HELD)
         if done:
             _replace_held(session, outcome.learned.prices, now)
         rest = [r for r in rows if r.id not in refused and r.id not in held]
@@ -114,13 +115,24 @@ def _supersede_unloaded(session: Session, token: str, rows: list[Row], now: date
     )
 
 
-def _hold(
-    session: Session, token: str, rows: list[Row], reasons: dict[int, str], now: datetime
+def _set_aside(
+    session: Session,
+    token: str,
+    rows: list[Row],
+    reasons: dict[int, str],
+    now: datetime,
+    *,
+    state: str,
+    **values: Any,
 ) -> None:
-    """Rows whose price the guard held back (the rest of the request went out): each waits as
-    ``held`` with its reason, until an operator releases it or a newer row replaces it."""
+    """Rows of the request that end on their own (SkyHub refused their attributes; the price
+    guard held them until an operator releases them or a newer row replaces them): each takes
+    ``state`` with its own reason, and the others settle by the request's outcome."""
     for r in rows:
-        outbox.finish(session, [r.id], token, state=RowState.HELD, now=now, reason=reasons[r.id])
+        if r.id in reasons:
+            outbox.finish(
+                session, [r.id], token, state=state, now=now, reason=reasons[r.id], **values
+            )
 
 
 def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: datetime) -> None:
@@ -130,23 +142,6 @@ def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: date
         held = outbox.held_rows(session, sku)
         for row_id, by in replaced_held(held, sources).items():
             outbox.supersede_held(session, row_id, by, now)
-
-
-def _reject_refused(
-    session: Session, token: str, rows: list[Row], reasons: dict[int, str], now: datetime
-) -> None:
-    """Rows whose attributes SkyHub refused (422) while the rest of the request went out: each
-    is rejected with its own reason, and the others settle by the request's outcome."""
-    for r in rows:
-        outbox.finish(
-            session,
-            [r.id],
-            token,
-            state=RowState.REJECTED,
-            now=now,
-            reason=reasons[r.id],
-            last_status=422,
-        )
 
 
 class Settle:
