@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.store import outbox, sync_errors
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
@@ -78,20 +79,17 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
 
 
 def _erp_values(session: Session, sku: str, item: Item) -> dict[str, Any]:
-    """The ERP's own value of each buffered field (qty) whose acknowledged value differs: read
-    from the row SkyHub's value came from (the SKU's own row, or its parent's product row)."""
-    found: dict[str, Any] = {}
-    for name in ("qty",):
-        row_id = (item.last_applied or {}).get(name)
-        row = session.get(OutboxRow, int(row_id)) if row_id is not None else None
-        payload = row.payload if row is not None and isinstance(row.payload, dict) else {}
-        if row is not None and row.ref != sku:
-            entries = [v for v in payload.get("variations") or [] if isinstance(v, dict)]
-            payload = next((v for v in entries if v.get("sku") == sku), {})
-        value = payload.get(name)
-        if value is not None and value != (item.acknowledged or {}).get(name):
-            found[name] = value
-    return found
+    """The quantity the ERP wrote, when SkyHub acknowledged another (SKYSYNC_STOCK_BUFFER):
+    read from the row SkyHub's value came from (the SKU's own row, or its parent's product
+    row), as reconciliation reads it."""
+    row_id = (item.last_applied or {}).get("qty")
+    row = session.get(OutboxRow, int(row_id)) if row_id is not None else None
+    if row is None:
+        return {}
+    found, value = value_in(AcceptedRow(row.id, row.ref, row.payload, row.finished_at), sku, "qty")
+    if not found or value == (item.acknowledged or {}).get("qty"):
+        return {}
+    return {"qty": value}
 
 
 def orders(
