@@ -79,7 +79,6 @@ def pull_orders(self: Task) -> dict[str, Any]:
         return pull(relay.url, relay.client).as_dict()
 
 
-
 @app.task(
     name="skysync.reconcile",
     # A catalogue takes about pages / 8.5 s (2,500,000 SKUs: 50 min), more than the relay's

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from relay_helpers import (
     create_product,
     insert,
@@ -102,28 +104,23 @@ def test_a_hot_sku_drains_in_process_too(db_url: str, sb: Sandbox) -> None:
     assert states(db_url, "HOT-2") == {("sent", None): 1, ("superseded", newest): n - 1}
 
 
-def test_a_backlog_that_fails_goes_back_whole_and_drains_later(db_url: str, sb: Sandbox) -> None:
-    """The rows never loaded share the request's fate: back to pending with it, attempt
-    counted, then superseded once it goes through."""
+def test_a_backlog_that_fails_leaves_only_its_newest_row_to_retry(db_url: str, sb: Sandbox) -> None:
+    """The rows folded into the newest are superseded by it at claim time, whatever the
+    request's fate: when the request fails, only the newest row goes back to pending (attempt
+    counted), and it is what the next batch sends."""
     n = 5_000
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "HOT-3", qty=1)
         _first, newest = insert_stock_rows(db_url, "HOT-3", n)
         sb.script_fault("PUT", "/products/HOT-3", "503", 10)
-        relay.run_batch()
-        assert states(db_url, "HOT-3") == {("pending", None): n}
-        with get_engine(db_url).connect() as conn:
-            attempts = conn.execute(
-                sa.text(
-                    "SELECT min(attempts), max(attempts) FROM skysync_outbox "
-                    "WHERE ref = 'HOT-3' AND kind = 'stock'"
-                )
-            ).one()
-        assert tuple(attempts) == (1, 1)
+        summary = relay.run_batch()
+        assert (summary.claimed, summary.superseded) == (n, n - 1)
+        assert states(db_url, "HOT-3") == {("pending", None): 1, ("superseded", newest): n - 1}
+        assert (row(db_url, newest).state, row(db_url, newest).attempts) == ("pending", 1)
         sb.clear_faults()
         with get_engine(db_url).begin() as conn:
             conn.execute(sa.text("UPDATE skysync_outbox SET available_at = created_at"))
-        relay.run_batch()
+        assert relay.run_batch().claimed == 1
     assert product(sb, "HOT-3")["qty"] == n
     assert states(db_url, "HOT-3") == {("sent", None): 1, ("superseded", newest): n - 1}
 
@@ -168,14 +165,58 @@ def test_folding_loads_only_rows_that_carry_a_newest_field() -> None:
         (7, "order_invoice", "O-1", {"key": "k2"}),
     ]
     folding = Folding()
-    for spec in specs:
-        folding.add(*spec)
+    # a claim feeds each SKU's rows newest first, and order steps in id order
+    kept = {s[0]: folding.keep(*s) for s in [*reversed(specs[:5]), *specs[5:]]}
     picked = folding.ids_by_ref()
     assert picked == {"P": [1, 2, 3], "V": [5], "O-1": [6, 7]}
+    assert [i for i, k in kept.items() if not k] == [4]
+    assert (folding.winner("P"), folding.winner("V")) == (3, 5)
     everything = coalesce(rows_of(*specs[:5]), sku="P")
     loaded = coalesce(rows_of(*[s for s in specs[:5] if s[0] in picked[s[2]]]), sku="P")
     assert (loaded.fields, loaded.sources) == (everything.fields, everything.sources)
     assert loaded.variations == everything.variations
+
+
+_FIELD_VALUES = {
+    "price": st.sampled_from([10.0, 12.5, None, ""]),
+    "promotional_price": st.sampled_from([9.0, None]),
+    "qty": st.integers(0, 3),
+    "name": st.sampled_from(["a", "b", ""]),
+}
+_SKU_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["product", "price", "stock"]),
+        st.dictionaries(st.sampled_from(sorted(_FIELD_VALUES)), st.just(None), min_size=1),
+        st.lists(st.tuples(st.sampled_from(["V1", "V2"]), st.integers(0, 3)), max_size=2),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_SKU_ROWS, data=st.data())
+def test_folding_newest_first_builds_the_same_request_as_folding_every_row(
+    specs: list[tuple[str, dict[str, None], list[tuple[str, int]]]], data: st.DataObject
+) -> None:
+    """Whatever a SKU's rows carry, the rows Folding keeps (fed newest first, as a claim does)
+    fold into the same request as all of them, and the winner is the newest row."""
+    rows = []
+    for i, (kind, names, variations) in enumerate(specs, start=1):
+        payload = {name: data.draw(_FIELD_VALUES[name]) for name in names}
+        if kind == "product" and variations:
+            payload["variations"] = [{"sku": v, "qty": q} for v, q in variations]
+        rows.append(Row(i, kind, "P", payload, 0))
+    folding = Folding()
+    kept = [r for r in reversed(rows) if folding.keep(r.id, r.kind, r.ref, r.payload)]
+    assert folding.winner("P") == len(rows)
+    everything, loaded = coalesce(rows, sku="P"), coalesce(kept, sku="P")
+    assert (loaded.fields, loaded.sources) == (everything.fields, everything.sources)
+    assert (loaded.variations, loaded.variation_sources) == (
+        everything.variations,
+        everything.variation_sources,
+    )
+    assert loaded.has_product_row == everything.has_product_row
 
 
 # -- what a SKU's backlog costs per request -----------------------------------------------------
@@ -196,9 +237,9 @@ def _leases(db_url: str, sku: str) -> set[Any]:
 def test_a_key_renews_its_backlogs_lease_only_when_half_of_it_is_gone(
     db_url: str, sb: Sandbox, minutes_later: float, renewed: bool
 ) -> None:
-    """Renewing a lease rewrites every row of the SKU's backlog: with more than half of the
-    lease left (60 s here), the request goes out under the claim's lease as it is; with less,
-    the whole backlog gets a fresh lease before the request."""
+    """Renewing a lease is a write before the request: with more than half of the lease left
+    (60 s here), the request goes out under the claim's lease as it is; with less, the rows in
+    flight get a fresh lease before the request."""
     from datetime import timedelta
 
     from skysync.store.models import utcnow
@@ -231,31 +272,92 @@ def test_a_key_renews_its_backlogs_lease_only_when_half_of_it_is_gone(
     assert states(db_url, "LEASE-1")[("sent", None)] == 1
 
 
-def test_a_big_claim_refreshes_the_planner_statistics_so_settling_uses_the_claim_index(
-    pg_url: str, sb: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """(PostgreSQL: SQLite keeps no statistics unless asked.) After a claim moves many rows to
-    in_flight, PostgreSQL's statistics (taken when they were pending) would make it reach a
-    SKU's claimed rows through (state, id), reading every row in flight for each SKU settled.
-    The batch refreshes them, and the settling statements use the claim index (migration
-    0004)."""
-    from skysync.store import outbox
-
-    db_url = pg_url
-
-    monkeypatch.setattr(outbox, "BIG_CLAIM_ROWS", 1_000)
-    for i in range(40):
-        insert_stock_rows(db_url, f"STAT-{i:02d}", 50)
+def _count_row_updates(db_url: str) -> None:
+    """A trigger counting every row version written by an UPDATE of the outbox (test only)."""
     with get_engine(db_url).begin() as conn:
-        conn.execute(sa.text("ANALYZE skysync_outbox"))  # all pending, as the ERP left them
-    chunks: list[tuple[str, list[int]]] = []
-    with relay_for(db_url, sb) as relay:
-        relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
-    token = chunks[0][0]
-    settle = (
-        "EXPLAIN UPDATE skysync_outbox SET lease_until = now() WHERE claim_token = :t "
-        "AND state = 'in_flight' AND kind IN ('product', 'price', 'stock') AND ref IN ('STAT-07')"
-    )
+        conn.execute(sa.text("CREATE TABLE row_updates (n integer NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO row_updates VALUES (0)"))
+        if is_pg(db_url):
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN UPDATE row_updates SET n = n + 1; RETURN NULL; END $$"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER count_update AFTER UPDATE ON skysync_outbox "
+                    "FOR EACH ROW EXECUTE FUNCTION count_update()"
+                )
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER count_update AFTER UPDATE ON skysync_outbox "
+                    "BEGIN UPDATE row_updates SET n = n + 1; END"
+                )
+            )
+
+
+def _row_updates(db_url: str) -> int:
     with get_engine(db_url).connect() as conn:
-        plan = "\n".join(conn.execute(sa.text(settle), {"t": token}).scalars())
-    assert "ix_skysync_outbox_claim" in plan, plan
+        return conn.execute(sa.text("SELECT n FROM row_updates")).scalar_one()
+
+
+def test_a_claim_writes_each_row_of_a_backlog_once(db_url: str, sb: Sandbox) -> None:
+    """A claim ends the rows folded into a SKU's newest row on the spot instead of putting them
+    in flight first: claiming 40 SKUs of 50 rows writes 2,000 row versions, and their requests
+    40 more (the newest rows, sent)."""
+    chunks: list[tuple[str, list[int]]] = []
+    with relay_for(db_url, sb, settings_kw={"batch_size": 2_000}) as relay:
+        for i in range(40):
+            create_product(db_url, relay, f"ONCE-{i:02d}", qty=1)
+        newest = {i: insert_stock_rows(db_url, f"ONCE-{i:02d}", 50)[1] for i in range(40)}
+        _count_row_updates(db_url)
+        relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
+        claimed = _row_updates(db_url)
+        for token, ids in chunks:
+            relay.deliver(token, ids)
+    assert (claimed, _row_updates(db_url) - claimed) == (2_000, 40)
+    assert sum(len(ids) for _token, ids in chunks) == 40
+    assert states(db_url, "ONCE-07") == {("sent", None): 1, ("superseded", newest[7]): 49}
+    assert product(sb, "ONCE-07")["qty"] == 50
+
+
+@pytest.mark.parametrize("page_rows, refs_per_read", [(7, 3), (2, 50), (1_000, 1)])
+def test_pages_of_any_size_read_every_row_once_newest_first(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, page_rows: int, refs_per_read: int
+) -> None:
+    """However the pages cut a claim's SKUs (a SKU cut short by a full page, a SKU alone over
+    many pages), every pending row is read exactly once, each SKU's rows together and newest
+    first; the rows of other SKUs and of orders are not."""
+    from skysync.store import outbox
+    from skysync.store.db import session_scope
+    from skysync.store.models import utcnow
+
+    monkeypatch.setattr(outbox, "PAGE_ROWS", page_rows)
+    monkeypatch.setattr(outbox, "REFS_PER_READ", refs_per_read)
+    sizes = {"P-A": 1, "P-B": 9, "P-C": 3, "P-D": 20, "P-E": 2}
+    wanted: dict[str, list[int]] = {}
+    for sku, n in sizes.items():
+        first, last = insert_stock_rows(db_url, sku, n)
+        wanted[sku] = list(range(last, first - 1, -1))
+    insert_stock_rows(db_url, "OTHER", 5)
+    insert(db_url, "order_cancel", "P-A", {})
+    seen: list[tuple[int, str]] = []
+    with session_scope(db_url) as session:
+        for page in outbox.iter_pending_newest_first(session, list(sizes)):
+            assert 0 < len(page) <= page_rows
+            seen += [(row_id, ref) for row_id, _kind, ref, _payload in page]
+            # the caller may end the rows it got before it asks for the next page
+            outbox.settle_pending(
+                session, [r[0] for r in page], token="t", state="superseded", now=utcnow(),
+                reason="read",
+            )  # fmt: skip
+    by_ref: dict[str, list[int]] = {}
+    for row_id, ref in seen:
+        by_ref.setdefault(ref, []).append(row_id)
+    assert by_ref == wanted
+    # each SKU's rows come together: the refs, in the order read, never come back
+    order = [ref for i, (_id, ref) in enumerate(seen) if i == 0 or seen[i - 1][1] != ref]
+    assert len(order) == len(set(order)) == len(sizes)

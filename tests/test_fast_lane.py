@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +18,7 @@ from relay_helpers import (
     insert,
     insert_raw,
     is_pg,
+    make_client,
     product,
     relay_for,
     requests,
@@ -30,8 +30,9 @@ from relay_helpers import (
 from skysync.config import ConfigError, load_settings
 from skysync.domain.fast_lane import LaneMode, LaneRule
 from skysync.emulator import Sandbox
-from skysync.relay import drain
+from skysync.relay import Relay, batch, drain
 from skysync.relay.fast_lane import LaneWatcher
+from skysync.relay.outcome import BatchSummary
 from skysync.store import outbox
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, RunLog, utcnow
@@ -46,12 +47,11 @@ def _runs(db_url: str, kind: str) -> int:
 
 
 def _claim(db_url: str, rule: LaneRule | None, claim_as: str = "t-lane") -> set[int]:
-    now = utcnow()
-    with session_scope(db_url) as session:
-        outbox.claim_due(
-            session, token=claim_as, now=now, lease_until=now + timedelta(seconds=60), limit=500,
-            lane=rule,
-        )  # fmt: skip
+    """The rows a claim takes (in flight, or ended at claim time) under ``claim_as``: the
+    relay's own claim, which makes no request."""
+    with make_client("http://127.0.0.1:9") as client:  # a claim sends nothing
+        relay = Relay(settings_for(db_url), client)
+        batch._claim(relay, claim_as, BatchSummary(token=claim_as), rule)
     return {r.id for r in rows(db_url).values() if r.claim_token == claim_as}
 
 

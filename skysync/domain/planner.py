@@ -109,41 +109,60 @@ def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
 
 
 class Folding:
-    """Which claimed rows a batch needs to load, fed one valid row at a time in id order.
+    """Which of a claim's rows its requests need, fed one valid row at a time, each SKU's rows
+    newest first.
 
     :func:`coalesce` keeps, for each field, the value of the newest row that has one. So of a
     SKU's rows only these matter: the newest row of each kind, and the newest row carrying
     each field (a variation's field within a product row counted apart). Folding those gives
-    the same request, the same sources and the same newest row as folding all the rows; the
-    others are settled with them by claim token and SKU, never listed. Order steps are all
-    kept (each is its own request). The memory kept is bounded by keys and fields, not rows.
+    the same request, the same sources and the same newest row as folding all the rows. Fed
+    newest first, a row is needed exactly when it brings a mark (a kind or a field) that no
+    newer row brought; every other row is folded into the SKU's newest valid row, its winner,
+    there and then. The memory kept is bounded by keys and fields, not rows. Order steps are
+    all kept (each is its own request).
     """
 
     def __init__(self) -> None:
-        self._by_ref: dict[str, dict[tuple[Any, ...], int]] = {}
+        self._marks: dict[str, set[tuple[Any, ...]]] = {}
+        self._kept: dict[str, list[int]] = {}
 
-    def add(self, row_id: int, kind: str, ref: str, payload: Any) -> None:
-        newest = self._by_ref.setdefault(ref, {})
+    def keep(self, row_id: int, kind: str, ref: str, payload: Any) -> bool:
+        """Is this row needed? (False: it is folded into :meth:`winner` of its SKU.)"""
+        kept = self._kept.setdefault(ref, [])
         if kind not in SKU_KINDS:
-            newest[("row", row_id)] = row_id
-            return
-        marks: list[tuple[Any, ...]] = [("kind", kind)]
-        for name, value in (payload or {}).items():
-            if name == "variations":
-                for variation in value or []:
-                    marks += [
-                        ("variation", variation.get("sku"), field)
-                        for field, v in variation.items()
-                        if field != "sku" and not is_blank(v)
-                    ]
-            elif name != "sku" and not is_blank(value):
-                marks.append(("field", name))
-        for mark in marks:
-            newest[mark] = max(newest.get(mark, 0), row_id)
+            kept.append(row_id)
+            return True
+        seen = self._marks.setdefault(ref, set())
+        new = [mark for mark in _marks(kind, payload) if mark not in seen]
+        if not new:
+            return False
+        seen.update(new)
+        kept.append(row_id)
+        return True
+
+    def winner(self, ref: str) -> int:
+        """The SKU's newest valid row (the first one kept, rows being fed newest first)."""
+        return self._kept[ref][0]
 
     def ids_by_ref(self) -> dict[str, list[int]]:
         """The rows to load, per ref, in id order (refs in the order they were first seen)."""
-        return {ref: sorted(set(marks.values())) for ref, marks in self._by_ref.items()}
+        return {ref: sorted(ids) for ref, ids in self._kept.items()}
+
+
+def _marks(kind: str, payload: Any) -> list[tuple[Any, ...]]:
+    """What a SKU row brings to its request: its kind, and each field it carries a value of."""
+    marks: list[tuple[Any, ...]] = [("kind", kind)]
+    for name, value in (payload or {}).items():
+        if name == "variations":
+            for variation in value or []:
+                marks += [
+                    ("variation", variation.get("sku"), field)
+                    for field, v in variation.items()
+                    if field != "sku" and not is_blank(v)
+                ]
+        elif name != "sku" and not is_blank(value):
+            marks.append(("field", name))
+    return marks
 
 
 INTEGER_FIELDS = frozenset({"qty", "crossdocking"})

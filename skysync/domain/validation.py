@@ -361,9 +361,7 @@ def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
     """Every problem of one outbox row, each as "field: what is wrong"; empty when it is good."""
     check = _Check()
     if kind not in _BY_KIND:
-        check.fail(
-            "kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(Kind)})"
-        )
+        check.fail("kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(Kind)})")
     if not isinstance(ref, str) or not ref.strip():
         check.fail("ref", "is required: the SKU, or the order code for order_* kinds")
     elif len(ref) > MAX_REF_LENGTH:

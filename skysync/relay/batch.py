@@ -93,62 +93,95 @@ def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str 
 def _claim(
     relay: Relay, token: str, summary: BatchSummary, lane: LaneRule | None = None
 ) -> list[list[int]]:
-    """Claim due rows under ``token`` (after reclaiming expired leases), reject the invalid
-    ones, and chunk the rest so that a product and its variations share a chunk. The claimed
-    rows are read a page at a time; the chunks name only the rows the requests need (see
-    :class:`Folding`), the others of each SKU are settled with them by claim token and SKU."""
+    """Claim due rows under ``token`` (after reclaiming expired leases) and chunk them so that
+    a product and its variations share a chunk. Each SKU's rows are read newest first, a page
+    at a time, and end there and then unless a request needs them: invalid rows ``rejected``,
+    rows folded into a newer one ``superseded`` (see :class:`Folding`). Only the rows the
+    requests need go in flight, so a SKU's backlog costs one write per row, whatever its size.
+    Order steps are each their own request, all in flight."""
     now = relay.clock()
     lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
         summary.reclaimed = outbox.reclaim_expired(session, now)
-        outbox.claim_due(
-            session,
-            token=token,
-            now=now,
-            lease_until=lease_until,
-            limit=relay.settings.batch_size,
-            lane=lane,
-        )
-        folding = Folding()
-        first_kind: dict[str, str] = {}  # of each ref: which bucket its key probably hits
-        for page in outbox.iter_claimed(session, token):
-            summary.claimed += len(page)
-            valid = _reject_invalid(session, page, token, now, summary)
-            _register_variations(session, valid, now)
-            for row in valid:
-                folding.add(*row)
-                first_kind.setdefault(row[2], row[1])
-        by_ref = folding.ids_by_ref()
+        due = outbox.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
+        claim = _Claim(session, token, now, lease_until, summary)
+        outbox.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
+        for page in outbox.iter_claimed(session, token):  # the order steps just claimed
+            claim.take(page, in_flight=True)
+        for page in outbox.iter_pending_newest_first(session, due.skus):
+            claim.take(page, in_flight=False)
+        claim.flush()
+        by_ref = claim.folding.ids_by_ref()
         parents = item_store.parents_of(session, by_ref)
-    if summary.claimed >= outbox.BIG_CLAIM_ROWS:
-        with session_scope(relay.url) as session:
-            outbox.refresh_statistics(session)
     summary.keys = len(by_ref)
-    return chunk_by_family(by_ref, parents, first_kind)
+    return chunk_by_family(by_ref, parents, claim.first_kind)
 
 
-def _reject_invalid(
-    session: Session,
-    claimed: list[outbox.ClaimedRow],
-    token: str,
-    now: datetime,
-    summary: BatchSummary,
-) -> list[outbox.ClaimedRow]:
-    """Reject each row that fails validation, with its reasons; a bad row never blocks the
-    others. Returns the valid rows."""
-    valid: list[outbox.ClaimedRow] = []
-    for row in claimed:
+class _Claim:
+    """The rows of one claim as they are read: each checked, folded, and ended or put in
+    flight, written a few thousand rows at a time (never a statement per row, never one that
+    grows with the backlog)."""
+
+    def __init__(
+        self,
+        session: Session,
+        token: str,
+        now: datetime,
+        lease_until: datetime,
+        summary: BatchSummary,
+    ):
+        self.session = session
+        self.token = token
+        self.now = now
+        self.lease_until = lease_until
+        self.summary = summary
+        self.folding = Folding()
+        self.first_kind: dict[str, str] = {}  # of each ref: which bucket its key probably hits
+        self._needed: list[int] = []
+        self._folded: dict[int, list[int]] = {}  # winner -> rows folded into it
+        self._buffered = 0
+
+    def take(self, page: list[outbox.ClaimedRow], *, in_flight: bool) -> None:
+        """``in_flight``: rows already claimed (order steps); else pending SKU rows, each
+        SKU's newest first."""
+        self.summary.claimed += len(page)
+        for row in page:
+            row_id, kind, ref, payload = row
+            if not self._valid(row, in_flight=in_flight):
+                continue
+            if kind == "product" and payload.get("variations"):
+                # remember the variations' parent before chunking, so a variation's own rows
+                # travel with their parent's
+                skus = [v["sku"] for v in payload["variations"]]
+                item_store.register_variations(self.session, ref, skus, self.now)
+            self.first_kind.setdefault(ref, kind)
+            if self.folding.keep(row_id, kind, ref, payload):
+                if not in_flight:
+                    self._needed.append(row_id)
+                    self._buffered += 1
+            else:
+                self._folded.setdefault(self.folding.winner(ref), []).append(row_id)
+                self._buffered += 1
+            if self._buffered >= outbox.SUPERSEDE_CHUNK:
+                self.flush()
+
+    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool) -> bool:
+        """Reject the row if it fails validation, with its reasons; a bad row never blocks
+        the others."""
         row_id, kind, ref, payload = row
         try:
             found = problems(kind, ref, payload)
         except Exception as exc:  # a payload we cannot even judge must not block others
             found = [f"payload: cannot be checked ({type(exc).__name__})"]
         if not found:
-            valid.append(row)
-            continue
+            return True
         reason = "invalid: " + "; ".join(found)
-        outbox.finish(session, [row_id], token, state=RowState.REJECTED, now=now, reason=reason)
-        summary.rejected += 1
+        rejected = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
+        if in_flight:
+            outbox.finish(self.session, [row_id], self.token, **rejected)
+        else:
+            outbox.settle_pending(self.session, [row_id], token=self.token, **rejected)
+        self.summary.rejected += 1
         log.warning(
             "row %s (%s %s) rejected: %s",
             row_id,
@@ -157,16 +190,16 @@ def _reject_invalid(
             found,
             extra={"sku" if kind in SKU_KINDS else "order": ref},
         )
-    return valid
+        return False
 
-
-def _register_variations(session: Session, rows: list[outbox.ClaimedRow], now: datetime) -> None:
-    """A product row names its variations: remember their parent before chunking, so a
-    variation's own rows travel with their parent's."""
-    for _id, kind, ref, payload in rows:
-        variations = payload.get("variations") if kind == "product" else None
-        if variations:
-            item_store.register_variations(session, ref, [v["sku"] for v in variations], now)
+    def flush(self) -> None:
+        """Write what was decided so far: needed rows in flight, folded rows superseded."""
+        session, token, now = self.session, self.token, self.now
+        outbox.claim_rows(session, self._needed, token=token, now=now, lease_until=self.lease_until)
+        self.summary.superseded += outbox.supersede_pending(
+            session, self._folded, token=token, now=now
+        )
+        self._needed, self._folded, self._buffered = [], {}, 0
 
 
 def chunk_by_family(

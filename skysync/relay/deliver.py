@@ -21,7 +21,6 @@ from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
 from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
 from skysync.relay.products import push_product
-from skysync.relay.record import folded_refs
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
 from skysync.store import items as item_store
@@ -251,7 +250,7 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
         return True
     ids = [r.id for r in rows]
     with session_scope(relay.url) as session:
-        held = outbox.renew_lease(session, ids, token, now + lease, refs=folded_refs(rows))
+        held = outbox.renew_lease(session, ids, token, now + lease)
         return held == len(ids)
 
 

@@ -156,6 +156,7 @@ class BatchSummary:
     reclaimed: int = 0
     claimed: int = 0
     rejected: int = 0
+    superseded: int = 0  # at claim time: folded into a newer row of the same SKU
     keys: int = 0
     chunks: int = 0
     delivery: DeliverySummary | None = None

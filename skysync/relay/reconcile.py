@@ -87,9 +87,7 @@ class _Run:
                     continue
                 report.skus_compared += 1
                 report.busy_fields += len(wanted.busy & set(wanted.fields))
-                differences = compare(
-                    wanted, entry, stock_buffer=self.relay.settings.stock_buffer
-                )
+                differences = compare(wanted, entry, stock_buffer=self.relay.settings.stock_buffer)
                 report.add(differences)
                 drifted = [d.field for d in differences if not d.frozen]
                 if drifted:

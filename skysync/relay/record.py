@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from skysync.domain.guards import replaced_held
-from skysync.domain.kinds import SKU_KINDS, RowState
+from skysync.domain.kinds import RowState
 from skysync.domain.planner import Row, backoff_delay
 from skysync.relay.outcome import Learned, Outcome
 from skysync.store import items as item_store
@@ -57,7 +57,6 @@ def record(
             _replace_held(session, outcome.learned.prices, now)
         rest = [r for r in rows if r.id not in refused and r.id not in held]
         if not rest:
-            _supersede_unloaded(session, token, rows, now)
             return
         settle = Settle(session, token, rest, outcome, now)
         if done:
@@ -88,31 +87,6 @@ def _record_learned(session: Session, outcome: Outcome, now: datetime) -> None:
         item_store.record_ack(
             session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
         )
-
-
-def folded_refs(rows: list[Row]) -> list[str]:
-    """The SKUs whose other claimed rows (older ones, folded into ``rows`` and never loaded)
-    share the fate of ``rows``: settled set-based by claim token and SKU."""
-    return list(dict.fromkeys(r.ref for r in rows if r.kind in SKU_KINDS))
-
-
-def _supersede_unloaded(session: Session, token: str, rows: list[Row], now: datetime) -> None:
-    """Every loaded row was refused on its own: the unloaded older rows of the SKUs carried
-    no value of their own (each was newer in a loaded row), so they are superseded."""
-    refs = folded_refs(rows)
-    if not refs:
-        return
-    winner = max(r.id for r in rows)
-    outbox.finish(
-        session,
-        [],
-        token,
-        state=RowState.SUPERSEDED,
-        now=now,
-        superseded_by=winner,
-        reason=f"folded into row {winner}",
-        refs=refs,
-    )
 
 
 def _set_aside(
@@ -156,7 +130,6 @@ class Settle:
         self.outcome = outcome
         self.now = now
         self.ids = [r.id for r in rows]
-        self.refs = folded_refs(rows)  # their unloaded rows go with self.older
         self.newest = max(rows, key=lambda r: r.id)
         self.older = [i for i in self.ids if i != self.newest.id]
 
@@ -170,7 +143,6 @@ class Settle:
             state=RowState.SUPERSEDED,
             superseded_by=winner,
             reason=f"folded into row {winner}",
-            refs=self.refs,
         )
 
     def rejected(self) -> None:
@@ -189,7 +161,6 @@ class Settle:
             state=RowState.REJECTED,
             reason=f"folded into row {winner}, which was refused: {out.reason}",
             last_status=out.status,
-            refs=self.refs,
         )
 
     def retry(self, max_attempts: int, rng: random.Random) -> None:
@@ -206,7 +177,6 @@ class Settle:
                 reason=f"gave up after {attempts} attempts; last error: {out.reason}",
                 last_error=out.error,
                 last_status=out.status,
-                refs=self.refs,
             )
             return
         delay = backoff_delay(attempts, rng=rng)
@@ -220,7 +190,6 @@ class Settle:
             reason=f"attempt {attempts} failed, retrying in {delay:.0f} s: {out.reason}",
             last_error=out.error,
             last_status=out.status,
-            refs=self.refs,
         )
 
     def waiting(self) -> None:
@@ -236,7 +205,6 @@ class Settle:
             count_attempt=False,
             reason=out.reason or out.state,
             last_status=out.status,
-            refs=self.refs,
         )
 
     def _finish(self, ids: list[int], **values: Any) -> None:

@@ -91,9 +91,7 @@ def _relay_metrics(session: Session) -> Iterable[Metric]:
     ).first()
     started = last.started_at.timestamp() if last else 0.0
     duration = (
-        (last.finished_at - last.started_at).total_seconds()
-        if last and last.finished_at
-        else 0.0
+        (last.finished_at - last.started_at).total_seconds() if last and last.finished_at else 0.0
     )
     yield GaugeMetricFamily(
         "skysync_last_relay_timestamp_seconds", "When the last relay batch started.", started

@@ -96,9 +96,7 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(
-    url: str, *, readonly: bool = False, flush_wal: bool = True
-) -> Iterator[Session]:
+def session_scope(url: str, *, readonly: bool = False, flush_wal: bool = True) -> Iterator[Session]:
     """A unit of work: commits when the block ends cleanly, rolls back otherwise.
 
     On SQLite every transaction takes the write lock at BEGIN (``BEGIN IMMEDIATE``), which also

@@ -19,7 +19,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-
 def lenient_json_loads(text: str | bytes) -> Any:
     """json.loads that never raises: garbage or absurd nesting comes back as UnreadableJSON,
     so one bad row is rejected with a reason instead of failing the query that read it."""
@@ -124,9 +123,7 @@ class OutboxRow(Base):
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # who wrote the row: the ERP (the default, the only value its role can get) or skysync's
     # reconciliation (a correction); fixed once written (a trigger refuses a change)
-    origin: Mapped[str] = mapped_column(
-        sa.Text(), nullable=False, server_default=Origin.ERP.value
-    )
+    origin: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default=Origin.ERP.value)
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
@@ -138,7 +135,7 @@ class OutboxRow(Base):
             name="ck_skysync_outbox_reason",
         ),
         sa.CheckConstraint("attempts >= 0", name="ck_skysync_outbox_attempts"),
-        sa.Index("ix_skysync_outbox_ref_state", "ref", "state"),
+        sa.Index("ix_skysync_outbox_ref_state_id", "ref", "state", "id"),  # 0009
         sa.Index("ix_skysync_outbox_state_id", "state", "id"),
         sa.Index(
             "ix_skysync_outbox_due",

@@ -24,8 +24,8 @@ class InboxCounts:
 
 
 def inbox_counts(session: Session) -> InboxCounts:
-    waiting = sa.select(sa.func.count()).select_from(OrderInbox).where(
-        OrderInbox.consumed_at.is_(None)
+    waiting = (
+        sa.select(sa.func.count()).select_from(OrderInbox).where(OrderInbox.consumed_at.is_(None))
     )
     return InboxCounts(
         unconsumed=session.execute(waiting).scalar_one(),

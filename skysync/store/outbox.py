@@ -3,7 +3,8 @@ and completing them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -190,22 +191,24 @@ def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.Column
     return sa.and_(kind, stockout.bindparams(lane_threshold=rule.threshold))
 
 
-def claim_due(
-    session: Session,
-    *,
-    token: str,
-    now: datetime,
-    lease_until: datetime,
-    limit: int,
-    lane: LaneRule | None = None,
-) -> int:
-    """Claim pending rows due now, oldest first, up to ``limit``, never a key that still has an
-    in_flight row. A key is an order code, or a product with its variations (so a parent's
-    product row and a variation's stock row can never be in flight at once, in two batches).
-    With them come every other pending product/price/stock row of the same families, so that
-    all of a SKU's changes are folded together. Each statement names at most IN_CHUNK keys,
-    whatever the backlog. Returns how many rows were picked; read the claim with
-    :func:`iter_claimed`.
+@dataclass(frozen=True)
+class Due:
+    """What a claim takes: the SKUs (each product with its variations) and the order codes of
+    the due rows it picked, and how many rows it picked."""
+
+    picked: int
+    skus: list[str]
+    codes: list[str]
+
+
+def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | None = None) -> Due:
+    """Start a claim (serialized: the caller's transaction holds the claimers' lock until it
+    ends): pick pending rows due now, oldest first, up to ``limit``, never of a key that still
+    has an in_flight row. A key is an order code, or a product with its variations (so a
+    parent's product row and a variation's stock row can never be in flight at once, in two
+    batches). With them come every other pending product/price/stock row of the same families
+    (:func:`iter_pending_newest_first`), so that all of a SKU's changes are folded together,
+    and an order's due steps (:func:`claim_orders`). No statement names more than IN_CHUNK keys.
 
     With ``lane`` (the fast lane), only rows the lane picks start a claim, but their families
     are claimed whole as above, so the lane folds a SKU's older and newer rows like a batch
@@ -229,37 +232,155 @@ def claim_due(
     skus = list(heads)
     for part in _slices(heads):  # stay under bound-parameter limits
         skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
-    pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
+    return Due(picked=len(picked), skus=list(dict.fromkeys(skus)), codes=codes)
+
+
+def claim_orders(
+    session: Session, codes: Sequence[str], *, token: str, now: datetime, lease_until: datetime
+) -> None:
+    """Put the due steps of these orders in flight under ``token`` (read them back with
+    :func:`iter_claimed`); an order's not-yet-due steps wait their turn."""
     claim = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
-    for part in _slices(skus):
-        # a SKU's not-yet-due rows fold into this request
-        session.execute(
-            pending.where(OutboxRow.kind.in_(SKU_KINDS), OutboxRow.ref.in_(part)).values(
-                **claim, updated_at=now
-            )
-        )
+    pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
     for part in _slices(codes):
-        # an order's not-yet-due steps wait their turn
         session.execute(
             pending.where(OutboxRow.kind.in_(ORDER_KINDS), OutboxRow.ref.in_(part))
             .where(OutboxRow.available_at <= now)
-            .values(**claim, updated_at=now)
+            .values(**claim, updated_at=now),
+            execution_options={"synchronize_session": False},
         )
-    return len(picked)
 
 
-# A claim this big moves enough rows to in_flight that PostgreSQL's statistics (taken when they
-# were pending) mislead its planner: it reads every in-flight row through (state, id) for each
-# SKU it settles, instead of the claim index (migration 0004). See refresh_statistics.
-BIG_CLAIM_ROWS = 10_000
+# SKUs per statement when reading a claim's SKU rows, to start with: a page that comes back full
+# halves it (the SKUs left unfinished are then read one at a time, newest first down the
+# (ref, state, id) index of migration 0009), one that does not doubles it, up to IN_CHUNK.
+REFS_PER_READ = 50
 
 
-def refresh_statistics(session: Session) -> None:
-    """Fresh planner statistics for the outbox after a big claim (PostgreSQL; ``ANALYZE`` reads
-    a fixed-size sample, a fraction of a second on millions of rows, and blocks no reader or
-    writer). SQLite keeps no statistics unless asked, and picks the claim index by its shape."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text(f"ANALYZE {OutboxRow.__tablename__}"))
+def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator[list[ClaimedRow]]:
+    """The pending product/price/stock rows of ``skus``, a page at a time: each SKU's rows
+    together and newest first (a page holds PAGE_ROWS rows at most, whatever the backlog).
+    Every page is read whole before it is yielded, so the caller may change the state of the
+    rows it got before it asks for the next page."""
+    columns = sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload).where(
+        OutboxRow.state == RowState.PENDING, OutboxRow.kind.in_(SKU_KINDS)
+    )
+    conn = session.connection()
+    start, width = 0, REFS_PER_READ
+    while start < len(skus):
+        part = list(skus[start : start + width])
+        start += len(part)
+        query = columns.where(OutboxRow.ref.in_(part))
+        query = query.order_by(OutboxRow.ref.desc(), OutboxRow.id.desc()).limit(PAGE_ROWS)
+        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query)]
+        if len(page) < PAGE_ROWS:
+            if page:
+                yield page
+            width = min(width * 2, IN_CHUNK)
+            continue
+        width = max(width // 2, 1)
+        unfinished = page[-1][2]  # the page may have cut this SKU's rows short
+        finished = [r for r in page if r[2] != unfinished]
+        if finished:
+            yield finished
+        done = {r[2] for r in finished}
+        for ref in part:
+            if ref not in done:
+                yield from _pages_newest_first(conn, columns.where(OutboxRow.ref == ref))
+
+
+def _pages_newest_first(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[ClaimedRow]]:
+    """One SKU's rows, newest first, in keyset pages down the (ref, state, id) index."""
+    before: int | None = None
+    while True:
+        paged = query if before is None else query.where(OutboxRow.id < before)
+        paged = paged.order_by(OutboxRow.id.desc()).limit(PAGE_ROWS)
+        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged)]
+        if page:
+            yield page
+        if len(page) < PAGE_ROWS:
+            return
+        before = page[-1][0]
+
+
+def _update_pending(session: Session, ids: Sequence[int], values: dict[str, Any]) -> int:
+    """Update those of ``ids`` that are still pending (a claim's own rows, under its lock)."""
+    updated = 0
+    pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
+    conn = session.connection()  # Core: none of these rows is loaded in the session
+    for part in _slices(ids):
+        result = conn.execute(pending.where(OutboxRow.id.in_(part)).values(**values))
+        updated += result.rowcount or 0
+    return updated
+
+
+def claim_rows(
+    session: Session, ids: Sequence[int], *, token: str, now: datetime, lease_until: datetime
+) -> int:
+    """Put these pending rows in flight under ``token``: the rows a claim's requests need."""
+    values = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
+    return _update_pending(session, ids, {**values, "updated_at": now})
+
+
+def settle_pending(
+    session: Session,
+    ids: Sequence[int],
+    *,
+    token: str,
+    state: str,
+    now: datetime,
+    reason: str,
+    superseded_by: int | None = None,
+) -> int:
+    """End these pending rows at claim time, never in flight: ``rejected`` (invalid) or
+    ``superseded`` (folded into a newer row); ``token`` names the claim that ended them."""
+    values: dict[str, Any] = {"state": state, "reason": reason, "claim_token": token}
+    values.update(finished_at=now, updated_at=now, lease_until=None)
+    if superseded_by is not None:
+        values["superseded_by"] = superseded_by
+    return _update_pending(session, ids, values)
+
+
+# Rows per statement when a claim supersedes the rows folded into their SKU's newest (PostgreSQL
+# takes them as two arrays: two bound parameters, whatever the count).
+SUPERSEDE_CHUNK = 5000
+
+_SUPERSEDE_PG = sa.text(
+    f"UPDATE {OutboxRow.__tablename__} AS o SET state = :superseded, superseded_by = f.winner, "
+    "reason = 'folded into row ' || f.winner, claim_token = :token, finished_at = :now, "
+    "updated_at = :now, lease_until = NULL "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:winners AS bigint[])) AS f(id, winner) "
+    "WHERE o.id = f.id AND o.state = :pending"
+).bindparams(sa.bindparam("now", type_=UTCDateTime()))
+
+
+def supersede_pending(
+    session: Session, folded: Mapping[int, Sequence[int]], *, token: str, now: datetime
+) -> int:
+    """Supersede pending rows at claim time: ``folded`` maps each winner (the newest row of a
+    SKU) to the rows folded into it. Returns how many rows were superseded."""
+    if session.get_bind().dialect.name != "postgresql":
+        return sum(
+            settle_pending(
+                session,
+                ids,
+                token=token,
+                state=RowState.SUPERSEDED,
+                now=now,
+                reason=f"folded into row {winner}",
+                superseded_by=winner,
+            )
+            for winner, ids in folded.items()
+        )
+    pairs = [(row_id, winner) for winner, ids in folded.items() for row_id in ids]
+    conn = session.connection()
+    done = 0
+    for start in range(0, len(pairs), SUPERSEDE_CHUNK):
+        part = pairs[start : start + SUPERSEDE_CHUNK]
+        params = {"ids": [p[0] for p in part], "winners": [p[1] for p in part]}
+        params.update(superseded=RowState.SUPERSEDED, pending=RowState.PENDING)
+        done += conn.execute(_SUPERSEDE_PG, {**params, "token": token, "now": now}).rowcount or 0
+    return done
 
 
 def lane_rows_due(session: Session, rule: LaneRule, now: datetime) -> bool:
@@ -314,30 +435,20 @@ def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow
     return rows
 
 
-def _update_claimed(
-    session: Session,
-    ids: list[int],
-    token: str,
-    values: dict[str, Any],
-    refs: Sequence[str] = (),
-) -> int:
+def _update_claimed(session: Session, ids: list[int], token: str, values: dict[str, Any]) -> int:
     """Update rows of ``ids`` only while ``token`` still holds them in flight, so a task whose
-    lease was reclaimed cannot overwrite what a later claim decided. With ``refs``, the other
-    product/price/stock rows of those SKUs held by ``token`` (older rows folded into ``ids``,
-    never loaded) get the same values, set-based. Returns how many of ``ids`` were updated."""
+    lease was reclaimed cannot overwrite what a later claim decided. Returns how many of
+    ``ids`` were updated."""
     held = sa.update(OutboxRow).where(
         OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT
     )
     updated = 0
     for part in _slices(ids):
-        result = session.execute(held.where(OutboxRow.id.in_(part)).values(**values))
+        result = session.execute(
+            held.where(OutboxRow.id.in_(part)).values(**values),
+            execution_options={"synchronize_session": False},
+        )
         updated += result.rowcount or 0
-    if refs:
-        # no need to exclude ``ids``: each update here either takes them out of flight (so
-        # this pass no longer matches them) or sets the same values again (a lease)
-        rest = held.where(OutboxRow.kind.in_(SKU_KINDS))
-        for part in _slices(list(refs)):
-            session.execute(rest.where(OutboxRow.ref.in_(part)).values(**values))
     return updated
 
 
@@ -358,9 +469,8 @@ def finish(
     last_error: str | None = None,
     last_status: int | None = None,
     count_attempt: bool = False,
-    refs: Sequence[str] = (),
 ) -> int:
-    """Move claimed rows to a final state (with ``refs``, see :func:`_update_claimed`)."""
+    """Move claimed rows to a final state."""
     values: dict[str, Any] = {"state": state, "reason": reason, "finished_at": now}
     values.update(updated_at=now, lease_until=None)
     if count_attempt:
@@ -368,7 +478,7 @@ def finish(
     values.update(
         _outcome_values(superseded_by=superseded_by, last_error=last_error, last_status=last_status)
     )
-    return _update_claimed(session, ids, token, values, refs)
+    return _update_claimed(session, ids, token, values)
 
 
 def hold_claimed(session: Session, ids: list[int], token: str) -> int:
@@ -399,10 +509,9 @@ def release(
     count_attempt: bool,
     last_error: str | None = None,
     last_status: int | None = None,
-    refs: Sequence[str] = (),
 ) -> int:
-    """Give claimed rows back (pending, due at ``available_at``), with the reason shown to ops
-    (with ``refs``, see :func:`_update_claimed`)."""
+    """Give claimed rows back (pending, due at ``available_at``), with the reason shown to
+    ops."""
     values: dict[str, Any] = {
         "state": RowState.PENDING,
         "claim_token": None,
@@ -414,15 +523,12 @@ def release(
     if count_attempt:
         values["attempts"] = OutboxRow.attempts + 1
     values.update(_outcome_values(last_error=last_error, last_status=last_status))
-    return _update_claimed(session, ids, token, values, refs)
+    return _update_claimed(session, ids, token, values)
 
 
-def renew_lease(
-    session: Session, ids: list[int], token: str, lease_until: datetime, refs: Sequence[str] = ()
-) -> int:
-    """Extend the lease of rows still held by ``token`` (and, with ``refs``, of the other rows
-    of those SKUs it holds); returns how many of ``ids`` are still held."""
-    return _update_claimed(session, ids, token, {"lease_until": lease_until}, refs)
+def renew_lease(session: Session, ids: list[int], token: str, lease_until: datetime) -> int:
+    """Extend the lease of rows still held by ``token``; returns how many are still held."""
+    return _update_claimed(session, ids, token, {"lease_until": lease_until})
 
 
 def held_rows(session: Session, ref: str) -> list[Row]:
