@@ -7,10 +7,14 @@ Good rows pass untouched; every bad row yields a problem that starts with the fi
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from skysync.domain import validation
 from skysync.domain.kinds import UnreadableJSON
 from skysync.domain.validation import MAX_PAYLOAD_BYTES, ValidationFailed, problems, validate
 
@@ -504,3 +508,32 @@ def test_product_payload_sku_other_than_ref_names_both() -> None:
 def test_price_row_still_refuses_a_sku_field() -> None:
     (problem,) = problems("price", "SKU-1", {"price": 1.0, "sku": "SKU-1"})
     assert problem.startswith("payload.sku")
+
+
+_SCALARS = st.one_of(
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=20), _SCALARS, max_size=8))
+def test_a_payload_skipped_by_the_size_check_is_really_under_the_limit(
+    payload: dict[str, Any],
+) -> None:
+    """Flat small payloads skip measuring (most of a backlog's rows): the bound must never let
+    through a payload the measure would have refused."""
+    if validation._flat_and_small(payload):
+        assert len(json.dumps(payload, ensure_ascii=False).encode()) <= MAX_PAYLOAD_BYTES
+        assert validation.nesting_depth(payload) == 1
+
+
+def test_a_flat_payload_near_the_limit_is_still_measured() -> None:
+    """Escapes count six bytes a character: 50,000 control characters (300,000 bytes as JSON)
+    are measured and refused, although the string is short."""
+    found = problems("product", "SKU-1", {"description": "\x01" * 50_000})
+    assert any("byte limit" in p for p in found), found
+    assert not validation._flat_and_small({"qty": 10**30})

@@ -272,7 +272,7 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
         start += len(part)
         query = columns.where(OutboxRow.ref.in_(part))
         query = query.order_by(OutboxRow.ref.desc(), OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query)]
+        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
         if len(page) < PAGE_ROWS:
             if page:
                 yield page
@@ -295,7 +295,7 @@ def _pages_newest_first(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[
     while True:
         paged = query if before is None else query.where(OutboxRow.id < before)
         paged = paged.order_by(OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged)]
+        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged).all()]
         if page:
             yield page
         if len(page) < PAGE_ROWS:
@@ -377,7 +377,9 @@ def supersede_pending(
     done = 0
     for start in range(0, len(pairs), SUPERSEDE_CHUNK):
         part = pairs[start : start + SUPERSEDE_CHUNK]
-        params = {"ids": [p[0] for p in part], "winners": [p[1] for p in part]}
+        # as array literals: psycopg adapts a str at once, a list of ints one int at a time
+        ids = "{" + ",".join(str(p[0]) for p in part) + "}"
+        params = {"ids": ids, "winners": "{" + ",".join(str(p[1]) for p in part) + "}"}
         params.update(superseded=RowState.SUPERSEDED, pending=RowState.PENDING)
         done += conn.execute(_SUPERSEDE_PG, {**params, "token": token, "now": now}).rowcount or 0
     return done
