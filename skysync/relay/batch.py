@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.planner import Folding, families
 from skysync.domain.validation import problems
 from skysync.logs import log_context
-from skysync.relay.outcome import BatchSummary
+from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.store import items as item_store
 from skysync.store import outbox, runs
 from skysync.store.db import session_scope
@@ -265,33 +266,75 @@ def drain(
     progress: Callable[[DrainProgress], None] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Run batches in this process until nothing is due, or SkyHub refused the credentials;
-    ``progress`` hears how it goes after each batch. Returns (batches, final counts)."""
+    ``progress`` hears how it goes after each batch. Returns (batches, final counts).
+
+    Each batch's rows are delivered on a thread of their own while the next batch is claimed
+    (never a key in flight, so never the same rows), as workers take chunks while beat claims:
+    a claim is mostly the database's work and a delivery mostly this process's, so a backlog
+    drains in about the longer of the two, not their sum. At most one batch is being delivered
+    while one is claimed."""
     started = time.monotonic()
     requests_before = relay.client.counter.total
-    with session_scope(relay.url) as session:
-        due_at_start = outbox.count_due(session, relay.clock())
+    due_at_start = _count_due(relay)
     batches = 0
-    while batches < max_batches:
-        summary = relay.run_batch()
-        batches += 1
-        if summary.delivery is not None and summary.delivery.auth_failed:
-            break
-        with session_scope(relay.url) as session:
-            due = outbox.count_due(session, relay.clock())
-        if progress is not None:
-            progress(
-                DrainProgress(
-                    batches=batches,
-                    done=max(0, due_at_start - due),
-                    left=due,
-                    requests=relay.client.counter.total - requests_before,
-                    elapsed=time.monotonic() - started,
+    with ThreadPoolExecutor(1, thread_name_prefix="skysync-drain") as pool:
+        delivering: tuple[str, Future[DeliverySummary]] | None = None
+        while batches < max_batches:
+            chunks: list[list[int]] = []
+            summary = relay.run_batch(dispatch=lambda _token, ids, into=chunks: into.append(ids))
+            batches += 1
+            stopped = _delivered(relay, delivering, summary.token if chunks else None)
+            delivering = None
+            if chunks and summary.token is not None:
+                ids = [i for chunk in chunks for i in chunk]
+                delivering = (summary.token, pool.submit(relay.deliver, summary.token, ids))
+            due = _count_due(relay)
+            if stopped or due == 0:
+                # the last delivery may give rows back due now (a variation whose parent was
+                # on its way): look again once it is done
+                stopped = _delivered(relay, delivering, None) or stopped
+                delivering = None
+                due = _count_due(relay)
+            if progress is not None:
+                progress(
+                    DrainProgress(
+                        batches=batches,
+                        done=max(0, due_at_start - due),
+                        left=due,
+                        requests=relay.client.counter.total - requests_before,
+                        elapsed=time.monotonic() - started,
+                    )
                 )
-            )
-        if due == 0:
-            break
-        if pause:
-            relay.sleep(pause)
+            if stopped or due == 0:
+                break
+            if pause:
+                relay.sleep(pause)
+        _delivered(relay, delivering, None)
     with session_scope(relay.url) as session:
         counts = outbox.count_by_state(session)
     return batches, counts
+
+
+def _count_due(relay: Relay) -> int:
+    with session_scope(relay.url) as session:
+        return outbox.count_due(session, relay.clock())
+
+
+def _delivered(
+    relay: Relay,
+    delivering: tuple[str, Future[DeliverySummary]] | None,
+    next_token: str | None,
+) -> bool:
+    """Wait for a batch's delivery; True if SkyHub refused the credentials during it. Then the
+    batch claimed meanwhile (``next_token``) is stopped the same way before it spends a
+    request: its keys find the reason on their claim and give their rows back untouched."""
+    if delivering is None:
+        return False
+    token, future = delivering
+    if not future.result().auth_failed:
+        return False
+    if next_token is not None:
+        with session_scope(relay.url) as session:
+            reason = runs.error_of(session, token) or "SkyHub refused the credentials"
+            runs.note_error(session, next_token, reason)
+    return True
