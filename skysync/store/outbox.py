@@ -314,30 +314,66 @@ def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow
     return rows
 
 
+_OUTBOX = OutboxRow.__table__
+_HELD = sa.and_(
+    _OUTBOX.c.claim_token == sa.bindparam("token"), _OUTBOX.c.state == RowState.IN_FLIGHT
+)
+_BY_IDS = _OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True))
+_BY_REFS = sa.and_(
+    _OUTBOX.c.kind.in_(SKU_KINDS), _OUTBOX.c.ref.in_(sa.bindparam("refs", expanding=True))
+)
+_CLAIMED_UPDATES: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
+
+
+def _claimed_update(names: tuple[str, ...], *, count_attempt: bool, by_refs: bool) -> sa.Update:
+    """The UPDATE of rows held by a claim that sets ``names`` (bound as ``v_<name>``), by ids or
+    by SKUs. Built once per shape and reused: the relay runs it twice for every key it settles,
+    and building a statement, and its cache key, costs more Python time than PostgreSQL takes to
+    run it. A Core statement (on the table, not the mapped class), so no ORM session state is
+    evaluated or synchronized: none is loaded where these run, and each call's rows are read
+    again by the next transaction that needs them."""
+    key = (names, count_attempt, by_refs)
+    statement = _CLAIMED_UPDATES.get(key)
+    if statement is None:
+        values: dict[str, Any] = {n: sa.bindparam(f"v_{n}", type_=_OUTBOX.c[n].type) for n in names}
+        if count_attempt:
+            values["attempts"] = _OUTBOX.c.attempts + 1
+        statement = (
+            sa.update(_OUTBOX).where(_HELD, _BY_REFS if by_refs else _BY_IDS).values(**values)
+        )
+        _CLAIMED_UPDATES[key] = statement
+    return statement
+
+
 def _update_claimed(
     session: Session,
     ids: list[int],
     token: str,
     values: dict[str, Any],
     refs: Sequence[str] = (),
+    *,
+    count_attempt: bool = False,
 ) -> int:
     """Update rows of ``ids`` only while ``token`` still holds them in flight, so a task whose
     lease was reclaimed cannot overwrite what a later claim decided. With ``refs``, the other
     product/price/stock rows of those SKUs held by ``token`` (older rows folded into ``ids``,
-    never loaded) get the same values, set-based. Returns how many of ``ids`` were updated."""
-    held = sa.update(OutboxRow).where(
-        OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT
-    )
+    never loaded) get the same values, set-based. ``count_attempt`` adds one to ``attempts``.
+    Returns how many of ``ids`` were updated."""
+    names = tuple(sorted(values))
+    params = {f"v_{n}": v for n, v in values.items()}
+    params["token"] = token
     updated = 0
-    for part in _slices(ids):
-        result = session.execute(held.where(OutboxRow.id.in_(part)).values(**values))
-        updated += result.rowcount or 0
+    if ids:
+        by_ids = _claimed_update(names, count_attempt=count_attempt, by_refs=False)
+        for part in _slices(ids):
+            result = session.execute(by_ids, {**params, "ids": part})
+            updated += result.rowcount or 0
     if refs:
         # no need to exclude ``ids``: each update here either takes them out of flight (so
         # this pass no longer matches them) or sets the same values again (a lease)
-        rest = held.where(OutboxRow.kind.in_(SKU_KINDS))
+        by_refs = _claimed_update(names, count_attempt=count_attempt, by_refs=True)
         for part in _slices(list(refs)):
-            session.execute(rest.where(OutboxRow.ref.in_(part)).values(**values))
+            session.execute(by_refs, {**params, "refs": part})
     return updated
 
 
@@ -363,28 +399,25 @@ def finish(
     """Move claimed rows to a final state (with ``refs``, see :func:`_update_claimed`)."""
     values: dict[str, Any] = {"state": state, "reason": reason, "finished_at": now}
     values.update(updated_at=now, lease_until=None)
-    if count_attempt:
-        values["attempts"] = OutboxRow.attempts + 1
     values.update(
         _outcome_values(superseded_by=superseded_by, last_error=last_error, last_status=last_status)
     )
-    return _update_claimed(session, ids, token, values, refs)
+    return _update_claimed(session, ids, token, values, refs, count_attempt=count_attempt)
+
+
+_HOLD = sa.select(_OUTBOX.c.id).where(_HELD, _BY_IDS)
+_HOLD_FOR_UPDATE = _HOLD.with_for_update()
 
 
 def hold_claimed(session: Session, ids: list[int], token: str) -> int:
     """Lock the rows of ``ids`` still in flight under ``token`` until the transaction ends (so no
     reclaim can take them meanwhile) and count them: a worker records what it learned only
-    while it still holds every row it pushed."""
+    while it still holds every row it pushed. (One statement built once, see
+    :func:`_claimed_update`.)"""
+    query = _HOLD_FOR_UPDATE if session.get_bind().dialect.name == "postgresql" else _HOLD
     held = 0
     for part in _slices(ids):
-        query = (
-            sa.select(OutboxRow.id)
-            .where(OutboxRow.id.in_(part), OutboxRow.claim_token == token)
-            .where(OutboxRow.state == RowState.IN_FLIGHT)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        held += len(session.scalars(query).all())
+        held += len(session.execute(query, {"token": token, "ids": part}).all())
     return held
 
 
@@ -411,10 +444,8 @@ def release(
         "reason": reason,
         "updated_at": now,
     }
-    if count_attempt:
-        values["attempts"] = OutboxRow.attempts + 1
     values.update(_outcome_values(last_error=last_error, last_status=last_status))
-    return _update_claimed(session, ids, token, values, refs)
+    return _update_claimed(session, ids, token, values, refs, count_attempt=count_attempt)
 
 
 def renew_lease(
