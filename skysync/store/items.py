@@ -30,15 +30,46 @@ def view(item: Item | None, sku: str) -> ItemView:
     )
 
 
+LOCKED = "skysync_locked_items"  # Session.info: {sku: row or None} this transaction locked
+
+
+def lock(session: Session, sku: str) -> Item | None:
+    """Read ``sku``'s row locked until the transaction ends (PostgreSQL; SQLite's transactions
+    hold the write lock from BEGIN): what is decided from it stays true until the transaction
+    commits. A later :func:`get_or_create` with ``for_update`` in the same transaction reuses
+    the row without reading it again."""
+    if session.get_bind().dialect.name == "postgresql":
+        item = session.get(Item, sku, with_for_update=True)
+    else:
+        item = session.get(Item, sku)
+    session.info.setdefault(LOCKED, {})[sku] = item
+    return item
+
+
 def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> Item:
-    query = sa.select(Item).where(Item.sku == sku)
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    item = session.scalars(query).first()
+    """``sku``'s row (locked with ``for_update``), created when missing. A new row is not flushed
+    here: it goes with the transaction's other writes (a query in between flushes it first)."""
+    locked: dict[str, Item | None] = session.info.get(LOCKED, {})
+    if for_update and sku in locked:
+        item = locked[sku]  # read and locked by this transaction already (or known missing)
+    else:
+        query = sa.select(Item).where(Item.sku == sku)
+        if for_update and session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        item = session.scalars(query).first()
     if item is None:
-        item = Item(sku=sku, acknowledged={}, last_applied={}, attempt={}, in_skyhub=False)
+        item = Item(
+            sku=sku,
+            acknowledged={},
+            last_applied={},
+            attempt={},
+            in_skyhub=False,
+            linked=False,
+            frozen=False,
+        )
         session.add(item)
-        session.flush()
+        if sku in locked:
+            locked[sku] = item
     return item
 
 
