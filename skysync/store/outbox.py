@@ -405,22 +405,6 @@ def finish(
     return _update_claimed(session, ids, token, values, refs, count_attempt=count_attempt)
 
 
-_HOLD = sa.select(_OUTBOX.c.id).where(_HELD, _BY_IDS)
-_HOLD_FOR_UPDATE = _HOLD.with_for_update()
-
-
-def hold_claimed(session: Session, ids: list[int], token: str) -> int:
-    """Lock the rows of ``ids`` still in flight under ``token`` until the transaction ends (so no
-    reclaim can take them meanwhile) and count them: a worker records what it learned only
-    while it still holds every row it pushed. (One statement built once, see
-    :func:`_claimed_update`.)"""
-    query = _HOLD_FOR_UPDATE if session.get_bind().dialect.name == "postgresql" else _HOLD
-    held = 0
-    for part in _slices(ids):
-        held += len(session.execute(query, {"token": token, "ids": part}).all())
-    return held
-
-
 def release(
     session: Session,
     ids: list[int],
