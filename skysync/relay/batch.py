@@ -272,10 +272,13 @@ def drain(
     (never a key in flight, so never the same rows), as workers take chunks while beat claims:
     a claim is mostly the database's work and a delivery mostly this process's, so a backlog
     drains in about the longer of the two, not their sum. At most one batch is being delivered
-    while one is claimed."""
+    while one is claimed. On SQLite, which writes one transaction at a time, each batch is
+    delivered before the next is claimed."""
     started = time.monotonic()
     requests_before = relay.client.counter.total
     due_at_start = _count_due(relay)
+    # SQLite writes one transaction at a time: a claim would only hold up the delivery's writes
+    overlap = not relay.url.startswith("sqlite")
     batches = 0
     with ThreadPoolExecutor(1, thread_name_prefix="skysync-drain") as pool:
         delivering: tuple[str, Future[DeliverySummary]] | None = None
@@ -289,7 +292,7 @@ def drain(
                 ids = [i for chunk in chunks for i in chunk]
                 delivering = (summary.token, pool.submit(relay.deliver, summary.token, ids))
             due = _count_due(relay)
-            if stopped or due == 0:
+            if stopped or due == 0 or not overlap:
                 # the last delivery may give rows back due now (a variation whose parent was
                 # on its way): look again once it is done
                 stopped = _delivered(relay, delivering, None) or stopped

@@ -257,7 +257,13 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
 def push_sku(relay: Relay, request: SkuRequest) -> Outcome:
     """One SKU's request, a variation's or a product's, and what a SkyHub error means for it.
     The guards come first: the stock buffer, then the price drop guard (rows it holds back go
-    to ``held``; the rest of the request goes on)."""
+    to ``held``; the rest of the request goes on). Its reads and attempt records share one
+    transaction per request (Relay.request_scope)."""
+    with relay.request_scope():
+        return _push_sku(relay, request)
+
+
+def _push_sku(relay: Relay, request: SkuRequest) -> Outcome:
     item = relay.load_item(request.sku)
     learned = Learned()
     request = buffer_stock(request, relay.settings.stock_buffer)

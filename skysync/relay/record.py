@@ -22,6 +22,10 @@ from skysync.store.db import session_scope
 log = logging.getLogger("skysync.relay")
 
 
+class _ClaimLost(Exception):
+    """Some of the rows were no longer held by the claim: the whole transaction rolls back."""
+
+
 def record(
     url: str,
     token: str,
@@ -35,38 +39,60 @@ def record(
     """Write the rows' new state and everything learned about the items, in one transaction,
     and only while this claim still holds every one of the rows: a worker whose lease ran
     out (its rows reclaimed by another batch) writes no acknowledgement, link or order
-    status, since the claim that took over decides from what it saw itself."""
+    status, since the claim that took over decides from what it saw itself.
+
+    The rows' own updates are the check: each updates a row only while the claim holds it in
+    flight (and locks it until the commit), so when they updated fewer rows than were pushed,
+    the claim lost some, and everything is rolled back. (The same as locking the rows first
+    and counting them, without the extra statement; the rows are still written, and locked,
+    before the items, as before.)"""
     ids = [r.id for r in rows]
-    # not flushed: the attempt record before the request was (see session_scope)
-    with session_scope(url, flush_wal=False) as session:
-        if outbox.hold_claimed(session, ids, token) < len(ids):
-            log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
-            return
-        _record_learned(session, outcome, now)
-        if outcome.order_status is not None:
-            order_store.record_status(session, *outcome.order_status, now)
-        refused = outcome.learned.refused
-        # rows whose attributes SkyHub refused (422) while the rest of the request went out
-        _set_aside(session, token, rows, refused, now, state=RowState.REJECTED, last_status=422)
-        done = outcome.state in (RowState.SENT, RowState.WITHHELD)
-        # the price guard's holds stand once the rest went out; otherwise every row goes back
-        # together and the guard decides again
-        held = outcome.learned.held if done else {}
-        _set_aside(session, token, rows, held, now, state=RowState.HELD)
-        if done:
-            _replace_held(session, outcome.learned.prices, now)
-        rest = [r for r in rows if r.id not in refused and r.id not in held]
-        if not rest:
-            return
-        settle = Settle(session, token, rest, outcome, now)
-        if done:
-            settle.done()
-        elif outcome.state == RowState.REJECTED:
-            settle.rejected()
-        elif outcome.state == "retry":
-            settle.retry(max_attempts, rng)
-        else:  # wait, auth
-            settle.waiting()
+    try:
+        # not flushed: the attempt record before the request was (see session_scope)
+        with session_scope(url, flush_wal=False) as session:
+            if _settle_rows(session, token, rows, outcome, now, max_attempts, rng) < len(ids):
+                raise _ClaimLost
+            _record_learned(session, outcome, now)
+            if outcome.order_status is not None:
+                order_store.record_status(session, *outcome.order_status, now)
+            if outcome.state in (RowState.SENT, RowState.WITHHELD):
+                _replace_held(session, outcome.learned.prices, now)
+    except _ClaimLost:
+        log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
+
+
+def _settle_rows(
+    session: Session,
+    token: str,
+    rows: list[Row],
+    outcome: Outcome,
+    now: datetime,
+    max_attempts: int,
+    rng: random.Random,
+) -> int:
+    """Every row's new state, while ``token`` holds it; returns how many of ``rows`` it held."""
+    refused = outcome.learned.refused
+    # rows whose attributes SkyHub refused (422) while the rest of the request went out
+    settled = _set_aside(
+        session, token, rows, refused, now, state=RowState.REJECTED, last_status=422
+    )
+    done = outcome.state in (RowState.SENT, RowState.WITHHELD)
+    # the price guard's holds stand once the rest went out; otherwise every row goes back
+    # together and the guard decides again (a row refused above stays rejected)
+    held = outcome.learned.held if done else {}
+    held = {i: reason for i, reason in held.items() if i not in refused}
+    settled += _set_aside(session, token, rows, held, now, state=RowState.HELD)
+    rest = [r for r in rows if r.id not in refused and r.id not in held]
+    if not rest:
+        return settled
+    settle = Settle(session, token, rest, outcome, now)
+    if done:
+        return settled + settle.done()
+    if outcome.state == RowState.REJECTED:
+        return settled + settle.rejected()
+    if outcome.state == "retry":
+        return settled + settle.retry(max_attempts, rng)
+    return settled + settle.waiting()  # wait, auth
 
 
 def _record_learned(session: Session, outcome: Outcome, now: datetime) -> None:
@@ -98,15 +124,18 @@ def _set_aside(
     *,
     state: str,
     **values: Any,
-) -> None:
+) -> int:
     """Rows of the request that end on their own (SkyHub refused their attributes; the price
     guard held them until an operator releases them or a newer row replaces them): each takes
-    ``state`` with its own reason, and the others settle by the request's outcome."""
+    ``state`` with its own reason, and the others settle by the request's outcome. Returns
+    how many of them the claim still held."""
+    settled = 0
     for r in rows:
         if r.id in reasons:
-            outbox.finish(
+            settled += outbox.finish(
                 session, [r.id], token, state=state, now=now, reason=reasons[r.id], **values
             )
+    return settled
 
 
 def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: datetime) -> None:
@@ -120,7 +149,8 @@ def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: date
 
 class Settle:
     """The rows of one request (a key's rows folded into one) after its outcome: the newest row
-    speaks for the value, older rows were folded into it."""
+    speaks for the value, older rows were folded into it. Each ending returns how many of the
+    rows the claim still held (and so took the ending)."""
 
     def __init__(
         self, session: Session, token: str, rows: list[Row], outcome: Outcome, now: datetime
@@ -133,44 +163,44 @@ class Settle:
         self.newest = max(rows, key=lambda r: r.id)
         self.older = [i for i in self.ids if i != self.newest.id]
 
-    def done(self) -> None:
+    def done(self) -> int:
         """``sent`` or ``withheld``: the newest row takes the outcome, older rows are
         ``superseded`` by it (their values were folded in, or are older than it)."""
         out, winner = self.outcome, self.newest.id
-        self._finish([winner], state=out.state, reason=out.reason, last_status=out.status)
-        self._finish(
+        held = self._finish([winner], state=out.state, reason=out.reason, last_status=out.status)
+        return held + self._finish(
             self.older,
             state=RowState.SUPERSEDED,
             superseded_by=winner,
             reason=f"folded into row {winner}",
         )
 
-    def rejected(self) -> None:
+    def rejected(self) -> int:
         """SkyHub (or a local check) refused the request: every row of it is ``rejected``, the
         older ones pointing at the newest, whose text is SkyHub's."""
         out, winner = self.outcome, self.newest.id
-        self._finish(
+        held = self._finish(
             [winner],
             state=RowState.REJECTED,
             reason=out.reason,
             last_error=out.error,
             last_status=out.status,
         )
-        self._finish(
+        return held + self._finish(
             self.older,
             state=RowState.REJECTED,
             reason=f"folded into row {winner}, which was refused: {out.reason}",
             last_status=out.status,
         )
 
-    def retry(self, max_attempts: int, rng: random.Random) -> None:
+    def retry(self, max_attempts: int, rng: random.Random) -> int:
         """No clear answer: back to pending with backoff, one attempt counted per row, or
         ``dead`` once the budget is used. The budget is the newest value's: older rows folded
         in (however often they failed) do not make a fresh value die early."""
         out = self.outcome
         attempts = self.newest.attempts + 1
         if attempts >= max_attempts:
-            self._finish(
+            return self._finish(
                 self.ids,
                 count_attempt=True,
                 state=RowState.DEAD,
@@ -178,9 +208,8 @@ class Settle:
                 last_error=out.error,
                 last_status=out.status,
             )
-            return
         delay = backoff_delay(attempts, rng=rng)
-        outbox.release(
+        return outbox.release(
             self.session,
             self.ids,
             self.token,
@@ -192,11 +221,11 @@ class Settle:
             last_status=out.status,
         )
 
-    def waiting(self) -> None:
+    def waiting(self) -> int:
         """``wait`` or ``auth``: not the rows' fault, so back to pending, not counted, due when
         the outcome says (a rate-limit window, a parent on its way, the credentials fixed)."""
         out = self.outcome
-        outbox.release(
+        return outbox.release(
             self.session,
             self.ids,
             self.token,
@@ -207,5 +236,5 @@ class Settle:
             last_status=out.status,
         )
 
-    def _finish(self, ids: list[int], **values: Any) -> None:
-        outbox.finish(self.session, ids, self.token, now=self.now, **values)
+    def _finish(self, ids: list[int], **values: Any) -> int:
+        return outbox.finish(self.session, ids, self.token, now=self.now, **values)

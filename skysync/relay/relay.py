@@ -4,15 +4,24 @@ them out in chunks; ``deliver`` (deliver.py) pushes one chunk and records every 
 decisions live in skysync/domain/planner.py.
 
 ``Relay`` holds what every step shares: the settings, the SkyHub client, the database, the
-clock, and the one way a request goes out (quick retries, the attempt recorded first)."""
+clock, and the one way a request goes out (quick retries, the attempt recorded first).
+
+A SKU's push is one unit of work up to its first request (``Relay.request_scope``): the item
+reads it decides from, and the attempt record, in one transaction that commits (flushed) just
+before the request leaves; the items it read stay locked meanwhile, so what was decided from
+them still holds when the attempt is recorded."""
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from skysync.config import Settings
 from skysync.domain.planner import ItemView, Row, SkuRequest
@@ -52,6 +61,8 @@ class Relay:
         self.rng = rng or random.Random()
         self.clock = clock
         self.sleep = sleep
+        # per push thread: the open unit of work of the SKU it is pushing (request_scope)
+        self._local = threading.local()
 
     def run_batch(self, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
         """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key (batch.py).
@@ -82,20 +93,69 @@ class Relay:
         return deliver.push_sku(self, request)
 
     # -- what every push shares -------------------------------------------------------------
+    @contextmanager
+    def request_scope(self) -> Iterator[None]:
+        """One SKU's push: its reads (:meth:`load_item`, :meth:`session`) and its attempt
+        records go in one transaction, opened by the first of them and committed (flushed) by
+        :meth:`call` before each SkyHub call, or when the push ends. Three transactions per
+        request were one: the read, the attempt, each with its own connection checkout."""
+        self._local.active = True
+        try:
+            yield
+        except BaseException as exc:
+            self._end_unit(exc)
+            raise
+        else:
+            self._end_unit(None)
+        finally:
+            self._local.active = False
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """This thread's open unit of work inside :meth:`request_scope` (opened on first use),
+        else a transaction of its own. Never a second connection while one is open: the open
+        one holds locks (on SQLite, the write lock) that a second would wait for."""
+        if not getattr(self._local, "active", False):
+            with session_scope(self.url) as session:
+                yield session
+            return
+        unit: tuple[AbstractContextManager[Session], Session] | None
+        unit = getattr(self._local, "unit", None)
+        if unit is None:
+            scope = session_scope(self.url)
+            unit = self._local.unit = (scope, scope.__enter__())
+        yield unit[1]
+
+    def _end_unit(self, exc: BaseException | None) -> None:
+        """Commit this thread's open unit of work (roll it back with ``exc``), if any."""
+        unit = getattr(self._local, "unit", None)
+        if unit is None:
+            return
+        self._local.unit = None
+        if exc is None:
+            unit[0].__exit__(None, None, None)
+        else:
+            unit[0].__exit__(type(exc), exc, exc.__traceback__)
+
     def load_item(self, sku: str) -> ItemView:
-        """What we know SkyHub has for ``sku`` (acknowledged fields, frozen, in SkyHub)."""
-        with session_scope(self.url) as session:
-            return item_store.view(session.get(item_store.Item, sku), sku)
+        """What we know SkyHub has for ``sku`` (acknowledged fields, frozen, in SkyHub), read
+        fresh for each request and locked until its attempt is recorded (request_scope)."""
+        with self.session() as session:
+            return item_store.view(item_store.lock(session, sku), sku)
 
     def attempt(self, learned: Learned, sku: str, fields: dict[str, Any]) -> None:
-        """Before a write leaves: record it durably (its own committed transaction), so that if
-        no answer is ever recorded (lost, killed, crashed), its fields count as unknown."""
+        """Before a write leaves: record it durably (committed, flushed, before :meth:`call`
+        sends anything), so that if no answer is ever recorded (lost, killed, crashed), its
+        fields count as unknown."""
         learned.attempt(sku, fields)
-        with session_scope(self.url) as session:
+        with self.session() as session:
             item_store.begin_attempt(session, sku, fields, self.clock())
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """One SkyHub call with a few quick retries for transient failures."""
+        """One SkyHub call with a few quick retries for transient failures. The open unit of
+        work (the reads and attempt records before it) commits first: the attempt is durable
+        before the request leaves, and no lock or connection is held across the network."""
+        self._end_unit(None)
         for attempt in range(self.quick_retries + 1):
             try:
                 return fn()

@@ -13,7 +13,6 @@ from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
 from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
 from skysync.skyhub.errors import NotFound, Unprocessable
 from skysync.store import outbox
-from skysync.store.db import session_scope
 
 if TYPE_CHECKING:
     from skysync.relay.relay import Relay
@@ -103,7 +102,7 @@ def push_unknown_as_variation(
 
 
 def _parent_on_its_way(relay: Relay, parent_sku: str) -> bool:
-    with session_scope(relay.url) as session:
+    with relay.session() as session:  # the push's own transaction (Relay.request_scope)
         return outbox.has_open_rows(session, parent_sku, ("product",))
 
 

@@ -3,6 +3,7 @@ sane embedded database for several threads and processes (WAL, a busy timeout)."
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,30 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _drop_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Never hand out a pooled PostgreSQL connection the server has closed (PostgreSQL restarted,
+    or an administrator or an idle timeout ended the session): the pool discards it and
+    checks out another, connecting afresh if need be (SQLAlchemy's "Dealing with Disconnects",
+    pessimistic handling with a custom check: a checkout handler raises DisconnectionError).
+
+    This is pool_pre_ping's guarantee without its round trip on every checkout (the relay
+    checks out a connection twice per SKU): a connection idle in the pool has nothing to read,
+    so if its socket is readable the server has hung up on it (PostgreSQL sends its FATAL
+    message and closes the socket; a killed server's kernel closes it). A harmless false
+    alarm (an unsolicited message on a live session) only costs a fresh connection."""
+    try:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            raise sa.exc.DisconnectionError("the connection was closed")
+        poller = select.poll()
+        poller.register(dbapi_connection.pgconn.socket, select.POLLIN | select.POLLPRI)
+        if poller.poll(0):
+            raise sa.exc.DisconnectionError("the server closed the connection while it was pooled")
+    except sa.exc.DisconnectionError:
+        raise
+    except Exception as exc:  # no socket any more, say
+        raise sa.exc.DisconnectionError(f"the connection is unusable: {exc}") from exc
+
+
 _ENGINES: dict[str, sa.Engine] = {}
 
 
@@ -66,13 +91,17 @@ def get_engine(url: str) -> sa.Engine:
     else:
         from skysync.store.models import lenient_json_loads
 
+        # the check below where psycopg's socket can be polled, else pool_pre_ping's ping
+        checked = sa.engine.make_url(url).get_driver_name() == "psycopg" and hasattr(select, "poll")
         engine = sa.create_engine(
             url,
-            pool_pre_ping=True,
+            pool_pre_ping=not checked,
             pool_size=5,
             max_overflow=10,
             json_deserializer=lenient_json_loads,
         )
+        if checked:
+            sa.event.listen(engine, "checkout", _drop_if_closed)
     _ENGINES[url] = engine
     return engine
 

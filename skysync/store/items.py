@@ -14,7 +14,8 @@ from skysync.domain.reconcile import ItemFacts as ReconcileFacts
 from skysync.store.models import Item
 
 
-def view(item: Item | None, sku: str) -> ItemView:
+def view(item: Item | sa.Row[Any] | None, sku: str) -> ItemView:
+    """What the relay decides from: ``item`` is the ORM row or a Core row of the table."""
     if item is None:
         return ItemView(sku=sku)
     unknown = set(item.attempt or {})  # sent, answer never recorded: SkyHub may hold either
@@ -30,15 +31,74 @@ def view(item: Item | None, sku: str) -> ItemView:
     )
 
 
+# The relay's hot path (one read, one attempt record and one acknowledgement per request)
+# writes with Core statements on the table, built once: the ORM's unit of work took more Python
+# time than PostgreSQL took to run them. Every other writer uses the ORM (get_or_create); a Core
+# write expires the ORM's copy of the row, so the two never disagree within a transaction.
+_ITEM = Item.__table__
+_SELECT = sa.select(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_UPDATE = sa.update(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
+_INSERT = sa.insert(_ITEM)
+LOCKED = "skysync_locked_items"  # Session.info: {sku: row or None} locked by this transaction
+
+
+def lock(session: Session, sku: str) -> sa.Row[Any] | None:
+    """``sku``'s row, locked until the transaction ends (PostgreSQL; SQLite's transactions
+    hold the write lock from BEGIN): what is decided from it stays true until the transaction
+    commits. The next :func:`begin_attempt` or :func:`record_ack` on it in the same transaction
+    starts from this row without reading it again."""
+    locked: dict[str, sa.Row[Any] | None] = session.info.setdefault(LOCKED, {})
+    if sku not in locked:
+        pg = session.get_bind().dialect.name == "postgresql"
+        query = _SELECT_FOR_UPDATE if pg else _SELECT
+        locked[sku] = session.execute(query, {"b_sku": sku}).first()
+    return locked[sku]
+
+
+def _write(session: Session, sku: str, row: sa.Row[Any] | None, values: dict[str, Any]) -> None:
+    """Update ``sku``'s locked ``row`` with ``values``, or insert it with them when missing."""
+    if row is None:
+        defaults = {"acknowledged": {}, "last_applied": {}, "attempt": {}, "in_skyhub": False}
+        session.execute(_INSERT, {**defaults, **values, "sku": sku})
+    else:
+        session.execute(_UPDATE, {**values, "b_sku": sku})
+    # still locked, but the row changed: the next reader reads it again, ORM or not
+    _unlock_cache(session, sku)
+    cached = session.identity_map.get(session.identity_key(Item, sku))
+    if cached is not None:
+        session.expire(cached)
+
+
+def _unlock_cache(session: Session, sku: str) -> None:
+    """The ORM is about to change ``sku``'s row: a row :func:`lock` kept is no longer current."""
+    session.info.get(LOCKED, {}).pop(sku, None)
+
+
+def _orm_get(session: Session, sku: str) -> Item | None:
+    _unlock_cache(session, sku)
+    return session.get(Item, sku)
+
+
 def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> Item:
+    """``sku``'s row (locked with ``for_update``), created when missing. A new row is not flushed
+    here: it goes with the transaction's other writes (a query in between flushes it first)."""
+    _unlock_cache(session, sku)
     query = sa.select(Item).where(Item.sku == sku)
     if for_update and session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     item = session.scalars(query).first()
     if item is None:
-        item = Item(sku=sku, acknowledged={}, last_applied={}, attempt={}, in_skyhub=False)
+        item = Item(
+            sku=sku,
+            acknowledged={},
+            last_applied={},
+            attempt={},
+            in_skyhub=False,
+            linked=False,
+            frozen=False,
+        )
         session.add(item)
-        session.flush()
     return item
 
 
@@ -69,11 +129,10 @@ def register_variations(
 def begin_attempt(session: Session, sku: str, fields: Mapping[str, Any], now: datetime) -> None:
     """A write of ``fields`` is about to leave: until its answer is recorded (record_ack), what
     SkyHub holds for them is unknown. The caller commits this before sending."""
-    item = get_or_create(session, sku, for_update=True)
-    attempt = dict(item.attempt or {})
+    row = lock(session, sku)
+    attempt = dict(row.attempt or {}) if row is not None else {}
     attempt.update({k: v for k, v in fields.items() if k != "variations"})
-    item.attempt = attempt
-    item.updated_at = now
+    _write(session, sku, row, {"attempt": attempt, "updated_at": now})
 
 
 def record_ack(
@@ -86,9 +145,10 @@ def record_ack(
     parent_sku: str | None = None,
 ) -> None:
     """SkyHub accepted ``sent`` for ``sku``: remember the values and the row each came from."""
-    item = get_or_create(session, sku, for_update=True)
-    acknowledged = dict(item.acknowledged or {})
-    applied = dict(item.last_applied or {})
+    row = lock(session, sku)
+    acknowledged = dict(row.acknowledged or {}) if row is not None else {}
+    applied = dict(row.last_applied or {}) if row is not None else {}
+    attempt = dict(row.attempt or {}) if row is not None else {}
     for name, value in sent.items():
         if name == "variations":
             continue
@@ -96,13 +156,16 @@ def record_ack(
         source = sources.get(name)
         if source is not None and source > int(applied.get(name, 0)):
             applied[name] = source
-    item.acknowledged = acknowledged
-    item.last_applied = applied
-    item.attempt = {k: v for k, v in (item.attempt or {}).items() if k not in sent}
-    item.in_skyhub = True
+    values: dict[str, Any] = {
+        "acknowledged": acknowledged,
+        "last_applied": applied,
+        "attempt": {k: v for k, v in attempt.items() if k not in sent},
+        "in_skyhub": True,
+        "updated_at": now,
+    }
     if parent_sku is not None:
-        item.parent_sku = parent_sku
-    item.updated_at = now
+        values["parent_sku"] = parent_sku
+    _write(session, sku, row, values)
 
 
 def mark_exists(session: Session, sku: str, exists: bool, now: datetime) -> None:
@@ -130,7 +193,7 @@ def mark_linked(session: Session, sku: str, now: datetime) -> Item:
 
 def unfreeze(session: Session, sku: str, now: datetime) -> bool:
     """An operator lets attribute changes through again. Returns False for an unknown SKU."""
-    item = session.get(Item, sku)
+    item = _orm_get(session, sku)
     if item is None:
         return False
     item.frozen = False
@@ -141,7 +204,7 @@ def unfreeze(session: Session, sku: str, now: datetime) -> bool:
 
 def forget(session: Session, sku: str, names: Iterable[str], now: datetime) -> None:
     """Drop the acknowledged values of ``names``: SkyHub may hold something else now."""
-    item = session.get(Item, sku)
+    item = _orm_get(session, sku)
     if item is None:
         return
     acknowledged = {k: v for k, v in (item.acknowledged or {}).items() if k not in set(names)}
@@ -153,7 +216,7 @@ def forget(session: Session, sku: str, names: Iterable[str], now: datetime) -> N
 def mark_applied(session: Session, sku: str, sources: Mapping[str, int], now: datetime) -> None:
     """These fields were asked for by these rows and SkyHub already had the values: count the
     rows as applied, so an older row still waiting cannot overwrite them later."""
-    item = session.get(Item, sku)
+    item = _orm_get(session, sku)
     if item is None:
         return
     applied = dict(item.last_applied or {})
@@ -212,7 +275,7 @@ def mark_gone(session: Session, skus: Iterable[str], now: datetime) -> None:
     """SkyHub does not hold these SKUs (a reconciliation found them missing): forget what it
     acknowledged, so the relay creates them again instead of diffing against a ghost."""
     for sku in skus:
-        item = session.get(Item, sku)
+        item = _orm_get(session, sku)
         if item is not None:
             item.in_skyhub = False
             item.acknowledged = {}

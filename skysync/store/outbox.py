@@ -437,20 +437,52 @@ def load_claimed(session: Session, token: str, ids: list[int]) -> list[OutboxRow
     return rows
 
 
-def _update_claimed(session: Session, ids: list[int], token: str, values: dict[str, Any]) -> int:
+_OUTBOX = OutboxRow.__table__
+_HELD = sa.and_(
+    _OUTBOX.c.claim_token == sa.bindparam("token"), _OUTBOX.c.state == RowState.IN_FLIGHT
+)
+_BY_IDS = _OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True))
+_CLAIMED_UPDATES: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
+
+
+def _claimed_update(names: tuple[str, ...], *, count_attempt: bool) -> sa.Update:
+    """The UPDATE of rows held by a claim that sets ``names`` (bound as ``v_<name>``), by ids.
+    Built once per shape and reused: the relay runs it for every key it settles, and building
+    a statement, and its cache key, costs more Python time than PostgreSQL takes to run it. A
+    Core statement (on the table, not the mapped class), so no ORM session state is evaluated
+    or synchronized: none is loaded where these run, and each call's rows are read again by
+    the next transaction that needs them."""
+    key = (names, count_attempt)
+    statement = _CLAIMED_UPDATES.get(key)
+    if statement is None:
+        values: dict[str, Any] = {n: sa.bindparam(f"v_{n}", type_=_OUTBOX.c[n].type) for n in names}
+        if count_attempt:
+            values["attempts"] = _OUTBOX.c.attempts + 1
+        statement = sa.update(_OUTBOX).where(_HELD, _BY_IDS).values(**values)
+        _CLAIMED_UPDATES[key] = statement
+    return statement
+
+
+def _update_claimed(
+    session: Session,
+    ids: list[int],
+    token: str,
+    values: dict[str, Any],
+    *,
+    count_attempt: bool = False,
+) -> int:
     """Update rows of ``ids`` only while ``token`` still holds them in flight, so a task whose
-    lease was reclaimed cannot overwrite what a later claim decided. Returns how many of
-    ``ids`` were updated."""
-    held = sa.update(OutboxRow).where(
-        OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT
-    )
+    lease was reclaimed cannot overwrite what a later claim decided. ``count_attempt`` adds one
+    to ``attempts``. Returns how many of ``ids`` were updated."""
+    names = tuple(sorted(values))
+    params = {f"v_{n}": v for n, v in values.items()}
+    params["token"] = token
     updated = 0
-    for part in _slices(ids):
-        result = session.execute(
-            held.where(OutboxRow.id.in_(part)).values(**values),
-            execution_options={"synchronize_session": False},
-        )
-        updated += result.rowcount or 0
+    if ids:
+        by_ids = _claimed_update(names, count_attempt=count_attempt)
+        for part in _slices(ids):
+            result = session.execute(by_ids, {**params, "ids": part})
+            updated += result.rowcount or 0
     return updated
 
 
@@ -475,29 +507,10 @@ def finish(
     """Move claimed rows to a final state."""
     values: dict[str, Any] = {"state": state, "reason": reason, "finished_at": now}
     values.update(updated_at=now, lease_until=None)
-    if count_attempt:
-        values["attempts"] = OutboxRow.attempts + 1
     values.update(
         _outcome_values(superseded_by=superseded_by, last_error=last_error, last_status=last_status)
     )
-    return _update_claimed(session, ids, token, values)
-
-
-def hold_claimed(session: Session, ids: list[int], token: str) -> int:
-    """Lock the rows of ``ids`` still in flight under ``token`` until the transaction ends (so no
-    reclaim can take them meanwhile) and count them: a worker records what it learned only
-    while it still holds every row it pushed."""
-    held = 0
-    for part in _slices(ids):
-        query = (
-            sa.select(OutboxRow.id)
-            .where(OutboxRow.id.in_(part), OutboxRow.claim_token == token)
-            .where(OutboxRow.state == RowState.IN_FLIGHT)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        held += len(session.scalars(query).all())
-    return held
+    return _update_claimed(session, ids, token, values, count_attempt=count_attempt)
 
 
 def release(
@@ -522,10 +535,8 @@ def release(
         "reason": reason,
         "updated_at": now,
     }
-    if count_attempt:
-        values["attempts"] = OutboxRow.attempts + 1
     values.update(_outcome_values(last_error=last_error, last_status=last_status))
-    return _update_claimed(session, ids, token, values)
+    return _update_claimed(session, ids, token, values, count_attempt=count_attempt)
 
 
 def renew_lease(session: Session, ids: list[int], token: str, lease_until: datetime) -> int:
