@@ -12,7 +12,7 @@ own process (``skysync sandbox``, as SkyHub is elsewhere), and the SKUs exist in
 
 For each shape it reports rows/s from the first claim to the last row final, requests sent,
 whether every SKU ends with its newest value, and the peak RSS of this process (the relay's).
-Then the raw-SQL baseline on the same rows:
+Then the raw-SQL baseline on the same rows, written afresh into a database of their own:
 ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` (n = 10,000) in a loop marking
 them done with no HTTP, and the ratio to it. Goals (issue 10): >= 20,000 rows/s for the first
 two shapes, >= 0.5 of the baseline, peak RSS < 300 MB.
@@ -118,21 +118,28 @@ def run_relay(db_url: str, base_url: str, batch_size: int, concurrency: int) -> 
     return {"seconds": elapsed, "batches": batches, "counts": counts}
 
 
-def run_baseline(db_url: str, batch_size: int) -> float:
-    """The same rows back to pending, then marked done by raw SQL alone; returns seconds."""
-    with get_engine(db_url).begin() as conn:
-        conn.execute(sa.text("UPDATE skysync_outbox SET state = 'pending', finished_at = NULL"))
-    step = sa.text(
-        "UPDATE skysync_outbox o SET state = 'sent', finished_at = now(), updated_at = now() "
-        "FROM (SELECT id FROM skysync_outbox WHERE state = 'pending' ORDER BY id "
-        "FOR UPDATE SKIP LOCKED LIMIT :n) s WHERE o.id = s.id"
-    )
-    started = time.perf_counter()
-    while True:
-        with get_engine(db_url).begin() as conn:
-            if not conn.execute(step, {"n": batch_size}).rowcount:
-                break
-    return time.perf_counter() - started
+def run_baseline(rows: int, skus: int, batch_size: int) -> float:
+    """The same backlog, freshly written into a database of its own (as the relay found its
+    own), marked done by raw SQL alone; returns seconds. (Run on the table the relay has just
+    drained, the baseline would pay for the relay's dead row versions and swing with them.)"""
+    db_url = create_pg_database("skysync_bench_base")
+    try:
+        migrate(db_url)
+        write_backlog(db_url, rows, skus)
+        step = sa.text(
+            "UPDATE skysync_outbox o SET state = 'sent', finished_at = now(), updated_at = now() "
+            "FROM (SELECT id FROM skysync_outbox WHERE state = 'pending' ORDER BY id "
+            "FOR UPDATE SKIP LOCKED LIMIT :n) s WHERE o.id = s.id"
+        )
+        started = time.perf_counter()
+        while True:
+            with get_engine(db_url).begin() as conn:
+                if not conn.execute(step, {"n": batch_size}).rowcount:
+                    break
+        return time.perf_counter() - started
+    finally:
+        dispose_engines()
+        drop_pg_database(db_url)
 
 
 def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -147,7 +154,10 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
             state = admin.get("/_sandbox/state").json()["products"]
             requests = sum(admin.get("/_sandbox/requests").json()["counts"].values())
         stale = sum(1 for sku, qty in expected.items() if state[sku].get("qty") != qty)
-        baseline = run_baseline(db_url, args.baseline_limit)
+        dispose_engines()
+        drop_pg_database(db_url)
+        db_url = ""
+        baseline = run_baseline(rows, skus, args.baseline_limit)
         return {
             "shape": name,
             "rows": rows,
@@ -164,7 +174,8 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
         }
     finally:
         dispose_engines()
-        drop_pg_database(db_url)
+        if db_url:
+            drop_pg_database(db_url)
 
 
 def main() -> int:
