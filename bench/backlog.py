@@ -11,7 +11,9 @@ own process (``skysync sandbox``, as SkyHub is elsewhere), and the SKUs exist in
 ``skysync drain`` does (batches of SKYSYNC_BATCH_SIZE, the pushes on threads).
 
 For each shape it reports rows/s from the first claim to the last row final, requests sent,
-whether every SKU ends with its newest value, and the peak RSS of this process (the relay's).
+whether every SKU ends with its newest value, and the peak RSS of this process (the relay's)
+when the drain ends, before the check reads SkyHub's whole catalogue back (100,000 products
+as JSON would otherwise count).
 Then the raw-SQL baseline on the same rows, written afresh into a database of their own:
 ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` (n = 10,000) in a loop marking
 them done with no HTTP, and the ratio to it. Goals (issue 10): >= 20,000 rows/s for the first
@@ -151,6 +153,7 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
             seed_emulator(admin, skus)
             expected = newest_values(db_url)
             result = run_relay(db_url, str(admin.base_url), args.batch_size, args.concurrency)
+            relay_rss = peak_rss_mb()  # before this process reads SkyHub's whole state back
             state = admin.get("/_sandbox/state").json()["products"]
             requests = sum(admin.get("/_sandbox/requests").json()["counts"].values())
         stale = sum(1 for sku, qty in expected.items() if state[sku].get("qty") != qty)
@@ -170,7 +173,7 @@ def run_shape(name: str, rows: int, skus: int, args: argparse.Namespace) -> dict
             "stale_skus": stale,
             "baseline_rows_per_s": round(rows / baseline),
             "ratio_to_baseline": round(baseline / result["seconds"], 3),
-            "peak_rss_mb": round(peak_rss_mb()),
+            "peak_rss_mb": round(relay_rss),
         }
     finally:
         dispose_engines()
