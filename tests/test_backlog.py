@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from relay_helpers import (
     create_product,
+    expire_leases,
     insert,
     is_pg,
     product,
@@ -361,3 +362,32 @@ def test_pages_of_any_size_read_every_row_once_newest_first(
     # each SKU's rows come together: the refs, in the order read, never come back
     order = [ref for i, (_id, ref) in enumerate(seen) if i == 0 or seen[i - 1][1] != ref]
     assert len(order) == len(set(order)) == len(sizes)
+
+
+def test_rows_reclaimed_from_a_dead_worker_are_folded_like_any_other(
+    db_url: str, sb: Sandbox
+) -> None:
+    """A worker died holding a SKU's price and stock rows; newer rows carry both. The next batch
+    reclaims the old rows and supersedes them by the newest. (On PostgreSQL the superseded rows
+    are written from a second connection while the claim runs: had the claim's own transaction
+    reclaimed them, it would hold their row locks, and the two would wait for each other.)"""
+    # a batch of one row: the claim picks (and locks) only the oldest row of the SKU
+    with relay_for(db_url, sb, settings_kw={"batch_size": 1}) as relay:
+        create_product(db_url, relay, "DEAD-1", price=10.0, qty=1)
+        old = [
+            insert(db_url, "price", "DEAD-1", {"price": 11.0}),
+            insert(db_url, "stock", "DEAD-1", {"qty": 2}),
+        ]
+        relay.run_batch(dispatch=lambda token, ids: None)  # the worker never runs them
+        assert {row(db_url, i).state for i in old} == {"in_flight"}
+        expire_leases(db_url)
+        price = insert(db_url, "price", "DEAD-1", {"price": 12.0})
+        newest = insert(db_url, "stock", "DEAD-1", {"qty": 3})
+        summary = relay.run_batch()
+    assert (summary.reclaimed, summary.superseded) == (2, 2)
+    assert [(row(db_url, i).state, row(db_url, i).superseded_by) for i in old] == [
+        ("superseded", newest),
+        ("superseded", newest),
+    ]
+    assert (row(db_url, price).state, row(db_url, newest).state) == ("superseded", "sent")
+    assert (product(sb, "DEAD-1")["price"], product(sb, "DEAD-1")["qty"]) == (12.0, 3)

@@ -105,16 +105,13 @@ def _claim(
     with session_scope(relay.url) as session:
         summary.reclaimed = outbox.reclaim_expired(session, now)
         due = outbox.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
-        claim = _Claim(session, token, now, lease_until, summary, _Superseder(relay.url, due))
+        claim = _Claim(session, token, now, lease_until, summary)
         outbox.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
         for page in outbox.iter_claimed(session, token):  # the order steps just claimed
             claim.take(page, in_flight=True)
-        try:
-            for page in outbox.iter_pending_newest_first(session, due.skus):
-                claim.take(page, in_flight=False)
-            claim.flush()
-        finally:
-            summary.superseded += claim.superseder.close()
+        for page in outbox.iter_pending_newest_first(session, due.skus):
+            claim.take(page, in_flight=False)
+        claim.flush()
         by_ref = claim.folding.ids_by_ref()
         parents = item_store.parents_of(session, by_ref)
     summary.keys = len(by_ref)
@@ -133,10 +130,8 @@ class _Claim:
         now: datetime,
         lease_until: datetime,
         summary: BatchSummary,
-        superseder: _Superseder,
     ):
         self.session = session
-        self.superseder = superseder
         self.token = token
         self.now = now
         self.lease_until = lease_until
@@ -202,64 +197,10 @@ class _Claim:
         """Write what was decided so far: needed rows in flight, folded rows superseded."""
         session, token, now = self.session, self.token, self.now
         outbox.claim_rows(session, self._needed, token=token, now=now, lease_until=self.lease_until)
-        self.summary.superseded += self.superseder.write(session, self._folded, token, now)
+        self.summary.superseded += outbox.supersede_pending(
+            session, self._folded, token=token, now=now
+        )
         self._needed, self._folded, self._buffered = [], {}, 0
-
-
-class _Superseder:
-    """Writes a claim's folded rows ``superseded``. On PostgreSQL it does so in transactions of
-    its own on another connection, one write at a time, while the claim reads and checks the
-    next page: the database writes one page while the claim reads the next, on two backends.
-    That is safe because a superseded row is final on its own (its winner stays pending until
-    the claim commits, and the next batch claims it if this one fails), and the claim waits
-    for every write before it commits. The rows the claim itself holds locked (those it
-    picked) are written in the claim's own transaction: the other connection would wait for
-    them. SQLite writes one transaction at a time: everything goes in the claim's."""
-
-    def __init__(self, url: str, due: outbox.Due):
-        self.url = url
-        self.locked = due.locked
-        self._pool = (
-            ThreadPoolExecutor(1, thread_name_prefix="skysync-supersede")
-            if url.startswith("postgresql")
-            else None
-        )
-        self._writing: Future[int] | None = None
-        self._done = 0
-
-    def write(
-        self, session: Session, folded: dict[int, list[int]], token: str, now: datetime
-    ) -> int:
-        """Supersede ``folded`` (winner -> rows); returns how many rows it wrote in ``session``
-        (the others are counted by :meth:`close`)."""
-        if self._pool is None:
-            return outbox.supersede_pending(session, folded, token=token, now=now)
-        mine = {w: [i for i in ids if i in self.locked] for w, ids in folded.items()}
-        theirs = {w: [i for i in ids if i not in self.locked] for w, ids in folded.items()}
-        self._wait()
-        self._writing = self._pool.submit(self._write, theirs, token, now)
-        return outbox.supersede_pending(
-            session, {w: i for w, i in mine.items() if i}, token=token, now=now
-        )
-
-    def _write(self, folded: dict[int, list[int]], token: str, now: datetime) -> int:
-        with session_scope(self.url, flush_wal=False) as session:
-            return outbox.supersede_pending(session, folded, token=token, now=now)
-
-    def _wait(self) -> None:
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            self._done += writing.result()
-
-    def close(self) -> int:
-        """Wait for the last write (raising its error, if any); how many rows it wrote."""
-        if self._pool is None:
-            return 0
-        try:
-            self._wait()
-        finally:
-            self._pool.shutdown(wait=True)
-        return self._done
 
 
 def chunk_by_family(

@@ -199,7 +199,6 @@ class Due:
     picked: int
     skus: list[str]
     codes: list[str]
-    locked: frozenset[int]  # the picked rows this transaction holds locked (PostgreSQL)
 
 
 def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | None = None) -> Due:
@@ -233,8 +232,7 @@ def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | No
     skus = list(heads)
     for part in _slices(heads):  # stay under bound-parameter limits
         skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
-    locked = frozenset(i for i, _kind, _fam in picked) if dialect == "postgresql" else frozenset()
-    return Due(picked=len(picked), skus=list(dict.fromkeys(skus)), codes=codes, locked=locked)
+    return Due(picked=len(picked), skus=list(dict.fromkeys(skus)), codes=codes)
 
 
 def claim_orders(
