@@ -242,8 +242,9 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
 
     While more than half the lease is left, nothing is written: no other claim can have taken
     rows whose lease has not run out (only an expired lease is reclaimed), and the outcome is
-    recorded only if the claim still holds them. Otherwise the lease is renewed, which for a
-    SKU rewrites every row of its backlog, so it is not done for every key of every chunk."""
+    recorded only if the claim still holds them. Otherwise the lease of the key's rows in
+    flight is renewed: a write before the request, so it is not done for every key of every
+    chunk."""
     lease = timedelta(seconds=relay.settings.lease_seconds)
     now = relay.clock()
     if lease_until - now > lease / 2:

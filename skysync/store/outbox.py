@@ -194,9 +194,8 @@ def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.Column
 @dataclass(frozen=True)
 class Due:
     """What a claim takes: the SKUs (each product with its variations) and the order codes of
-    the due rows it picked, and how many rows it picked."""
+    the due rows it picked."""
 
-    picked: int
     skus: list[str]
     codes: list[str]
 
@@ -232,7 +231,7 @@ def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | No
     skus = list(heads)
     for part in _slices(heads):  # stay under bound-parameter limits
         skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
-    return Due(picked=len(picked), skus=list(dict.fromkeys(skus)), codes=codes)
+    return Due(skus=list(dict.fromkeys(skus)), codes=codes)
 
 
 def claim_orders(
