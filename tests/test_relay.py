@@ -35,7 +35,7 @@ from skysync import bootstrap
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay import Relay, drain
-from skysync.store.db import session_scope
+from skysync.store.db import get_engine, session_scope
 from skysync.store.models import OutboxRow, utcnow
 
 
@@ -776,6 +776,35 @@ def test_payload_that_is_not_json_is_rejected(db_url: str, sb: Sandbox) -> None:
     assert got[bad].state == "rejected"
     assert "not valid JSON" in (got[bad].reason or "")
     assert got[good].state == "sent"
+
+
+def test_bare_stock_rows_are_read_without_parsing_yet_a_bad_ref_or_unreadable_bytes_is_rejected(
+    db_url: str, sb: Sandbox
+) -> None:
+    """A claim reads a bare {"qty": n} from its text (validation.plain_stock): its ref is still
+    checked, and text it cannot read that way goes through the full check (on SQLite the ERP
+    may even have stored bytes that are not UTF-8)."""
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "Q-1", price=10.0, qty=1)
+        spaced = insert_raw(db_url, "stock", " Q-1", '{"qty": 3}')
+        older = insert_raw(db_url, "stock", "Q-1", '{"qty": 3}')
+        newest = insert_raw(db_url, "stock", "Q-1", '{"qty":4}')
+        blob = None
+        if not is_pg(db_url):
+            sql = "INSERT INTO skysync_outbox (kind, ref, payload) VALUES ('stock', 'Q-1', :p)"
+            with get_engine(db_url).begin() as conn:
+                conn.execute(sa.text(sql), {"p": b'{"qty": \xff}'})
+                blob = conn.execute(sa.text("SELECT max(id) FROM skysync_outbox")).scalar_one()
+        relay.run_batch()
+    got = rows(db_url)
+    assert got[spaced].state == "rejected"
+    assert "ref: has leading or trailing spaces" in (got[spaced].reason or ""), got[spaced]
+    assert got[older].state == "superseded" and got[older].superseded_by == newest
+    assert got[newest].state == "sent", got[newest]
+    assert product(sb, "Q-1")["qty"] == 4
+    assert bodies(sb, "PUT", "/products/Q-1") == [{"product": {"qty": 4}}]
+    if blob is not None:
+        assert got[blob].state == "rejected" and "payload:" in (got[blob].reason or "")
 
 
 # -- 11. lease reclaim -----------------------------------------------------------------------------

@@ -537,3 +537,82 @@ def test_a_flat_payload_near_the_limit_is_still_measured() -> None:
     found = problems("product", "SKU-1", {"description": "\x01" * 50_000})
     assert any("byte limit" in p for p in found), found
     assert not validation._flat_and_small({"qty": 10**30})
+
+
+# -- plain_stock: the claim's reading of a bare {"qty": n} without parsing it ------------------
+
+_JSON_WS = st.text(alphabet=" \t\n\r", max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    qty=st.one_of(st.integers(0, validation.MAX_QTY + 10), st.integers(0, 10**12)),
+    ws=st.lists(_JSON_WS, min_size=4, max_size=4),
+)
+def test_a_bare_stock_text_reads_as_json_does_and_is_good_exactly_when_problems_says_so(
+    qty: int, ws: list[str]
+) -> None:
+    """The fast reading agrees with the full one: same payload, and taken as good only when
+    ``problems`` finds nothing; else None (the claim then parses and checks it in full)."""
+    text = f'{{{ws[0]}"qty"{ws[1]}:{ws[2]}{qty}{ws[3]}}}'
+    parsed = json.loads(text)
+    plain = validation.plain_stock("stock", text)
+    if problems("stock", "SKU-1", parsed):
+        assert plain is None
+    else:
+        assert plain == parsed
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.from_regex(validation._PLAIN_STOCK, fullmatch=True))
+def test_every_text_the_fast_reading_takes_is_a_good_stock_payload(text: str) -> None:
+    """Whatever the pattern admits parses as JSON to the same payload and has no problem."""
+    plain = validation.plain_stock("stock", text)
+    if plain is not None:
+        assert json.loads(text) == plain
+        assert problems("stock", "SKU-1", plain) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _SCALARS, max_size=3))
+def test_any_other_stock_text_is_left_to_the_full_check(payload: dict[str, Any]) -> None:
+    """A payload that is not exactly one integer qty is never read the fast way (as PostgreSQL
+    prints jsonb, and as compact JSON), so its problems are always found."""
+    for text in (json.dumps(payload), json.dumps(payload, separators=(",", ":"))):
+        plain = validation.plain_stock("stock", text)
+        if plain is not None:
+            assert payload == plain and type(payload["qty"]) is int
+            assert problems("stock", "SKU-1", payload) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"qty": -1}',  # below 0: the full check says why
+        '{"qty": 5.0}',  # a float: good, but judged by the full check
+        '{"qty": 05}',  # not JSON
+        '{"qty": 1e3}',
+        '{"qty": 2147483648}',  # over SkyHub's 32 bits
+        '{"qty": 5, "qty": 6}',  # a duplicate key
+        '{"qty": "5"}',
+        '{"qty":\u00a05}',  # a no-break space: Python's \s, not JSON's whitespace
+        '{"qty": 5}\n{"qty": 6}',
+        '{"price": 5}',
+    ],
+)
+def test_texts_that_are_not_a_bare_good_qty_take_the_full_check(text: str) -> None:
+    assert validation.plain_stock("stock", text) is None
+
+
+def test_the_fast_reading_is_for_stock_rows_only() -> None:
+    assert validation.plain_stock("stock", '{"qty": 7}') == {"qty": 7}
+    assert validation.plain_stock("price", '{"qty": 7}') is None
+    assert validation.plain_stock("stock", b'{"qty": 7}') is None
+
+
+def test_ref_problems_are_those_problems_reports_for_the_ref() -> None:
+    for ref in ["", "  ", " SKU-1", "x" * 300, 5, None]:
+        found = validation.ref_problems(ref)
+        assert found and all(p.startswith("ref: ") for p in found)
+        assert [p for p in problems("stock", ref, {"qty": 1}) if p.startswith("ref:")] == found
+    assert validation.ref_problems("SKU-1") == []

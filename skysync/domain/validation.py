@@ -374,17 +374,49 @@ def _flat_and_small(payload: dict[str, Any]) -> bool:
     return budget >= 0
 
 
-def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
-    """Every problem of one outbox row, each as "field: what is wrong"; empty when it is good."""
-    check = _Check()
-    if kind not in _BY_KIND:
-        check.fail("kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(Kind)})")
+def _ref(check: _Check, ref: Any) -> None:
     if not isinstance(ref, str) or not ref.strip():
         check.fail("ref", "is required: the SKU, or the order code for order_* kinds")
     elif len(ref) > MAX_REF_LENGTH:
         check.fail("ref", f"is {len(ref)} characters long (at most {MAX_REF_LENGTH})")
     elif ref != ref.strip():
         check.fail("ref", f"has leading or trailing spaces: {describe(ref)}")
+
+
+def ref_problems(ref: Any) -> list[str]:
+    """The problems of a row's ref alone (the same for every row of a SKU)."""
+    check = _Check()
+    _ref(check, ref)
+    return check.problems
+
+
+# A stock row's JSON text as an ERP usually writes it, and as PostgreSQL prints every jsonb
+# {"qty": n}: one key, an integer without sign, fraction or exponent. JSON's own whitespace
+# only (Python's \s would admit spaces that json.loads refuses).
+_PLAIN_STOCK = re.compile(r'\{[ \t\n\r]*"qty"[ \t\n\r]*:[ \t\n\r]*(0|[1-9][0-9]{0,9})[ \t\n\r]*\}')
+
+
+def plain_stock(kind: Any, text: Any) -> dict[str, int] | None:
+    """The payload of a ``stock`` row whose JSON text is a bare ``{"qty": n}`` with ``n`` a
+    quantity SkyHub takes: such a payload has no problem (only the row's ref is left to check,
+    :func:`ref_problems`), so a claim judges most rows of a stock backlog without parsing or
+    walking them. None when the text is anything else: parse it and check it in full.
+    (Property-tested against :func:`problems`.)"""
+    if kind != "stock" or not isinstance(text, str):
+        return None
+    match = _PLAIN_STOCK.fullmatch(text)
+    if match is None:
+        return None
+    qty = int(match[1])
+    return {"qty": qty} if qty <= MAX_QTY else None
+
+
+def problems(kind: Any, ref: Any, payload: Any) -> list[str]:
+    """Every problem of one outbox row, each as "field: what is wrong"; empty when it is good."""
+    check = _Check()
+    if kind not in _BY_KIND:
+        check.fail("kind", f"unknown kind {describe(kind)} (expected one of: {', '.join(Kind)})")
+    _ref(check, ref)
     if isinstance(payload, UnreadableJSON):
         check.fail("payload", f"{payload.problem}: {payload.raw[:60]!r}")
         return check.problems

@@ -19,12 +19,13 @@ from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.planner import Folding, families
-from skysync.domain.validation import problems
+from skysync.domain.validation import plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.store import items as item_store
 from skysync.store import outbox, runs
 from skysync.store.db import session_scope
+from skysync.store.models import payload_from_stored
 
 if TYPE_CHECKING:
     from skysync.relay.relay import Relay
@@ -141,14 +142,25 @@ class _Claim:
         self._needed: list[int] = []
         self._folded: dict[int, list[int]] = {}  # winner -> rows folded into it
         self._buffered = 0
+        self._good_refs: dict[str, bool] = {}  # refs checked so far (ref_problems)
 
     def take(self, page: list[outbox.ClaimedRow], *, in_flight: bool) -> None:
         """``in_flight``: rows already claimed (order steps); else pending SKU rows, each
-        SKU's newest first."""
+        SKU's newest first, payloads as stored (:data:`outbox.PendingRow`)."""
         self.summary.claimed += len(page)
         for row in page:
             row_id, kind, ref, payload = row
-            if not self._valid(row, in_flight=in_flight):
+            if not in_flight:
+                # most rows of a stock backlog are a bare {"qty": n}: good as they read
+                plain = plain_stock(kind, payload)
+                if plain is not None and self._good_ref(ref):
+                    payload = plain
+                else:
+                    payload = payload_from_stored(payload)
+                    row = (row_id, kind, ref, payload)
+                    if not self._valid(row, in_flight=False):
+                        continue
+            elif not self._valid(row, in_flight=True):
                 continue
             if kind == "product" and payload.get("variations"):
                 # remember the variations' parent before chunking, so a variation's own rows
@@ -165,6 +177,12 @@ class _Claim:
                 self._buffered += 1
             if self._buffered >= outbox.SUPERSEDE_CHUNK:
                 self.flush()
+
+    def _good_ref(self, ref: str) -> bool:
+        good = self._good_refs.get(ref)
+        if good is None:
+            good = self._good_refs[ref] = not ref_problems(ref)
+        return good
 
     def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool) -> bool:
         """Reject the row if it fails validation, with its reasons; a bad row never blocks

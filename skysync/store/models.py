@@ -30,6 +30,28 @@ def lenient_json_loads(text: str | bytes) -> Any:
         return UnreadableJSON(str(text)[:200])
 
 
+def payload_from_stored(value: str | bytes | None) -> Any:
+    """A payload as stored (JSON text; on SQLite an ERP may have written bytes) read as
+    :class:`LenientJSON` reads it: garbage comes back as UnreadableJSON, never raised."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return UnreadableJSON(repr(value[:200]))
+    return lenient_json_loads(value)
+
+
+def payload_text(column: Any, dialect: str) -> sa.ColumnElement[Any]:
+    """``column`` (a :class:`LenientJSON` payload) selected as its stored JSON text, left for
+    the caller to read (:func:`payload_from_stored`): jsonb printed as text on PostgreSQL, the
+    raw value on SQLite (a cast there would fail on bytes that are not UTF-8)."""
+    if dialect == "postgresql":
+        return sa.cast(column, sa.Text)
+    return sa.type_coerce(column, sa.Text)
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on both databases (SQLite stores naive UTC text)."""
 
@@ -72,14 +94,9 @@ class LenientJSON(sa.TypeDecorator[Any]):
         return None if value is None else json.dumps(value, ensure_ascii=False)
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
-        if dialect.name == "postgresql" or value is None:
+        if dialect.name == "postgresql":
             return value
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                return UnreadableJSON(repr(value[:200]))
-        return lenient_json_loads(value)
+        return payload_from_stored(value)
 
 
 class Base(DeclarativeBase):

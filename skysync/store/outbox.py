@@ -16,7 +16,7 @@ from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, Origin, RowState
 from skysync.domain.planner import Row
 from skysync.domain.reconcile import AcceptedRow
 from skysync.domain.validation import validate
-from skysync.store.models import Item, OutboxRow, UTCDateTime, utcnow
+from skysync.store.models import Item, OutboxRow, UTCDateTime, payload_text, utcnow
 
 
 def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
@@ -256,22 +256,24 @@ def claim_orders(
 REFS_PER_READ = 50
 
 
-def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator[list[ClaimedRow]]:
+def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator[list[PendingRow]]:
     """The pending product/price/stock rows of ``skus``, a page at a time: each SKU's rows
-    together and newest first (a page holds PAGE_ROWS rows at most, whatever the backlog).
-    Every page is read whole before it is yielded, so the caller may change the state of the
-    rows it got before it asks for the next page."""
-    columns = sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload).where(
+    together and newest first (a page holds PAGE_ROWS rows at most, whatever the backlog),
+    payloads as their stored JSON text (:data:`PendingRow`). Every page is read whole before
+    it is yielded, so the caller may change the state of the rows it got before it asks for
+    the next page."""
+    conn = session.connection()
+    payload = payload_text(OutboxRow.payload, conn.dialect.name)
+    columns = sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload).where(
         OutboxRow.state == RowState.PENDING, OutboxRow.kind.in_(SKU_KINDS)
     )
-    conn = session.connection()
     start, width = 0, REFS_PER_READ
     while start < len(skus):
         part = list(skus[start : start + width])
         start += len(part)
         query = columns.where(OutboxRow.ref.in_(part))
         query = query.order_by(OutboxRow.ref.desc(), OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
+        page: list[PendingRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
         if len(page) < PAGE_ROWS:
             if page:
                 yield page
@@ -288,13 +290,13 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
                 yield from _pages_newest_first(conn, columns.where(OutboxRow.ref == ref))
 
 
-def _pages_newest_first(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[ClaimedRow]]:
+def _pages_newest_first(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[PendingRow]]:
     """One SKU's rows, newest first, in keyset pages down the (ref, state, id) index."""
     before: int | None = None
     while True:
         paged = query if before is None else query.where(OutboxRow.id < before)
         paged = paged.order_by(OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[ClaimedRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged).all()]
+        page: list[PendingRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged).all()]
         if page:
             yield page
         if len(page) < PAGE_ROWS:
@@ -371,14 +373,20 @@ def supersede_pending(
             )
             for winner, ids in folded.items()
         )
-    pairs = [(row_id, winner) for winner, ids in folded.items() for row_id in ids]
+    ids: list[int] = []
+    winners: list[int] = []
+    for winner, folded_ids in folded.items():
+        ids += folded_ids
+        winners += [winner] * len(folded_ids)
     conn = session.connection()
     done = 0
-    for start in range(0, len(pairs), SUPERSEDE_CHUNK):
-        part = pairs[start : start + SUPERSEDE_CHUNK]
+    for start in range(0, len(ids), SUPERSEDE_CHUNK):
+        end = start + SUPERSEDE_CHUNK
         # as array literals: psycopg adapts a str at once, a list of ints one int at a time
-        ids = "{" + ",".join(str(p[0]) for p in part) + "}"
-        params = {"ids": ids, "winners": "{" + ",".join(str(p[1]) for p in part) + "}"}
+        params = {
+            "ids": "{" + ",".join(map(str, ids[start:end])) + "}",
+            "winners": "{" + ",".join(map(str, winners[start:end])) + "}",
+        }
         params.update(superseded=RowState.SUPERSEDED, pending=RowState.PENDING)
         done += conn.execute(_SUPERSEDE_PG, {**params, "token": token, "now": now}).rowcount or 0
     return done
@@ -400,6 +408,9 @@ def lane_rows_due(session: Session, rule: LaneRule, now: datetime) -> bool:
 
 
 ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
+# id, kind, ref, payload as stored: JSON text (bytes, on SQLite, if the ERP wrote them), read by
+# models.payload_from_stored unless the claim can judge it from the text (validation.plain_stock)
+PendingRow = tuple[int, str, str, str | bytes | None]
 
 
 def iter_claimed(session: Session, token: str) -> Iterator[list[ClaimedRow]]:
