@@ -364,6 +364,39 @@ def test_pages_of_any_size_read_every_row_once_newest_first(
     assert len(order) == len(set(order)) == len(sizes)
 
 
+def test_a_claim_reads_many_skus_a_few_statements_at_a_time_not_one_per_sku(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SKUs a full page did not finish go back to the queue and are read with others, not one
+    statement each: 30 SKUs of 5 rows in pages of 20 rows take a few statements per page's
+    worth of rows (reading the unfinished SKUs one by one took 28)."""
+    from skysync.store import outbox
+    from skysync.store.db import session_scope
+
+    monkeypatch.setattr(outbox, "PAGE_ROWS", 20)
+    skus = [f"Q-{i:02d}" for i in range(30)]
+    for sku in skus:
+        insert_stock_rows(db_url, sku, 5)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    engine = get_engine(db_url)
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with session_scope(db_url) as session:
+            read = [r for page in outbox.iter_pending_newest_first(session, skus) for r in page]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert sorted(r[0] for r in read) == list(
+        range(min(r[0] for r in read), max(r[0] for r in read) + 1)
+    )
+    assert len(read) == 150 and len({r[2] for r in read}) == 30
+    assert len(statements) <= 2 * (150 // 20) + 2, len(statements)
+
+
 def test_rows_reclaimed_from_a_dead_worker_are_folded_like_any_other(
     db_url: str, sb: Sandbox
 ) -> None:

@@ -126,14 +126,22 @@ class Folding:
         self._marks: dict[str, set[tuple[Any, ...]]] = {}
         self._kept: dict[str, list[int]] = {}
 
-    def keep(self, row_id: int, kind: str, ref: str, payload: Any) -> bool:
-        """Is this row needed? (False: it is folded into :meth:`winner` of its SKU.)"""
+    def keep(
+        self,
+        row_id: int,
+        kind: str,
+        ref: str,
+        payload: Any,
+        marks: Sequence[tuple[Any, ...]] | None = None,
+    ) -> bool:
+        """Is this row needed? (False: it is folded into :meth:`winner` of its SKU.)
+        ``marks``: the row's, when the caller knows them (:data:`QTY_MARKS`)."""
         kept = self._kept.setdefault(ref, [])
         if kind not in SKU_KINDS:
             kept.append(row_id)
             return True
         seen = self._marks.setdefault(ref, set())
-        new = [mark for mark in _marks(kind, payload) if mark not in seen]
+        new = [mark for mark in marks or _marks(kind, payload) if mark not in seen]
         if not new:
             return False
         seen.update(new)
@@ -164,6 +172,9 @@ def _marks(kind: str, payload: Any) -> list[tuple[Any, ...]]:
             marks.append(("field", name))
     return marks
 
+
+# The marks of a stock row {"qty": n}: most rows of a stock backlog
+QTY_MARKS = tuple(_marks("stock", {"qty": 0}))
 
 INTEGER_FIELDS = frozenset({"qty", "crossdocking"})
 

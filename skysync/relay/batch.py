@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
-from skysync.domain.planner import Folding, families
+from skysync.domain.planner import QTY_MARKS, Folding, families
 from skysync.domain.validation import plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary, DeliverySummary
@@ -150,11 +150,12 @@ class _Claim:
         self.summary.claimed += len(page)
         for row in page:
             row_id, kind, ref, payload = row
+            marks = None
             if not in_flight:
                 # most rows of a stock backlog are a bare {"qty": n}: good as they read
                 plain = plain_stock(kind, payload)
                 if plain is not None and self._good_ref(ref):
-                    payload = plain
+                    payload, marks = plain, QTY_MARKS
                 else:
                     payload = payload_from_stored(payload)
                     row = (row_id, kind, ref, payload)
@@ -168,7 +169,7 @@ class _Claim:
                 skus = [v["sku"] for v in payload["variations"]]
                 item_store.register_variations(self.session, ref, skus, self.now)
             self.first_kind.setdefault(ref, kind)
-            if self.folding.keep(row_id, kind, ref, payload):
+            if self.folding.keep(row_id, kind, ref, payload, marks):
                 if not in_flight:
                     self._needed.append(row_id)
                     self._buffered += 1

@@ -3,6 +3,7 @@ and completing them."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -250,9 +251,11 @@ def claim_orders(
         )
 
 
-# SKUs per statement when reading a claim's SKU rows, to start with: a page that comes back full
-# halves it (the SKUs left unfinished are then read one at a time, newest first down the
-# (ref, state, id) index of migration 0009), one that does not doubles it, up to IN_CHUNK.
+# SKUs per statement when reading a claim's SKU rows, to start with. A page that comes back full
+# ends short of some of its SKUs (one cut short, maybe more not reached): they go back to the
+# front of the queue, and the next read asks for about as many SKUs as the full page finished;
+# a page that does not come back full doubles it, up to IN_CHUNK. A SKU alone over a page is
+# read on newest first, in pages down the (ref, state, id) index of migration 0009.
 REFS_PER_READ = 50
 
 
@@ -267,36 +270,40 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
     columns = sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload).where(
         OutboxRow.state == RowState.PENDING, OutboxRow.kind.in_(SKU_KINDS)
     )
-    start, width = 0, REFS_PER_READ
-    while start < len(skus):
-        part = list(skus[start : start + width])
-        start += len(part)
+    todo = deque(skus)
+    width = REFS_PER_READ
+    while todo:
+        part = [todo.popleft() for _ in range(min(width, len(todo)))]
         query = columns.where(OutboxRow.ref.in_(part))
         query = query.order_by(OutboxRow.ref.desc(), OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[PendingRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(query).all()]
+        page: list[PendingRow] = list(conn.execute(query).all())
         if len(page) < PAGE_ROWS:
             if page:
                 yield page
             width = min(width * 2, IN_CHUNK)
             continue
-        width = max(width // 2, 1)
-        unfinished = page[-1][2]  # the page may have cut this SKU's rows short
-        finished = [r for r in page if r[2] != unfinished]
+        cut = page[-1][2]  # the page may have cut this SKU's rows short
+        finished = [r for r in page if r[2] != cut]
         if finished:
             yield finished
-        done = {r[2] for r in finished}
-        for ref in part:
-            if ref not in done:
-                yield from _pages_newest_first(conn, columns.where(OutboxRow.ref == ref))
+            done = {r[2] for r in finished}
+            width = len(done)
+        else:  # this SKU alone fills the page: read on from where the page ends
+            yield page
+            yield from _pages_newest_first(conn, columns.where(OutboxRow.ref == cut), page[-1][0])
+            done = {cut}
+            width = max(width // 2, 1)
+        todo.extendleft(reversed([ref for ref in part if ref not in done]))
 
 
-def _pages_newest_first(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[PendingRow]]:
-    """One SKU's rows, newest first, in keyset pages down the (ref, state, id) index."""
-    before: int | None = None
+def _pages_newest_first(
+    conn: sa.Connection, query: sa.Select[Any], before: int
+) -> Iterator[list[PendingRow]]:
+    """One SKU's rows older than ``before``, newest first, in keyset pages down the
+    (ref, state, id) index."""
     while True:
-        paged = query if before is None else query.where(OutboxRow.id < before)
-        paged = paged.order_by(OutboxRow.id.desc()).limit(PAGE_ROWS)
-        page: list[PendingRow] = [(r[0], r[1], r[2], r[3]) for r in conn.execute(paged).all()]
+        paged = query.where(OutboxRow.id < before).order_by(OutboxRow.id.desc()).limit(PAGE_ROWS)
+        page: list[PendingRow] = list(conn.execute(paged).all())
         if page:
             yield page
         if len(page) < PAGE_ROWS:
