@@ -159,6 +159,28 @@ def test_status_json_counts_every_state(db_url: str) -> None:
     assert 120 <= age < 180
 
 
+def test_status_ages_the_first_written_pending_row_and_the_first_due_one(db_url: str) -> None:
+    """The oldest pending row is the first written (lowest id) still pending; the oldest *due*
+    one skips rows waiting out a backoff. A sent row older than both counts for neither."""
+    now = utcnow()
+    insert_rows(
+        db_url,
+        [
+            row("sent", created_at=now - timedelta(hours=3)),
+            row(
+                "pending",
+                created_at=now - timedelta(hours=2),
+                available_at=now + timedelta(hours=1),
+            ),
+            row("pending", created_at=now - timedelta(seconds=600)),
+            row("pending", created_at=now - timedelta(seconds=30)),
+        ],
+    )
+    report = status_json(db_url)
+    assert 7200 <= report["oldest_pending_any_age_s"] < 7260, report
+    assert 600 <= report["oldest_pending_age_s"] < 660, report
+
+
 def test_status_json_oldest_pending_is_null_without_pending_rows(db_url: str) -> None:
     old = utcnow() - timedelta(hours=1)
     insert_rows(db_url, [row("sent", created_at=old), row("rejected", created_at=old)])

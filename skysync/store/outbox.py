@@ -102,12 +102,14 @@ def count_due(session: Session, now: datetime) -> int:
 def oldest_pending(
     session: Session, *, due_only: bool, now: datetime | None = None
 ) -> datetime | None:
-    """created_at of the oldest pending row (only rows due now when ``due_only``)."""
-    oldest = sa.func.min(OutboxRow.created_at, type_=UTCDateTime())
-    query = sa.select(oldest).where(OutboxRow.state == RowState.PENDING)
+    """created_at of the oldest pending row (only rows due now when ``due_only``): the first
+    written, by id, found at the head of the ``(state, id)`` index. (``min(created_at)`` read
+    every pending row, 95 ms a call on 666,667 of them; ids follow the order of the INSERTs,
+    and a row keeps its id and created_at when it goes back to pending.)"""
+    query = sa.select(OutboxRow.created_at).where(OutboxRow.state == RowState.PENDING)
     if due_only:
         query = query.where(OutboxRow.available_at <= (now or utcnow()))
-    return session.execute(query).scalar()
+    return session.execute(query.order_by(OutboxRow.id).limit(1)).scalar()
 
 
 # -- the relay's side ---------------------------------------------------------------------
