@@ -58,6 +58,11 @@ def make_app() -> Celery:
             "pull-orders": _every("skysync.pull_orders", settings.order_poll_interval),
             "pull-sync-errors": _every("skysync.pull_sync_errors", settings.sync_errors_interval),
             "reconcile": _every("skysync.reconcile", settings.reconcile_interval),
+            **(
+                {"relay-catch-up": _every("skysync.relay_catch_up", settings.catch_up_interval)}
+                if settings.catch_up_interval > 0
+                else {}
+            ),
         },
         timezone="UTC",
         enable_utc=True,

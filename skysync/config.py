@@ -76,6 +76,17 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Seconds between batches.",
     )
+    catch_up_interval: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between looks for a backlog: after a batch that claimed all it could "
+            "(SKYSYNC_BATCH_SIZE rows) another follows as soon as the workers are half done, "
+            "until the backlog is gone (docs/relay.md, 'Catching up'). 0: off."
+        ),
+    )
     order_poll_interval: float = Field(
         default=60.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds between polls."
     )

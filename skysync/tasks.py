@@ -42,6 +42,16 @@ def relay_batch(self: Task) -> dict[str, Any]:
     return summary.as_dict()
 
 
+@app.task(name="skysync.relay_catch_up", **DURABLE)
+def relay_catch_up(self: Task) -> dict[str, Any]:
+    """Beat's look for a backlog (SKYSYNC_CATCH_UP_INTERVAL): a batch if the last one left one
+    and the workers are half done, else nothing (docs/relay.md, "Catching up")."""
+    with log_context(task_id=self.request.id):
+        relay = get_relay()
+        summary = relay.run_catch_up(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+    return {"caught_up": False} if summary is None else summary.as_dict()
+
+
 @app.task(name="skysync.relay_fast", **DURABLE)
 def relay_fast(self: Task) -> dict[str, Any]:
     """The fast lane (relay/fast_lane.py): claim the families of the due rows it picks and
@@ -64,9 +74,14 @@ def wake_fast_lane() -> None:
 
 @app.task(name="skysync.deliver_chunk", **DURABLE)
 def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
-    """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops)."""
+    """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops);
+    then, if the last batch left a backlog and half of it is sent, claim the next one
+    (catching up, docs/relay.md)."""
     with log_context(task_id=self.request.id):
-        return get_relay().deliver(token, [int(i) for i in row_ids]).as_dict()
+        relay = get_relay()
+        result = relay.deliver(token, [int(i) for i in row_ids]).as_dict()
+        relay.run_catch_up(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+        return result
 
 
 @app.task(name="skysync.pull_orders", **DURABLE)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,12 @@ def env(celery_db: str, sandbox: Sandbox, broker: redis.Redis) -> dict[str, str]
 @pytest.fixture
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Starts workers (cwd: an empty directory, so no stray .env is read), with 4 threads
-    unless told; every worker started is stopped at the end, whatever happened."""
+    unless told, and ``extra_env`` over the test's environment; every worker
+    started is stopped at the end, whatever happened."""
     started: list[Worker] = []
 
-    def start(concurrency: int = 4) -> Worker:
-        worker = Worker(env, tmp_path, concurrency=concurrency)
+    def start(concurrency: int = 4, *, extra_env: dict[str, str] | None = None) -> Worker:
+        worker = Worker(env | (extra_env or {}), tmp_path, concurrency=concurrency)
         started.append(worker)
         return worker.start()
 
@@ -492,3 +494,72 @@ def test_product_and_variation_writes_go_out_together(
     assert min(variation_times) < sorted(product_times)[len(product_times) // 4]
     assert max(product_times) > sorted(variation_times)[3 * len(variation_times) // 4]
     assert sandbox.state()["variations"][variations[-1]]["qty"] == 3
+
+
+# --------------------------------------------------------------------------- catching up
+
+
+def relay_runs(url: str) -> list[dict[str, Any]]:
+    with session_scope(url) as session:
+        query = sa.select(RunLog).where(RunLog.kind == "relay").order_by(RunLog.id)
+        return [dict(r.summary or {}) for r in session.scalars(query)]
+
+
+def test_a_backlog_is_caught_up_batch_after_batch_as_the_worker_sends_it(
+    env: dict[str, str],
+    celery_db: str,
+    sandbox: Sandbox,
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+) -> None:
+    """Batches of 5 rows and no beat: one trigger claims 5 of 30 new products, and the worker,
+    each time it finishes a chunk with half of a full batch sent, claims the next, until a batch
+    comes back short. Rows written after that wait for the next regular batch, as before
+    (docs/relay.md, "Catching up")."""
+    skus = [f"CU-{i:02d}" for i in range(30)]
+    ids = write_rows(celery_db, [("product", s, {"name": s, "price": 10.0}) for s in skus])
+    worker = start_worker(extra_env={"SKYSYNC_BATCH_SIZE": "5"})
+    assert "queued" in run_skysync(["trigger"], env, tmp_path)
+    wait_for(
+        lambda: all(s[0] == "sent" for s in states(celery_db).values()),
+        DELIVERY_TIMEOUT,
+        "the whole backlog to be sent through catch-up batches",
+    )
+    posts = [e for e in sandbox.request_log() if e["method"] == "POST"]
+    assert sorted(e["body"]["product"]["sku"] for e in posts) == skus  # each once
+    wait_for(lambda: not relay_runs(celery_db)[-1]["more_due"], 10, "a short batch")
+    batches = relay_runs(celery_db)
+    assert [b["keys"] for b in batches][:6] == [5] * 6, batches
+    assert all(b["more_due"] for b in batches[:6]), batches
+    assert "caught up with a backlog" in worker.output
+
+    # the backlog is gone: a new row waits for the regular batch, as without catching up
+    (late,) = write_rows(celery_db, [("price", skus[0], {"price": 11.0})])
+    runs_before = len(relay_runs(celery_db))
+    time.sleep(2)
+    assert states(celery_db)[late][0] == "pending"
+    assert len(relay_runs(celery_db)) == runs_before
+    assert all(states(celery_db)[i][0] == "sent" for i in ids)
+
+
+def test_with_catching_up_off_a_backlog_waits_for_the_next_batch(
+    env: dict[str, str],
+    celery_db: str,
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+) -> None:
+    """SKYSYNC_CATCH_UP_INTERVAL=0: a full batch is sent, and the rest waits for beat's next
+    regular batch (or a trigger)."""
+    rows = [("product", f"NC-{i:02d}", {"name": "x", "price": 10.0}) for i in range(12)]
+    write_rows(celery_db, rows)
+    start_worker(extra_env={"SKYSYNC_BATCH_SIZE": "5", "SKYSYNC_CATCH_UP_INTERVAL": "0"})
+    assert "queued" in run_skysync(["trigger"], env, tmp_path)
+    wait_for(
+        lambda: sum(s[0] == "sent" for s in states(celery_db).values()) == 5,
+        DELIVERY_TIMEOUT,
+        "the triggered batch",
+    )
+    time.sleep(2)  # longer than the other test took to claim its second batch
+    got = [s[0] for s in states(celery_db).values()]
+    assert got.count("sent") == 5 and got.count("pending") == 7, got
+    assert len(relay_runs(celery_db)) == 1

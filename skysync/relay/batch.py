@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
+from skysync.domain.pacing import catch_up_now
 from skysync.domain.planner import QTY_MARKS, Folding, families
 from skysync.domain.validation import plain_stock, problems, ref_problems
 from skysync.logs import log_context
@@ -39,12 +40,16 @@ CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, bi
 CHUNK_STAGGER = (1.0, 0.6, 1.4, 0.8, 1.2)
 
 
+Gate = Callable[[Session], bool]
+
+
 def run_batch(
     relay: Relay,
     dispatch: Callable[[str, list[int]], Any] | None = None,
     *,
     lane: LaneRule | None = None,
-) -> BatchSummary:
+    gate: Gate | None = None,
+) -> BatchSummary | None:
     """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key.
 
     ``dispatch(token, row_ids)`` sends a chunk to a worker (Celery); without it the chunks
@@ -53,17 +58,25 @@ def run_batch(
     With ``lane`` this is a fast-lane run (fast_lane.py): only the families of the rows the
     lane picks are claimed, and the run log records it (as ``fast_lane``) only when it
     claimed something, since the lane runs whenever a row may be waiting.
+
+    With ``gate`` (catching up, :func:`run_catch_up`) the batch happens only if no other claim
+    is under way and ``gate`` says so, asked under the claimers' lock; None when not, and then
+    nothing is recorded.
     """
     token = secrets.token_hex(8)
     summary = BatchSummary(token=token)
-    run_id = None if lane is not None else _start_run(relay, token, "relay")
+    run_id = None if lane is not None or gate is not None else _start_run(relay, token, "relay")
     try:
         with log_context(claim_token=token):
-            chunks = _claim(relay, token, summary, lane)
+            chunks = _claim(relay, token, summary, lane, gate)
+        if chunks is None:
+            return None
         if run_id is None:
-            if not summary.claimed:
+            if lane is not None and not summary.claimed:
                 return summary
-            run_id = _start_run(relay, token, "fast_lane")
+            run_id = _start_run(relay, token, "relay" if lane is None else "fast_lane", summary)
+        else:
+            _note_claim(relay, run_id, summary)
         summary.chunks = len(chunks)
         if dispatch is not None:
             for chunk in chunks:
@@ -82,9 +95,51 @@ def run_batch(
     return summary
 
 
-def _start_run(relay: Relay, token: str, kind: str) -> int:
+def run_catch_up(
+    relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = None
+) -> BatchSummary | None:
+    """A batch now if the last one left a backlog and the workers are half done with what is
+    in flight (skysync/domain/pacing.py); None when not, or when another claim is under way.
+    Asked by beat every SKYSYNC_CATCH_UP_INTERVAL, and by a worker each time it finishes a
+    chunk; off when the interval is 0. A look without the claimers' lock first, so the usual
+    answer (no backlog) costs one read-only transaction; then again under the lock, where
+    claims are serialized: two looks at once never both claim. Recorded as a relay batch."""
+    if relay.settings.catch_up_interval <= 0:
+        return None
+
+    def gate(session: Session) -> bool:
+        last = runs.last(session, "relay")
+        return last is not None and catch_up_now(
+            last_was_full=bool((last.summary or {}).get("more_due")),
+            last_stopped=runs.is_auth_stop(last.error),
+            keys_in_flight=outbox.keys_in_flight(session),
+            batch_size=relay.settings.batch_size,
+        )
+
+    with session_scope(relay.url, readonly=True) as session:
+        if not gate(session):
+            return None
+    summary = run_batch(relay, dispatch, gate=gate)
+    if summary is not None:
+        log.info(
+            "caught up with a backlog: another batch of %s keys (the last one was full and "
+            "the workers are half done)",
+            summary.keys,
+        )
+    return summary
+
+
+def _start_run(relay: Relay, token: str, kind: str, summary: BatchSummary | None = None) -> int:
     with session_scope(relay.url) as session:
-        return runs.start(session, token, relay.clock(), kind=kind)
+        claimed = summary.as_dict() if summary is not None else None
+        return runs.start(session, token, relay.clock(), kind=kind, summary=claimed)
+
+
+def _note_claim(relay: Relay, run_id: int, summary: BatchSummary) -> None:
+    """The claim's summary on its run before a chunk goes out: a worker that finishes one
+    reads ``more_due`` there to catch up (:func:`run_catch_up`)."""
+    with session_scope(relay.url) as session:
+        runs.note_claim(session, run_id, summary.as_dict())
 
 
 def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
@@ -93,19 +148,27 @@ def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str 
 
 
 def _claim(
-    relay: Relay, token: str, summary: BatchSummary, lane: LaneRule | None = None
-) -> list[list[int]]:
+    relay: Relay,
+    token: str,
+    summary: BatchSummary,
+    lane: LaneRule | None = None,
+    gate: Gate | None = None,
+) -> list[list[int]] | None:
     """Claim due rows under ``token`` (after reclaiming expired leases) and chunk them so that
     a product and its variations share a chunk. Each SKU's rows are read newest first, a page
     at a time, and end there and then unless a request needs them: invalid rows ``rejected``,
     rows folded into a newer one ``superseded`` (see :class:`Folding`). Only the rows the
     requests need go in flight, so a SKU's backlog costs one write per row, whatever its size.
-    Order steps are each their own request, all in flight."""
+    Order steps are each their own request, all in flight. None, claiming nothing, when
+    ``gate`` is given and another claim holds the claimers' lock, or ``gate`` says no."""
     now = relay.clock()
     lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
+        if gate is not None and not (outbox.try_lock_claimers(session) and gate(session)):
+            return None
         summary.reclaimed = outbox.reclaim_expired(session, now)
         due = outbox.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
+        summary.more_due = due.full
         claim = _Claim(session, token, now, lease_until, summary)
         outbox.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
         for page in outbox.iter_claimed(session, token):  # the order steps just claimed

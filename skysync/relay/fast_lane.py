@@ -50,7 +50,9 @@ def run_fast(relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = No
     rule = relay.settings.lane_rule
     if not rule.on:
         return BatchSummary(token="")
-    return batch.run_batch(relay, dispatch, lane=rule)
+    summary = batch.run_batch(relay, dispatch, lane=rule)
+    assert summary is not None  # only a gated batch may not happen
+    return summary
 
 
 class LaneWatcher(threading.Thread):

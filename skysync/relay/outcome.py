@@ -159,6 +159,7 @@ class BatchSummary:
     superseded: int = 0  # at claim time: folded into a newer row of the same SKU
     keys: int = 0
     chunks: int = 0
+    more_due: bool = False  # the claim hit SKYSYNC_BATCH_SIZE: a backlog is left (pacing.py)
     delivery: DeliverySummary | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -70,7 +70,17 @@ class Relay:
         ``dispatch(token, row_ids)`` sends a chunk to a worker (Celery); without it the chunks
         are delivered here, in this process.
         """
-        return batch.run_batch(self, dispatch)
+        summary = batch.run_batch(self, dispatch)
+        assert summary is not None  # only a gated batch may not happen
+        return summary
+
+    def run_catch_up(
+        self, dispatch: Callable[[str, list[int]], Any] | None = None
+    ) -> BatchSummary | None:
+        """A batch now if the last one left a backlog and the workers are half done with what
+        is in flight (batch.py, skysync/domain/pacing.py); None when not, or when another
+        claim is under way."""
+        return batch.run_catch_up(self, dispatch)
 
     def run_fast(self, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
         """The fast lane (fast_lane.py): a batch over the families of the due rows that

@@ -133,6 +133,15 @@ def _lock_claimers(session: Session) -> None:
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_ID})
 
 
+def try_lock_claimers(session: Session) -> bool:
+    """:func:`_lock_claimers` if no other claim holds it now; False (at once) if one does. On
+    SQLite the transaction already holds the write lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    query = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+    return bool(session.execute(query, {"k": CLAIM_LOCK_ID}).scalar_one())
+
+
 def reclaim_expired(session: Session, now: datetime) -> int:
     """in_flight rows whose lease ran out (their worker died) go back to pending."""
     result = session.execute(
@@ -201,6 +210,7 @@ class Due:
 
     skus: list[str]
     codes: list[str]
+    full: bool = False  # the pick hit its limit: more rows are due than it took
 
 
 def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | None = None) -> Due:
@@ -234,7 +244,14 @@ def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | No
     skus = list(heads)
     for part in _slices(heads):  # stay under bound-parameter limits
         skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
-    return Due(skus=list(dict.fromkeys(skus)), codes=codes)
+    return Due(skus=list(dict.fromkeys(skus)), codes=codes, full=len(picked) >= limit)
+
+
+def keys_in_flight(session: Session) -> int:
+    """How many keys (SKUs and order codes) have rows in flight: what the workers still have
+    to send. Read from the partial claim index (only rows in flight are in it)."""
+    refs = sa.select(OutboxRow.ref).where(OutboxRow.state == RowState.IN_FLIGHT).distinct()
+    return session.execute(sa.select(sa.func.count()).select_from(refs.subquery())).scalar_one()
 
 
 def claim_orders(

@@ -27,10 +27,17 @@ def is_auth_stop(error: str | None) -> bool:
     return bool(error) and AUTH_STOP in error
 
 
-def start(session: Session, token: str, now: datetime, *, kind: str = "relay") -> int:
+def start(
+    session: Session,
+    token: str,
+    now: datetime,
+    *,
+    kind: str = "relay",
+    summary: dict[str, Any] | None = None,
+) -> int:
     """A new relay run (``fast_lane``: a run of the fast lane) for the batch claimed with
-    ``token``; returns its id."""
-    run = RunLog(kind=kind, claim_token=token, started_at=now, summary={})
+    ``token``, with its claim's ``summary`` when it is known already; returns its id."""
+    run = RunLog(kind=kind, claim_token=token, started_at=now, summary=summary or {})
     session.add(run)
     session.flush()
     return run.id
@@ -45,6 +52,11 @@ def finish(
         run.finished_at = now
         run.summary = summary
         run.error = error or run.error
+
+
+def note_claim(session: Session, run_id: int, summary: dict[str, Any]) -> None:
+    """What the run's claim took, before its chunks go out (:func:`finish` writes the rest)."""
+    session.execute(sa.update(RunLog).where(RunLog.id == run_id).values(summary=summary))
 
 
 def error_of(session: Session, token: str) -> str | None:
