@@ -30,6 +30,7 @@ lint: $(STAMP)
 ## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
+	$(BIN)/python -m bench.relay_throughput --rows 600 --batch-size 100
 	$(BIN)/python -m bench.relay_throughput --shape mixed
 	$(BIN)/python -m bench.limiter_accuracy
 	$(BIN)/python -m bench.backlog
