@@ -181,6 +181,21 @@ def test_status_ages_the_first_written_pending_row_and_the_first_due_one(db_url:
     assert 600 <= report["oldest_pending_age_s"] < 660, report
 
 
+def test_a_database_not_migrated_or_not_reachable_is_said_in_one_line(tmp_path: Path) -> None:
+    """No traceback for an operator: what is wrong and what to do, exit 1."""
+    fresh = f"sqlite:///{tmp_path / 'never-migrated.db'}"
+    result = run(["status"], SKYSYNC_DATABASE_URL=fresh)
+    assert result.exit_code == 1, result.output
+    assert "no skysync tables yet" in result.stderr and "skysync migrate" in result.stderr
+    assert "Traceback" not in result.output
+    down = "postgresql+psycopg://skysync:not-this-one@127.0.0.1:1/skysync"
+    result = run(["outbox", "list"], SKYSYNC_DATABASE_URL=down)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("skysync: cannot use the database"), result.stderr
+    assert "not-this-one" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_status_json_oldest_pending_is_null_without_pending_rows(db_url: str) -> None:
     old = utcnow() - timedelta(hours=1)
     insert_rows(db_url, [row("sent", created_at=old), row("rejected", created_at=old)])

@@ -1,8 +1,8 @@
 """The ``skysync`` command line. Each command parses its input, builds Settings once, and calls
 a service function; the work itself lives in the modules named by the commands.
 
-Exit codes: 0 success; 1 the command ran and found a problem (invalid row, unhealthy status);
-2 bad usage or bad configuration.
+Exit codes: 0 success; 1 the command ran and found a problem (invalid row, unhealthy status),
+or the database is not migrated or not reachable; 2 bad usage or bad configuration.
 """
 
 from __future__ import annotations
@@ -48,7 +48,24 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command: a database that is not migrated or not reachable is said in one line
+    (exit 1), not with a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from skysync.store.db import database_problem
+
+            problem = database_problem(exc)
+            if problem is None:
+                raise
+            click.echo(f"skysync: {problem}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="skysync")
 def cli() -> None:
     """skysync: keeps a SkyHub account in step with the ERP's outbox table."""

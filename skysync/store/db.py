@@ -157,6 +157,24 @@ def session_scope(url: str, *, readonly: bool = False, flush_wal: bool = True) -
         session.close()
 
 
+def database_problem(exc: BaseException) -> str | None:
+    """What an operator should read when a command meets ``exc`` from the database: its tables
+    are missing (not migrated yet), or it cannot be reached. None for anything else. The
+    driver's first line only (it never holds the password)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    if "no such table" in detail or getattr(exc.orig, "sqlstate", None) == "42P01":
+        return (
+            f"the database (SKYSYNC_DATABASE_URL) has no skysync tables yet ({detail}): "
+            "run `skysync migrate` first"
+        )
+    if isinstance(exc, sa.exc.OperationalError) and not getattr(exc.orig, "sqlstate", None):
+        return f"cannot use the database (SKYSYNC_DATABASE_URL): {detail}"
+    return None
+
+
 def alembic_config(url: str) -> Any:
     """An Alembic Config for our migrations and ``url``, independent of the working directory."""
     from alembic.config import Config
