@@ -49,7 +49,7 @@ def relay_catch_up(self: Task) -> dict[str, Any]:
     with log_context(task_id=self.request.id):
         relay = get_relay()
         summary = relay.run_catch_up(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
-    return {"caught_up": False} if summary is None else summary.as_dict()
+    return {"caught_up": False} if summary is None else {"caught_up": True, **summary.as_dict()}
 
 
 @app.task(name="skysync.relay_fast", **DURABLE)
