@@ -33,12 +33,17 @@ DURABLE: dict[str, Any] = {
 }
 
 
+def to_workers(token: str, row_ids: list[int]) -> None:
+    """How every claim here hands a chunk out: a deliver_chunk task (a token and ids only)."""
+    deliver_chunk.delay(token, row_ids)
+
+
 @app.task(name="skysync.relay_batch", **DURABLE)
 def relay_batch(self: Task) -> dict[str, Any]:
     """One batch: claim due rows and hand them to deliver_chunk in chunks by key."""
     with log_context(task_id=self.request.id):
         relay = get_relay()
-        summary = relay.run_batch(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+        summary = relay.run_batch(dispatch=to_workers)
     return summary.as_dict()
 
 
@@ -48,7 +53,7 @@ def relay_catch_up(self: Task) -> dict[str, Any]:
     and the workers are half done, else nothing (docs/relay.md, "Catching up")."""
     with log_context(task_id=self.request.id):
         relay = get_relay()
-        summary = relay.run_catch_up(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+        summary = relay.run_catch_up(dispatch=to_workers)
     return {"caught_up": False} if summary is None else {"caught_up": True, **summary.as_dict()}
 
 
@@ -58,7 +63,7 @@ def relay_fast(self: Task) -> dict[str, Any]:
     hand them to deliver_chunk, like a batch; nothing while SKYSYNC_FAST_LANE is off."""
     with log_context(task_id=self.request.id):
         relay = get_relay()
-        summary = relay.run_fast(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+        summary = relay.run_fast(dispatch=to_workers)
     return summary.as_dict()
 
 
@@ -80,7 +85,7 @@ def deliver_chunk(self: Task, token: str, row_ids: list[int]) -> dict[str, Any]:
     with log_context(task_id=self.request.id):
         relay = get_relay()
         result = relay.deliver(token, [int(i) for i in row_ids]).as_dict()
-        relay.run_catch_up(dispatch=lambda token, ids: deliver_chunk.delay(token, ids))
+        relay.run_catch_up(dispatch=to_workers)
         return result
 
 
