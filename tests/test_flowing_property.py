@@ -9,6 +9,9 @@ SkyHub emulator over HTTP:
   included, attribute changes, a category SkyHub refuses), drawing values from small sets so that
   it often goes back to an earlier value;
 * the marketplace links products (their attributes freeze);
+* the ERP's transactions commit late: one takes its row's id, stays open while batches send
+  newer ids of the same SKU, and commits after a batch has read that SKU (issue 19): its value
+  is the ERP's last word, whatever its id (docs/erp-contract.md, "Which row is newer");
 * faults strike: 5xx answers, answers lost after the change was applied, the relay killed between
   SkyHub's answer and the record (a BaseException raised by the HTTP transport), leases expiring;
 * relay batches run in between.
@@ -20,6 +23,7 @@ the emulator is compared with the ERP's model. Bounded (see SETTINGS) so it runs
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -52,7 +56,7 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-RAN = {"examples": 0, "steps": 0, "batches": 0, "kills": 0}
+RAN = {"examples": 0, "steps": 0, "batches": 0, "kills": 0, "opened": 0, "late_commits": 0}
 
 
 class Killed(BaseException):
@@ -78,6 +82,33 @@ class Fate(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class LateTransaction:
+    """An ERP transaction on a connection of its own that INSERTs one row (taking its id) and
+    commits when told; rolled back if it never is."""
+
+    def __init__(self, db: str, kind: str, ref: str, payload: dict[str, Any]) -> None:
+        self.ref, self.payload = ref, payload
+        self.engine = sa.create_engine(db, poolclass=sa.pool.NullPool)
+        self.conn = self.engine.connect()
+        self.tx = self.conn.begin()
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO skysync_outbox (kind, ref, payload) VALUES (:k, :r, CAST(:p AS jsonb))"
+            ),
+            {"k": kind, "r": ref, "p": json.dumps(payload)},
+        )
+
+    def commit(self) -> None:
+        self.tx.commit()
+        self.close()
+
+    def close(self) -> None:
+        if self.tx.is_active:
+            self.tx.rollback()
+        self.conn.close()
+        self.engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +140,8 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             self.model: dict[str, dict[str, Any]] = {sku: {} for sku in ALL_SKUS}
             self.history: dict[tuple[str, str], list[Any]] = {}
             self.last: tuple[str, str] | None = None
+            # ERP transactions that took their row's id and have not committed yet
+            self.open_tx: list[LateTransaction] = []
             RAN["examples"] += 1
 
         # -- the ERP --------------------------------------------------------------------------
@@ -122,6 +155,11 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
 
         def write(self, kind: str, ref: str, payload: dict[str, Any]) -> int:
             row_id = insert(db, kind, ref, payload)
+            self.committed(ref, payload)
+            return row_id
+
+        def committed(self, ref: str, payload: dict[str, Any]) -> None:
+            """The ERP's row is visible now: its values are the ERP's latest word."""
             for sku, values in [
                 (ref, payload),
                 *((v["sku"], v) for v in payload.get("variations", [])),
@@ -132,7 +170,38 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
                         self.history.setdefault((sku, name), []).append(values[name])
                         if name != "promotional_price":
                             self.last = (sku, name)
-            return row_id
+
+        @rule(sku=st.sampled_from(ALL_SKUS), price=st.none() | PRICES, qty=QTYS)
+        def transaction_takes_an_id(self, sku: str, price: float | None, qty: int) -> None:
+            """An ERP transaction inserts a price or stock row (its id is taken now) and stays
+            open; rows written after it get higher ids and may be sent before it commits."""
+            if len(self.open_tx) >= 2:
+                return
+            self.step()
+            if price is None:
+                self.open_tx.append(LateTransaction(db, "stock", sku, {"qty": qty}))
+            else:
+                self.open_tx.append(LateTransaction(db, "price", sku, {"price": price}))
+            RAN["opened"] += 1
+
+        @rule(data=st.data())
+        def transaction_commits_late(self, data: st.DataObject) -> None:
+            """A batch reads every SKU (a claim of each has seen every committed row), then an
+            open transaction commits: its row is newer than all of them, whatever its id."""
+            if not self.open_tx:
+                return
+            self.step()
+            tx = self.open_tx.pop(data.draw(st.integers(0, len(self.open_tx) - 1)))
+            self.read_everything()
+            tx.commit()
+            RAN["late_commits"] += 1
+            self.committed(tx.ref, tx.payload)
+
+        def read_everything(self) -> None:
+            """One batch that claims every due row: leases expired, every row due."""
+            expire_leases(db)
+            make_due(db)
+            self.run_batch()
 
         @rule(sku=st.none() | st.sampled_from(ALL_SKUS), name=st.sampled_from(["price", "qty"]))
         def revert(self, sku: str | None, name: str) -> None:
@@ -255,9 +324,17 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
 
         def teardown(self) -> None:
             try:
+                while self.open_tx:
+                    tx = self.open_tx.pop(0)
+                    self.read_everything()
+                    tx.commit()
+                    RAN["late_commits"] += 1
+                    self.committed(tx.ref, tx.payload)
                 self.settle()
                 self.check()
             finally:
+                for tx in self.open_tx:
+                    tx.close()
                 self.client.close()
 
         def check(self) -> None:
@@ -283,3 +360,4 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
     run_state_machine_as_test(ERPAndWorld, settings=SETTINGS)
     print(f"\nstateful property ran {RAN}")
     assert RAN["examples"] >= SETTINGS.max_examples
+    assert RAN["late_commits"] > 0, "no transaction committed late: the property missed its case"

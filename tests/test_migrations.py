@@ -46,7 +46,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0009"
+    assert HEAD == "0010"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 

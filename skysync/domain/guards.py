@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from skysync.domain.planner import ItemView, Row, SkuRequest
+from skysync.domain.planner import ItemView, Row, SkuRequest, newness
 from skysync.domain.validation import is_number
 
 GUARDED_PRICES = ("price", "promotional_price")
@@ -91,15 +91,23 @@ def hold_price_drops(
     return replace(request, fields=fields, sources=sources), reasons
 
 
-def replaced_held(held: Sequence[Row], sources: Mapping[str, int]) -> dict[int, int]:
+def replaced_held(
+    held: Sequence[Row], sources: Mapping[str, int], epochs: Mapping[int, int] | None = None
+) -> dict[int, int]:
     """Held rows that a newer row replaces: each price field the held row carries has a newer
-    value (``sources``: field -> the row that carries the request's value, held or not).
-    Returns held row id -> the newest replacing row."""
+    value (``sources``: field -> the row that carries the request's value, held or not;
+    ``epochs``: their claim epochs, for :func:`newness`). Returns held row id -> the newest
+    replacing row."""
+    epochs = epochs or {}
+
+    def order(row_id: int) -> tuple[int, int]:
+        return newness(epochs.get(row_id, 0), row_id)
+
     replaced: dict[int, int] = {}
     for row in held:
         payload = row.payload if isinstance(row.payload, Mapping) else {}
         names = [n for n in GUARDED_PRICES if payload.get(n) not in (None, "")]
-        newer = [sources[n] for n in names if sources.get(n, 0) > row.id]
+        newer = [sources[n] for n in names if n in sources and order(sources[n]) > row.order]
         if names and len(newer) == len(names):
-            replaced[row.id] = max(newer)
+            replaced[row.id] = max(newer, key=order)
     return replaced

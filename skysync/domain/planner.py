@@ -36,6 +36,27 @@ class Row:
     payload: Any
     attempts: int = 0
     released: bool = False  # an operator released it from the price guard (outbox release)
+    # the first claim that put it in flight (see :func:`newness`); 0 in pure tests
+    epoch: int = 0
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Where the row stands among its key's rows: :func:`newness`."""
+        return newness(self.epoch, self.id)
+
+
+def newness(epoch: int | None, row_id: int) -> tuple[int, int]:
+    """Which of two rows of one key is newer: the one a later claim read first, and among
+    rows a claim read together, the higher id (docs/erp-contract.md, "Which row is newer").
+
+    Ids come from a sequence at INSERT time, but a row becomes visible at COMMIT: a row that
+    the claim putting another row in flight could not see committed after that claim read the
+    key, so it is newer whatever its id. A claim stamps its number (``epoch``) on the rows it
+    puts in flight; a row no claim has read yet (``None``) is newer than all of them."""
+    return (NOT_YET_CLAIMED if epoch is None else epoch, row_id)
+
+
+NOT_YET_CLAIMED = 2**63 - 1  # newer than any claim's number
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,12 @@ class ItemView:
     frozen_since: datetime | None = None
     unfrozen: bool = False  # an operator let attribute changes through (`skysync item unfreeze`)
     last_applied: Mapping[str, int] = field(default_factory=dict)
+    applied_epochs: Mapping[str, int] = field(default_factory=dict)  # of last_applied's rows
+
+    def applied_order(self, name: str) -> tuple[int, int] | None:
+        """:func:`newness` of the row whose value of ``name`` was applied last, if any."""
+        row_id = self.last_applied.get(name)
+        return None if row_id is None else newness(self.applied_epochs.get(name, 0), row_id)
 
     @property
     def is_variation(self) -> bool:
@@ -68,22 +95,28 @@ class SkuRequest:
     variations: dict[str, dict[str, Any]] = field(default_factory=dict)
     variation_sources: dict[str, dict[str, int]] = field(default_factory=dict)
     released: frozenset[int] = frozenset()  # rows the price guard lets through (released)
+    epochs: dict[int, int] = field(default_factory=dict)  # row id -> its claim epoch
+
+    def order_of(self, row_id: int) -> tuple[int, int]:
+        """:func:`newness` of one of the request's rows."""
+        return newness(self.epochs.get(row_id, 0), row_id)
 
     @property
     def winner_id(self) -> int:
         """The newest row: it carries the request; the older ones are superseded by it."""
-        return max(self.row_ids)
+        return max(self.row_ids, key=self.order_of)
 
 
 def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
-    """Fold the product, price and stock rows of ONE SKU (already validated) in id order.
+    """Fold the product, price and stock rows of ONE SKU (already validated), oldest first
+    (:func:`newness`: claim epoch, then id).
 
     With ``sku``, rows of other refs are price/stock rows of that product's variations (see
     :func:`carried_variations`): they fold into the product's variation entries, so that a
     variation gets one request with the latest of each field."""
     if not rows:
         raise ValueError("coalesce needs at least one row")
-    ordered = sorted(rows, key=lambda r: r.id)
+    ordered = sorted(rows, key=lambda r: r.order)
     sku = sku or ordered[0].ref
     request = SkuRequest(
         sku=sku,
@@ -92,6 +125,7 @@ def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
         sources={},
         has_product_row=any(r.kind == "product" and r.ref == sku for r in ordered),
         released=frozenset(r.id for r in ordered if r.released),
+        epochs={r.id: r.epoch for r in ordered},
     )
     for row in ordered:
         if row.ref != sku:
@@ -234,9 +268,9 @@ def decide(request: SkuRequest, item: ItemView, *, frozen: bool | None = None) -
     unchanged: dict[str, int] = {}
     for name, value in request.fields.items():
         source = request.sources[name]
-        applied = item.last_applied.get(name)
-        if applied is not None and applied > source:
-            withheld[name] = f"row {applied} already applied a newer value"
+        applied = item.applied_order(name)
+        if applied is not None and applied > request.order_of(source):
+            withheld[name] = f"row {applied[1]} already applied a newer value"
         elif is_frozen and name not in FLOWING_FIELDS:
             withheld[name] = frozen_reason(item)
         elif item.in_skyhub and name in item.acknowledged and item.acknowledged[name] == value:
@@ -272,11 +306,12 @@ def variation_request(parent: SkuRequest, variation: Mapping[str, Any]) -> SkuRe
     sources = parent.variation_sources.get(variation_sku, {})
     return SkuRequest(
         sku=variation_sku,
-        row_ids=sorted(set(sources.values())) or list(parent.row_ids),
+        row_ids=sorted(set(sources.values()), key=parent.order_of) or list(parent.row_ids),
         fields=fields,
         sources={k: sources.get(k, parent.winner_id) for k in fields},
         has_product_row=True,
         released=parent.released,
+        epochs=parent.epochs,
     )
 
 

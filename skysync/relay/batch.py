@@ -169,11 +169,17 @@ def _claim(
         summary.reclaimed = outbox.reclaim_expired(session, now)
         due = outbox.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
         summary.more_due = due.full
-        claim = _Claim(session, token, now, lease_until, summary)
+        epoch = outbox.next_claim_epoch(session)
+        claim = _Claim(session, token, now, lease_until, summary, epoch)
         outbox.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
         for page in outbox.iter_claimed(session, token):  # the order steps just claimed
             claim.take(page, in_flight=True)
+        # each SKU's rows newest first (planner.newness): the rows no claim has read yet, then
+        # those an earlier claim gave back, whatever their ids
         for page in outbox.iter_pending_newest_first(session, due.skus):
+            claim.take(page, in_flight=False)
+        claim.flush()
+        for page in outbox.iter_pending_claimed_before(session, due.skus):
             claim.take(page, in_flight=False)
         claim.flush()
         by_ref = claim.folding.ids_by_ref()
@@ -194,8 +200,10 @@ class _Claim:
         now: datetime,
         lease_until: datetime,
         summary: BatchSummary,
+        epoch: int | None = None,
     ):
         self.session = session
+        self.epoch = epoch
         self.token = token
         self.now = now
         self.lease_until = lease_until
@@ -263,7 +271,9 @@ class _Claim:
         if in_flight:
             outbox.finish(self.session, [row_id], self.token, **rejected)
         else:
-            outbox.settle_pending(self.session, [row_id], token=self.token, **rejected)
+            outbox.settle_pending(
+                self.session, [row_id], token=self.token, epoch=self.epoch, **rejected
+            )
         self.summary.rejected += 1
         log.warning(
             "row %s (%s %s) rejected: %s",
@@ -278,9 +288,16 @@ class _Claim:
     def flush(self) -> None:
         """Write what was decided so far: needed rows in flight, folded rows superseded."""
         session, token, now = self.session, self.token, self.now
-        outbox.claim_rows(session, self._needed, token=token, now=now, lease_until=self.lease_until)
+        outbox.claim_rows(
+            session,
+            self._needed,
+            token=token,
+            now=now,
+            lease_until=self.lease_until,
+            epoch=self.epoch,
+        )
         self.summary.superseded += outbox.supersede_pending(
-            session, self._folded, token=token, now=now
+            session, self._folded, token=token, now=now, epoch=self.epoch
         )
         self._needed, self._folded, self._buffered = [], {}, 0
 

@@ -117,7 +117,15 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
     with session_scope(relay.url) as session:
         loaded = outbox.load_claimed(session, token, row_ids)
         for r in loaded:
-            row = Row(r.id, r.kind, r.ref, r.payload, r.attempts, r.released_at is not None)
+            row = Row(
+                r.id,
+                r.kind,
+                r.ref,
+                r.payload,
+                r.attempts,
+                r.released_at is not None,
+                epoch=r.claim_epoch or 0,
+            )
             key = key_of(row)
             by_key.setdefault(key, []).append(row)
             lease = r.lease_until or NO_LEASE

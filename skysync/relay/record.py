@@ -52,11 +52,12 @@ def record(
         with session_scope(url, flush_wal=False) as session:
             if _settle_rows(session, token, rows, outcome, now, max_attempts, rng) < len(ids):
                 raise _ClaimLost
-            _record_learned(session, outcome, now)
+            epochs = {r.id: r.epoch for r in rows}
+            _record_learned(session, outcome, now, epochs)
             if outcome.order_status is not None:
                 order_store.record_status(session, *outcome.order_status, now)
             if outcome.state in (RowState.SENT, RowState.WITHHELD):
-                _replace_held(session, outcome.learned.prices, now)
+                _replace_held(session, outcome.learned.prices, now, epochs)
     except _ClaimLost:
         log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
 
@@ -95,8 +96,11 @@ def _settle_rows(
     return settled + settle.waiting()  # wait, auth
 
 
-def _record_learned(session: Session, outcome: Outcome, now: datetime) -> None:
-    """What the requests taught us about the items, whatever the rows' fate."""
+def _record_learned(
+    session: Session, outcome: Outcome, now: datetime, epochs: dict[int, int]
+) -> None:
+    """What the requests taught us about the items, whatever the rows' fate (``epochs``: the
+    claim epoch of each row of the request, which orders them with the rows applied before)."""
     learned: Learned = outcome.learned
     for sku, exists in learned.exists.items():
         item_store.mark_exists(session, sku, exists, now)
@@ -108,10 +112,10 @@ def _record_learned(session: Session, outcome: Outcome, now: datetime) -> None:
         for sku, names in learned.attempted.items():
             item_store.forget(session, sku, names, now)
     for sku, sources in learned.unchanged.items():
-        item_store.mark_applied(session, sku, sources, now)
+        item_store.mark_applied(session, sku, sources, now, epochs=epochs)
     for ack in learned.acks:
         item_store.record_ack(
-            session, ack.sku, ack.sent, ack.sources, now, parent_sku=ack.parent_sku
+            session, ack.sku, ack.sent, ack.sources, now, epochs=epochs, parent_sku=ack.parent_sku
         )
 
 
@@ -138,12 +142,14 @@ def _set_aside(
     return settled
 
 
-def _replace_held(session: Session, prices: dict[str, dict[str, int]], now: datetime) -> None:
+def _replace_held(
+    session: Session, prices: dict[str, dict[str, int]], now: datetime, epochs: dict[int, int]
+) -> None:
     """Older held rows whose every price field this request carried a newer value of (sent,
     or held itself) are superseded by the newest of those rows."""
     for sku, sources in prices.items():
         held = outbox.held_rows(session, sku)
-        for row_id, by in replaced_held(held, sources).items():
+        for row_id, by in replaced_held(held, sources, epochs).items():
             outbox.supersede_held(session, row_id, by, now)
 
 
@@ -160,7 +166,7 @@ class Settle:
         self.outcome = outcome
         self.now = now
         self.ids = [r.id for r in rows]
-        self.newest = max(rows, key=lambda r: r.id)
+        self.newest = max(rows, key=lambda r: r.order)
         self.older = [i for i in self.ids if i != self.newest.id]
 
     def done(self) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.planner import ItemView
+from skysync.domain.planner import ItemView, newness
 from skysync.domain.reconcile import ItemFacts as ReconcileFacts
 from skysync.store.models import Item
 
@@ -28,7 +28,29 @@ def view(item: Item | sa.Row[Any] | None, sku: str) -> ItemView:
         frozen_since=item.frozen_since,
         unfrozen=item.unfrozen_at is not None and not item.frozen,
         last_applied={k: int(v) for k, v in (item.last_applied or {}).items()},
+        applied_epochs={k: int(v) for k, v in (item.applied_epochs or {}).items()},
     )
+
+
+def _apply_newer(
+    applied: dict[str, Any],
+    applied_epochs: dict[str, Any],
+    sources: Mapping[str, int],
+    epochs: Mapping[int, int],
+) -> bool:
+    """Note, per field, the row of ``sources`` as applied where it is newer (planner.newness)
+    than the row applied so far; True if any was."""
+    changed = False
+    for name, source in sources.items():
+        before = applied.get(name)
+        epoch = epochs.get(source, 0)
+        if before is None or newness(epoch, source) > newness(
+            int(applied_epochs.get(name, 0)), int(before)
+        ):
+            applied[name] = source
+            applied_epochs[name] = epoch
+            changed = True
+    return changed
 
 
 # The relay's hot path (one read, one attempt record and one acknowledgement per request)
@@ -59,7 +81,13 @@ def lock(session: Session, sku: str) -> sa.Row[Any] | None:
 def _write(session: Session, sku: str, row: sa.Row[Any] | None, values: dict[str, Any]) -> None:
     """Update ``sku``'s locked ``row`` with ``values``, or insert it with them when missing."""
     if row is None:
-        defaults = {"acknowledged": {}, "last_applied": {}, "attempt": {}, "in_skyhub": False}
+        defaults = {
+            "acknowledged": {},
+            "last_applied": {},
+            "applied_epochs": {},
+            "attempt": {},
+            "in_skyhub": False,
+        }
         session.execute(_INSERT, {**defaults, **values, "sku": sku})
     else:
         session.execute(_UPDATE, {**values, "b_sku": sku})
@@ -93,6 +121,7 @@ def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> It
             sku=sku,
             acknowledged={},
             last_applied={},
+            applied_epochs={},
             attempt={},
             in_skyhub=False,
             linked=False,
@@ -142,23 +171,29 @@ def record_ack(
     sources: Mapping[str, int],
     now: datetime,
     *,
+    epochs: Mapping[int, int] | None = None,
     parent_sku: str | None = None,
 ) -> None:
-    """SkyHub accepted ``sent`` for ``sku``: remember the values and the row each came from."""
+    """SkyHub accepted ``sent`` for ``sku``: remember the values and the row each came from
+    (``epochs``: the claim epoch of each of those rows, 0 when not given)."""
     row = lock(session, sku)
     acknowledged = dict(row.acknowledged or {}) if row is not None else {}
     applied = dict(row.last_applied or {}) if row is not None else {}
+    applied_epochs = dict(row.applied_epochs or {}) if row is not None else {}
     attempt = dict(row.attempt or {}) if row is not None else {}
+    named: dict[str, int] = {}
     for name, value in sent.items():
         if name == "variations":
             continue
         acknowledged[name] = value
         source = sources.get(name)
-        if source is not None and source > int(applied.get(name, 0)):
-            applied[name] = source
+        if source is not None:
+            named[name] = source
+    _apply_newer(applied, applied_epochs, named, epochs or {})
     values: dict[str, Any] = {
         "acknowledged": acknowledged,
         "last_applied": applied,
+        "applied_epochs": applied_epochs,
         "attempt": {k: v for k, v in attempt.items() if k not in sent},
         "in_skyhub": True,
         "updated_at": now,
@@ -213,20 +248,24 @@ def forget(session: Session, sku: str, names: Iterable[str], now: datetime) -> N
         item.updated_at = now
 
 
-def mark_applied(session: Session, sku: str, sources: Mapping[str, int], now: datetime) -> None:
+def mark_applied(
+    session: Session,
+    sku: str,
+    sources: Mapping[str, int],
+    now: datetime,
+    *,
+    epochs: Mapping[int, int] | None = None,
+) -> None:
     """These fields were asked for by these rows and SkyHub already had the values: count the
     rows as applied, so an older row still waiting cannot overwrite them later."""
     item = _orm_get(session, sku)
     if item is None:
         return
     applied = dict(item.last_applied or {})
-    changed = False
-    for name, source in sources.items():
-        if source > int(applied.get(name, 0)):
-            applied[name] = source
-            changed = True
-    if changed:
+    applied_epochs = dict(item.applied_epochs or {})
+    if _apply_newer(applied, applied_epochs, sources, epochs or {}):
         item.last_applied = applied
+        item.applied_epochs = applied_epochs
         item.updated_at = now
 
 

@@ -141,6 +141,9 @@ class OutboxRow(Base):
     # who wrote the row: the ERP (the default, the only value its role can get) or skysync's
     # reconciliation (a correction); fixed once written (a trigger refuses a change)
     origin: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default=Origin.ERP.value)
+    # the first claim that put the row in flight (migration 0010): a key's rows are ordered by
+    # (claim_epoch, id), a row no claim has read yet (NULL) after all of them
+    claim_epoch: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
@@ -197,8 +200,21 @@ class Item(Base):
     attempt: Mapped[dict[str, Any]] = mapped_column(
         sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
     )
+    # per field, the claim epoch of the row last_applied names (0: applied before 0010)
+    applied_epochs: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
+    )
 
     __table_args__ = (sa.Index("ix_skysync_item_parent", "parent_sku"),)
+
+
+class Counter(Base):
+    """Numbers skysync hands out in order: ``claim_epoch``, one per claim (migration 0010)."""
+
+    __tablename__ = "skysync_counter"
+
+    name: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, server_default="0")
 
 
 class OrderInbox(Base):

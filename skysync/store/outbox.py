@@ -17,7 +17,7 @@ from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind, Origin, RowState
 from skysync.domain.planner import Row
 from skysync.domain.reconcile import AcceptedRow
 from skysync.domain.validation import validate
-from skysync.store.models import Item, OutboxRow, UTCDateTime, payload_text, utcnow
+from skysync.store.models import Counter, Item, OutboxRow, UTCDateTime, payload_text, utcnow
 
 
 def enqueue(session: Session, kind: str, ref: str, payload: Any) -> OutboxRow:
@@ -278,17 +278,23 @@ def claim_orders(
 REFS_PER_READ = 50
 
 
-def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator[list[PendingRow]]:
-    """The pending product/price/stock rows of ``skus``, a page at a time: each SKU's rows
-    together and newest first (a page holds PAGE_ROWS rows at most, whatever the backlog),
-    payloads as their stored JSON text (:data:`PendingRow`). Every page is read whole before
-    it is yielded, so the caller may change the state of the rows it got before it asks for
-    the next page."""
-    conn = session.connection()
+def _pending_sku_rows(conn: sa.Connection) -> sa.Select[Any]:
     payload = payload_text(OutboxRow.payload, conn.dialect.name)
-    columns = sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload).where(
+    return sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload).where(
         OutboxRow.state == RowState.PENDING, OutboxRow.kind.in_(SKU_KINDS)
     )
+
+
+def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator[list[PendingRow]]:
+    """The pending product/price/stock rows of ``skus`` that no claim has put in flight yet
+    (the newest of all, planner.newness), a page at a time: each SKU's rows together and
+    newest first (a page holds PAGE_ROWS rows at most, whatever the backlog), payloads as
+    their stored JSON text (:data:`PendingRow`). Every page is read whole before it is
+    yielded, so the caller may change the state of the rows it got before it asks for the
+    next page. The rows an earlier claim gave back come after, from
+    :func:`iter_pending_claimed_before`."""
+    conn = session.connection()
+    columns = _pending_sku_rows(conn).where(OutboxRow.claim_epoch.is_(None))
     todo = deque(skus)
     width = REFS_PER_READ
     while todo:
@@ -313,6 +319,25 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
             done = {cut}
             width = max(width // 2, 1)
         todo.extendleft(reversed([ref for ref in part if ref not in done]))
+
+
+def iter_pending_claimed_before(
+    session: Session, skus: Sequence[str]
+) -> Iterator[list[PendingRow]]:
+    """The pending product/price/stock rows of ``skus`` that an earlier claim put in flight and
+    gave back (a retry, a wait, a lease that ran out, an operator's requeue or release): each
+    SKU's rows newest first by planner.newness (claim epoch, then id). Older than every row of
+    :func:`iter_pending_newest_first`, and few (at most the rows a SKU's requests needed), so
+    once the caller has ended those, this reads little more than these rows."""
+    conn = session.connection()
+    columns = _pending_sku_rows(conn).where(OutboxRow.claim_epoch.is_not(None))
+    order = (OutboxRow.ref, OutboxRow.claim_epoch.desc(), OutboxRow.id.desc())
+    for part in _slices(list(skus)):
+        page: list[PendingRow] = list(
+            conn.execute(columns.where(OutboxRow.ref.in_(part)).order_by(*order)).all()
+        )
+        if page:
+            yield page
 
 
 def _pages_newest_first(
@@ -342,11 +367,46 @@ def _update_pending(session: Session, ids: Sequence[int], values: dict[str, Any]
 
 
 def claim_rows(
-    session: Session, ids: Sequence[int], *, token: str, now: datetime, lease_until: datetime
+    session: Session,
+    ids: Sequence[int],
+    *,
+    token: str,
+    now: datetime,
+    lease_until: datetime,
+    epoch: int | None = None,
 ) -> int:
-    """Put these pending rows in flight under ``token``: the rows a claim's requests need."""
-    values = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
-    return _update_pending(session, ids, {**values, "updated_at": now})
+    """Put these pending rows in flight under ``token``: the rows a claim's requests need.
+    ``epoch`` (:func:`next_claim_epoch`) is stamped on the rows no claim had put in flight
+    before; a row given back keeps the epoch of the claim that first read it."""
+    values: dict[str, Any] = {
+        "state": RowState.IN_FLIGHT,
+        "claim_token": token,
+        "lease_until": lease_until,
+        "updated_at": now,
+    }
+    if epoch is not None:
+        values["claim_epoch"] = sa.func.coalesce(OutboxRow.claim_epoch, epoch)
+    return _update_pending(session, ids, values)
+
+
+_NEXT_EPOCH = (
+    sa.update(Counter)
+    .where(Counter.name == "claim_epoch")
+    .values(value=Counter.value + 1)
+    .returning(Counter.value)
+)
+
+
+def next_claim_epoch(session: Session) -> int:
+    """This claim's number: one more than the claim before (claims are serialized by the
+    claimers' lock, so they are numbered in the order they read the outbox). See
+    planner.newness for what it decides."""
+    epoch = session.execute(_NEXT_EPOCH).scalar()
+    if epoch is None:  # the counter row is gone (a hand-made database): start it again
+        session.add(Counter(name="claim_epoch", value=1))
+        session.flush()
+        epoch = 1
+    return int(epoch)
 
 
 def settle_pending(
@@ -358,13 +418,17 @@ def settle_pending(
     now: datetime,
     reason: str,
     superseded_by: int | None = None,
+    epoch: int | None = None,
 ) -> int:
     """End these pending rows at claim time, never in flight: ``rejected`` (invalid) or
-    ``superseded`` (folded into a newer row); ``token`` names the claim that ended them."""
+    ``superseded`` (folded into a newer row); ``token`` names the claim that ended them, and
+    ``epoch`` is stamped as :func:`claim_rows` does (a requeued row keeps its place)."""
     values: dict[str, Any] = {"state": state, "reason": reason, "claim_token": token}
     values.update(finished_at=now, updated_at=now, lease_until=None)
     if superseded_by is not None:
         values["superseded_by"] = superseded_by
+    if epoch is not None:
+        values["claim_epoch"] = sa.func.coalesce(OutboxRow.claim_epoch, epoch)
     return _update_pending(session, ids, values)
 
 
@@ -375,14 +439,19 @@ SUPERSEDE_CHUNK = 5000
 _SUPERSEDE_PG = sa.text(
     f"UPDATE {OutboxRow.__tablename__} AS o SET state = :superseded, superseded_by = f.winner, "
     "reason = 'folded into row ' || f.winner, claim_token = :token, finished_at = :now, "
-    "updated_at = :now, lease_until = NULL "
+    "updated_at = :now, lease_until = NULL, claim_epoch = COALESCE(o.claim_epoch, :epoch) "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:winners AS bigint[])) AS f(id, winner) "
     "WHERE o.id = f.id AND o.state = :pending"
 ).bindparams(sa.bindparam("now", type_=UTCDateTime()))
 
 
 def supersede_pending(
-    session: Session, folded: Mapping[int, Sequence[int]], *, token: str, now: datetime
+    session: Session,
+    folded: Mapping[int, Sequence[int]],
+    *,
+    token: str,
+    now: datetime,
+    epoch: int | None = None,
 ) -> int:
     """Supersede pending rows at claim time: ``folded`` maps each winner (the newest row of a
     SKU) to the rows folded into it. Returns how many rows were superseded."""
@@ -396,6 +465,7 @@ def supersede_pending(
                 now=now,
                 reason=f"folded into row {winner}",
                 superseded_by=winner,
+                epoch=epoch,
             )
             for winner, ids in folded.items()
         )
@@ -414,7 +484,8 @@ def supersede_pending(
             "winners": "{" + ",".join(map(str, winners[start:end])) + "}",
         }
         params.update(superseded=RowState.SUPERSEDED, pending=RowState.PENDING)
-        done += conn.execute(_SUPERSEDE_PG, {**params, "token": token, "now": now}).rowcount or 0
+        params.update(token=token, now=now, epoch=epoch)
+        done += conn.execute(_SUPERSEDE_PG, params).rowcount or 0
     return done
 
 
@@ -583,12 +654,17 @@ def renew_lease(session: Session, ids: list[int], token: str, lease_until: datet
 def held_rows(session: Session, ref: str) -> list[Row]:
     """The rows of SKU ``ref`` the price guard holds, oldest first."""
     query = (
-        sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload)
+        sa.select(
+            OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload, OutboxRow.claim_epoch
+        )
         .where(OutboxRow.ref == ref, OutboxRow.state == RowState.HELD)
         .where(OutboxRow.kind.in_(SKU_KINDS))
         .order_by(OutboxRow.id)
     )
-    return [Row(i, kind, r, payload) for i, kind, r, payload in session.execute(query)]
+    return [
+        Row(i, kind, r, payload, epoch=epoch or 0)
+        for i, kind, r, payload, epoch in session.execute(query)
+    ]
 
 
 def supersede_held(session: Session, row_id: int, by: int, now: datetime) -> None:
@@ -665,6 +741,8 @@ def requeue(
             finished_at=None,
             reason="requeued by an operator",
             updated_at=now,
+            # a claim read it before (planner.newness): it is no newer than what came after
+            claim_epoch=sa.func.coalesce(OutboxRow.claim_epoch, 0),
         )
     )
     return result.rowcount or 0
