@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     skyhub_account_key: SecretStr | None = Field(
         default=None, description="X-Accountmanager-Key (secret)."
     )
+    skyhub_retry_after_max: float = Field(
+        default=3600.0,
+        ge=1,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "The longest a 429's Retry-After may park rows, in seconds; a longer, absurd or "
+            "unreadable Retry-After counts as this."
+        ),
+    )
     sync_interval: float = Field(
         default=900.0,
         gt=0,

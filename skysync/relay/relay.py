@@ -192,5 +192,6 @@ class Relay:
             outcome,
             now=self.clock(),
             max_attempts=self.settings.max_attempts,
+            max_wait=self.settings.skyhub_retry_after_max,
             rng=self.rng,
         )

@@ -6,8 +6,11 @@
 * Timeouts are explicit; TLS verification stays on.
 * Every failure is one of the classes in :mod:`skysync.skyhub.errors`; no httpx exception
   escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
-  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. A Retry-After above
-  ``max_retry_after`` (60 s) is not slept: it is raised at once, carrying SkyHub's wait.
+  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. The waits of one
+  request together never pass ``max_retry_after`` (60 s): a longer one is not slept, it is
+  raised at once, carrying SkyHub's wait. That wait is never above ``retry_after_max``
+  (SKYSYNC_SKYHUB_RETRY_AFTER_MAX, an hour): an absurd or unreadable Retry-After counts as
+  that maximum (:mod:`skysync.skyhub.retry_after`).
 * With a :class:`~skysync.skyhub.ratelimit.RateLimiter`, each request first takes a slot from
   the bucket of its endpoint and method (:mod:`skysync.skyhub.buckets` says which, and at what
   pace), so all workers together stay under SkyHub's limits.
@@ -20,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -40,6 +44,7 @@ from skysync.skyhub.errors import (
 )
 from skysync.skyhub.payloads import QueuedOrder, parse_order
 from skysync.skyhub.ratelimit import RateLimiterUnavailable, RateLimitTimeout
+from skysync.skyhub.retry_after import RetryAfter, retry_after_seconds
 
 if TYPE_CHECKING:
     from skysync.config import Settings
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.skyhub")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=30.0)
+DEFAULT_RETRY_AFTER_MAX = 3600.0  # the longest wait a 429 may ask (SKYSYNC_SKYHUB_RETRY_AFTER_MAX)
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -84,16 +90,6 @@ def _error_text(response: httpx.Response) -> str:
     return text[:300] or response.reason_phrase or "no explanation given"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP-date; SkyHub is not known to send one: wait a window instead
-
-
 class SkyHubClient:
     """A client for one SkyHub account. Thread-safe; share one per process."""
 
@@ -108,6 +104,7 @@ class SkyHubClient:
         limiter: RateLimiter | None = None,
         max_rate_limit_waits: int = 5,
         max_retry_after: float = 60.0,
+        retry_after_max: float = DEFAULT_RETRY_AFTER_MAX,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -115,7 +112,8 @@ class SkyHubClient:
         self.email = email
         self.limiter = limiter
         self.max_rate_limit_waits = max_rate_limit_waits
-        self.max_retry_after = max_retry_after
+        self.max_retry_after = max_retry_after  # the most one request sleeps on 429s, in all
+        self.retry_after_max = retry_after_max  # the longest wait a Retry-After may ask
         self.counter = RequestCounter()
         self.last_accepted: float | None = None  # time.monotonic() of the last 2xx answer
         self._sleep = sleep
@@ -178,33 +176,42 @@ class SkyHubClient:
         """Send one request (waiting out 429s); return a 2xx response or raise a SkyHubError."""
         bucket = bucket_for(method, path)
         waits = 0
+        slept = 0.0
         while True:
             if self.limiter is not None:
                 self._take_slot(method, path, bucket)
             response = self._send(method, path, json=json, params=params)
             if response.status_code != 429:
                 break
-            retry_after = _retry_after(response)
-            # A wait longer than the cap is not slept here (it would hold a worker thread):
-            # the caller puts the rows back, due when SkyHub said.
-            too_long = retry_after is not None and retry_after > self.max_retry_after
-            if waits >= self.max_rate_limit_waits or too_long:
+            retry_after = self._retry_after(response)
+            # SkyHub's window slides: a full second after the refusal, the window has moved on.
+            delay = retry_after.seconds if retry_after is not None else 1.0
+            # Waits that would take this request past max_retry_after in all are not slept
+            # here (they would hold a worker thread): the caller puts the rows back, due when
+            # SkyHub said (never beyond retry_after_max).
+            if waits >= self.max_rate_limit_waits or slept + delay > self.max_retry_after:
+                text = _error_text(response)
                 raise RateLimited(
-                    _error_text(response),
-                    retry_after=retry_after,
+                    f"{text} ({retry_after.note})" if retry_after is not None else text,
+                    retry_after=None if retry_after is None else retry_after.seconds,
                     method=method,
                     path=path,
                     status=429,
                 )
             waits += 1
-            # SkyHub's window slides: a full second after the refusal, the window has moved on.
-            delay = retry_after if retry_after is not None else 1.0
+            slept += delay
             log.info("rate limited on %s %s; waiting %.2f s", method, path, delay)
             self._sleep(delay)
         if response.is_success:
             self.last_accepted = time.monotonic()
             return response
         raise self._error(method, path, response)
+
+    def _retry_after(self, response: httpx.Response) -> RetryAfter | None:
+        """SkyHub's Retry-After, as a wait within [0, retry_after_max] (None without one)."""
+        return retry_after_seconds(
+            response.headers.get("Retry-After"), cap=self.retry_after_max, now=datetime.now(UTC)
+        )
 
     def _take_slot(self, method: str, path: str, bucket: str) -> None:
         """Wait for the shared limiter; its own failures become errors of our tree too."""
