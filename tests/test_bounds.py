@@ -13,21 +13,33 @@ The relay runs as the operator runs it (`skysync relay` / `skysync drain`), on b
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from relay_helpers import insert, row, sandbox_config
 
+from skysync.config import ConfigError, load_settings
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.skyhub.client import SkyHubClient
-from skysync.skyhub.errors import RateLimited
+from skysync.skyhub.errors import (
+    DeadlineExceeded,
+    RateLimited,
+    RetryableError,
+    TransportError,
+)
 from skysync.skyhub.retry_after import bounded_wait, retry_after_seconds
 from skysync.store.models import utcnow
 
@@ -227,3 +239,151 @@ def test_a_sane_retry_after_is_honoured_as_sent(db_url: str, sb: Sandbox) -> Non
     assert before + timedelta(seconds=115) <= got.available_at <= utcnow() + timedelta(seconds=120)
     assert "maximum" not in (got.reason or ""), got
     assert _status(db_url)[0] == 0
+
+
+# -- an answer that never ends ---------------------------------------------------------------
+
+
+class Trickle:
+    """A SkyHub stand-in, a real HTTP server, whose every answer trickles: the status line and
+    headers, then one byte of body every ``every`` seconds (with ``in_headers``, one byte of
+    an endless header instead), for as long as the client listens. ``every`` is well under
+    any read timeout, so only an overall deadline can end the exchange."""
+
+    def __init__(self, *, every: float = 0.3, in_headers: bool = False):
+        self.every = every
+        self.in_headers = in_headers
+        self.requests = 0
+        self.hung_up = 0  # answers the client walked away from
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.requests += 1
+            if self.in_headers:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            else:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100000\r\n\r\n"
+                )
+            while not self._stop.wait(self.every):
+                try:
+                    conn.sendall(b"a" if self.in_headers else b" ")
+                except OSError:
+                    self.hung_up += 1
+                    return
+
+    def wait_hung_up(self, n: int, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while self.hung_up < n and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.hung_up >= n
+
+
+def test_the_deadline_is_a_setting_below_the_workers_soft_time_limit() -> None:
+    assert load_settings().request_deadline == 30.0
+    assert load_settings(skyhub_request_deadline=5).request_deadline == 5.0
+    short = load_settings(lease_seconds=30)  # soft time limit 24.3 s
+    assert short.request_deadline < short.task_time_limits[0]
+    with pytest.raises(ConfigError) as info:
+        load_settings(lease_seconds=60, skyhub_request_deadline=50)  # soft limit 48.6 s
+    assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE: must be below" in str(info.value)
+
+
+@pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
+def test_the_deadline_ends_a_trickling_answer(in_headers: bool) -> None:
+    with (
+        Trickle(in_headers=in_headers) as skyhub,
+        SkyHubClient(
+            skyhub.base_url,
+            email="e",
+            api_key="k",
+            account_key="a",
+            deadline=1.0,
+            timeout=httpx.Timeout(2.0),
+        ) as client,
+    ):
+        done: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.update_product("T-1", {"qty": 1})
+            except BaseException as exc:  # handed to the test thread
+                done.append(exc)
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(GUARD)
+        assert not worker.is_alive(), "the request hung past every timeout"
+        assert skyhub.wait_hung_up(1), "the trickling connection was not dropped"
+    (exc,) = done
+    assert isinstance(exc, DeadlineExceeded)
+    assert isinstance(exc, TransportError) and isinstance(exc, RetryableError)
+    assert "PUT /products/T-1" in str(exc)
+    assert "did not complete within 1 s" in str(exc)
+    assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE" in str(exc)
+
+
+@pytest.mark.parametrize("command", ["relay", "drain"])
+def test_relay_and_drain_return_from_a_trickling_skyhub_with_the_reason_on_the_row(
+    db_url: str, tmp_path: Path, command: str
+) -> None:
+    """The commands as an operator runs them, as real processes: each returns, and the row is
+    back to pending (one attempt counted, backing off) with a reason naming the deadline."""
+    value = insert(db_url, "stock", "TR-1", {"qty": 4})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")},
+        "SKYSYNC_DATABASE_URL": db_url,
+        "SKYSYNC_SKYHUB_REQUEST_DEADLINE": "1",
+    }
+    with Trickle() as skyhub:
+        env["SKYSYNC_SKYHUB_URL"] = skyhub.base_url
+        try:
+            done = subprocess.run(
+                [str(BIN / "skysync"), command],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=GUARD,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`skysync {command}` hung on a trickling answer")
+        assert skyhub.requests >= 1
+        assert skyhub.wait_hung_up(skyhub.requests), "a trickling connection was left open"
+    # relay prints its summary and exits 0; drain exits 1: a row is left backing off
+    assert done.returncode == (0 if command == "relay" else 1), done.stderr
+    got = row(db_url, value)
+    assert (got.state, got.attempts) == ("pending", 1), got
+    assert got.available_at > utcnow(), got
+    assert "did not complete within 1 s" in (got.reason or ""), got
+    assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE" in (got.reason or ""), got
+    assert got.claim_token is None and got.lease_until is None, got

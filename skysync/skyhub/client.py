@@ -3,7 +3,10 @@
 * Auth headers come from Settings and never leave this module: not in a log line, a repr, an
   exception. Only method, path, status and SkyHub's ``error`` text are reported.
 * SKUs and order codes are percent-encoded as one path segment (order codes contain spaces).
-* Timeouts are explicit; TLS verification stays on.
+* Timeouts are explicit; TLS verification stays on. Besides httpx's per-operation timeouts,
+  every exchange has an overall ``deadline`` (SKYSYNC_SKYHUB_REQUEST_DEADLINE, 30 s): an
+  answer still incomplete then (one trickling in a byte at a time passes every read timeout)
+  is dropped and raised as :class:`DeadlineExceeded` (:mod:`skysync.skyhub.deadline`).
 * Every failure is one of the classes in :mod:`skysync.skyhub.errors`; no httpx exception
   escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
   up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. The waits of one
@@ -32,8 +35,10 @@ import httpx
 from skysync import __version__
 from skysync.skyhub import payloads
 from skysync.skyhub.buckets import RequestCounter, bucket_for
+from skysync.skyhub.deadline import BoundedTransport, deadline
 from skysync.skyhub.errors import (
     AuthenticationError,
+    DeadlineExceeded,
     NotFound,
     PermanentError,
     RateLimited,
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.skyhub")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=30.0)
+DEFAULT_DEADLINE = 30.0  # seconds for one whole exchange (SKYSYNC_SKYHUB_REQUEST_DEADLINE)
 DEFAULT_RETRY_AFTER_MAX = 3600.0  # the longest wait a 429 may ask (SKYSYNC_SKYHUB_RETRY_AFTER_MAX)
 _TAGS = re.compile(r"<[^>]+>")
 
@@ -90,6 +96,16 @@ def _error_text(response: httpx.Response) -> str:
     return text[:300] or response.reason_phrase or "no explanation given"
 
 
+def _within_deadline(timeout: httpx.Timeout, seconds: float | None) -> httpx.Timeout:
+    """``timeout`` with its wait for a pooled connection no longer than the deadline (that wait
+    is not on a socket, so the deadline's transport cannot cut it short)."""
+    if seconds is None or (timeout.pool is not None and timeout.pool <= seconds):
+        return timeout
+    return httpx.Timeout(
+        connect=timeout.connect, read=timeout.read, write=timeout.write, pool=seconds
+    )
+
+
 class SkyHubClient:
     """A client for one SkyHub account. Thread-safe; share one per process."""
 
@@ -105,6 +121,7 @@ class SkyHubClient:
         max_rate_limit_waits: int = 5,
         max_retry_after: float = 60.0,
         retry_after_max: float = DEFAULT_RETRY_AFTER_MAX,
+        deadline: float | None = DEFAULT_DEADLINE,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -114,9 +131,15 @@ class SkyHubClient:
         self.max_rate_limit_waits = max_rate_limit_waits
         self.max_retry_after = max_retry_after  # the most one request sleeps on 429s, in all
         self.retry_after_max = retry_after_max  # the longest wait a Retry-After may ask
+        self.deadline = deadline
         self.counter = RequestCounter()
         self.last_accepted: float | None = None  # time.monotonic() of the last 2xx answer
         self._sleep = sleep
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        if transport is None:  # a test's own transport is used as it is
+            transport = BoundedTransport(verify=True, limits=limits)
+        if not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(timeout)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
@@ -127,8 +150,8 @@ class SkyHubClient:
                 "Content-Type": "application/json",
                 "User-Agent": f"skysync/{__version__}",
             },
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            timeout=_within_deadline(timeout, deadline),
+            limits=limits,
             transport=transport,
             verify=True,
             follow_redirects=False,
@@ -226,19 +249,30 @@ class SkyHubClient:
     def _send(
         self, method: str, path: str, *, json: Any, params: dict[str, Any] | None
     ) -> httpx.Response:
-        """One HTTP exchange; httpx's exceptions become TransportError here, at the wire."""
+        """One HTTP exchange, within the deadline; httpx's exceptions become TransportError
+        here, at the wire."""
         started = time.monotonic()
-        try:
-            response = self._http.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
-            self.counter.add(method, path, None)
-            if isinstance(exc, httpx.TimeoutException):
-                what = f"timed out ({type(exc).__name__})"
-            else:
-                what = f"no answer ({type(exc).__name__}: {exc})"
-            raise TransportError(
-                f"{what}; the request may have been applied", method=method, path=path
-            ) from exc
+        with deadline(self.deadline) as until:
+            try:
+                response = self._http.request(method, path, json=json, params=params)
+            except httpx.HTTPError as exc:
+                self.counter.add(method, path, None)
+                # (a socket timeout cut to the time left may fire a hair before the clock)
+                if until is not None and time.monotonic() >= until - 0.01:
+                    raise DeadlineExceeded(
+                        f"SkyHub's answer did not complete within {self.deadline:g} s "
+                        "(SKYSYNC_SKYHUB_REQUEST_DEADLINE); the connection was dropped and "
+                        "the request may have been applied",
+                        method=method,
+                        path=path,
+                    ) from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    what = f"timed out ({type(exc).__name__})"
+                else:
+                    what = f"no answer ({type(exc).__name__}: {exc})"
+                raise TransportError(
+                    f"{what}; the request may have been applied", method=method, path=path
+                ) from exc
         self.counter.add(method, path, response.status_code)
         log.debug(
             "%s %s -> %s in %.0f ms",
