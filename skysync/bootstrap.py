@@ -77,9 +77,13 @@ def build_limiter(settings: Settings) -> RateLimiter:
 
 def build_client(settings: Settings, *, limiter: RateLimiter | None = None) -> SkyHubClient:
     url, emulated = skyhub_target(settings)
+    bounds = {
+        "deadline": settings.request_deadline,
+        "retry_after_max": settings.skyhub_retry_after_max,
+    }
     if emulated:
-        return SkyHubClient(url, limiter=limiter, **EMULATOR_CREDENTIALS)
-    return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter)
+        return SkyHubClient(url, limiter=limiter, **EMULATOR_CREDENTIALS, **bounds)
+    return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter, **bounds)
 
 
 def build_relay(settings: Settings) -> Relay:

@@ -22,11 +22,6 @@ if TYPE_CHECKING:
     from skysync.relay.fast_lane import LaneWatcher
 
 
-def _time_limits(lease_seconds: float) -> tuple[float, float]:
-    hard = max(10.0, min(600.0, lease_seconds * 0.9))
-    return hard * 0.9, hard
-
-
 def _every(task: str, seconds: float) -> dict[str, Any]:
     """A beat entry: ``task`` every ``seconds``; a run not started by the next one is dropped."""
     return {"task": task, "schedule": timedelta(seconds=seconds), "options": {"expires": seconds}}
@@ -34,7 +29,7 @@ def _every(task: str, seconds: float) -> dict[str, Any]:
 
 def make_app() -> Celery:
     settings = get_settings()
-    soft, hard = _time_limits(settings.lease_seconds)
+    soft, hard = settings.task_time_limits
     app = Celery("skysync", broker=settings.effective_broker_url, include=["skysync.tasks"])
     app.conf.update(
         task_serializer="json",

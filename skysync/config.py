@@ -19,6 +19,7 @@ from skysync.domain.fast_lane import LaneMode, LaneRule
 
 DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
+DEFAULT_REQUEST_DEADLINE = 30.0  # seconds (SKYSYNC_SKYHUB_REQUEST_DEADLINE unset)
 
 _SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key", "flower_basic_auth"})
 # Values that mean "fill me in": .env.example's placeholders and their usual cousins.
@@ -68,6 +69,29 @@ class Settings(BaseSettings):
     skyhub_api_key: SecretStr | None = Field(default=None, description="X-Api-Key (secret).")
     skyhub_account_key: SecretStr | None = Field(
         default=None, description="X-Accountmanager-Key (secret)."
+    )
+    skyhub_request_deadline: float | None = Field(
+        default=None,
+        ge=0.1,
+        le=600,
+        allow_inf_nan=False,
+        description=(
+            "Seconds one SkyHub request (connect, send, the whole answer) may take in all; "
+            "then the connection is dropped and the rows retry with backoff. Per-read "
+            "timeouts alone never end an answer that trickles in. Must be below the workers' "
+            "soft time limit (from SKYSYNC_LEASE_SECONDS). Unset: 30, or half that limit when "
+            "a short lease makes it less than 60."
+        ),
+    )
+    skyhub_retry_after_max: float = Field(
+        default=3600.0,
+        ge=1,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "The longest a 429's Retry-After may park rows, in seconds; a longer, absurd or "
+            "unreadable Retry-After counts as this."
+        ),
     )
     sync_interval: float = Field(
         default=900.0,
@@ -183,7 +207,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @field_validator("skyhub_email", "broker_url", "redis_url", "price_drop_guard", mode="before")
+    @field_validator(
+        "skyhub_email",
+        "broker_url",
+        "redis_url",
+        "price_drop_guard",
+        "skyhub_request_deadline",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -221,6 +252,20 @@ class Settings(BaseSettings):
         if mode not in {m.value for m in LaneMode}:
             raise ValueError("must be one of off, stockouts, all")
         return mode
+
+    @model_validator(mode="after")
+    def _deadline_within_the_task_limit(self) -> Settings:
+        """A request that may outlast the Celery task sending it would be ended by the soft time
+        limit instead of its deadline: the rows would get "internal error:
+        SoftTimeLimitExceeded" rather than a reason that says what happened."""
+        soft, _hard = self.task_time_limits
+        if self.skyhub_request_deadline is not None and self.skyhub_request_deadline >= soft:
+            raise ValueError(
+                f"SKYSYNC_SKYHUB_REQUEST_DEADLINE: must be below the workers' soft time limit, "
+                f"{soft:g} s with SKYSYNC_LEASE_SECONDS={self.lease_seconds:g}: lower it or "
+                "raise the lease"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
@@ -267,6 +312,22 @@ class Settings(BaseSettings):
     def has_skyhub_credentials(self) -> bool:
         """All three SkyHub credentials are set: talk to the configured SkyHub."""
         return bool(self.skyhub_email and self.skyhub_api_key and self.skyhub_account_key)
+
+    @property
+    def task_time_limits(self) -> tuple[float, float]:
+        """(soft, hard) time limits of a Celery task, in seconds: the hard one under the lease
+        (a stuck task is killed before its rows are reclaimed), 10 s to 10 min."""
+        hard = max(10.0, min(600.0, self.lease_seconds * 0.9))
+        return hard * 0.9, hard
+
+    @property
+    def request_deadline(self) -> float:
+        """Seconds one SkyHub request may take in all: SKYSYNC_SKYHUB_REQUEST_DEADLINE, else
+        30, or half the soft time limit when that is shorter (a short lease), so that the
+        deadline, not the task's time limit, ends a request and names the reason."""
+        if self.skyhub_request_deadline is not None:
+            return self.skyhub_request_deadline
+        return min(DEFAULT_REQUEST_DEADLINE, self.task_time_limits[0] / 2)
 
     @property
     def lane_rule(self) -> LaneRule:

@@ -24,7 +24,9 @@ class SandboxConfig:
     rate_limit: float | None = None
     rate_limits_enabled: bool = True
     retry_after_header: bool = False  # 429 answers carry `Retry-After` when True
-    retry_after_seconds: float = 1.0  # ...with this value
+    # ...with this value: a number of seconds, or a string sent as it is (an HTTP date, or
+    # something a misbehaving server might send: "1e12", "soon"), for tests of the client
+    retry_after_seconds: float | str = 1.0
     refused_categories: list[str] = field(default_factory=list)  # 422 on products naming them
     latency_ms: float = 0.0
     fail_rate: float = 0.0
@@ -70,6 +72,10 @@ def validate_config_changes(changes: Mapping[str, Any]) -> None:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("refused_categories must be a list of strings")
     for name in ("latency_ms", "hang_seconds", "visibility_timeout", "retry_after_seconds"):
+        if name == "retry_after_seconds" and isinstance(changes.get(name), str):
+            if not changes[name].isprintable():
+                raise ValueError("retry_after_seconds must be a number >= 0 or a printable string")
+            continue
         if name in changes:
             value = changes[name]
             if not is_number(value) or value < 0:

@@ -60,5 +60,6 @@ def too_many_requests(config: SandboxConfig) -> Reply:
     """SkyHub's 429, with ``Retry-After`` when the config asks for it."""
     reply = error_reply(429, "Limite de requisições excedido (too many requests)")
     if config.retry_after_header:
-        reply.headers["Retry-After"] = f"{config.retry_after_seconds:g}"
+        value = config.retry_after_seconds
+        reply.headers["Retry-After"] = value if isinstance(value, str) else f"{value:g}"
     return reply

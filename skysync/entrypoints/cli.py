@@ -134,8 +134,9 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
     """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP.
 
     Exits 1 when something needs an operator: the oldest due row is older than
-    --max-pending-age, SkyHub refused the credentials in the last batch or pull, or no batch
-    ran for two intervals (beat is down). Cron or a monitor can alert on that."""
+    --max-pending-age, SkyHub's rate limit (a long Retry-After) parked rows past the next
+    batch, SkyHub refused the credentials in the last batch or pull, or no batch ran for two
+    intervals (beat is down). Cron or a monitor can alert on that."""
     from skysync.reporting.status import collect_status, health_problems
     from skysync.store.db import session_scope
 
@@ -163,6 +164,9 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
         click.echo(f"  {state:<11} {n}")
     age = report["oldest_pending_age_s"]
     click.echo(f"oldest due pending row: {'none' if age is None else f'{age:.0f} s old'}")
+    parked = report["parked_by_skyhub"]
+    if parked["rows"]:
+        click.echo(f"waiting on SkyHub's rate limit: {parked['rows']} until {parked['until']}")
     for key, label in (("last_relay", "last relay"), ("last_order_pull", "last order pull")):
         run = report[key]
         click.echo(f"{label}: {'never' if run is None else run['started_at']}")

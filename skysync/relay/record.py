@@ -14,6 +14,7 @@ from skysync.domain.guards import replaced_held
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Row, backoff_delay
 from skysync.relay.outcome import Learned, Outcome
+from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
 from skysync.store import orders as order_store
 from skysync.store import outbox
@@ -35,6 +36,7 @@ def record(
     now: datetime,
     max_attempts: int,
     rng: random.Random,
+    max_wait: float,
 ) -> None:
     """Write the rows' new state and everything learned about the items, in one transaction,
     and only while this claim still holds every one of the rows: a worker whose lease ran
@@ -45,12 +47,17 @@ def record(
     flight (and locks it until the commit), so when they updated fewer rows than were pushed,
     the claim lost some, and everything is rolled back. (The same as locking the rows first
     and counting them, without the extra statement; the rows are still written, and locked,
-    before the items, as before.)"""
+    before the items, as before.)
+
+    ``max_wait`` bounds how far the outcome may put rows off without counting an attempt
+    (SKYSYNC_SKYHUB_RETRY_AFTER_MAX): the client already keeps SkyHub's Retry-After within
+    it; here it is the last guard before a wait becomes a date."""
     ids = [r.id for r in rows]
     try:
         # not flushed: the attempt record before the request was (see session_scope)
         with session_scope(url, flush_wal=False) as session:
-            if _settle_rows(session, token, rows, outcome, now, max_attempts, rng) < len(ids):
+            settled = _settle_rows(session, token, rows, outcome, now, max_attempts, rng, max_wait)
+            if settled < len(ids):
                 raise _ClaimLost
             epochs = {r.id: r.epoch for r in rows}
             _record_learned(session, outcome, now, epochs)
@@ -70,6 +77,7 @@ def _settle_rows(
     now: datetime,
     max_attempts: int,
     rng: random.Random,
+    max_wait: float,
 ) -> int:
     """Every row's new state, while ``token`` holds it; returns how many of ``rows`` it held."""
     refused = outcome.learned.refused
@@ -93,7 +101,7 @@ def _settle_rows(
         return settled + settle.rejected()
     if outcome.state == "retry":
         return settled + settle.retry(max_attempts, rng)
-    return settled + settle.waiting()  # wait, auth
+    return settled + settle.waiting(max_wait)  # wait, auth
 
 
 def _record_learned(
@@ -227,16 +235,17 @@ class Settle:
             last_status=out.status,
         )
 
-    def waiting(self) -> int:
+    def waiting(self, max_wait: float) -> int:
         """``wait`` or ``auth``: not the rows' fault, so back to pending, not counted, due when
-        the outcome says (a rate-limit window, a parent on its way, the credentials fixed)."""
+        the outcome says (a rate-limit window, a parent on its way, the credentials fixed),
+        never more than ``max_wait`` from now."""
         out = self.outcome
         return outbox.release(
             self.session,
             self.ids,
             self.token,
             now=self.now,
-            available_at=self.now + timedelta(seconds=out.delay),
+            available_at=self.now + timedelta(seconds=bounded_wait(out.delay, max_wait)),
             count_attempt=False,
             reason=out.reason or out.state,
             last_status=out.status,

@@ -30,7 +30,7 @@ from skysync.relay.outcome import BatchSummary, DeliverySummary, Learned, Outcom
 from skysync.relay.record import record
 from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
-from skysync.skyhub.errors import NotFound, RetryableError
+from skysync.skyhub.errors import DeadlineExceeded, NotFound, RetryableError
 from skysync.store import items as item_store
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
@@ -164,11 +164,17 @@ class Relay:
     def call(self, fn: Callable[[], Any]) -> Any:
         """One SkyHub call with a few quick retries for transient failures. The open unit of
         work (the reads and attempt records before it) commits first: the attempt is durable
-        before the request leaves, and no lock or connection is held across the network."""
+        before the request leaves, and no lock or connection is held across the network.
+
+        An answer that outlasted its deadline is not retried on the spot: a SkyHub that
+        trickled one answer is likely to trickle the next, and three deadlines in a row would
+        hold the task towards its time limit. The rows go back with backoff instead."""
         self._end_unit(None)
         for attempt in range(self.quick_retries + 1):
             try:
                 return fn()
+            except DeadlineExceeded:
+                raise
             except RetryableError:
                 if attempt >= self.quick_retries:
                     raise
@@ -192,5 +198,6 @@ class Relay:
             outcome,
             now=self.clock(),
             max_attempts=self.settings.max_attempts,
+            max_wait=self.settings.skyhub_retry_after_max,
             rng=self.rng,
         )

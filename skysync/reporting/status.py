@@ -1,5 +1,6 @@
-"""What `skysync status` reports: outbox counts, the oldest due row, the last runs, the orders
-waiting for the ERP. Read-only queries, gathered into one plain dict."""
+"""What `skysync status` reports: outbox counts, the oldest due row, the rows SkyHub's rate limit
+parked, the last runs, the orders waiting for the ERP. Read-only queries, gathered into one
+plain dict."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from skysync.domain.kinds import RowState
 from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox import count_by_state, oldest_pending
+from skysync.store.outbox import count_by_state, oldest_pending, parked_by_skyhub
 from skysync.store.sync_errors import open_counts
 
 
@@ -53,6 +54,7 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
     now = now or utcnow()
     oldest_due = oldest_pending(session, due_only=True, now=now)
     oldest_any = oldest_pending(session, due_only=False)
+    parked, parked_until = parked_by_skyhub(session, now)
     inbox = inbox_counts(session)
     return {
         "outbox": count_by_state(session),
@@ -62,6 +64,10 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         "oldest_pending_any_age_s": (
             round((now - oldest_any).total_seconds(), 1) if oldest_any else None
         ),
+        "parked_by_skyhub": {
+            "rows": parked,
+            "until": parked_until.isoformat() if parked_until else None,
+        },
         "last_relay": _last_run(session, "relay"),
         "last_order_pull": _last_run(session, "pull_orders"),
         "last_reconcile": _last_reconcile(session),
@@ -89,6 +95,16 @@ def health_problems(
             "`skysync outbox list --state held`, then `skysync outbox release ID...` "
             "(or the ERP writes a newer price)"
         )
+    parked = report["parked_by_skyhub"]
+    if parked["until"] is not None:
+        wait = (datetime.fromisoformat(parked["until"]) - now).total_seconds()
+        if wait > sync_interval:
+            problems.append(
+                f"{parked['rows']} row(s) wait on SkyHub's rate limit (a 429 whose Retry-After "
+                f"asked for a long wait), the last until {parked['until']}: {wait:.0f} s from "
+                f"now, past the next batch ({sync_interval:.0f} s); "
+                "`skysync outbox list --state pending` shows each with SkyHub's header"
+            )
     age = report["oldest_pending_age_s"]
     if age is not None and age > max_pending_age:
         problems.append(

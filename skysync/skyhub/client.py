@@ -3,11 +3,17 @@
 * Auth headers come from Settings and never leave this module: not in a log line, a repr, an
   exception. Only method, path, status and SkyHub's ``error`` text are reported.
 * SKUs and order codes are percent-encoded as one path segment (order codes contain spaces).
-* Timeouts are explicit; TLS verification stays on.
+* Timeouts are explicit; TLS verification stays on. Besides httpx's per-operation timeouts,
+  every exchange has an overall ``deadline`` (SKYSYNC_SKYHUB_REQUEST_DEADLINE, 30 s): an
+  answer still incomplete then (one trickling in a byte at a time passes every read timeout)
+  is dropped and raised as :class:`DeadlineExceeded` (:mod:`skysync.skyhub.deadline`).
 * Every failure is one of the classes in :mod:`skysync.skyhub.errors`; no httpx exception
   escapes. A 429 is waited out here (Retry-After when present, else the next one-second window)
-  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. A Retry-After above
-  ``max_retry_after`` (60 s) is not slept: it is raised at once, carrying SkyHub's wait.
+  up to ``max_rate_limit_waits`` times, then raised as :class:`RateLimited`. The waits of one
+  request together never pass ``max_retry_after`` (60 s): a longer one is not slept, it is
+  raised at once, carrying SkyHub's wait. That wait is never above ``retry_after_max``
+  (SKYSYNC_SKYHUB_RETRY_AFTER_MAX, an hour): an absurd or unreadable Retry-After counts as
+  that maximum (:mod:`skysync.skyhub.retry_after`).
 * With a :class:`~skysync.skyhub.ratelimit.RateLimiter`, each request first takes a slot from
   the bucket of its endpoint and method (:mod:`skysync.skyhub.buckets` says which, and at what
   pace), so all workers together stay under SkyHub's limits.
@@ -20,6 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -28,8 +35,10 @@ import httpx
 from skysync import __version__
 from skysync.skyhub import payloads
 from skysync.skyhub.buckets import RequestCounter, bucket_for
+from skysync.skyhub.deadline import BoundedTransport, deadline
 from skysync.skyhub.errors import (
     AuthenticationError,
+    DeadlineExceeded,
     NotFound,
     PermanentError,
     RateLimited,
@@ -40,6 +49,7 @@ from skysync.skyhub.errors import (
 )
 from skysync.skyhub.payloads import QueuedOrder, parse_order
 from skysync.skyhub.ratelimit import RateLimiterUnavailable, RateLimitTimeout
+from skysync.skyhub.retry_after import RetryAfter, retry_after_seconds
 
 if TYPE_CHECKING:
     from skysync.config import Settings
@@ -48,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("skysync.skyhub")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=30.0)
+DEFAULT_DEADLINE = 30.0  # seconds for one whole exchange (SKYSYNC_SKYHUB_REQUEST_DEADLINE)
+DEFAULT_RETRY_AFTER_MAX = 3600.0  # the longest wait a 429 may ask (SKYSYNC_SKYHUB_RETRY_AFTER_MAX)
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -84,14 +96,14 @@ def _error_text(response: httpx.Response) -> str:
     return text[:300] or response.reason_phrase or "no explanation given"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP-date; SkyHub is not known to send one: wait a window instead
+def _within_deadline(timeout: httpx.Timeout, seconds: float | None) -> httpx.Timeout:
+    """``timeout`` with its wait for a pooled connection no longer than the deadline (that wait
+    is not on a socket, so the deadline's transport cannot cut it short)."""
+    if seconds is None or (timeout.pool is not None and timeout.pool <= seconds):
+        return timeout
+    return httpx.Timeout(
+        connect=timeout.connect, read=timeout.read, write=timeout.write, pool=seconds
+    )
 
 
 class SkyHubClient:
@@ -108,6 +120,8 @@ class SkyHubClient:
         limiter: RateLimiter | None = None,
         max_rate_limit_waits: int = 5,
         max_retry_after: float = 60.0,
+        retry_after_max: float = DEFAULT_RETRY_AFTER_MAX,
+        deadline: float | None = DEFAULT_DEADLINE,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -115,10 +129,17 @@ class SkyHubClient:
         self.email = email
         self.limiter = limiter
         self.max_rate_limit_waits = max_rate_limit_waits
-        self.max_retry_after = max_retry_after
+        self.max_retry_after = max_retry_after  # the most one request sleeps on 429s, in all
+        self.retry_after_max = retry_after_max  # the longest wait a Retry-After may ask
+        self.deadline = deadline
         self.counter = RequestCounter()
         self.last_accepted: float | None = None  # time.monotonic() of the last 2xx answer
         self._sleep = sleep
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        if transport is None:  # a test's own transport is used as it is
+            transport = BoundedTransport(verify=True, limits=limits)
+        if not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(timeout)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
@@ -129,8 +150,8 @@ class SkyHubClient:
                 "Content-Type": "application/json",
                 "User-Agent": f"skysync/{__version__}",
             },
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            timeout=_within_deadline(timeout, deadline),
+            limits=limits,
             transport=transport,
             verify=True,
             follow_redirects=False,
@@ -178,33 +199,42 @@ class SkyHubClient:
         """Send one request (waiting out 429s); return a 2xx response or raise a SkyHubError."""
         bucket = bucket_for(method, path)
         waits = 0
+        slept = 0.0
         while True:
             if self.limiter is not None:
                 self._take_slot(method, path, bucket)
             response = self._send(method, path, json=json, params=params)
             if response.status_code != 429:
                 break
-            retry_after = _retry_after(response)
-            # A wait longer than the cap is not slept here (it would hold a worker thread):
-            # the caller puts the rows back, due when SkyHub said.
-            too_long = retry_after is not None and retry_after > self.max_retry_after
-            if waits >= self.max_rate_limit_waits or too_long:
+            retry_after = self._retry_after(response)
+            # SkyHub's window slides: a full second after the refusal, the window has moved on.
+            delay = retry_after.seconds if retry_after is not None else 1.0
+            # Waits that would take this request past max_retry_after in all are not slept
+            # here (they would hold a worker thread): the caller puts the rows back, due when
+            # SkyHub said (never beyond retry_after_max).
+            if waits >= self.max_rate_limit_waits or slept + delay > self.max_retry_after:
+                text = _error_text(response)
                 raise RateLimited(
-                    _error_text(response),
-                    retry_after=retry_after,
+                    f"{text} ({retry_after.note})" if retry_after is not None else text,
+                    retry_after=None if retry_after is None else retry_after.seconds,
                     method=method,
                     path=path,
                     status=429,
                 )
             waits += 1
-            # SkyHub's window slides: a full second after the refusal, the window has moved on.
-            delay = retry_after if retry_after is not None else 1.0
+            slept += delay
             log.info("rate limited on %s %s; waiting %.2f s", method, path, delay)
             self._sleep(delay)
         if response.is_success:
             self.last_accepted = time.monotonic()
             return response
         raise self._error(method, path, response)
+
+    def _retry_after(self, response: httpx.Response) -> RetryAfter | None:
+        """SkyHub's Retry-After, as a wait within [0, retry_after_max] (None without one)."""
+        return retry_after_seconds(
+            response.headers.get("Retry-After"), cap=self.retry_after_max, now=datetime.now(UTC)
+        )
 
     def _take_slot(self, method: str, path: str, bucket: str) -> None:
         """Wait for the shared limiter; its own failures become errors of our tree too."""
@@ -219,19 +249,30 @@ class SkyHubClient:
     def _send(
         self, method: str, path: str, *, json: Any, params: dict[str, Any] | None
     ) -> httpx.Response:
-        """One HTTP exchange; httpx's exceptions become TransportError here, at the wire."""
+        """One HTTP exchange, within the deadline; httpx's exceptions become TransportError
+        here, at the wire."""
         started = time.monotonic()
-        try:
-            response = self._http.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
-            self.counter.add(method, path, None)
-            if isinstance(exc, httpx.TimeoutException):
-                what = f"timed out ({type(exc).__name__})"
-            else:
-                what = f"no answer ({type(exc).__name__}: {exc})"
-            raise TransportError(
-                f"{what}; the request may have been applied", method=method, path=path
-            ) from exc
+        with deadline(self.deadline) as until:
+            try:
+                response = self._http.request(method, path, json=json, params=params)
+            except httpx.HTTPError as exc:
+                self.counter.add(method, path, None)
+                # (a socket timeout cut to the time left may fire a hair before the clock)
+                if until is not None and time.monotonic() >= until - 0.01:
+                    raise DeadlineExceeded(
+                        f"SkyHub's answer did not complete within {self.deadline:g} s "
+                        "(SKYSYNC_SKYHUB_REQUEST_DEADLINE); the connection was dropped and "
+                        "the request may have been applied",
+                        method=method,
+                        path=path,
+                    ) from exc
+                if isinstance(exc, httpx.TimeoutException):
+                    what = f"timed out ({type(exc).__name__})"
+                else:
+                    what = f"no answer ({type(exc).__name__}: {exc})"
+                raise TransportError(
+                    f"{what}; the request may have been applied", method=method, path=path
+                ) from exc
         self.counter.add(method, path, response.status_code)
         log.debug(
             "%s %s -> %s in %.0f ms",

@@ -4,13 +4,17 @@ Callers catch these, never an httpx exception: the client translates at the wire
 (``raise ... from exc``). The class decides what the relay does with a row::
 
     SkyHubError                     anything from the SkyHub client
-    ├── RateLimited                 429: wait for the next window (or Retry-After), try again;
-    │                               not a failed attempt
+    ├── RateLimited                 429: wait for the next window (or Retry-After, at most
+    │                               SKYSYNC_SKYHUB_RETRY_AFTER_MAX), try again; not a failed
+    │                               attempt
     ├── RetryableError              worth trying again later; counts as a failed attempt
     │   ├── ServerError             5xx (HTML gateway pages included)
     │   └── TransportError          no usable answer: timeout, refused or dropped connection,
-    │                               an answer that is not the JSON promised. The request may
-    │                               have been applied ("applied but the answer was lost").
+    │       │                       an answer that is not the JSON promised. The request may
+    │       │                       have been applied ("applied but the answer was lost").
+    │       └── DeadlineExceeded    the exchange as a whole outlasted its overall deadline
+    │                               (SKYSYNC_SKYHUB_REQUEST_DEADLINE): an answer trickling in
+    │                               a byte at a time, which no per-read timeout ends
     ├── PermanentError              4xx other than 401/403/429: SkyHub refuses this request as it
     │   │                           is; retrying the same request cannot help
     │   ├── NotFound                404
@@ -56,6 +60,13 @@ class ServerError(RetryableError):
 
 class TransportError(RetryableError):
     """No usable answer (timeout, connection refused or dropped, garbled body)."""
+
+
+class DeadlineExceeded(TransportError):
+    """The whole exchange (connect, send, every byte of the answer) did not finish within the
+    client's overall deadline; the connection is dropped. Retryable like any lost answer (the
+    values are absolute, so a resend of an applied write is harmless), but not on the spot:
+    a SkyHub that trickled one answer is likely to trickle the next."""
 
 
 class PermanentError(SkyHubError):

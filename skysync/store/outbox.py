@@ -112,6 +112,18 @@ def oldest_pending(
     return session.execute(query.order_by(OutboxRow.id).limit(1)).scalar()
 
 
+def parked_by_skyhub(session: Session, now: datetime) -> tuple[int, datetime | None]:
+    """Pending rows that a 429 from SkyHub put off and that are not due yet: how many, and
+    the furthest due time among them (down the ``(available_at, id)`` index of pending rows)."""
+    query = sa.select(sa.func.count(), sa.func.max(OutboxRow.available_at)).where(
+        OutboxRow.state == RowState.PENDING,
+        OutboxRow.available_at > now,
+        OutboxRow.last_status == 429,
+    )
+    count, until = session.execute(query).one()
+    return int(count or 0), until
+
+
 # -- the relay's side ---------------------------------------------------------------------
 CLAIM_LOCK_ID = 0x5C75_0B0C  # arbitrary, fixed: "skysync claim"
 # No statement's size grows with the backlog: lists of ids or refs go in slices of this many
