@@ -156,3 +156,45 @@ def test_a_late_row_beats_an_older_rows_retry(db_url: str, sb: Sandbox) -> None:
     got = row(db_url, retried)
     assert (got.state, got.superseded_by) == ("superseded", late), got
     assert row(db_url, late).state == "sent"
+
+
+def test_a_row_committed_while_a_claim_reads_a_long_backlog_is_left_for_the_next_claim(
+    pg_url: str, sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SKU with more pending rows than a page is read in several pages. A transaction that
+    took a low id commits after the claim read the first page: the claim must not fold it in
+    as older (a later page would have let it in); it stays for the next claim, newer, and
+    SkyHub ends with its value."""
+    from conftest import empty_tables
+
+    from skysync.relay import batch
+    from skysync.store import outbox
+
+    empty_tables(pg_url)
+    monkeypatch.setattr(outbox, "PAGE_ROWS", 5)
+    with relay_for(pg_url, sb) as relay:
+        create_product(pg_url, relay, "BIG", qty=1)
+        with erp_transaction(pg_url) as late:
+            late_row = late.insert("stock", "BIG", {"qty": 42})
+            newest = 0
+            for qty in range(10, 22):  # 12 rows, committed: pages of 5
+                newest = insert_with_id(pg_url, late_row + qty, "stock", "BIG", {"qty": qty})
+            real_take = batch._Claim.take
+            pages: list[list[int]] = []
+
+            def take(self: Any, page: list[Any], *, in_flight: bool) -> None:
+                real_take(self, page, in_flight=in_flight)
+                pages.append([r[0] for r in page])
+                if len(pages) == 1:
+                    late.commit()  # between the claim's first page and the next
+
+            monkeypatch.setattr(batch._Claim, "take", take)
+            relay.run_batch()
+            monkeypatch.setattr(batch._Claim, "take", real_take)
+        assert len(pages) >= 3 and late_row not in {i for page in pages for i in page}
+        assert product(sb, "BIG")["qty"] == 21
+        assert row(pg_url, newest).state == "sent"
+        assert row(pg_url, late_row).state == "pending"
+        drain(relay)
+    assert product(sb, "BIG")["qty"] == 42
+    assert row(pg_url, late_row).state == "sent"

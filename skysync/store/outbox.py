@@ -325,9 +325,8 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
             yield finished
             done = {r[2] for r in finished}
             width = len(done)
-        else:  # this SKU alone fills the page: read on from where the page ends
-            yield page
-            yield from _pages_newest_first(conn, columns.where(OutboxRow.ref == cut), page[-1][0])
+        else:  # this SKU alone fills the page: read all of it, down its rows
+            yield from _one_sku_newest_first(conn, columns.where(OutboxRow.ref == cut), page)
             done = {cut}
             width = max(width // 2, 1)
         todo.extendleft(reversed([ref for ref in part if ref not in done]))
@@ -350,6 +349,30 @@ def iter_pending_claimed_before(
         )
         if page:
             yield page
+
+
+def _one_sku_newest_first(
+    conn: sa.Connection, query: sa.Select[Any], first: list[PendingRow]
+) -> Iterator[list[PendingRow]]:
+    """All of one SKU's rows (``first``: its first page, already read), newest first, a page at
+    a time.
+
+    On PostgreSQL in ONE statement, a server-side cursor fetched a page at a time: each
+    statement of a READ COMMITTED transaction sees the rows committed when it began, so pages
+    read by statements of their own could let in, below the first page, a row whose
+    transaction committed after the first page was read, and fold it as older; a cursor sees
+    one snapshot, and a row committed after it is left to the next claim, as newer
+    (planner.newness). The first page is read again in the cursor. On SQLite nothing commits
+    while the claim holds the write lock: keyset pages down the (ref, state, id) index."""
+    if conn.dialect.name == "postgresql":
+        ordered = query.order_by(OutboxRow.id.desc())
+        options = {"stream_results": True, "max_row_buffer": PAGE_ROWS}
+        with conn.execute(ordered, execution_options=options) as result:
+            for part in result.partitions(PAGE_ROWS):
+                yield list(part)
+        return
+    yield first
+    yield from _pages_newest_first(conn, query, first[-1][0])
 
 
 def _pages_newest_first(
