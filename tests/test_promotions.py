@@ -169,3 +169,35 @@ def test_reconcile_reports_a_promotion_the_erp_never_wrote_above_the_price(
 
         assert prices(sb, "F-2") == (50, 50)
         assert not reconcile(relay).has_drift
+
+
+def test_price_drop_guard_and_stock_buffer_with_a_capped_promotion(
+    db_url: str, sb: Sandbox
+) -> None:
+    guards = {"price_drop_guard": 50, "stock_buffer": 3}
+    with relay_for(db_url, sb, settings_kw=guards) as relay:
+        create_product(db_url, relay, "F-1", price=120.0, qty=10)
+        insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
+        drain(relay)
+        # 40 % below 100 passes the guard; the promotion goes down with it, never held itself
+        insert(db_url, "price", "F-1", {"price": 60})
+        newest = insert(db_url, "stock", "F-1", {"qty": 5})
+        drain(relay)
+        assert (*prices(sb, "F-1"), product(sb, "F-1")["qty"]) == (60, 60, 2)
+        assert row(db_url, newest).state == "sent"  # the request's newest row speaks for it
+        reason = row(db_url, newest).reason or ""
+        assert "promotional_price 90 is above the newer price 60" in reason
+
+        # far below: held, and SkyHub keeps a consistent pair meanwhile
+        typo = insert(db_url, "price", "F-1", {"price": 20})
+        drain(relay)
+        assert row(db_url, typo).state == "held"
+        assert prices(sb, "F-1") == (60, 60)
+
+        released = CliRunner().invoke(
+            cli, ["outbox", "release", str(typo)], env={"SKYSYNC_DATABASE_URL": db_url}
+        )
+        assert released.exit_code == 0, released.output
+        drain(relay)
+        assert prices(sb, "F-1") == (20, 20)
+        assert not reconcile(relay).has_drift
