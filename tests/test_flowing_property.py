@@ -8,6 +8,9 @@ SkyHub emulator over HTTP:
 * the ERP writes price, stock and product rows (snapshots of a product with two variations
   included, attribute changes, a category SkyHub refuses), drawing values from small sets so that
   it often goes back to an earlier value;
+* the ERP starts promotions (price rows, and product rows carrying a price and a promotion) that
+  a newer price may fold below (issue 19): SkyHub must never hold a promotional price above the
+  price, and ends on the ERP's promotion capped at its price (skysync/domain/promotions.py);
 * the marketplace links products (their attributes freeze);
 * the ERP's transactions commit late: one takes its row's id, stays open while batches send
   newer ids of the same SKU, and commits after a batch has read that SKU (issue 19): its value
@@ -34,9 +37,16 @@ import sqlalchemy as sa
 from conftest import empty_tables
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from relay_helpers import expire_leases, insert, make_client, make_due, settings_for
 
+from skysync.domain.promotions import capped
 from skysync.emulator import Sandbox, SandboxConfig
 from skysync.relay import Relay
 from skysync.store.db import session_scope
@@ -48,6 +58,8 @@ VARIATIONS = ("PV-1", "PV-2")
 ALL_SKUS = (*SIMPLE, PARENT, *VARIATIONS)
 PRICES = st.sampled_from([10.0, 12.0, 15.0])
 PROMOS = st.sampled_from([None, 9.0])  # always <= every price above
+# promotions a newer price may fall below (each row keeps its own promotion <= its price)
+FOLDING_PROMOS = st.sampled_from([9.0, 11.0, 14.0])
 QTYS = st.sampled_from([0, 1, 5, 7])
 REFUSED = "CAT-NOPE"
 SETTINGS = settings(
@@ -266,6 +278,47 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             self.step()
             self.write("product", sku, payload)
 
+        @rule(sku=st.sampled_from(ALL_SKUS), price=PRICES, promo=FOLDING_PROMOS)
+        def promotion_row(self, sku: str, price: float, promo: float) -> None:
+            """A price row with a promotion that a newer price (say 10) may fall below."""
+            self.step()
+            self.write("price", sku, {"price": price, "promotional_price": min(promo, price)})
+
+        @rule(
+            sku=st.sampled_from(SIMPLE),
+            price=st.none() | PRICES,
+            promo=st.none() | FOLDING_PROMOS,
+        )
+        def product_row_with_prices(self, sku: str, price: float | None, promo: Any) -> None:
+            """A product row carrying a new price, a promotion, or both."""
+            payload: dict[str, Any] = {"name": f"Produto {sku}"}
+            if price is not None:
+                payload["price"] = price
+            if promo is not None:
+                payload["promotional_price"] = promo if price is None else min(promo, price)
+            self.step()
+            self.write("product", sku, payload)
+
+        @rule(sku=st.sampled_from(ALL_SKUS), as_product=st.booleans())
+        def price_below_the_promotion(self, sku: str, as_product: bool) -> None:
+            """A newer price below the SKU's promotion: a price row, or a product row."""
+            promo = self.model[sku].get("promotional_price")
+            lower = [p for p in (10.0, 12.0) if promo is not None and p < promo]
+            if not lower:
+                return
+            self.step()
+            if as_product and sku in SIMPLE:
+                self.write("product", sku, {"name": f"Produto {sku}", "price": lower[0]})
+            else:
+                self.write("price", sku, {"price": lower[0]})
+
+        @invariant()
+        def never_a_promotion_above_the_price(self) -> None:
+            state = sb.state()
+            for held in [*state["products"].values(), *state["variations"].values()]:
+                promo = held.get("promotional_price")
+                assert capped(promo, held.get("price")) == promo, held
+
         # -- the world ------------------------------------------------------------------------
         @rule(sku=st.sampled_from((*SIMPLE, PARENT)))
         def marketplace_links(self, sku: str) -> None:
@@ -343,6 +396,8 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             for sku, fields in self.model.items():
                 held = state["variations"][sku] if sku in VARIATIONS else state["products"][sku]
                 for name, value in fields.items():
+                    if name == "promotional_price":  # capped at the ERP's latest price
+                        value = capped(value, fields.get("price"))
                     assert held.get(name) == value, (sku, name, held.get(name), value)
             with session_scope(db) as session:
                 for r in session.scalars(sa.select(OutboxRow)):

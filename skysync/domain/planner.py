@@ -240,6 +240,9 @@ class Decision:
     # fields withheld because SkyHub already has the value, with the row that asked for it:
     # that row counts as applied, so an older row still waiting can never overwrite it later
     unchanged: dict[str, int] = field(default_factory=dict)
+    # what was sent otherwise than the rows asked, and why (a promotion capped at the price:
+    # skysync/domain/promotions.py); the row's reason carries them
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nothing_to_send(self) -> bool:

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from skysync.domain.planner import FLOWING_FIELDS
+from skysync.domain.promotions import PRICE, PROMO, capped
 from skysync.domain.validation import is_number
 
 # What SkyHub shows that the ERP never writes: never compared.
@@ -69,6 +70,9 @@ class Difference:
     since: datetime | None
     row_id: int
     frozen: bool = False  # an attribute of a linked product: reported, never repaired
+    note: str | None = None  # why SkyHub should hold ``erp`` (a promotion capped at the price)
+    # what the corrective row carries, when not ``{field: erp}`` (see :func:`compare`)
+    repair: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class Difference:
             "believed_since": self.since.isoformat() if self.since else None,
             "row_id": self.row_id,
             "frozen": self.frozen,
+            "note": self.note,
         }
 
 
@@ -130,11 +135,31 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
     Attributes of a frozen product (skysync froze it, or SkyHub shows it linked and no operator
     unfroze it) come back marked ``frozen``. With a stock buffer (SKYSYNC_STOCK_BUFFER) SkyHub
     should hold the ERP's quantity less the buffer; the difference still names the ERP's own
-    value (a repair row carries it, and the relay takes the buffer off again)."""
+    value (a repair row carries it, and the relay takes the buffer off again).
+
+    Never a promotional price above the price (skysync/domain/promotions.py): SkyHub should
+    hold the ERP's promotional price capped at its price, so a promotion the ERP's newer price
+    made impossible is expected equal to the price; its repair resends the price, with which
+    the relay caps the promotion again from the ERP's own value. And a promotional price above
+    the price on SkyHub is drift even where each field matches what the ERP wrote (or the ERP
+    never wrote a promotion): its repair sends it equal to the price."""
     frozen = expected.frozen or (listed.linked and not expected.unfrozen)
+    fields = dict(expected.fields)
+    busy = set(expected.busy)
+    price, promo = fields.get(PRICE), fields.get(PROMO)
+    capped_note = None
+    if price is not None and promo is not None and capped(promo.value, price.value) != promo.value:
+        newer = max(price, promo, key=lambda b: b.row_id)
+        fields[PROMO] = Believed(price.value, newer.row_id, newer.since)
+        capped_note = (
+            f"the ERP's promotional_price {promo.value} is above its newer price "
+            f"{price.value}: SkyHub should hold it equal to the price"
+        )
+        if PRICE in busy:
+            busy.add(PROMO)  # capped at a price that is on its way
     found = []
-    for name, believed in sorted(expected.fields.items()):
-        if name in REMOTE_ONLY or name in expected.busy:
+    for name, believed in sorted(fields.items()):
+        if name in REMOTE_ONLY or name in busy:
             continue
         remote = listed.fields.get(name)
         wanted = believed.value
@@ -142,6 +167,7 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
             wanted = max(int(wanted) - stock_buffer, 0)
         if same(wanted, remote):
             continue
+        is_capped = name == PROMO and capped_note is not None
         found.append(
             Difference(
                 sku=expected.sku,
@@ -151,9 +177,42 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
                 since=believed.since,
                 row_id=believed.row_id,
                 frozen=frozen and name not in FLOWING_FIELDS,
+                note=capped_note if is_capped else None,
+                repair={PRICE: believed.value} if is_capped else None,
             )
         )
-    return found
+    above = _promotion_above_price(expected, listed, busy, found)
+    return [*found, above] if above is not None else found
+
+
+def _promotion_above_price(
+    expected: Expected, listed: Listed, busy: set[str], found: Sequence[Difference]
+) -> Difference | None:
+    """SkyHub holds a promotional price above its price while neither field drifted from what
+    skysync expects (the ERP never wrote a promotion, or not the price): drift all the same,
+    repaired by sending the promotion equal to the price."""
+    remote_price, remote_promo = listed.fields.get(PRICE), listed.fields.get(PROMO)
+    pair = {PRICE, PROMO}
+    if pair & busy or pair & {d.field for d in found}:
+        return None
+    if capped(remote_promo, remote_price) == remote_promo:
+        return None
+    price, promo = expected.fields.get(PRICE), expected.fields.get(PROMO)
+    target = price.value if price is not None else remote_price
+    basis = price or promo
+    return Difference(
+        sku=expected.sku,
+        field=PROMO,
+        erp=target,
+        skyhub=remote_promo,
+        since=basis.since if basis is not None else None,
+        row_id=basis.row_id if basis is not None else 0,
+        note=(
+            f"SkyHub holds promotional_price {remote_promo} above the price {remote_price}: "
+            f"it should be at most the price"
+        ),
+        repair={PROMO: target},
+    )
 
 
 @dataclass(frozen=True)
@@ -200,7 +259,11 @@ def corrections(
     for difference in drift:
         if difference.frozen or difference.sku in gone:
             continue
-        put(difference.sku, {difference.field: difference.erp})
+        repair = difference.repair
+        put(
+            difference.sku,
+            dict(repair) if repair is not None else {difference.field: difference.erp},
+        )
     for m in missing:
         known = expected.get(m.sku)
         if known is None or (m.parent_sku is not None and m.parent_sku in gone):

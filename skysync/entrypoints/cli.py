@@ -324,6 +324,8 @@ def _print_reconcile(report: Any) -> None:
                 f"  {d.sku:<24} {d.field:<18} ERP {value(d.erp)}  SkyHub {value(d.skyhub)}  "
                 f"(believed since {since}, row {d.row_id})"
             )
+            if d.note:
+                click.echo(f"  {'':<24} {d.note}")
     if report.orphans:
         names = ", ".join(report.orphans)
         click.echo(f"orphans (SkyHub has them, the ERP never wrote them): {names}")
@@ -516,8 +518,8 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
         for name, value in sorted(data["acknowledged"].items()):
             line = f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}"
             if name in data["erp_values"]:
-                line += f"  (the ERP wrote {data['erp_values'][name]}; the stock buffer kept back"
-                line += " the rest)"
+                why = _ERP_VALUE_WHY.get(name, "")
+                line += f"  (the ERP wrote {data['erp_values'][name]}{why})"
             click.echo(line)
         if data["unknown"]:
             names = ", ".join(data["unknown"])
@@ -530,6 +532,13 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
         click.echo("  SkyHub's own errors about it:")
         for e in data["sync_errors"]:
             click.echo("    " + _error_line(e))
+
+
+# why SkyHub holds another value than the ERP wrote (skysync item show)
+_ERP_VALUE_WHY = {
+    "qty": "; the stock buffer kept back the rest",
+    "promotional_price": "; capped at the price: never a promotion above the price",
+}
 
 
 @item.command("unfreeze")

@@ -68,6 +68,8 @@ class Learned:
     prices: dict[str, dict[str, int]] = field(default_factory=dict)
     # fields SkyHub already had, with the row that asked for them (counts as applied)
     unchanged: dict[str, dict[str, int]] = field(default_factory=dict)
+    # what went out otherwise than the rows asked, and why (a promotion capped at the price)
+    notes: list[str] = field(default_factory=list)
 
     def attempt(self, sku: str, fields: dict[str, Any]) -> None:
         self.attempted.setdefault(sku, set()).update(fields)
@@ -128,12 +130,15 @@ def failure_outcome(exc: SkyHubError) -> Outcome:
 
 
 def sent_outcome(learned: Learned, decision: Decision) -> Outcome:
-    """The request went out: ``sent``, naming what went and what was withheld, if anything was."""
+    """The request went out: ``sent``, naming what went and what was withheld, if anything was,
+    and what went otherwise than the rows asked (``learned.notes``)."""
     sent_fields = sorted(k for ack in learned.acks for k in ack.sent)
-    reason = None
+    parts = []
     if decision.withheld:
         sent = ", ".join(dict.fromkeys(sent_fields)) or "nothing new"
-        reason = f"sent {sent}; withheld {decision.reason()}"
+        parts.append(f"sent {sent}; withheld {decision.reason()}")
+    parts += learned.notes
+    reason = "; ".join(parts) or None
     return learned.ending(Outcome(state=RowState.SENT, reason=reason))
 
 

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import (
     FLOWING_FIELDS,
+    Decision,
     ItemView,
     SkuRequest,
     decide,
     variation_request,
 )
+from skysync.domain.promotions import fit_promotion
 from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
 from skysync.relay.variations import push_unknown_as_variation, push_variation_entry
 from skysync.skyhub.errors import NotFound, Unprocessable
@@ -28,8 +30,9 @@ def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Lea
     may be a variation made outside skysync."""
     sku = request.sku
     item = _learn_remote_state(relay, request, item, learned)
-    decision = decide(request, item)
+    decision = fit_promotion(request, item, decide(request, item), relay.erp_value(item))
     learned.note_unchanged(sku, decision.unchanged)
+    learned.notes += decision.notes
     if decision.nothing_to_send:
         return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
     send = dict(decision.send)
@@ -98,9 +101,10 @@ def _create_product(
     is updated instead. Any other 422 stands as SkyHub said it (raised)."""
     sku = request.sku
     body = {"sku": sku, **send}
-    if variations:
-        body["variations"] = variations
-    parts = [variation_request(request, v) for v in variations or []]
+    fitted = [_new_variation(request, v) for v in variations or []]
+    parts = [part for part, _notes in fitted]
+    if parts:
+        body["variations"] = [{"sku": part.sku, **part.fields} for part in parts]
     try:
         relay.attempt(learned, sku, send)
         for part in parts:
@@ -112,9 +116,18 @@ def _create_product(
         learned.exists[sku] = True
         return False
     learned.acks.append(Ack(sku, send, request.sources))
-    for part in parts:
+    for part, notes in fitted:
         learned.acks.append(Ack(part.sku, part.fields, part.sources, parent_sku=sku))
+        learned.notes += [f"{part.sku}: {note}" for note in notes]
     return True
+
+
+def _new_variation(request: SkuRequest, variation: dict[str, Any]) -> tuple[SkuRequest, list[str]]:
+    """A variation created with its product: its own fields, its promotion capped at its price
+    (skysync/domain/promotions.py), and the notes saying so."""
+    part = variation_request(request, variation)
+    fitted = fit_promotion(part, ItemView(part.sku), Decision(send=dict(part.fields), withheld={}))
+    return replace(part, fields=fitted.send), fitted.notes
 
 
 def _update_product(relay: Relay, sku: str, send: dict[str, Any], learned: Learned) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from skysync.config import Settings
 from skysync.domain.planner import ItemView, Row, SkuRequest
+from skysync.domain.reconcile import value_in
 from skysync.relay import batch, deliver, fast_lane
 from skysync.relay.outcome import BatchSummary, DeliverySummary, Learned, Outcome
 from skysync.relay.record import record
@@ -32,6 +33,7 @@ from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import DeadlineExceeded, NotFound, RetryableError
 from skysync.store import items as item_store
+from skysync.store import outbox
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
 
@@ -152,6 +154,24 @@ class Relay:
         fresh for each request and locked until its attempt is recorded (request_scope)."""
         with self.session() as session:
             return item_store.view(item_store.lock(session, sku), sku)
+
+    def erp_value(self, item: ItemView) -> Callable[[str], Any]:
+        """The ERP's latest applied value of a field of ``item``, read (in this push's unit of
+        work) from the row ``last_applied`` names for it; None when there is none. Asked only
+        when SkyHub's acknowledged values cannot tell it (skysync/domain/promotions.py)."""
+
+        def lookup(name: str) -> Any:
+            row_id = item.last_applied.get(name)
+            if row_id is None:
+                return None
+            with self.session() as session:
+                found = outbox.accepted_rows(session, [row_id]).get(row_id)
+            if found is None:
+                return None
+            present, value = value_in(found, item.sku, name)
+            return value if present else None
+
+        return lookup
 
     def attempt(self, learned: Learned, sku: str, fields: dict[str, Any]) -> None:
         """Before a write leaves: record it durably (committed, flushed, before :meth:`call`

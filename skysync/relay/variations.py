@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from skysync.domain.guards import hold_price_drops
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
+from skysync.domain.promotions import fit_promotion
 from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
 from skysync.skyhub.errors import NotFound, Unprocessable
 from skysync.store import outbox
@@ -27,7 +28,9 @@ def push_variation(relay: Relay, request: SkuRequest, item: ItemView, learned: L
     if frozen and not item.frozen:
         item = replace(item, frozen=True, frozen_since=parent.frozen_since)
     decision = decide(request, item, frozen=frozen)
+    decision = fit_promotion(request, item, decision, relay.erp_value(item))
     learned.note_unchanged(request.sku, decision.unchanged)
+    learned.notes += decision.notes
     if decision.nothing_to_send:
         return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
     send = {k: v for k, v in decision.send.items() if k != "variations"}
@@ -53,7 +56,9 @@ def push_variation_entry(relay: Relay, parent: str, part: SkuRequest, learned: L
     part, held = hold_price_drops(part, known, relay.settings.price_drop_guard)
     learned.held.update(held)
     part_decision = decide(part, known, frozen=False)
+    part_decision = fit_promotion(part, known, part_decision, relay.erp_value(known))
     learned.note_unchanged(vsku, part_decision.unchanged)
+    learned.notes += [f"{vsku}: {note}" for note in part_decision.notes]
     fields = part_decision.send
     sources = part.sources
     if known.in_skyhub:

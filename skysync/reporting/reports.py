@@ -79,17 +79,21 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
 
 
 def _erp_values(session: Session, sku: str, item: Item) -> dict[str, Any]:
-    """The quantity the ERP wrote, when SkyHub acknowledged another (SKYSYNC_STOCK_BUFFER):
-    read from the row SkyHub's value came from (the SKU's own row, or its parent's product
-    row), as reconciliation reads it."""
-    row_id = (item.last_applied or {}).get("qty")
-    row = session.get(OutboxRow, int(row_id)) if row_id is not None else None
-    if row is None:
-        return {}
-    found, value = value_in(AcceptedRow(row.id, row.ref, row.payload, row.finished_at), sku, "qty")
-    if not found or value == (item.acknowledged or {}).get("qty"):
-        return {}
-    return {"qty": value}
+    """What the ERP wrote, where SkyHub acknowledged another value: the quantity less the
+    stock buffer (SKYSYNC_STOCK_BUFFER), a promotional price capped at the price
+    (skysync/domain/promotions.py). Read from the row SkyHub's value came from (the SKU's own
+    row, or its parent's product row), as reconciliation reads it."""
+    found: dict[str, Any] = {}
+    for name in ("qty", "promotional_price"):
+        row_id = (item.last_applied or {}).get(name)
+        row = session.get(OutboxRow, int(row_id)) if row_id is not None else None
+        if row is None:
+            continue
+        accepted = AcceptedRow(row.id, row.ref, row.payload, row.finished_at)
+        present, value = value_in(accepted, sku, name)
+        if present and value != (item.acknowledged or {}).get(name):
+            found[name] = value
+    return found
 
 
 def orders(
