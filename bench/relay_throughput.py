@@ -30,7 +30,9 @@ write the emulator's request log there.
 variation, all already on SkyHub; in the outbox a stock row for each parent and a stock row for
 its variation, family by family. Two buckets (``PUT /products/{sku}``, ``PUT /variations/{sku}``),
 4 worker processes, measured and judged as ``mixed`` is: the share of 2 x 9/s, goal >= 0.9 with
-no 429.
+no 429. With ``--made-outside`` the catalogue was made outside skysync (seeded into the
+emulator): skysync meets every SKU for the first time, and tries each variation as a product
+first (a 404 on ``PUT /products/{sku}``, in that bucket, then ``PUT /variations/{sku}``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def main() -> int:
         "--batch-size", type=int, default=500, help="SKYSYNC_BATCH_SIZE (uniform: rows over it "
         "are claimed by catch-up batches as the worker sends the first)",
     )  # fmt: skip
+    parser.add_argument(
+        "--made-outside", action="store_true", help="fashion: the catalogue made outside skysync"
+    )
     parser.add_argument("--redis-db", type=int, default=13)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
@@ -109,7 +114,7 @@ def main() -> int:
         sandbox.configure(rate_limits_enabled=False)
         setup_rows = 0  # rows drained to set the store up, final before the measured batch
         if args.shape == "fashion":
-            setup_rows = _seed_fashion(db_url, env, bin_dir, args.rows)
+            setup_rows = _seed_fashion(sandbox, db_url, env, bin_dir, args.rows, args.made_outside)
         elif mixed:
             setup_rows = _seed_mixed(sandbox, db_url, env, bin_dir, args.rows)
         else:
@@ -224,30 +229,35 @@ def _seed_mixed(sandbox: Sandbox, db_url: str, env: dict[str, str], bin_dir: Pat
     return n + parents
 
 
-def _seed_fashion(db_url: str, env: dict[str, str], bin_dir: Path, n: int) -> int:
+def _seed_fashion(
+    sandbox: Sandbox, db_url: str, env: dict[str, str], bin_dir: Path, n: int, outside: bool
+) -> int:
     """A fashion catalogue already on SkyHub, created the way skysync creates it (product rows
     drained with ``skysync drain``, the emulator's limits off): N parents with one variation
     each. Then, in the outbox, a stock row for each parent and one for its variation, family by
-    family: stock that lives on both. Returns how many product rows the set-up drained."""
-    _insert(
-        db_url,
-        [
-            (
-                "product",
-                f"FP-{j:05d}",
-                {
-                    "name": f"parent {j}",
-                    "price": 10.0,
-                    "variations": [{"sku": f"FV-{j:05d}", "qty": 1}],
-                },
-            )
-            for j in range(n)
-        ],
-    )
-    setup_env = {k: v for k, v in env.items() if k != "SKYSYNC_REDIS_URL"}
-    setup_env["SKYSYNC_RATE_LIMIT"] = "1000"
-    subprocess.run([str(bin_dir / "skysync"), "drain"], env=setup_env, check=True,
-                   capture_output=True)  # fmt: skip
+    family: stock that lives on both. Returns how many product rows the set-up drained.
+
+    ``outside``: the catalogue was made outside skysync (seeded into the emulator, no request),
+    so skysync knows neither the parents nor which SKUs are variations."""
+    products = [
+        {
+            "sku": f"FP-{j:05d}",
+            "name": f"parent {j}",
+            "price": 10.0,
+            "variations": [{"sku": f"FV-{j:05d}", "qty": 1}],
+        }
+        for j in range(n)
+    ]
+    if outside:
+        for product in products:
+            sandbox.seed_product(product)
+    else:
+        _insert(db_url, [("product", p["sku"], {k: v for k, v in p.items() if k != "sku"})
+                         for p in products])  # fmt: skip
+        setup_env = {k: v for k, v in env.items() if k != "SKYSYNC_REDIS_URL"}
+        setup_env["SKYSYNC_RATE_LIMIT"] = "1000"
+        subprocess.run([str(bin_dir / "skysync"), "drain"], env=setup_env, check=True,
+                       capture_output=True)  # fmt: skip
     _insert(
         db_url,
         [
@@ -259,7 +269,7 @@ def _seed_fashion(db_url: str, env: dict[str, str], bin_dir: Path, n: int) -> in
             )
         ],
     )
-    return n
+    return 0 if outside else n
 
 
 def _uniform_result(
@@ -347,6 +357,8 @@ def _mixed_result(
         "wall_s_trigger_to_all_final": round(wall, 1),
         "outbox": counts,
     }
+    if args.shape == "fashion":
+        result["catalogue_made_outside_skysync"] = args.made_outside
     result["goal_met"] = (
         result["share_of_limits"] >= 0.9 and not limited and counts.get("sent") == expected
     )
