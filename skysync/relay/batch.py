@@ -155,10 +155,11 @@ def _claim(
     gate: Gate | None = None,
 ) -> list[list[int]] | None:
     """Claim due rows under ``token`` (after reclaiming expired leases) and chunk them so that
-    a product and its variations share a chunk. Each SKU's rows are read newest first, a page
-    at a time, and end there and then unless a request needs them: invalid rows ``rejected``,
-    rows folded into a newer one ``superseded`` (see :class:`Folding`). Only the rows the
-    requests need go in flight, so a SKU's backlog costs one write per row, whatever its size.
+    a product and the variations that must follow it (:func:`ordering_parents`) share a chunk.
+    Each SKU's rows are read newest first, a page at a time, and end there and then unless a
+    request needs them: invalid rows ``rejected``, rows folded into a newer one ``superseded``
+    (see :class:`Folding`). Only the rows the requests need go in flight, so a SKU's backlog
+    costs one write per row, whatever its size.
     Order steps are each their own request, all in flight. None, claiming nothing, when
     ``gate`` is given and another claim holds the claimers' lock, or ``gate`` says no."""
     now = relay.clock()
