@@ -25,6 +25,14 @@ processes. It reports accepted writes/s per bucket and in total, the total as a 
 of SkyHub's limits of the buckets used (4 x 9/s), the 429s and the wall time. Goal: >= 0.9 of
 that sum with no 429 (our pace, 8.5/s a bucket, allows at most 0.944). Set BENCH_DUMP=path to
 write the emulator's request log there.
+
+``--shape fashion`` (issue 19, part 4): a fashion catalogue, N parents (N = 90) each with one
+variation, all already on SkyHub; in the outbox a stock row for each parent and a stock row for
+its variation, family by family. Two buckets (``PUT /products/{sku}``, ``PUT /variations/{sku}``),
+4 worker processes, measured and judged as ``mixed`` is: the share of 2 x 9/s, goal >= 0.9 with
+no 429. With ``--made-outside`` the catalogue was made outside skysync (seeded into the
+emulator): skysync meets every SKU for the first time, and tries each variation as a product
+first (a 404 on ``PUT /products/{sku}``, in that bucket, then ``PUT /variations/{sku}``).
 """
 
 from __future__ import annotations
@@ -57,20 +65,27 @@ CREDS = {"email": "bench@skysync.local", "api_key": "bench-key", "account_key": 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("uniform", "mixed"), default="uniform")
-    parser.add_argument("--rows", type=int, default=None, help="uniform: 300; mixed: 90/bucket")
+    parser.add_argument("--shape", choices=("uniform", "mixed", "fashion"), default="uniform")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="uniform: 300; mixed: 90/bucket; fashion: 90 parents"
+    )
     parser.add_argument("--rate-limit", type=float, default=8.5, help="SKYSYNC_RATE_LIMIT")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--skyhub-limit", type=float, default=9.0, help="emulator's 9/s buckets")
-    parser.add_argument("--worker-processes", type=int, default=None, help="uniform 2, mixed 4")
+    parser.add_argument(
+        "--worker-processes", type=int, default=None, help="uniform 2, mixed and fashion 4"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=500, help="SKYSYNC_BATCH_SIZE (uniform: rows over it "
         "are claimed by catch-up batches as the worker sends the first)",
     )  # fmt: skip
+    parser.add_argument(
+        "--made-outside", action="store_true", help="fashion: the catalogue made outside skysync"
+    )
     parser.add_argument("--redis-db", type=int, default=13)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
-    mixed = args.shape == "mixed"
+    mixed = args.shape in ("mixed", "fashion")  # several buckets, measured the same way
     args.rows = args.rows or (90 if mixed else 300)
     args.worker_processes = args.worker_processes or (4 if mixed else 2)
 
@@ -98,7 +113,9 @@ def main() -> int:
     try:
         sandbox.configure(rate_limits_enabled=False)
         setup_rows = 0  # rows drained to set the store up, final before the measured batch
-        if mixed:
+        if args.shape == "fashion":
+            setup_rows = _seed_fashion(sandbox, db_url, env, bin_dir, args.rows, args.made_outside)
+        elif mixed:
             setup_rows = _seed_mixed(sandbox, db_url, env, bin_dir, args.rows)
         else:
             _seed_uniform(base_url, db_url, args.rows)
@@ -117,7 +134,7 @@ def main() -> int:
         started = time.monotonic()
         subprocess.run([str(bin_dir / "skysync"), "trigger"], env=env, check=True,
                        capture_output=True)  # fmt: skip
-        expected = args.rows * (4 if mixed else 1)
+        expected = args.rows * {"uniform": 1, "mixed": 4, "fashion": 2}[args.shape]
         counts = _wait_until_final(db_url, timeout=expected / 4 + 120)
         wall = time.monotonic() - started
 
@@ -212,6 +229,49 @@ def _seed_mixed(sandbox: Sandbox, db_url: str, env: dict[str, str], bin_dir: Pat
     return n + parents
 
 
+def _seed_fashion(
+    sandbox: Sandbox, db_url: str, env: dict[str, str], bin_dir: Path, n: int, outside: bool
+) -> int:
+    """A fashion catalogue already on SkyHub, created the way skysync creates it (product rows
+    drained with ``skysync drain``, the emulator's limits off): N parents with one variation
+    each. Then, in the outbox, a stock row for each parent and one for its variation, family by
+    family: stock that lives on both. Returns how many product rows the set-up drained.
+
+    ``outside``: the catalogue was made outside skysync (seeded into the emulator, no request),
+    so skysync knows neither the parents nor which SKUs are variations."""
+    products = [
+        {
+            "sku": f"FP-{j:05d}",
+            "name": f"parent {j}",
+            "price": 10.0,
+            "variations": [{"sku": f"FV-{j:05d}", "qty": 1}],
+        }
+        for j in range(n)
+    ]
+    if outside:
+        for product in products:
+            sandbox.seed_product(product)
+    else:
+        _insert(db_url, [("product", p["sku"], {k: v for k, v in p.items() if k != "sku"})
+                         for p in products])  # fmt: skip
+        setup_env = {k: v for k, v in env.items() if k != "SKYSYNC_REDIS_URL"}
+        setup_env["SKYSYNC_RATE_LIMIT"] = "1000"
+        subprocess.run([str(bin_dir / "skysync"), "drain"], env=setup_env, check=True,
+                       capture_output=True)  # fmt: skip
+    _insert(
+        db_url,
+        [
+            row
+            for j in range(n)
+            for row in (
+                ("stock", f"FP-{j:05d}", {"qty": 5 + j % 7}),
+                ("stock", f"FV-{j:05d}", {"qty": 3 + j % 5}),
+            )
+        ],
+    )
+    return 0 if outside else n
+
+
 def _uniform_result(
     args: argparse.Namespace, log: list[dict[str, Any]], counts: dict[str, int], wall: float
 ) -> dict[str, Any]:
@@ -280,7 +340,7 @@ def _mixed_result(
     limits = args.skyhub_limit * len(per_bucket)
     limited = [e for e in log if e["status"] == 429]
     result = {
-        "shape": "mixed",
+        "shape": args.shape,
         "rows_per_bucket": args.rows,
         "configured_rate_limit": args.rate_limit,
         "skyhub_limit": args.skyhub_limit,
@@ -292,10 +352,13 @@ def _mixed_result(
         "accepted_writes_per_s": round(total, 2),
         "sum_of_bucket_limits": limits,
         "share_of_limits": round(total / limits, 3),
+        "share_of_configured_rate": round(total / (args.rate_limit * len(per_bucket)), 3),
         "span_s_first_request_to_last_2xx": round(span, 1),
         "wall_s_trigger_to_all_final": round(wall, 1),
         "outbox": counts,
     }
+    if args.shape == "fashion":
+        result["catalogue_made_outside_skysync"] = args.made_outside
     result["goal_met"] = (
         result["share_of_limits"] >= 0.9 and not limited and counts.get("sent") == expected
     )

@@ -26,6 +26,7 @@ from skysync.domain.lanes import (
     lead_with,
     threads_per_lane,
 )
+from skysync.domain.planner import ordering_parents
 from skysync.emulator import Sandbox
 from skysync.relay import batch
 from skysync.relay.batch import chunk_by_family
@@ -135,6 +136,41 @@ def test_a_family_stays_together_with_its_parent_first() -> None:
     new, a, b = (by_ref[r][0] for r in ("NEW", "NEW-a", "NEW-b"))
     assert a in at and b in at
     assert at[new] + 1 == at[a] and at[a] + 1 == at[b]  # the family in order, unbroken
+
+
+def test_a_parent_and_its_variation_on_skyhub_go_in_their_own_buckets() -> None:
+    """Issue 19, part 4, a fashion catalogue: 40 parents, each with a stock row of its own and
+    one on its own variation, all on SkyHub. Each variation is a family of its own in the
+    variations bucket (``follows`` says it need not wait for its parent), so every chunk
+    carries both buckets' work; a new parent (a product row) still heads its variation."""
+    heads = [f"P-{i}" for i in range(40)]
+    refs = [ref for p in heads for ref in (p, f"{p}-v")] + ["NEW", "NEW-v"]
+    by_ref = {ref: [n + 1] for n, ref in enumerate(refs)}
+    ref_of = {ids[0]: ref for ref, ids in by_ref.items()}
+    parents: dict[str, str | None] = {ref: None for ref in refs}
+    parents.update({f"{p}-v": p for p in [*heads, "NEW"]})
+    kinds = {ref: "stock" for ref in refs}
+    kinds["NEW"] = "product"
+    follows = ordering_parents(
+        parents, {ref: {kind} for ref, kind in kinds.items()}, set(refs[:-2])
+    )
+
+    chunks = chunk_by_family(by_ref, parents, kinds, follows)
+
+    lane = {ref: "variations:PUT" if parents[ref] else "products:PUT" for ref in refs}
+    for chunk in chunks:
+        counts = Counter(_lanes_of(chunk, ref_of, lane))
+        assert abs(counts["products:PUT"] - counts["variations:PUT"]) <= 2, counts
+    holding = [chunk for chunk in chunks if by_ref["NEW"][0] in chunk]
+    assert len(holding) == 1
+    at = {i: n for n, i in enumerate(holding[0])}
+    assert at[by_ref["NEW"][0]] + 1 == at[by_ref["NEW-v"][0]]  # the new family, in order
+    # without ``follows`` (today's families) a parent's chunk holds its variation right after it
+    for chunk in chunk_by_family(by_ref, parents, kinds):
+        at = {i: n for n, i in enumerate(chunk)}
+        for p in [*heads, "NEW"]:
+            if by_ref[p][0] in at:
+                assert at[by_ref[p][0]] + 1 == at[by_ref[f"{p}-v"][0]]
 
 
 def test_a_thread_waiting_on_one_bucket_never_holds_up_another() -> None:

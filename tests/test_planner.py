@@ -25,6 +25,7 @@ from skysync.domain.planner import (
     families,
     frozen_reason,
     key_of,
+    ordering_parents,
 )
 
 SKU = "SKU-1"
@@ -461,6 +462,45 @@ def test_families_property_every_key_once_parent_first(
         for member in family[1:]:
             assert parent_of.get(member) == head
         assert parent_of.get(head) not in present
+
+
+def test_a_parent_and_its_variation_both_on_skyhub_need_no_order_for_stock_and_price() -> None:
+    """Issue 19, part 4: updates to a parent and a variation that SkyHub both has are
+    independent (different buckets, no order between them); only creation needs the parent
+    first. A fashion catalogue: stock on both, or prices on the parent and stock on the
+    variation."""
+    parent_of = {"P": None, "V": "P"}
+    both = {"P", "V"}
+    for kinds in (
+        {"P": {"stock"}, "V": {"stock"}},
+        {"P": {"price"}, "V": {"stock"}},
+        {"P": {"price", "stock"}, "V": {"stock"}},
+        {"P": {"stock"}, "V": {"price", "stock"}},
+    ):
+        follows = ordering_parents(parent_of, kinds, both)
+        assert follows == {"P": None, "V": None}, kinds
+        assert families(["P", "V"], follows) == [["P"], ["V"]]
+
+
+def test_a_parent_goes_before_its_variation_where_order_matters() -> None:
+    """The parent first when either is not on SkyHub yet (creation), when either carries a
+    product row (it may create the parent or carry the variation, and learns whether the
+    parent is frozen), and when both carry a price (a variation inherits the price it does
+    not set)."""
+    parent_of = {"P": None, "V": "P"}
+    stock = {"P": {"stock"}, "V": {"stock"}}
+    cases = [
+        (stock, {"V"}),  # the parent not on SkyHub: created first
+        (stock, {"P"}),  # the variation not on SkyHub
+        (stock, set()),
+        ({"P": {"product", "stock"}, "V": {"stock"}}, {"P", "V"}),
+        ({"P": {"stock"}, "V": {"product"}}, {"P", "V"}),
+        ({"P": {"price"}, "V": {"price", "stock"}}, {"P", "V"}),
+    ]
+    for kinds, in_skyhub in cases:
+        follows = ordering_parents(parent_of, kinds, in_skyhub)
+        assert follows == parent_of, (kinds, in_skyhub)
+        assert families(["V", "P"], follows) == [["P", "V"]]
 
 
 def test_key_of_separates_skus_and_orders() -> None:

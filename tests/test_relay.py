@@ -458,6 +458,71 @@ def test_stock_row_of_a_variation_goes_with_its_parent(db_url: str, sb: Sandbox)
     assert sb.state()["variations"]["W1"]["qty"] == 5
 
 
+def test_a_parent_and_its_variation_on_skyhub_are_updated_at_the_same_time(
+    db_url: str, sb: Sandbox
+) -> None:
+    """Issue 19, part 4, a fashion catalogue: parents each with a stock row of its own and one
+    on its own variation, all already on SkyHub. Updates need no order between them, so a
+    parent's PUT /products and its variation's PUT /variations are at SkyHub at the same time
+    (different buckets), where a family used to go one request after the other. A new parent in
+    the same batch is still created first, its variation's stock in that one POST."""
+    latency = 0.3
+    families = [(f"MODA-{i}", f"MODA-{i}-M") for i in range(6)]
+    with relay_for(db_url, sb) as relay:
+        for parent, variation in families:
+            insert(
+                db_url,
+                "product",
+                parent,
+                {"name": parent, "price": 50.0, "variations": [{"sku": variation, "qty": 1}]},
+            )
+        drain(relay)
+        assert {r.state for r in rows(db_url).values()} == {"sent"}
+        seen = len(sb.request_log())
+        sb.configure(latency_ms=latency * 1000)
+
+        written = []
+        for i, (parent, variation) in enumerate(families):
+            written.append(insert(db_url, "stock", parent, {"qty": 10 + i}))
+            written.append(insert(db_url, "stock", variation, {"qty": 20 + i}))
+        new_parent = insert(
+            db_url,
+            "product",
+            "MODA-NEW",
+            {"name": "Vestido", "price": 80.0, "variations": [{"sku": "MODA-NEW-M", "qty": 1}]},
+        )
+        new_stock = insert(db_url, "stock", "MODA-NEW-M", {"qty": 4})
+        relay.run_batch()
+
+    got = rows(db_url)
+    assert {got[i].state for i in written} == {"sent"}, [got[i] for i in written]
+    assert (got[new_parent].state, got[new_stock].state) == ("superseded", "sent")
+    state = sb.state()
+    for i, (parent, variation) in enumerate(families):
+        assert state["products"][parent]["qty"] == 10 + i
+        assert state["variations"][variation]["qty"] == 20 + i
+    log = sb.request_log()[seen:]
+    # the new parent: read, created with its variation's latest stock; nothing else for it
+    new = [(e["method"], e["path"]) for e in log if "MODA-NEW" in json.dumps(e)]
+    assert new == [("GET", "/products/MODA-NEW"), ("POST", "/products")], new
+    post = next(e for e in log if e["method"] == "POST")["body"]["product"]
+    assert post["variations"] == [{"sku": "MODA-NEW-M", "qty": 4}]
+    assert state["variations"]["MODA-NEW-M"]["parent_sku"] == "MODA-NEW"
+    # the updates: one PUT each, no 404 and no retry
+    at = {(e["method"], e["path"]): e["t"] for e in log if e["method"] == "PUT"}
+    assert len(at) == 2 * len(families) == len([e for e in log if e["method"] == "PUT"])
+    assert {e["status"] for e in log if e["method"] == "PUT"} == {204}
+    # SkyHub logs a request once its latency has passed: two requests sent one after the other
+    # are logged at least the latency apart. Parent and variation at SkyHub together:
+    together = [
+        parent
+        for parent, variation in families
+        if abs(at[("PUT", f"/variations/{variation}")] - at[("PUT", f"/products/{parent}")])
+        < latency
+    ]
+    assert together, {k[1]: round(t, 2) for k, t in at.items()}
+
+
 # -- 7. faults -------------------------------------------------------------------------------------
 
 

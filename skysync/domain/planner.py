@@ -8,18 +8,19 @@
   unchanged fields and fields a newer row already set (no stale overwrite), and withholds the
   attributes of a product the marketplace froze, saying which and why.
 * :func:`backoff_delay` spaces out retries (exponential, with jitter).
-* :func:`families` orders keys so a parent product goes out before its variations.
+* :func:`families` orders keys so a parent product goes out before its variations, where
+  :func:`ordering_parents` says that order matters.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS
+from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind
 from skysync.domain.validation import is_blank
 
 # Fields that keep flowing after the marketplace froze a product (seed rule 2).
@@ -354,6 +355,44 @@ def carried_variations(
         if ref in listed:
             carried[ref] = parent
     return carried
+
+
+def ordering_parents(
+    parent_of: Mapping[str, str | None],
+    kinds: Mapping[str, Collection[str]],
+    in_skyhub: Collection[str],
+) -> dict[str, str | None]:
+    """Of ``parent_of`` (SKU -> its parent, None for a product), the links that order a family
+    (for :func:`families`): a variation follows its parent unless both already exist on SkyHub
+    (``in_skyhub``: what SkyHub acknowledged) and neither's rows in this batch (``kinds``: the
+    kinds of each SKU's rows) need the other first. Updates to a parent and a variation that
+    SkyHub both has are then independent requests to different buckets, and go out at the same
+    time. Only creation needs the parent first; and the two stay in order when:
+
+    * either has a ``product`` row: it may create the parent or carry the variation (the
+      variation's own rows then fold into its parent's request), and its read of the parent
+      may find it linked (frozen) before the variation's attributes go;
+    * both have a ``price`` row: a variation inherits the price it does not set from its
+      parent, so their prices (and promotional prices) go in the order they were decided.
+
+    Price and stock on the parent beside stock on its variation (or the other way round) are
+    free: a fashion catalogue whose stock lives on variations and prices on products."""
+    product, price = Kind.PRODUCT, Kind.PRICE
+
+    def apart(ref: str, parent: str) -> bool:
+        mine, theirs = kinds.get(ref, ()), kinds.get(parent, ())
+        return (
+            ref in in_skyhub
+            and parent in in_skyhub
+            and product not in mine
+            and product not in theirs
+            and not (price in mine and price in theirs)
+        )
+
+    return {
+        ref: None if parent is not None and apart(ref, parent) else parent
+        for ref, parent in parent_of.items()
+    }
 
 
 def families(refs: Iterable[str], parent_of: Mapping[str, str | None]) -> list[list[str]]:

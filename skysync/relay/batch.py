@@ -19,7 +19,7 @@ from skysync.domain.fast_lane import LaneRule
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.pacing import catch_up_now
-from skysync.domain.planner import QTY_MARKS, Folding, families
+from skysync.domain.planner import QTY_MARKS, Folding, families, ordering_parents
 from skysync.domain.validation import plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary, DeliverySummary
@@ -155,10 +155,11 @@ def _claim(
     gate: Gate | None = None,
 ) -> list[list[int]] | None:
     """Claim due rows under ``token`` (after reclaiming expired leases) and chunk them so that
-    a product and its variations share a chunk. Each SKU's rows are read newest first, a page
-    at a time, and end there and then unless a request needs them: invalid rows ``rejected``,
-    rows folded into a newer one ``superseded`` (see :class:`Folding`). Only the rows the
-    requests need go in flight, so a SKU's backlog costs one write per row, whatever its size.
+    a product and the variations that must follow it (:func:`ordering_parents`) share a chunk.
+    Each SKU's rows are read newest first, a page at a time, and end there and then unless a
+    request needs them: invalid rows ``rejected``, rows folded into a newer one ``superseded``
+    (see :class:`Folding`). Only the rows the requests need go in flight, so a SKU's backlog
+    costs one write per row, whatever its size.
     Order steps are each their own request, all in flight. None, claiming nothing, when
     ``gate`` is given and another claim holds the claimers' lock, or ``gate`` says no."""
     now = relay.clock()
@@ -183,9 +184,10 @@ def _claim(
             claim.take(page, in_flight=False)
         claim.flush()
         by_ref = claim.folding.ids_by_ref()
-        parents = item_store.parents_of(session, by_ref)
+        parents, in_skyhub = item_store.family_links(session, by_ref)
     summary.keys = len(by_ref)
-    return chunk_by_family(by_ref, parents, claim.first_kind)
+    follows = ordering_parents(parents, claim.kinds, in_skyhub)
+    return chunk_by_family(by_ref, parents, claim.first_kind, follows)
 
 
 class _Claim:
@@ -210,6 +212,7 @@ class _Claim:
         self.summary = summary
         self.folding = Folding()
         self.first_kind: dict[str, str] = {}  # of each ref: which bucket its key probably hits
+        self.kinds: dict[str, set[str]] = {}  # of each ref's rows in flight (ordering_parents)
         self._needed: list[int] = []
         self._folded: dict[int, list[int]] = {}  # winner -> rows folded into it
         self._buffered = 0
@@ -241,6 +244,7 @@ class _Claim:
                 item_store.register_variations(self.session, ref, skus, self.now)
             self.first_kind.setdefault(ref, kind)
             if self.folding.keep(row_id, kind, ref, payload, marks):
+                self.kinds.setdefault(ref, set()).add(kind)
                 if not in_flight:
                     self._needed.append(row_id)
                     self._buffered += 1
@@ -306,19 +310,23 @@ def chunk_by_family(
     by_ref: dict[str, list[int]],
     parents: Mapping[str, str | None],
     first_kind: Mapping[str, str] | None = None,
+    follows: Mapping[str, str | None] | None = None,
 ) -> list[list[int]]:
     """Row ids in chunks of about CHUNK_KEYS keys (see CHUNK_STAGGER); a family (a product
-    and its variations) is never split across chunks, so one worker sends it in order. The
-    families are interleaved by the bucket their first request probably hits (``first_kind``:
-    the kind of each ref's first row; docs/relay.md, "Every bucket at once"), so that every
-    chunk carries work for every bucket and the workers keep them all busy at the same time."""
+    and the variations that must follow it: ``follows``, from :func:`ordering_parents`;
+    ``parents`` when not given) is never split across chunks, so one worker sends it in
+    order. A variation that need not follow its parent is a family of its own, in its own
+    bucket. The families are interleaved by the bucket their first request probably hits
+    (``first_kind``: the kind of each ref's first row; docs/relay.md, "Every bucket at once"),
+    so that every chunk carries work for every bucket and the workers keep them all busy at
+    the same time."""
     kinds = first_kind or {}
 
     def lane(family: list[str]) -> str:
         head = family[0]
         return lane_of_key(kinds.get(head, "stock"), variation=parents.get(head) is not None)
 
-    ordered = interleave(families(by_ref, parents), lane)
+    ordered = interleave(families(by_ref, parents if follows is None else follows), lane)
     cut: list[list[list[str]]] = []
     keys_in_current = 0
     for family in ordered:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from skysync.domain.guards import buffer_stock, hold_price_drops
 from skysync.domain.lanes import lane_of_key, threads_per_lane
-from skysync.domain.planner import Row, SkuRequest, carried_variations, coalesce, families, key_of
+from skysync.domain.planner import (
+    Row,
+    SkuRequest,
+    carried_variations,
+    coalesce,
+    families,
+    key_of,
+    ordering_parents,
+)
 from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
 from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
@@ -110,7 +118,8 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
 
 
 def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | None:
-    """The rows still claimed by ``token``, by key, grouped by family (orders alone); a
+    """The rows still claimed by ``token``, by key, grouped by family (orders alone; a
+    variation with its parent only where the order matters: :func:`ordering_parents`); a
     variation whose parent's request carries it goes in that request. None if none is left."""
     by_key: dict[Key, list[Row]] = {}
     lease_until: dict[Key, datetime] = {}
@@ -131,10 +140,12 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
             lease = r.lease_until or NO_LEASE
             lease_until[key] = min(lease_until.get(key, lease), lease)
         sku_refs = [ref for (cls, ref) in by_key if cls == "sku"]
-        parents = item_store.parents_of(session, sku_refs)
+        parents, in_skyhub = item_store.family_links(session, sku_refs)
     if not loaded:
         return None
-    groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, parents)]
+    kinds = {ref: {r.kind for r in by_key[("sku", ref)]} for ref in sku_refs}
+    follows = ordering_parents(parents, kinds, in_skyhub)
+    groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, follows)]
     groups += [[key] for key in by_key if key[0] == "order"]
 
     # In the chunk's own order: batch.py interleaved it by lane (skysync/domain/lanes.py).

@@ -131,16 +131,20 @@ def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> It
     return item
 
 
-def parents_of(session: Session, skus: Iterable[str]) -> dict[str, str | None]:
+def family_links(session: Session, skus: Iterable[str]) -> tuple[dict[str, str | None], set[str]]:
+    """Of the SKUs skysync knows among ``skus``: the parent of each (None for a product), and
+    those SkyHub has (``in_skyhub``, as it acknowledged them)."""
     skus = list(skus)
-    if not skus:
-        return {}
-    found: dict[str, str | None] = {}
+    parents: dict[str, str | None] = {}
+    in_skyhub: set[str] = set()
+    query = sa.select(Item.sku, Item.parent_sku, Item.in_skyhub)
     for start in range(0, len(skus), 500):  # stay under bound-parameter limits
         part = skus[start : start + 500]
-        rows = session.execute(sa.select(Item.sku, Item.parent_sku).where(Item.sku.in_(part)))
-        found.update({sku: parent for sku, parent in rows})
-    return found
+        for sku, parent, present in session.execute(query.where(Item.sku.in_(part))):
+            parents[sku] = parent
+            if present:
+                in_skyhub.add(sku)
+    return parents, in_skyhub
 
 
 def register_variations(
