@@ -409,6 +409,66 @@ def test_mask_dsn(url: str, masked: str) -> None:
     assert mask_dsn(url) == masked
 
 
+# -- flower and metrics: where they listen ---------------------------------------------------------
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of sockets listening on TCP ``port`` (Linux /proc/net/tcp{,6})."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    if len(address) == 8:
+                        found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                    else:
+                        found.add(address)
+    return found
+
+
+def test_metrics_listens_on_localhost_only_by_default(tmp_path: Path) -> None:
+    """Outside compose nothing says where to listen: no authentication, so 127.0.0.1 only."""
+    import socket
+    import time
+
+    exe = Path(sys.executable).with_name("skysync")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SKYSYNC_")}
+    env["SKYSYNC_DATABASE_URL"] = f"sqlite:///{tmp_path / 'metrics.db'}"
+    subprocess.run([str(exe), "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(exe), "metrics", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening_addresses(port) and time.monotonic() < deadline:
+            assert server.poll() is None, server.communicate()
+            time.sleep(0.1)
+        assert _listening_addresses(port) == {"127.0.0.1"}
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}/metrics" in stderr
+
+
+@pytest.mark.parametrize("command", ["flower", "metrics"])
+def test_flower_and_metrics_default_to_localhost(command: str) -> None:
+    option = next(p for p in cli.commands[command].params if p.name == "address")
+    assert option.default == "127.0.0.1"
+    shown = run([command, "--help"])
+    assert "[default: 127.0.0.1]" in shown.stdout, shown.stdout
+
+
 # -- the real entry point --------------------------------------------------------------------------
 
 

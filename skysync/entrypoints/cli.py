@@ -360,7 +360,12 @@ def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (compose does, inside its container).",
+)
 @click.pass_context
 def flower(click_ctx: click.Context, port: int, address: str) -> None:
     """Flower (the Celery dashboard) behind basic auth from SKYSYNC_FLOWER_BASIC_AUTH
@@ -394,7 +399,12 @@ def _stop_on_sigterm() -> None:
 
 @cli.command()
 @click.option("--port", default=9108, show_default=True, type=int)
-@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (no authentication: mind who reaches it).",
+)
 @pass_ctx
 def metrics(ctx: Context, port: int, address: str) -> None:
     """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""
