@@ -96,6 +96,31 @@ def test_enqueue_huge_integer_price_is_a_problem_not_a_traceback(sqlite_url: str
     assert "payload.price:" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("stock", '{"qty": ' + "[" * 20_000 + "]" * 20_000 + "}"),
+        ("product", '{"name": ' + '{"a": ' * 20_000 + "1" + "}" * 20_000 + "}"),
+    ],
+    ids=["array-20000", "object-20000"],
+)
+def test_enqueue_a_payload_nested_absurdly_deep_is_a_field_error(
+    db_url: str, kind: str, text: str
+) -> None:
+    """The outbox check's own words, exit 1 like any bad payload, never a RecursionError."""
+    result = run(["enqueue", kind, "SKU-1", text], SKYSYNC_DATABASE_URL=db_url)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
+    assert "payload: is nested 34+ levels deep (at most 32)" in result.stderr, result.stderr
+    assert outbox_rows(db_url) == []
+    # brackets inside a string are text, not nesting
+    named = '{"name": "' + "[{" * 40 + '\\"[", "price": 5}'
+    result = run(["enqueue", "product", "SKU-1", named], SKYSYNC_DATABASE_URL=db_url)
+    assert result.exit_code == 0, result.output
+    assert outbox_rows(db_url)[0].payload["name"] == "[{" * 40 + '"['
+
+
 # -- status ----------------------------------------------------------------------------------------
 
 

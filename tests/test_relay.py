@@ -1029,3 +1029,29 @@ def test_absurdly_nested_payload_is_rejected_and_blocks_nothing(db_url: str, sb:
         got = row(db_url, rejected)
         assert got.state == "rejected", got
         assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason
+
+
+def test_a_payload_nested_20000_deep_written_by_sql_is_rejected_or_refused_by_postgresql(
+    db_url: str, sb: Sandbox
+) -> None:
+    """What the ERP writes with plain SQL, 20,000 levels deep: SQLite stores the text and the
+    claim rejects the row with a reason; PostgreSQL refuses the ERP's own INSERT (jsonb's
+    parser: "stack depth limit exceeded"), so nothing reaches the relay. Either way the batch
+    goes on and the other rows go out."""
+    deep = '{"qty": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "DEEPER-OK", price=10.0)
+        if is_pg(db_url):
+            with pytest.raises(sa.exc.DBAPIError, match="stack depth limit exceeded"):
+                insert_raw(db_url, "stock", "DEEPER-1", deep)
+            bad = None
+        else:
+            bad = insert_raw(db_url, "stock", "DEEPER-1", deep)
+        good = insert(db_url, "stock", "DEEPER-OK", {"qty": 4})
+        drain(relay)
+    assert row(db_url, good).state == "sent"
+    assert product(sb, "DEEPER-OK")["qty"] == 4
+    if bad is not None:
+        got = row(db_url, bad)
+        assert got.state == "rejected", got
+        assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason

@@ -453,9 +453,43 @@ def validate(kind: Any, ref: Any, payload: Any) -> dict[str, Any]:
     return payload
 
 
+def text_nesting_depth(text: str, limit: int = MAX_DEPTH + 1) -> int:
+    """How deep brackets nest in JSON ``text``, outside strings, without parsing it (so no
+    recursion: a payload nested 20,000 deep is measured, not a RecursionError); counting
+    stops past ``limit``."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_payload_text(text: str) -> Any:
-    """Parse a payload given on the command line; invalid JSON becomes UnreadableJSON."""
+    """Parse a payload given on the command line; invalid JSON, or JSON nested deeper than
+    the outbox check allows (which the parser could not even read), becomes UnreadableJSON
+    with the same problem the outbox check names."""
+    depth = text_nesting_depth(text)
+    if depth > MAX_DEPTH:
+        return UnreadableJSON(text[:200], f"is nested {depth}+ levels deep (at most {MAX_DEPTH})")
     try:
         return json.loads(text)
+    except RecursionError:  # not reached past the depth check; kept as the last guard
+        return UnreadableJSON(text[:200], "is nested too deeply to read")
     except ValueError:
         return UnreadableJSON(text[:200])
