@@ -265,6 +265,42 @@ def test_check_config_masks_secrets() -> None:
     assert shown["sync_interval"] == 900.0
 
 
+UNESCAPED = "hunt@er2@db.example"  # the password is "hunt@er2": its "@" is not escaped
+
+
+def test_check_config_masks_a_password_with_an_unescaped_at_whole() -> None:
+    result = run(
+        ["check-config"],
+        SKYSYNC_DATABASE_URL=f"postgresql://skysync:{UNESCAPED}:5432/skysync",
+        SKYSYNC_REDIS_URL="redis://:p@ss/w0rd@cache:6379/0",
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["database_url"] == "postgresql+psycopg://skysync:***@db.example:5432/skysync"
+    assert shown["redis_url"] == "redis://:***@cache:6379/0"
+    for piece in ("hunt", "er2", "ss/w0rd", "p@"):
+        assert piece not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://skysync:{UNESCAPED}:5432/skysync",
+        "postgresql://skysync:hunt@er2/x@db.example:5432/skysync",
+        "postgresql://skysync:hunt@er2:99/x@db.example:5432/skysync",
+    ],
+    ids=["at", "at-then-slash", "at-then-colon"],
+)
+def test_status_host_error_shows_no_piece_of_a_password_with_an_unescaped_at(url: str) -> None:
+    """The driver parses such a password short and names the rest as (part of) the host it
+    cannot resolve: the error is shown, the pieces of the password are not."""
+    result = run(["status"], SKYSYNC_DATABASE_URL=url)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("skysync: cannot use the database"), result.stderr
+    assert "hunt" not in result.output and "er2" not in result.output, result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_check_config_without_credentials_uses_the_emulator() -> None:
     result = run(["check-config"])
     assert result.exit_code == 0, result.output
@@ -427,8 +463,23 @@ def test_erp_role_apply_creates_the_role(pg_url: str) -> None:
         ("postgresql+psycopg://host:5432/db", "postgresql+psycopg://host:5432/db"),
         ("sqlite:///skysync.db", "sqlite:///skysync.db"),
         ("amqp://guest:s3cr%40t@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("postgresql+psycopg://u:p@ss@host/db", "postgresql+psycopg://u:***@host/db"),
+        ("postgresql+psycopg://u:a@b:c/d?e#f@host:5432/db", "postgresql+psycopg://u:***@host:5432/db"),
+        ("redis://:p w@@host:6379/0", "redis://:***@host:6379/0"),
+        ("sqlite:////var/lib/a:b@c.db", "sqlite:////var/lib/a:b@c.db"),
     ],
-    ids=["pg-user-pw", "redis-pw-only", "pg-no-pw", "pg-no-user", "sqlite", "amqp-encoded"],
+    ids=[
+        "pg-user-pw",
+        "redis-pw-only",
+        "pg-no-pw",
+        "pg-no-user",
+        "sqlite",
+        "amqp-encoded",
+        "unescaped-at",
+        "every-url-character",
+        "blank-and-at-at",
+        "sqlite-path-with-colon-and-at",
+    ],
 )
 def test_mask_dsn(url: str, masked: str) -> None:
     assert mask_dsn(url) == masked

@@ -58,7 +58,9 @@ class _Commands(click.Group):
         except Exception as exc:
             from skysync.store.db import database_problem
 
-            problem = database_problem(exc)
+            shared = ctx.find_object(Context)
+            loaded = shared._settings if shared is not None else None
+            problem = database_problem(exc, loaded.database_url if loaded else None)
             if problem is None:
                 raise
             click.echo(f"skysync: {problem}", err=True)
@@ -67,8 +69,10 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="skysync")
-def cli() -> None:
+@click.pass_context
+def cli(click_ctx: click.Context) -> None:
     """skysync: keeps a SkyHub account in step with the ERP's outbox table."""
+    click_ctx.ensure_object(Context)  # one for every command (and _Commands, which masks)
 
 
 def _echo_json(data: Any) -> None:
