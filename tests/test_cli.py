@@ -121,6 +121,27 @@ def test_enqueue_a_payload_nested_absurdly_deep_is_a_field_error(
     assert outbox_rows(db_url)[0].payload["name"] == "[{" * 40 + '"['
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('{"qty": 1e20}', "must be at most 2147483647, got 1e20"),
+        ('{"qty": 100000000000000000000}', "must be at most 2147483647, got 100000000000000000000"),
+        ('{"qty": 2.55E1}', "must be a whole number, got 2.55E1"),
+        ('{"qty": -1.0}', "must be >= 0 (an absolute quantity, not a delta), got -1.0"),
+        (
+            '{"qty": 1' + "0" * 60 + "}",
+            "must be at most 2147483647, got 10000000000000000000...(61 characters)",
+        ),
+    ],
+    ids=["exponent", "digits", "fraction", "negative", "sixty-digits"],
+)
+def test_enqueue_quotes_a_bad_number_as_it_was_typed(db_url: str, text: str, shown: str) -> None:
+    """As typed: 1e20, not 1e+20; all 21 digits, not 20 of them (another number)."""
+    result = run(["enqueue", "stock", "SKU-1", text], SKYSYNC_DATABASE_URL=db_url)
+    assert result.exit_code == 1, result.output
+    assert f"payload.qty: {shown}" in result.stderr, result.stderr
+
+
 # -- status ----------------------------------------------------------------------------------------
 
 

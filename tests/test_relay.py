@@ -1055,3 +1055,29 @@ def test_a_payload_nested_20000_deep_written_by_sql_is_rejected_or_refused_by_po
         got = row(db_url, bad)
         assert got.state == "rejected", got
         assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason
+
+
+def test_a_bad_number_is_quoted_as_the_erp_wrote_it(db_url: str, sb: Sandbox) -> None:
+    """The reason quotes the number as the row's text has it: never "1e+20", never a digit
+    string cut short into another number. PostgreSQL's jsonb keeps the value but not the
+    spelling (1e20 is stored as 100000000000000000000, -1.50 as -1.50): there the reason
+    quotes what PostgreSQL stored, the same number."""
+    with relay_for(db_url, sb) as relay:
+        exp = insert_raw(db_url, "stock", "NUM-1", '{"qty": 1e20}')
+        digits = insert_raw(db_url, "stock", "NUM-2", '{"qty": 100000000000000000000}')
+        price = insert_raw(db_url, "price", "NUM-3", '{"price": -1.50}')
+        step = insert_raw(
+            db_url,
+            "order_shipment",
+            "Lojas Americanas-1",
+            '{"code": "S1", "items": [{"sku": "A", "qty": 1E20}], "track": {"code": "T"}}',
+        )
+        drain(relay)
+    reasons = {i: row(db_url, i).reason or "" for i in (exp, digits, price, step)}
+    assert all(row(db_url, i).state == "rejected" for i in reasons), reasons
+    as_stored = "100000000000000000000" if is_pg(db_url) else "1e20"
+    assert reasons[exp].endswith(f"payload.qty: must be at most 2147483647, got {as_stored}")
+    assert reasons[digits].endswith("got 100000000000000000000"), reasons[digits]
+    assert reasons[price].endswith("got -1.50"), reasons[price]
+    as_stored = "100000000000000000000" if is_pg(db_url) else "1E20"
+    assert f"items[0].qty: must be at most 2147483647, got {as_stored};" in reasons[step]

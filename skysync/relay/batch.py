@@ -4,6 +4,7 @@ due."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from skysync.domain.fast_lane import LaneRule
-from skysync.domain.kinds import SKU_KINDS, RowState
+from skysync.domain.kinds import SKU_KINDS, RowState, UnreadableJSON
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.pacing import catch_up_now
 from skysync.domain.planner import QTY_MARKS, Folding, families
-from skysync.domain.validation import plain_stock, problems, ref_problems
+from skysync.domain.validation import parse_written, plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.store import items as item_store
@@ -211,21 +212,17 @@ class _Claim:
         """``in_flight``: rows already claimed (order steps); else pending SKU rows, each
         SKU's newest first, payloads as stored (:data:`outbox.PendingRow`)."""
         self.summary.claimed += len(page)
-        for row in page:
-            row_id, kind, ref, payload = row
+        for row_id, kind, ref, stored in page:
             marks = None
-            if not in_flight:
-                # most rows of a stock backlog are a bare {"qty": n}: good as they read
-                plain = plain_stock(kind, payload)
-                if plain is not None and self._good_ref(ref):
-                    payload, marks = plain, QTY_MARKS
-                else:
-                    payload = payload_from_stored(payload)
-                    row = (row_id, kind, ref, payload)
-                    if not self._valid(row, in_flight=False):
-                        continue
-            elif not self._valid(row, in_flight=True):
-                continue
+            # most rows of a stock backlog are a bare {"qty": n}: good as they read
+            plain = None if in_flight else plain_stock(kind, stored)
+            if plain is not None and self._good_ref(ref):
+                payload, marks = plain, QTY_MARKS
+            else:
+                payload = payload_from_stored(stored)
+                row = (row_id, kind, ref, payload)
+                if not self._valid(row, in_flight=in_flight, stored=stored):
+                    continue
             if kind == "product" and payload.get("variations"):
                 # remember the variations' parent before chunking, so a variation's own rows
                 # travel with their parent's
@@ -248,9 +245,10 @@ class _Claim:
             good = self._good_refs[ref] = not ref_problems(ref)
         return good
 
-    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool) -> bool:
+    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool, stored: Any = None) -> bool:
         """Reject the row if it fails validation, with its reasons; a bad row never blocks
-        the others."""
+        the others. The reasons quote numbers as ``stored`` (the payload's JSON text) writes
+        them: read again for that, only once the row is known to be bad."""
         row_id, kind, ref, payload = row
         try:
             found = problems(kind, ref, payload)
@@ -258,6 +256,9 @@ class _Claim:
             found = [f"payload: cannot be checked ({type(exc).__name__})"]
         if not found:
             return True
+        if isinstance(stored, str) and not isinstance(payload, UnreadableJSON):
+            with contextlib.suppress(Exception):  # else the first reading's reasons stand
+                found = problems(kind, ref, parse_written(stored)) or found
         reason = "invalid: " + "; ".join(found)
         rejected = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
         if in_flight:

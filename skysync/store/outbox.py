@@ -439,15 +439,17 @@ ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
 PendingRow = tuple[int, str, str, str | bytes | None]
 
 
-def iter_claimed(session: Session, token: str) -> Iterator[list[ClaimedRow]]:
+def iter_claimed(session: Session, token: str) -> Iterator[list[PendingRow]]:
     """The rows in flight under ``token``, in id order, a page at a time (keyset pagination:
-    however many rows a claim took, no statement and no page grows with them)."""
+    however many rows a claim took, no statement and no page grows with them), payloads as
+    their stored JSON text, like :func:`iter_pending_newest_first`'s."""
+    payload = payload_text(OutboxRow.payload, session.connection().dialect.name)
     after = 0
     while True:
         page = [
             (r.id, r.kind, r.ref, r.payload)
             for r in session.execute(
-                sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload)
+                sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload.label("payload"))
                 .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
                 .where(OutboxRow.id > after)
                 .order_by(OutboxRow.id)
