@@ -169,7 +169,7 @@ def test_status_json_on_an_empty_outbox(db_url: str) -> None:
     report = status_json(db_url)
     assert report["outbox"] == dict.fromkeys(RowState, 0)
     assert report["oldest_pending_age_s"] is None
-    assert report["orders"] == {"unconsumed": 0, "flagged": 0}
+    assert report["orders"] == {"unconsumed": 0, "flagged": 0, "unacknowledgeable": []}
     assert report["last_relay"] is None
 
 
