@@ -255,24 +255,76 @@ class _DrainDisplay:
 @pass_ctx
 def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
     """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
-    requests sent, ETA). Exit 0 when no row is left pending or in flight, 1 otherwise (rows
-    backing off, or a stop such as refused credentials)."""
+    requests sent, ETA). Exit 1 when this drain failed: rows it handled did not go out (dead,
+    or back to pending to retry), rows are still due after --max-batches, or SkyHub refused
+    the credentials. Exit 0 otherwise, also when what is left is in other hands (rows in
+    flight under other workers' claims, rows backing off from earlier attempts) or rows were
+    rejected (bad input, fixed at the source); stderr says what is left."""
     from skysync.relay import drain as drain_outbox
 
     relay_ = _relay_or_exit(ctx.settings)
     show = _DrainDisplay(terminal=sys.stderr.isatty(), every=progress_every)
     with closing(relay_.client):
-        batches, counts = drain_outbox(relay_, max_batches=max_batches, progress=show)
+        result = drain_outbox(relay_, max_batches=max_batches, progress=show)
     show.close()
-    _echo_json({"batches": batches, "outbox": counts})
-    if counts[RowState.PENDING] or counts[RowState.IN_FLIGHT]:
-        click.echo(
-            f"skysync: {counts[RowState.PENDING]} pending and {counts[RowState.IN_FLIGHT]} "
-            "in-flight rows left; "
-            "see `skysync outbox list --state pending`",
-            err=True,
-        )
+    account = result.account
+    _echo_json(
+        {
+            "batches": result.batches,
+            "outbox": result.counts,
+            "this_drain": {
+                "failed": len(account.failed),
+                "dead": len(account.dead),
+                "retrying": len(account.retrying),
+                "rejected": account.rejected,
+                "stopped": result.stopped,
+                "still_due": result.due,
+            },
+            "left_in_other_hands": {
+                "in_flight": account.in_other_hands,
+                "pending_not_due": account.not_due,
+            },
+        }
+    )
+    for line in _drain_notes(result):
+        click.echo(f"skysync: {line}", err=True)
+    if result.failed:
         sys.exit(1)
+
+
+def _drain_notes(result: Any) -> list[str]:
+    """What a drain leaves behind, in words: its own failures first, then the rest."""
+    account, notes = result.account, []
+    if result.stopped:
+        notes.append("stopped: SkyHub refused the credentials (see `skysync status`)")
+    if account.dead:
+        notes.append(
+            f"{len(account.dead)} row(s) this drain handled died (attempts used up): "
+            "`skysync outbox list --state dead`"
+        )
+    if account.retrying or account.still_claimed:
+        notes.append(
+            f"{len(account.retrying) + len(account.still_claimed)} row(s) this drain handled "
+            "did not go out and wait to be retried: `skysync outbox list --state pending`"
+        )
+    if result.due:
+        notes.append(f"{result.due} row(s) still due after --max-batches: run drain again")
+    if account.rejected:
+        notes.append(
+            f"{account.rejected} row(s) rejected (bad input, or refused by SkyHub for good; "
+            "not a failure of this drain): `skysync outbox list --state rejected`"
+        )
+    if account.in_other_hands:
+        notes.append(
+            f"{account.in_other_hands} in-flight row(s) are held by other workers' claims "
+            "(not this drain's)"
+        )
+    if account.not_due:
+        notes.append(
+            f"{account.not_due} pending row(s) not due yet, backing off from earlier attempts "
+            "(not this drain's)"
+        )
+    return notes
 
 
 @cli.command()
