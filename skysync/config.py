@@ -27,14 +27,52 @@ _PLACEHOLDER = re.compile(
     r"^(<.*>|x{3,}|\.{3,}|change[-_ ]?me.*|placeholder|secret|password|your[-_ ].*|todo|tbd)$",
     re.I,
 )
-_DSN_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I
-)
+# user:password@ after a scheme. The password runs to the LAST "@" (of the value, or of the
+# run of non-blank characters in a text): a password with an unescaped "@" (u:p@ss@host) is
+# then hidden whole, where a URL parser would take "p" for it and "ss@host" for the host.
+_DSN_HEAD = r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)"
+_DSN_PASSWORD = re.compile(_DSN_HEAD + r"(?P<pw>.*)(?P<tail>@)", re.I | re.S)
+_DSN_PASSWORD_IN_TEXT = re.compile(_DSN_HEAD + r"(?P<pw>\S*)(?P<tail>@)", re.I)
+
+
+def dsn_password(url: str) -> str | None:
+    """The password of a database or broker URL, whatever its characters (None: none)."""
+    found = _DSN_PASSWORD.match(url.strip())
+    return found["pw"] if found and found["pw"] else None
 
 
 def mask_dsn(url: str) -> str:
-    """Hide the password in a database or broker URL (``postgresql://u:***@host/db``)."""
+    """Hide the password in a database or broker URL (``postgresql://u:***@host/db``), whatever
+    its characters: everything between the user's ``:`` and the last ``@``."""
     return _DSN_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+def mask_dsns_in(text: str) -> str:
+    """Hide the password of every URL in a text (a log line, an error message)."""
+    return _DSN_PASSWORD_IN_TEXT.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+
+
+def scrub_dsn_secret(text: str, url: str) -> str:
+    """``text`` (a driver's error about ``url``) without any piece of ``url``'s password. A
+    password with an unescaped "@" is parsed short by the driver, whose errors then name the
+    rest of it as part of the host (``failed to resolve host 'ss@db'``): that rest goes too."""
+    password = dsn_password(url)
+    if password:
+        text = text.replace(password, "***")
+        for at, char in enumerate(password):
+            if char == "@" and password[at + 1 :]:
+                text = text.replace(password[at + 1 :] + "@", "***@")
+        try:
+            import sqlalchemy as sa
+
+            parsed = sa.make_url(url.strip())
+        except Exception:
+            parsed = None
+        for part in (parsed.host, parsed.database) if parsed is not None else ():
+            if part and part in password:  # the driver took part of the password for it
+                for quote in "'\"":
+                    text = text.replace(f"{quote}{part}{quote}", f"{quote}***{quote}")
+    return mask_dsns_in(text)
 
 
 class ConfigError(Exception):
@@ -286,8 +324,8 @@ class Settings(BaseSettings):
                     "set the real value, or point SKYSYNC_SKYHUB_URL at an emulator"
                 )
         for name in ("database_url", "broker_url", "redis_url"):
-            found = _DSN_PASSWORD.search(getattr(self, name) or "")
-            if found and _PLACEHOLDER.match(found["pw"]):
+            password = dsn_password(getattr(self, name) or "")
+            if password and _PLACEHOLDER.match(password):
                 raise ValueError(
                     f"SKYSYNC_{name.upper()}: its password is still a placeholder "
                     "(as in .env.example); set the real one"
@@ -302,9 +340,11 @@ class Settings(BaseSettings):
             if getattr(self, name) is not None
         ]
         for name in ("database_url", "broker_url", "redis_url"):
-            found = _DSN_PASSWORD.search(getattr(self, name) or "")
-            if found:
-                values.append(found["pw"])
+            password = dsn_password(getattr(self, name) or "")
+            if password:
+                values.append(password)
+                # past an unescaped "@", a driver takes the rest for the host: "ss@" of "p@ss"
+                values += [password[i + 1 :] + "@" for i, c in enumerate(password) if c == "@"]
         return [v for v in values if len(v) >= 4]
 
     # -- derived values -------------------------------------------------------------------

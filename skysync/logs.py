@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from skysync.config import mask_dsn
+from skysync.config import mask_dsns_in
 
 _context: ContextVar[dict[str, Any] | None] = ContextVar("skysync_log_context", default=None)
 
@@ -55,14 +55,14 @@ _PATTERNS = [
         r"authorization)['\"]?\s*[:=]\s*['\"]?)(?P<v>[^'\"\s,;}&]+)",
         re.I,
     ),
-    # (user:password@ in URLs: config.mask_dsn, the same masking `check-config` shows)
+    # (user:password@ in URLs: config.mask_dsns_in, the same masking `check-config` shows)
 ]
 
 
 def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: f"{m['k']}***", text)
-    return mask_dsn(text)
+    return mask_dsns_in(text)
 
 
 class RedactingFilter(logging.Filter):

@@ -96,6 +96,52 @@ def test_enqueue_huge_integer_price_is_a_problem_not_a_traceback(sqlite_url: str
     assert "payload.price:" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("stock", '{"qty": ' + "[" * 20_000 + "]" * 20_000 + "}"),
+        ("product", '{"name": ' + '{"a": ' * 20_000 + "1" + "}" * 20_000 + "}"),
+    ],
+    ids=["array-20000", "object-20000"],
+)
+def test_enqueue_a_payload_nested_absurdly_deep_is_a_field_error(
+    db_url: str, kind: str, text: str
+) -> None:
+    """The outbox check's own words, exit 1 like any bad payload, never a RecursionError."""
+    result = run(["enqueue", kind, "SKU-1", text], SKYSYNC_DATABASE_URL=db_url)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
+    assert "payload: is nested 34+ levels deep (at most 32)" in result.stderr, result.stderr
+    assert outbox_rows(db_url) == []
+    # brackets inside a string are text, not nesting
+    named = '{"name": "' + "[{" * 40 + '\\"[", "price": 5}'
+    result = run(["enqueue", "product", "SKU-1", named], SKYSYNC_DATABASE_URL=db_url)
+    assert result.exit_code == 0, result.output
+    assert outbox_rows(db_url)[0].payload["name"] == "[{" * 40 + '"['
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('{"qty": 1e20}', "must be at most 2147483647, got 1e20"),
+        ('{"qty": 100000000000000000000}', "must be at most 2147483647, got 100000000000000000000"),
+        ('{"qty": 2.55E1}', "must be a whole number, got 2.55E1"),
+        ('{"qty": -1.0}', "must be >= 0 (an absolute quantity, not a delta), got -1.0"),
+        (
+            '{"qty": 1' + "0" * 60 + "}",
+            "must be at most 2147483647, got 10000000000000000000...(61 characters)",
+        ),
+    ],
+    ids=["exponent", "digits", "fraction", "negative", "sixty-digits"],
+)
+def test_enqueue_quotes_a_bad_number_as_it_was_typed(db_url: str, text: str, shown: str) -> None:
+    """As typed: 1e20, not 1e+20; all 21 digits, not 20 of them (another number)."""
+    result = run(["enqueue", "stock", "SKU-1", text], SKYSYNC_DATABASE_URL=db_url)
+    assert result.exit_code == 1, result.output
+    assert f"payload.qty: {shown}" in result.stderr, result.stderr
+
+
 # -- status ----------------------------------------------------------------------------------------
 
 
@@ -123,7 +169,7 @@ def test_status_json_on_an_empty_outbox(db_url: str) -> None:
     report = status_json(db_url)
     assert report["outbox"] == dict.fromkeys(RowState, 0)
     assert report["oldest_pending_age_s"] is None
-    assert report["orders"] == {"unconsumed": 0, "flagged": 0}
+    assert report["orders"] == {"unconsumed": 0, "flagged": 0, "unacknowledgeable": []}
     assert report["last_relay"] is None
 
 
@@ -238,6 +284,42 @@ def test_check_config_masks_secrets() -> None:
     assert shown["skyhub_target"] == "configured SkyHub"
     assert shown["rate_limit"] == 8.5
     assert shown["sync_interval"] == 900.0
+
+
+UNESCAPED = "hunt@er2@db.example"  # the password is "hunt@er2": its "@" is not escaped
+
+
+def test_check_config_masks_a_password_with_an_unescaped_at_whole() -> None:
+    result = run(
+        ["check-config"],
+        SKYSYNC_DATABASE_URL=f"postgresql://skysync:{UNESCAPED}:5432/skysync",
+        SKYSYNC_REDIS_URL="redis://:p@ss/w0rd@cache:6379/0",
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["database_url"] == "postgresql+psycopg://skysync:***@db.example:5432/skysync"
+    assert shown["redis_url"] == "redis://:***@cache:6379/0"
+    for piece in ("hunt", "er2", "ss/w0rd", "p@"):
+        assert piece not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://skysync:{UNESCAPED}:5432/skysync",
+        "postgresql://skysync:hunt@er2/x@db.example:5432/skysync",
+        "postgresql://skysync:hunt@er2:99/x@db.example:5432/skysync",
+    ],
+    ids=["at", "at-then-slash", "at-then-colon"],
+)
+def test_status_host_error_shows_no_piece_of_a_password_with_an_unescaped_at(url: str) -> None:
+    """The driver parses such a password short and names the rest as (part of) the host it
+    cannot resolve: the error is shown, the pieces of the password are not."""
+    result = run(["status"], SKYSYNC_DATABASE_URL=url)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("skysync: cannot use the database"), result.stderr
+    assert "hunt" not in result.output and "er2" not in result.output, result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_check_config_without_credentials_uses_the_emulator() -> None:
@@ -402,11 +484,86 @@ def test_erp_role_apply_creates_the_role(pg_url: str) -> None:
         ("postgresql+psycopg://host:5432/db", "postgresql+psycopg://host:5432/db"),
         ("sqlite:///skysync.db", "sqlite:///skysync.db"),
         ("amqp://guest:s3cr%40t@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("postgresql+psycopg://u:p@ss@host/db", "postgresql+psycopg://u:***@host/db"),
+        ("postgresql+psycopg://u:a@b:c/d?e#f@host:5432/db", "postgresql+psycopg://u:***@host:5432/db"),
+        ("redis://:p w@@host:6379/0", "redis://:***@host:6379/0"),
+        ("sqlite:////var/lib/a:b@c.db", "sqlite:////var/lib/a:b@c.db"),
     ],
-    ids=["pg-user-pw", "redis-pw-only", "pg-no-pw", "pg-no-user", "sqlite", "amqp-encoded"],
+    ids=[
+        "pg-user-pw",
+        "redis-pw-only",
+        "pg-no-pw",
+        "pg-no-user",
+        "sqlite",
+        "amqp-encoded",
+        "unescaped-at",
+        "every-url-character",
+        "blank-and-at-at",
+        "sqlite-path-with-colon-and-at",
+    ],
 )
 def test_mask_dsn(url: str, masked: str) -> None:
     assert mask_dsn(url) == masked
+
+
+# -- flower and metrics: where they listen ---------------------------------------------------------
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of sockets listening on TCP ``port`` (Linux /proc/net/tcp{,6})."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    if len(address) == 8:
+                        found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                    else:
+                        found.add(address)
+    return found
+
+
+def test_metrics_listens_on_localhost_only_by_default(tmp_path: Path) -> None:
+    """Outside compose nothing says where to listen: no authentication, so 127.0.0.1 only."""
+    import socket
+    import time
+
+    exe = Path(sys.executable).with_name("skysync")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SKYSYNC_")}
+    env["SKYSYNC_DATABASE_URL"] = f"sqlite:///{tmp_path / 'metrics.db'}"
+    subprocess.run([str(exe), "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(exe), "metrics", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening_addresses(port) and time.monotonic() < deadline:
+            assert server.poll() is None, server.communicate()
+            time.sleep(0.1)
+        assert _listening_addresses(port) == {"127.0.0.1"}
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}/metrics" in stderr
+
+
+@pytest.mark.parametrize("command", ["flower", "metrics"])
+def test_flower_and_metrics_default_to_localhost(command: str) -> None:
+    option = next(p for p in cli.commands[command].params if p.name == "address")
+    assert option.default == "127.0.0.1"
+    shown = run([command, "--help"])
+    assert "[default: 127.0.0.1]" in shown.stdout, shown.stdout
 
 
 # -- the real entry point --------------------------------------------------------------------------

@@ -234,6 +234,16 @@ def test_published_ports_stay_on_localhost_unless_told() -> None:
     assert wide["services"]["metrics"]["ports"] == ["0.0.0.0:9108:9108"]
 
 
+def test_flower_and_metrics_listen_on_every_interface_inside_their_container() -> None:
+    """`skysync flower` and `skysync metrics` listen on 127.0.0.1 by default (outside compose);
+    in a container a published port reaches only a process listening on the container's own
+    interface, so compose says --address 0.0.0.0 (what is published stays on 127.0.0.1)."""
+    services = interpolate(load_compose(), COMPOSE_ENV)["services"]
+    for name in ("flower", "metrics"):
+        command = " ".join(service_command(services[name], COMPOSE_ENV)).replace("=", " ")
+        assert "--address 0.0.0.0" in command, (name, command)
+
+
 def test_services_and_their_order() -> None:
     compose = load_compose()
     services = compose["services"]
@@ -453,8 +463,6 @@ class Stack:
                 argv += [f"{option}={value}"] if eq else [option, value]
             else:
                 argv.append(arg)
-        if name == "flower" and not any(a.startswith("--address") for a in argv):
-            argv.append("--address=127.0.0.1")  # `skysync flower` defaults to 0.0.0.0
         return argv
 
     def healthcheck(self, name: str) -> list[str]:

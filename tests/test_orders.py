@@ -9,7 +9,9 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,9 +30,10 @@ from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay import drain
 from skysync.relay.pull_orders import pull_orders
+from skysync.reporting.status import collect_status
 from skysync.skyhub.ratelimit import RateLimiter
 from skysync.store.db import get_engine, session_scope
-from skysync.store.models import Order, OrderInbox
+from skysync.store.models import Order, OrderInbox, utcnow
 
 AMERICANAS = "Lojas Americanas-1517940500554-01"
 SUBMARINO = "Submarino-2222222222-01"
@@ -135,6 +138,54 @@ def test_malformed_order_is_kept_raw_flagged_and_acknowledged(
         cli, ["status", "--json"], env={"SKYSYNC_DATABASE_URL": db_url}, catch_exceptions=False
     )
     assert '"flagged": 1' in result.output
+
+
+def test_an_order_without_a_code_stays_one_inbox_row_flagged_once_and_named_in_status(
+    db_url: str, sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """It can never be acknowledged (DELETE /queues/orders/{code} needs the code), so SkyHub
+    delivers it again after every visibility window, for ever: each time it is recognised,
+    never a second inbox row, never a second flag or warning, and `status` names it (SkyHub's
+    support must remove it from the queue)."""
+    codeless = {
+        "status": {"code": "payment_received", "label": "Aprovado", "type": "APPROVED"},
+        "items": [{"id": "SKU-1", "qty": 1, "original_price": 10.0}],
+        "placed_at": "2026-11-28T10:00:00-03:00",
+    }
+    sb.seed_order(codeless, raw=True)
+    sb.seed_order({"code": SUBMARINO, "status": "payment_received"})
+    flagged, named = [], []
+    with caplog.at_level("WARNING", logger="skysync.orders"):
+        for n in range(4):  # the first pull, then three redeliveries
+            if n == 2:  # SkyHub's bookkeeping moved on: the same order state all the same
+                sb.seed_order({**codeless, "updated_at": "2026-11-28T11:00:00-03:00"}, raw=True)
+            summary = pull(db_url, sb)
+            flagged.append(summary.flagged)
+            named.append(summary.unacknowledgeable_rows)
+            time.sleep(0.35)  # the emulator's visibility window (0.3 s)
+    assert flagged == [1, 0, 0, 0]
+    assert SUBMARINO in [r.code for r in inbox(db_url)]
+    stored = [r for r in inbox(db_url) if r.code != SUBMARINO]
+    assert len(stored) == 1, [(r.id, r.code, r.dedupe_key) for r in stored]
+    assert named == [[stored[0].id]] * 4
+    assert stored[0].raw == codeless
+    assert stored[0].parse_error and "code" in stored[0].parse_error
+    warned = [r for r in caplog.records if "flagged" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["status", "--json"], env={"SKYSYNC_DATABASE_URL": db_url})
+    report = json.loads(shown.output)
+    named = [p for p in report["problems"] if "without a code" in p]
+    assert len(named) == 1, report["problems"]
+    assert f"inbox row {stored[0].id}" in named[0]
+    assert shown.exit_code == 1
+    text = CliRunner().invoke(cli, ["status"], env={"SKYSYNC_DATABASE_URL": db_url})
+    assert f"inbox row {stored[0].id}" in text.output and "without a code" in text.output
+    # once SkyHub stops delivering it (removed from the queue), status stops naming it
+    later = utcnow() + timedelta(minutes=11)
+    with session_scope(db_url, readonly=True) as session:
+        assert collect_status(session, now=later)["orders"]["unacknowledgeable"] == []
 
 
 def test_queue_calls_go_through_the_rate_limiter(db_url: str, sb: Sandbox) -> None:

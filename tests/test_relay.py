@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -755,7 +756,7 @@ def test_refused_credentials_stop_a_serial_batch_after_one_request(db_url: str) 
         got = rows(db_url)
         assert all((got[i].state, got[i].attempts) == ("pending", 0) for i in ids)
         assert all("credentials" in (got[i].reason or "") for i in ids)
-        _, counts = drain(relay)
+        counts = drain(relay).counts
         assert counts["pending"] == 3
         assert len(sb.request_log()) == 2  # drain stopped after the first refused request
 
@@ -768,7 +769,8 @@ def test_a_drain_stops_the_batch_it_claimed_meanwhile_without_a_request(db_url: 
     settings = {"batch_size": 2}
     with Sandbox(config) as sb, relay_for(db_url, sb, concurrency=1, settings_kw=settings) as relay:
         ids = [insert(db_url, "stock", f"D-{i}", {"qty": i}) for i in range(6)]
-        batches, counts = drain(relay)
+        drained = drain(relay)
+        batches, counts = drained.batches, drained.counts
         assert len(sb.request_log()) == 1
     claimed = 2 if is_pg(db_url) else 1  # batches
     assert batches == claimed and counts["pending"] == 6
@@ -1094,3 +1096,124 @@ def test_absurdly_nested_payload_is_rejected_and_blocks_nothing(db_url: str, sb:
         got = row(db_url, rejected)
         assert got.state == "rejected", got
         assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason
+
+
+def test_a_payload_nested_20000_deep_written_by_sql_is_rejected_or_refused_by_postgresql(
+    db_url: str, sb: Sandbox
+) -> None:
+    """What the ERP writes with plain SQL, 20,000 levels deep: SQLite stores the text and the
+    claim rejects the row with a reason; PostgreSQL refuses the ERP's own INSERT (jsonb's
+    parser: "stack depth limit exceeded"), so nothing reaches the relay. Either way the batch
+    goes on and the other rows go out."""
+    deep = '{"qty": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "DEEPER-OK", price=10.0)
+        if is_pg(db_url):
+            with pytest.raises(sa.exc.DBAPIError, match="stack depth limit exceeded"):
+                insert_raw(db_url, "stock", "DEEPER-1", deep)
+            bad = None
+        else:
+            bad = insert_raw(db_url, "stock", "DEEPER-1", deep)
+        good = insert(db_url, "stock", "DEEPER-OK", {"qty": 4})
+        drain(relay)
+    assert row(db_url, good).state == "sent"
+    assert product(sb, "DEEPER-OK")["qty"] == 4
+    if bad is not None:
+        got = row(db_url, bad)
+        assert got.state == "rejected", got
+        assert "payload" in (got.reason or "") and "nested" in (got.reason or ""), got.reason
+
+
+def test_a_bad_number_is_quoted_as_the_erp_wrote_it(db_url: str, sb: Sandbox) -> None:
+    """The reason quotes the number as the row's text has it: never "1e+20", never a digit
+    string cut short into another number. PostgreSQL's jsonb keeps the value but not the
+    spelling (1e20 is stored as 100000000000000000000, -1.50 as -1.50): there the reason
+    quotes what PostgreSQL stored, the same number."""
+    with relay_for(db_url, sb) as relay:
+        exp = insert_raw(db_url, "stock", "NUM-1", '{"qty": 1e20}')
+        digits = insert_raw(db_url, "stock", "NUM-2", '{"qty": 100000000000000000000}')
+        price = insert_raw(db_url, "price", "NUM-3", '{"price": -1.50}')
+        step = insert_raw(
+            db_url,
+            "order_shipment",
+            "Lojas Americanas-1",
+            '{"code": "S1", "items": [{"sku": "A", "qty": 1E20}], "track": {"code": "T"}}',
+        )
+        drain(relay)
+    reasons = {i: row(db_url, i).reason or "" for i in (exp, digits, price, step)}
+    assert all(row(db_url, i).state == "rejected" for i in reasons), reasons
+    as_stored = "100000000000000000000" if is_pg(db_url) else "1e20"
+    assert reasons[exp].endswith(f"payload.qty: must be at most 2147483647, got {as_stored}")
+    assert reasons[digits].endswith("got 100000000000000000000"), reasons[digits]
+    assert reasons[price].endswith("got -1.50"), reasons[price]
+    as_stored = "100000000000000000000" if is_pg(db_url) else "1E20"
+    assert f"items[0].qty: must be at most 2147483647, got {as_stored};" in reasons[step]
+
+
+def test_cli_drain_exits_0_when_what_is_left_is_in_other_hands(
+    db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay]
+) -> None:
+    """Another worker's claim holds rows in flight (claimed, its chunks not started yet), and
+    a row backs off from an earlier attempt: neither is this drain's failure. It sends what
+    is due, says what is left and whose it is, and exits 0."""
+    env = {"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SKYHUB_URL": sb.base_url}
+    with relay_for(db_url, sb) as relay:
+        for sku in ("OH-1", "OH-2", "OH-3", "OH-4"):
+            create_product(db_url, relay, sku, price=10.0)
+    with relay_for(db_url, sb) as other:  # another worker: claims, its chunks not started
+        theirs = [insert(db_url, "stock", sku, {"qty": 5}) for sku in ("OH-1", "OH-2")]
+        claimed = other.run_batch(dispatch=lambda _token, _ids: None)
+    assert claimed is not None and claimed.keys == 2
+    assert {row(db_url, i).state for i in theirs} == {"in_flight"}
+    backing_off = insert(db_url, "price", "OH-3", {"price": 12.0})
+    with session_scope(db_url) as session:  # an earlier attempt failed: due in an hour
+        session.execute(
+            sa.update(OutboxRow)
+            .where(OutboxRow.id == backing_off)
+            .values(attempts=1, available_at=utcnow() + timedelta(hours=1), reason="attempt 1")
+        )
+    mine = insert(db_url, "stock", "OH-4", {"qty": 7})
+    bad = insert(db_url, "stock", "OH-4", {"qty": -1})
+
+    result = run_cli(["drain"], **env)
+
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert row(db_url, mine).state == "sent" and product(sb, "OH-4")["qty"] == 7
+    assert row(db_url, bad).state == "rejected"
+    out = json.loads(result.stdout)
+    assert out["outbox"]["in_flight"] == 2 and out["outbox"]["pending"] == 1
+    assert out["this_drain"]["failed"] == 0 and out["this_drain"]["rejected"] == 1
+    assert out["left_in_other_hands"] == {"in_flight": 2, "pending_not_due": 1}
+    assert "2 in-flight row(s) are held by other workers' claims" in result.stderr
+    assert "1 pending row(s) not due yet" in result.stderr
+    assert "1 row(s) rejected" in result.stderr
+
+
+@pytest.mark.parametrize("max_attempts", [5, 1], ids=["retrying", "dead"])
+def test_cli_drain_exits_1_when_rows_it_handled_failed_even_beside_other_hands(
+    db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay], max_attempts: int
+) -> None:
+    env = {
+        "SKYSYNC_DATABASE_URL": db_url,
+        "SKYSYNC_SKYHUB_URL": sb.base_url,
+        "SKYSYNC_MAX_ATTEMPTS": str(max_attempts),
+    }
+    with relay_for(db_url, sb) as relay:
+        create_product(db_url, relay, "FH-1", price=10.0)
+        create_product(db_url, relay, "FH-2", price=10.0)
+    with relay_for(db_url, sb) as other:
+        insert(db_url, "stock", "FH-1", {"qty": 1})
+        other.run_batch(dispatch=lambda _token, _ids: None)
+    failing = insert(db_url, "stock", "FH-2", {"qty": 2})
+    sb.script_fault("PUT", "/products/FH-2", "503", 50)
+
+    result = run_cli(["drain"], **env)
+
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    state = "dead" if max_attempts == 1 else "pending"
+    assert row(db_url, failing).state == state
+    out = json.loads(result.stdout)
+    assert out["this_drain"]["failed"] == 1
+    assert out["this_drain"]["dead" if max_attempts == 1 else "retrying"] == 1
+    assert out["left_in_other_hands"]["in_flight"] == 1
+    assert "1 row(s) this drain handled" in result.stderr

@@ -206,6 +206,27 @@ def test_put_with_zero_price_is_422_and_changes_nothing(client: httpx.Client, sb
     assert sb.state()["products"]["P"]["qty"] == 5
 
 
+def test_a_whole_number_float_is_taken_where_skyhub_takes_an_integer(
+    client: httpx.Client, sb: Sandbox
+) -> None:
+    """Published SkyHub clients send every quantity as a float (7.0): SkyHub takes a whole
+    one, and stores the integer. 7.5 is still no quantity."""
+    assert _create(client, "F", qty=3.0, variations=[{"sku": "F-V", "qty": 2.0}]).status_code == 201
+    assert sb.state()["products"]["F"]["qty"] == 3
+    assert client.put("/products/F", json={"product": {"qty": 7.0}}).status_code == 204
+    assert client.put("/variations/F-V", json={"variation": {"qty": 4.0}}).status_code == 204
+    product = client.get("/products/F").json()
+    assert product["qty"] == 7 and isinstance(product["qty"], int)
+    assert sb.state()["variations"]["F-V"]["qty"] == 4
+    for bad in (7.5, -1.0, "7", True):
+        refused = client.put("/products/F", json={"product": {"qty": bad}})
+        assert refused.status_code == 422, bad
+        assert "qty" in refused.json()["error"]
+        refused = client.put("/variations/F-V", json={"variation": {"qty": bad}})
+        assert refused.status_code == 422, bad
+    assert sb.state()["products"]["F"]["qty"] == 7
+
+
 def test_association_pending_until_admin_link() -> None:
     with Sandbox(SandboxConfig(link_delay=None)) as sandbox, _client(sandbox) as c:
         _create(c, "L1")

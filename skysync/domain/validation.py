@@ -67,6 +67,46 @@ class _Check:
         self.problems.append(f"{where}: {what}")
 
 
+class WrittenInt(int):
+    """An integer read from JSON text that remembers how the text wrote it (``written``)."""
+
+    written: str
+
+
+class WrittenFloat(float):
+    """A JSON number with a fraction or an exponent that remembers how the text wrote it."""
+
+    written: str
+
+
+def _written_int(text: str) -> WrittenInt:
+    number = WrittenInt(text)
+    number.written = text
+    return number
+
+
+def _written_float(text: str) -> WrittenFloat:
+    number = WrittenFloat(text)
+    number.written = text
+    return number
+
+
+def parse_written(text: str) -> Any:
+    """JSON ``text`` read with every number remembering its literal, so that a problem quotes
+    the number as the ERP wrote it (``1e20``, never ``1e+20`` or a digit string cut short).
+    Equal to ``json.loads`` otherwise; raises as it does."""
+    return json.loads(text, parse_int=_written_int, parse_float=_written_float)
+
+
+def number_text(value: int | float) -> str:
+    """A number for a message: as written (:func:`parse_written`) when known, else its repr;
+    a long one shortened with its length said, never cut into a different number."""
+    text = getattr(value, "written", None) or repr(value)
+    if len(text) <= 40:
+        return text
+    return f"{text[:20]}...({len(text)} characters)"
+
+
 def describe(value: Any) -> str:
     """A short description of a bad value for an error message."""
     if value is None:
@@ -77,7 +117,7 @@ def describe(value: Any) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {json.dumps(shown, ensure_ascii=False)}"
     if isinstance(value, int | float):
-        return repr(value)
+        return number_text(value)
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -103,10 +143,10 @@ def _number(check: _Check, where: str, value: Any) -> float | None:
     try:
         number = float(value)
     except OverflowError:
-        check.fail(where, f"is too large ({len(str(value))} digits)")
+        check.fail(where, f"is too large, got {number_text(value)}")
         return None
     if not math.isfinite(number):
-        check.fail(where, f"must be a finite number, got {value!r}")
+        check.fail(where, f"must be a finite number, got {number_text(value)}")
         return None
     return number
 
@@ -114,7 +154,8 @@ def _number(check: _Check, where: str, value: Any) -> float | None:
 def _price(check: _Check, where: str, value: Any) -> float | None:
     number = _number(check, where, value)
     if number is not None and number <= 0:
-        check.fail(where, f"must be greater than 0 (SkyHub refuses a zero price), got {value!r}")
+        shown = number_text(value)
+        check.fail(where, f"must be greater than 0 (SkyHub refuses a zero price), got {shown}")
         return None
     return number
 
@@ -123,13 +164,12 @@ def _qty(check: _Check, where: str, value: Any, *, minimum: int = 0) -> None:
     if not is_number(value):
         check.fail(where, f"must be a whole number, got {describe(value)}")
     elif isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        check.fail(where, f"must be a whole number, got {value!r}")
+        check.fail(where, f"must be a whole number, got {number_text(value)}")
     elif value < minimum:
-        check.fail(
-            where, f"must be >= {minimum} (an absolute quantity, not a delta), got {value!r}"
-        )
+        shown = number_text(value)
+        check.fail(where, f"must be >= {minimum} (an absolute quantity, not a delta), got {shown}")
     elif value > MAX_QTY:
-        check.fail(where, f"must be at most {MAX_QTY}, got {str(value)[:20]}")
+        check.fail(where, f"must be at most {MAX_QTY}, got {number_text(value)}")
 
 
 def _text(check: _Check, where: str, value: Any, *, required: bool = False) -> None:
@@ -188,7 +228,7 @@ def _prices(check: _Check, where: str, payload: dict[str, Any], *, price_require
     if p is not None and q is not None and q > p:
         check.fail(
             f"{where}.promotional_price",
-            f"must not exceed price ({promo!r} > {price!r})",
+            f"must not exceed price ({number_text(promo)} > {number_text(price)})",
         )
 
 
@@ -208,7 +248,7 @@ def _product(check: _Check, payload: dict[str, Any]) -> None:
         if not is_blank(value):
             number = _number(check, f"{w}.{name}", value)
             if number is not None and number < 0:
-                check.fail(f"{w}.{name}", f"must be >= 0, got {value!r}")
+                check.fail(f"{w}.{name}", f"must be >= 0, got {number_text(value)}")
     if not is_blank(payload.get("crossdocking")):
         _qty(check, f"{w}.crossdocking", payload["crossdocking"])
     for i, url in enumerate(_list_of(check, f"{w}.images", payload.get("images"), str) or []):
@@ -453,9 +493,43 @@ def validate(kind: Any, ref: Any, payload: Any) -> dict[str, Any]:
     return payload
 
 
+def text_nesting_depth(text: str, limit: int = MAX_DEPTH + 1) -> int:
+    """How deep brackets nest in JSON ``text``, outside strings, without parsing it (so no
+    recursion: a payload nested 20,000 deep is measured, not a RecursionError); counting
+    stops past ``limit``."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_payload_text(text: str) -> Any:
-    """Parse a payload given on the command line; invalid JSON becomes UnreadableJSON."""
+    """Parse a payload given on the command line; invalid JSON, or JSON nested deeper than
+    the outbox check allows (which the parser could not even read), becomes UnreadableJSON
+    with the same problem the outbox check names."""
+    depth = text_nesting_depth(text)
+    if depth > MAX_DEPTH:
+        return UnreadableJSON(text[:200], f"is nested {depth}+ levels deep (at most {MAX_DEPTH})")
     try:
-        return json.loads(text)
+        return parse_written(text)
+    except RecursionError:  # not reached past the depth check; kept as the last guard
+        return UnreadableJSON(text[:200], "is nested too deeply to read")
     except ValueError:
         return UnreadableJSON(text[:200])

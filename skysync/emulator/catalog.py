@@ -9,8 +9,9 @@ linked product or of its variations).
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from skysync.emulator.config import is_number
@@ -21,6 +22,9 @@ from skysync.emulator.state import EmulatorState
 
 #: SkyHub's answer to deleting an associated item (skyhub-api.md section 6), word for word.
 LINKED_DELETE_ERROR = "Variação possui alguma associação. Remova as associações e tente novamente."
+
+#: Fields SkyHub takes as integers (a whole-number float such as 7.0 is one).
+INTEGER_FIELDS = ("qty",)
 
 #: Fields a linked item may still change; a write to any other is a frozen write.
 FLOWING = frozenset({"sku", "qty", "price", "promotional_price"})
@@ -34,10 +38,12 @@ _SKU_IS_FIXED = {
 Answer = tuple[int, Any]
 
 
-def validate_item_fields(item: Mapping[str, Any], what: str) -> None:
+def validate_item_fields(item: MutableMapping[str, Any], what: str) -> None:
     """Business checks SkyHub applies to product and variation fields that are present.
 
-    Since March 2025 SkyHub refuses a zero or null price; stock must be a whole number.
+    Since March 2025 SkyHub refuses a zero or null price; stock must be a whole number. A
+    whole number written as a float (``7.0``) is one: published SkyHub clients send every
+    quantity so, and SkyHub takes them; it is stored as the integer (7), as SkyHub shows it.
     """
     for key in ("price", "promotional_price"):
         if key in item:
@@ -48,12 +54,28 @@ def validate_item_fields(item: Mapping[str, Any], what: str) -> None:
                     f"{what}.{key} inválido: deve ser um número maior que zero "
                     "(preço zero ou nulo não é aceito)",
                 )
-    if "qty" in item:
-        qty = item["qty"]
-        if not isinstance(qty, int) or isinstance(qty, bool) or qty < 0:
-            raise ApiError(422, f"{what}.qty inválido: deve ser um inteiro maior ou igual a zero")
+    for key in INTEGER_FIELDS:
+        if key in item:
+            value = whole_number(item[key])
+            if value is None or value < 0:
+                raise ApiError(
+                    422, f"{what}.{key} inválido: deve ser um inteiro maior ou igual a zero"
+                )
+            item[key] = value
     if "status" in item and item["status"] not in ("enabled", "disabled"):
         raise ApiError(422, f"{what}.status inválido: use 'enabled' ou 'disabled'")
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as the integer it is (7, or 7.0 as published clients write it); None when it
+    is not a whole number (7.5, a string, a bool, infinity)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
 
 
 def require_sku(item: Mapping[str, Any], what: str) -> str:
@@ -108,7 +130,7 @@ def check_write_locked(
 
 
 def check_update_locked(
-    state: EmulatorState, sku: str, changes: Mapping[str, Any], what: str, now: float
+    state: EmulatorState, sku: str, changes: MutableMapping[str, Any], what: str, now: float
 ) -> None:
     """Checks on a partial update (`what` is "product" or "variation"): the SKU stays,
     the fields are valid, then the write checks."""
@@ -119,7 +141,7 @@ def check_update_locked(
 
 
 def check_new_item_locked(
-    state: EmulatorState, item: Mapping[str, Any], what: str, parent: str | None, now: float
+    state: EmulatorState, item: MutableMapping[str, Any], what: str, parent: str | None, now: float
 ) -> str:
     """The SKU of a new product or variation (`what`) once it is free, its fields are valid
     and the write checks pass (on the `parent` product for a variation)."""

@@ -58,7 +58,9 @@ class _Commands(click.Group):
         except Exception as exc:
             from skysync.store.db import database_problem
 
-            problem = database_problem(exc)
+            shared = ctx.find_object(Context)
+            loaded = shared._settings if shared is not None else None
+            problem = database_problem(exc, loaded.database_url if loaded else None)
             if problem is None:
                 raise
             click.echo(f"skysync: {problem}", err=True)
@@ -67,8 +69,10 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="skysync")
-def cli() -> None:
+@click.pass_context
+def cli(click_ctx: click.Context) -> None:
     """skysync: keeps a SkyHub account in step with the ERP's outbox table."""
+    click_ctx.ensure_object(Context)  # one for every command (and _Commands, which masks)
 
 
 def _echo_json(data: Any) -> None:
@@ -255,24 +259,76 @@ class _DrainDisplay:
 @pass_ctx
 def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
     """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
-    requests sent, ETA). Exit 0 when no row is left pending or in flight, 1 otherwise (rows
-    backing off, or a stop such as refused credentials)."""
+    requests sent, ETA). Exit 1 when this drain failed: rows it handled did not go out (dead,
+    or back to pending to retry), rows are still due after --max-batches, or SkyHub refused
+    the credentials. Exit 0 otherwise, also when what is left is in other hands (rows in
+    flight under other workers' claims, rows backing off from earlier attempts) or rows were
+    rejected (bad input, fixed at the source); stderr says what is left."""
     from skysync.relay import drain as drain_outbox
 
     relay_ = _relay_or_exit(ctx.settings)
     show = _DrainDisplay(terminal=sys.stderr.isatty(), every=progress_every)
     with closing(relay_.client):
-        batches, counts = drain_outbox(relay_, max_batches=max_batches, progress=show)
+        result = drain_outbox(relay_, max_batches=max_batches, progress=show)
     show.close()
-    _echo_json({"batches": batches, "outbox": counts})
-    if counts[RowState.PENDING] or counts[RowState.IN_FLIGHT]:
-        click.echo(
-            f"skysync: {counts[RowState.PENDING]} pending and {counts[RowState.IN_FLIGHT]} "
-            "in-flight rows left; "
-            "see `skysync outbox list --state pending`",
-            err=True,
-        )
+    account = result.account
+    _echo_json(
+        {
+            "batches": result.batches,
+            "outbox": result.counts,
+            "this_drain": {
+                "failed": len(account.failed),
+                "dead": len(account.dead),
+                "retrying": len(account.retrying),
+                "rejected": account.rejected,
+                "stopped": result.stopped,
+                "still_due": result.due,
+            },
+            "left_in_other_hands": {
+                "in_flight": account.in_other_hands,
+                "pending_not_due": account.not_due,
+            },
+        }
+    )
+    for line in _drain_notes(result):
+        click.echo(f"skysync: {line}", err=True)
+    if result.failed:
         sys.exit(1)
+
+
+def _drain_notes(result: Any) -> list[str]:
+    """What a drain leaves behind, in words: its own failures first, then the rest."""
+    account, notes = result.account, []
+    if result.stopped:
+        notes.append("stopped: SkyHub refused the credentials (see `skysync status`)")
+    if account.dead:
+        notes.append(
+            f"{len(account.dead)} row(s) this drain handled died (attempts used up): "
+            "`skysync outbox list --state dead`"
+        )
+    if account.retrying or account.still_claimed:
+        notes.append(
+            f"{len(account.retrying) + len(account.still_claimed)} row(s) this drain handled "
+            "did not go out and wait to be retried: `skysync outbox list --state pending`"
+        )
+    if result.due:
+        notes.append(f"{result.due} row(s) still due after --max-batches: run drain again")
+    if account.rejected:
+        notes.append(
+            f"{account.rejected} row(s) rejected (bad input, or refused by SkyHub for good; "
+            "not a failure of this drain): `skysync outbox list --state rejected`"
+        )
+    if account.in_other_hands:
+        notes.append(
+            f"{account.in_other_hands} in-flight row(s) are held by other workers' claims "
+            "(not this drain's)"
+        )
+    if account.not_due:
+        notes.append(
+            f"{account.not_due} pending row(s) not due yet, backing off from earlier attempts "
+            "(not this drain's)"
+        )
+    return notes
 
 
 @cli.command()
@@ -366,7 +422,12 @@ def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (compose does, inside its container).",
+)
 @click.pass_context
 def flower(click_ctx: click.Context, port: int, address: str) -> None:
     """Flower (the Celery dashboard) behind basic auth from SKYSYNC_FLOWER_BASIC_AUTH
@@ -400,7 +461,12 @@ def _stop_on_sigterm() -> None:
 
 @cli.command()
 @click.option("--port", default=9108, show_default=True, type=int)
-@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (no authentication: mind who reaches it).",
+)
 @pass_ctx
 def metrics(ctx: Context, port: int, address: str) -> None:
     """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""

@@ -4,6 +4,7 @@ due."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from skysync.domain.fast_lane import LaneRule
-from skysync.domain.kinds import SKU_KINDS, RowState
+from skysync.domain.kinds import SKU_KINDS, RowState, UnreadableJSON
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.pacing import catch_up_now
 from skysync.domain.planner import QTY_MARKS, Folding, families, ordering_parents
-from skysync.domain.validation import plain_stock, problems, ref_problems
+from skysync.domain.validation import parse_written, plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.store import items as item_store
@@ -222,21 +223,17 @@ class _Claim:
         """``in_flight``: rows already claimed (order steps); else pending SKU rows, each
         SKU's newest first, payloads as stored (:data:`outbox.PendingRow`)."""
         self.summary.claimed += len(page)
-        for row in page:
-            row_id, kind, ref, payload = row
+        for row_id, kind, ref, stored in page:
             marks = None
-            if not in_flight:
-                # most rows of a stock backlog are a bare {"qty": n}: good as they read
-                plain = plain_stock(kind, payload)
-                if plain is not None and self._good_ref(ref):
-                    payload, marks = plain, QTY_MARKS
-                else:
-                    payload = payload_from_stored(payload)
-                    row = (row_id, kind, ref, payload)
-                    if not self._valid(row, in_flight=False):
-                        continue
-            elif not self._valid(row, in_flight=True):
-                continue
+            # most rows of a stock backlog are a bare {"qty": n}: good as they read
+            plain = None if in_flight else plain_stock(kind, stored)
+            if plain is not None and self._good_ref(ref):
+                payload, marks = plain, QTY_MARKS
+            else:
+                payload = payload_from_stored(stored)
+                row = (row_id, kind, ref, payload)
+                if not self._valid(row, in_flight=in_flight, stored=stored):
+                    continue
             if kind == "product" and payload.get("variations"):
                 # remember the variations' parent before chunking, so a variation's own rows
                 # travel with their parent's
@@ -260,9 +257,10 @@ class _Claim:
             good = self._good_refs[ref] = not ref_problems(ref)
         return good
 
-    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool) -> bool:
+    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool, stored: Any = None) -> bool:
         """Reject the row if it fails validation, with its reasons; a bad row never blocks
-        the others."""
+        the others. The reasons quote numbers as ``stored`` (the payload's JSON text) writes
+        them: read again for that, only once the row is known to be bad."""
         row_id, kind, ref, payload = row
         try:
             found = problems(kind, ref, payload)
@@ -270,6 +268,9 @@ class _Claim:
             found = [f"payload: cannot be checked ({type(exc).__name__})"]
         if not found:
             return True
+        if isinstance(stored, str) and not isinstance(payload, UnreadableJSON):
+            with contextlib.suppress(Exception):  # else the first reading's reasons stand
+                found = problems(kind, ref, parse_written(stored)) or found
         reason = "invalid: " + "; ".join(found)
         rejected = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
         if in_flight:
@@ -365,15 +366,35 @@ class DrainProgress:
         )
 
 
+@dataclass(frozen=True)
+class DrainResult:
+    """How a drain ended: its batches, the outbox's counts by state, and what is left, told
+    apart by whose it is (:class:`outbox.DrainAccount`): rows this drain handled that did not
+    go out are its failures; rows in flight under other claims are other workers' business."""
+
+    batches: int
+    counts: dict[str, int]
+    account: outbox.DrainAccount
+    stopped: bool  # SkyHub refused the credentials
+    due: int  # rows still due when it ended (it ran out of --max-batches)
+
+    @property
+    def failed(self) -> bool:
+        """Whether this drain failed: stopped, rows left due, or rows it handled did not go
+        out (dead, or back to pending to retry). Rejected rows are bad input, not a failure
+        of the drain; rows in other claims' hands are not its own."""
+        return self.stopped or self.due > 0 or bool(self.account.failed)
+
+
 def drain(
     relay: Relay,
     *,
     max_batches: int = 1000,
     pause: float = 0.0,
     progress: Callable[[DrainProgress], None] | None = None,
-) -> tuple[int, dict[str, int]]:
+) -> DrainResult:
     """Run batches in this process until nothing is due, or SkyHub refused the credentials;
-    ``progress`` hears how it goes after each batch. Returns (batches, final counts).
+    ``progress`` hears how it goes after each batch. Returns how it ended (:class:`DrainResult`).
 
     Each batch's rows are delivered on a thread of their own while the next batch is claimed
     (never a key in flight, so never the same rows), as workers take chunks while beat claims:
@@ -387,13 +408,19 @@ def drain(
     # SQLite writes one transaction at a time: a claim would only hold up the delivery's writes
     overlap = not relay.url.startswith("sqlite")
     batches = 0
+    tokens: list[str] = []
+    unsettled: list[int] = []  # rows a delivery left undelivered, looked at again in the end
+    stopped = False
+    due = due_at_start
     with ThreadPoolExecutor(1, thread_name_prefix="skysync-drain") as pool:
         delivering: tuple[str, Future[DeliverySummary]] | None = None
         while batches < max_batches:
             chunks: list[list[int]] = []
             summary = relay.run_batch(dispatch=lambda _token, ids, into=chunks: into.append(ids))
             batches += 1
-            stopped = _delivered(relay, delivering, summary.token if chunks else None)
+            if summary.token is not None:
+                tokens.append(summary.token)
+            stopped = _delivered(relay, delivering, summary.token if chunks else None, unsettled)
             delivering = None
             if chunks and summary.token is not None:
                 ids = [i for chunk in chunks for i in chunk]
@@ -402,7 +429,7 @@ def drain(
             if stopped or due == 0 or not overlap:
                 # the last delivery may give rows back due now (a variation whose parent was
                 # on its way): look again once it is done
-                stopped = _delivered(relay, delivering, None) or stopped
+                stopped = _delivered(relay, delivering, None, unsettled) or stopped
                 delivering = None
                 due = _count_due(relay)
             if progress is not None:
@@ -419,10 +446,12 @@ def drain(
                 break
             if pause:
                 relay.sleep(pause)
-        _delivered(relay, delivering, None)
+        stopped = _delivered(relay, delivering, None, unsettled) or stopped
     with session_scope(relay.url) as session:
         counts = outbox.count_by_state(session)
-    return batches, counts
+        now = relay.clock()
+        account = outbox.drain_account(session, tokens, unsettled, now)
+    return DrainResult(batches, counts, account, stopped, due)
 
 
 def _count_due(relay: Relay) -> int:
@@ -434,14 +463,18 @@ def _delivered(
     relay: Relay,
     delivering: tuple[str, Future[DeliverySummary]] | None,
     next_token: str | None,
+    unsettled: list[int],
 ) -> bool:
-    """Wait for a batch's delivery; True if SkyHub refused the credentials during it. Then the
-    batch claimed meanwhile (``next_token``) is stopped the same way before it spends a
-    request: its keys find the reason on their claim and give their rows back untouched."""
+    """Wait for a batch's delivery, adding the rows it left undelivered to ``unsettled``; True
+    if SkyHub refused the credentials during it. Then the batch claimed meanwhile
+    (``next_token``) is stopped the same way before it spends a request: its keys find the
+    reason on their claim and give their rows back untouched."""
     if delivering is None:
         return False
     token, future = delivering
-    if not future.result().auth_failed:
+    delivered = future.result()
+    unsettled.extend(delivered.unsettled)
+    if not delivered.auth_failed:
         return False
     if next_token is not None:
         with session_scope(relay.url) as session:

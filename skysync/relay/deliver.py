@@ -106,7 +106,7 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
             state = deliver_key(relay, token, key, claimed.by_key[key], stop, lease)
             with lock:
                 summary.keys += 1
-                summary.count(state)
+                summary.count(state, [r.id for r in claimed.by_key[key]])
 
     # The credentials check (one request alone) is spent only where this process has not
     # seen them accepted lately: otherwise every chunk would start with one lane alone.

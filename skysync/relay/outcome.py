@@ -142,14 +142,23 @@ def sent_outcome(learned: Learned, decision: Decision) -> Outcome:
     return learned.ending(Outcome(state=RowState.SENT, reason=reason))
 
 
+#: Key outcomes that leave the rows not delivered: back to pending (or dead) by this claim.
+UNSETTLED = frozenset({"retry", "wait", "auth"})
+
+
 @dataclass
 class DeliverySummary:
     keys: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
     auth_failed: bool = False
+    # ids of the rows of keys whose outcome left them undelivered (UNSETTLED): what `drain`
+    # looks at again in the end. Only failures, so it stays small; not in as_dict.
+    unsettled: list[int] = field(default_factory=list)
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: str, row_ids: list[int] | None = None) -> None:
         self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+        if outcome in UNSETTLED and row_ids:
+            self.unsettled.extend(row_ids)
 
     def as_dict(self) -> dict[str, Any]:
         return {"keys": self.keys, **self.by_outcome, "auth_failed": self.auth_failed}

@@ -9,7 +9,9 @@ transaction commits, and only then ``DELETE /queues/orders/{code}`` acknowledges
 * an order that cannot be parsed (no status, fields of the wrong type) is stored raw and flagged
   with the problem, acknowledged, and counted by ``skysync status``: never dropped, never left to
   block the queue. One without even a code cannot be acknowledged; it is stored once and then
-  recognised by its content each time SkyHub redelivers it.
+  recognised by its content (its bookkeeping fields aside, :data:`VOLATILE_FIELDS`) each time
+  SkyHub redelivers it, every visibility window, for ever: each run lists its inbox row
+  (``unacknowledgeable_rows``), and ``skysync status`` names it while it keeps coming back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ log = logging.getLogger("skysync.orders")
 
 MAX_ORDERS_PER_RUN = 500
 
+#: Fields of an order that SkyHub's bookkeeping may change between two deliveries of the same
+#: order state: left out of the identity of an order without a code, which is delivered again
+#: and again (it cannot be acknowledged) and must stay one inbox row.
+VOLATILE_FIELDS = frozenset({"updated_at", "sync_status", "available_to_sync"})
+
 
 @dataclass
 class PullSummary:
@@ -46,6 +53,7 @@ class PullSummary:
     acknowledged: int = 0
     ack_failed: int = 0
     unacknowledgeable: int = 0
+    unacknowledgeable_rows: list[int] = field(default_factory=list)  # their inbox rows
     stopped: str | None = None
     codes: list[str] = field(default_factory=list)
 
@@ -61,7 +69,10 @@ def dedupe_key(queued: QueuedOrder) -> str:
         # updated_at tells a second, later shipment_exception from a redelivery of the first
         updated = queued.raw.get("updated_at") if isinstance(queued.raw, dict) else None
         return f"{queued.code}|{queued.status_code}|{updated or ''}"
-    raw = json.dumps(queued.raw, sort_keys=True, ensure_ascii=False, default=str)
+    content = queued.raw
+    if not queued.code and isinstance(content, dict):
+        content = {k: v for k, v in content.items() if k not in VOLATILE_FIELDS}
+    raw = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
     return f"{queued.code or '?'}|malformed|{hashlib.sha256(raw.encode()).hexdigest()[:24]}"
 
 
@@ -148,10 +159,17 @@ def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int)
         if not queued.code:
             # Nothing to acknowledge it by; SkyHub hides it for a while, then sends it again.
             summary.unacknowledgeable += 1
+            seen = json.dumps(queued.raw, sort_keys=True, ensure_ascii=False, default=str)
+            if seen in seen_unackable:
+                return  # the queue came round to it again: only such orders left this run
+            seen_unackable.add(seen)
             key = dedupe_key(queued)
-            if key in seen_unackable:
-                return  # only such orders left this run
-            seen_unackable.add(key)
+            with session_scope(url, readonly=True) as session:
+                row_id = session.execute(
+                    sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == key)
+                ).scalar()
+            if row_id is not None and row_id not in summary.unacknowledgeable_rows:
+                summary.unacknowledgeable_rows.append(row_id)
             continue
         summary.codes.append(queued.code)
         try:

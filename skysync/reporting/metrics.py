@@ -179,7 +179,7 @@ def registry_for(database_url: str) -> CollectorRegistry:
     return registry
 
 
-def serve(database_url: str, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104
+def serve(database_url: str, port: int, address: str = "127.0.0.1") -> None:
     """Serve /metrics until interrupted."""
     import threading
 

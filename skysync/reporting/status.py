@@ -4,13 +4,14 @@ plain dict."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
+from skysync.skyhub.payloads import QUEUE_VISIBILITY_SECONDS
 from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
@@ -50,6 +51,19 @@ def _last_reconcile(session: Session) -> dict[str, Any] | None:
     }
 
 
+def _unacknowledgeable_orders(session: Session, now: datetime) -> list[int]:
+    """Inbox rows of orders without a code that SkyHub's queue still delivers: seen by an
+    order pull within two visibility windows (and a minute), oldest row first."""
+    since = now - timedelta(seconds=2 * QUEUE_VISIBILITY_SECONDS + 60)
+    query = sa.select(RunLog.summary).where(
+        RunLog.kind == "pull_orders", RunLog.started_at >= since
+    )
+    found: set[int] = set()
+    for summary in session.scalars(query):
+        found.update(int(i) for i in (summary or {}).get("unacknowledgeable_rows", []))
+    return sorted(found)
+
+
 def collect_status(session: Session, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     oldest_due = oldest_pending(session, due_only=True, now=now)
@@ -73,7 +87,11 @@ def collect_status(session: Session, now: datetime | None = None) -> dict[str, A
         "last_reconcile": _last_reconcile(session),
         "sync_errors": open_counts(session),
         "last_sync_errors_pull": _last_run(session, "pull_sync_errors"),
-        "orders": {"unconsumed": inbox.unconsumed, "flagged": inbox.flagged},
+        "orders": {
+            "unconsumed": inbox.unconsumed,
+            "flagged": inbox.flagged,
+            "unacknowledgeable": _unacknowledgeable_orders(session, now),
+        },
     }
 
 
@@ -105,6 +123,13 @@ def health_problems(
                 f"now, past the next batch ({sync_interval:.0f} s); "
                 "`skysync outbox list --state pending` shows each with SkyHub's header"
             )
+    for row_id in report["orders"].get("unacknowledgeable", []):
+        problems.append(
+            f"SkyHub's order queue keeps delivering an order without a code (inbox row "
+            f"{row_id}, flagged): it cannot be acknowledged, so it comes back every "
+            f"{QUEUE_VISIBILITY_SECONDS / 60:.0f} minutes (its raw JSON is that row's `raw`); "
+            "ask SkyHub to remove it from the queue"
+        )
     age = report["oldest_pending_age_s"]
     if age is not None and age > max_pending_age:
         problems.append(

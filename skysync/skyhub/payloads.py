@@ -76,6 +76,11 @@ class Order(BaseModel):
     items: list[OrderItem] = []
 
 
+#: SkyHub's queue hides a read, unacknowledged order for this long, then delivers it again
+#: (skyhub-api.md, "Queue").
+QUEUE_VISIBILITY_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class QueuedOrder:
     """One answer of ``GET /queues/orders``: the raw JSON always, the parsed order when it parses,

@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from skysync.config import mask_dsns_in, scrub_dsn_secret
+
 
 def _alembic_dir() -> Path:
     """Alembic's scripts: inside the installed package (a wheel ships the top-level migrations/
@@ -157,14 +159,16 @@ def session_scope(url: str, *, readonly: bool = False, flush_wal: bool = True) -
         session.close()
 
 
-def database_problem(exc: BaseException) -> str | None:
+def database_problem(exc: BaseException, url: str | None = None) -> str | None:
     """What an operator should read when a command meets ``exc`` from the database: its tables
     are missing (not migrated yet), or it cannot be reached. None for anything else. The
-    driver's first line only (it never holds the password)."""
+    driver's first line only, without any piece of ``url``'s password (a password with an
+    unescaped "@" is parsed short, and the driver names the rest as part of the host)."""
     if not isinstance(exc, sa.exc.DBAPIError):
         return None
     text = str(exc.orig if exc.orig is not None else exc).strip()
     detail = text.splitlines()[0] if text else type(exc).__name__
+    detail = scrub_dsn_secret(detail, url) if url else mask_dsns_in(detail)
     if "no such table" in detail or getattr(exc.orig, "sqlstate", None) == "42P01":
         return (
             f"the database (SKYSYNC_DATABASE_URL) has no skysync tables yet ({detail}): "

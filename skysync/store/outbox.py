@@ -99,6 +99,71 @@ def count_due(session: Session, now: datetime) -> int:
     ).scalar_one()
 
 
+@dataclass(frozen=True)
+class DrainAccount:
+    """What is left after a drain, and whose it is (``skysync drain``'s exit code)."""
+
+    dead: list[int]  # rows this drain handled that died (its attempts used up)
+    retrying: list[int]  # rows this drain handled that are back to pending, not sent
+    still_claimed: list[int]  # rows still in flight under this drain's own claims
+    rejected: int  # rows this drain rejected (bad input, or SkyHub refused them for good)
+    in_other_hands: int  # rows in flight under other claims (other workers')
+    not_due: int  # other pending rows not due yet (backing off from earlier attempts)
+
+    @property
+    def failed(self) -> list[int]:
+        return sorted({*self.dead, *self.retrying, *self.still_claimed})
+
+
+def drain_account(
+    session: Session, tokens: Sequence[str], unsettled: Iterable[int], now: datetime
+) -> DrainAccount:
+    """Account for a drain that claimed under ``tokens``, whose deliveries left ``unsettled``
+    rows undelivered at some point: where those rows are now (sent by a later batch of the
+    drain, back to pending, dead, or taken by another claim meanwhile), what else its claims
+    still hold or rejected, and what is in other hands."""
+    states: dict[int, str] = {}
+    retrying_not_due = 0
+    ids = sorted(set(unsettled))
+    for part in _slices(ids):
+        query = sa.select(OutboxRow.id, OutboxRow.state, OutboxRow.available_at).where(
+            OutboxRow.id.in_(part)
+        )
+        for i, state, available_at in session.execute(query):
+            states[i] = state
+            retrying_not_due += state == RowState.PENDING and available_at > now
+    # By state first (its index; rows in flight, dead or rejected are few next to the sent
+    # ones), then the drain's claim tokens in Python: never a scan of the table by token.
+    mine = set(tokens)
+    by_state: dict[str, list[int]] = {}
+    query = sa.select(OutboxRow.state, OutboxRow.id, OutboxRow.claim_token).where(
+        OutboxRow.state.in_([RowState.IN_FLIGHT, RowState.DEAD, RowState.REJECTED])
+    )
+    in_flight = 0
+    for state, i, token in session.execute(query):
+        in_flight += state == RowState.IN_FLIGHT
+        if token in mine:
+            by_state.setdefault(state, []).append(i)
+    ours_in_flight = by_state.get(RowState.IN_FLIGHT, [])
+    rejected = len(by_state.get(RowState.REJECTED, []))
+    dead = {i for i, state in states.items() if state == RowState.DEAD}
+    dead.update(by_state.get(RowState.DEAD, []))
+    retrying = sorted(i for i, state in states.items() if state == RowState.PENDING)
+    not_due = session.execute(
+        sa.select(sa.func.count()).where(
+            OutboxRow.state == RowState.PENDING, OutboxRow.available_at > now
+        )
+    ).scalar_one()
+    return DrainAccount(
+        dead=sorted(dead),
+        retrying=retrying,
+        still_claimed=sorted(ours_in_flight),
+        rejected=rejected,
+        in_other_hands=in_flight - len(ours_in_flight),
+        not_due=not_due - retrying_not_due,
+    )
+
+
 def oldest_pending(
     session: Session, *, due_only: bool, now: datetime | None = None
 ) -> datetime | None:
@@ -545,15 +610,17 @@ ClaimedRow = tuple[int, str, str, Any]  # id, kind, ref, payload
 PendingRow = tuple[int, str, str, str | bytes | None]
 
 
-def iter_claimed(session: Session, token: str) -> Iterator[list[ClaimedRow]]:
+def iter_claimed(session: Session, token: str) -> Iterator[list[PendingRow]]:
     """The rows in flight under ``token``, in id order, a page at a time (keyset pagination:
-    however many rows a claim took, no statement and no page grows with them)."""
+    however many rows a claim took, no statement and no page grows with them), payloads as
+    their stored JSON text, like :func:`iter_pending_newest_first`'s."""
+    payload = payload_text(OutboxRow.payload, session.connection().dialect.name)
     after = 0
     while True:
         page = [
             (r.id, r.kind, r.ref, r.payload)
             for r in session.execute(
-                sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload)
+                sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload.label("payload"))
                 .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
                 .where(OutboxRow.id > after)
                 .order_by(OutboxRow.id)
