@@ -200,6 +200,14 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Seconds between pulls of SkyHub's own errors (/sync_errors).",
     )
+    discovery_max_pages: int = Field(
+        default=300,
+        ge=0,
+        le=100_000,
+        description="The longest listing of SkyHub's catalogue (pages of 100 products) that a "
+        "batch reads to learn SKUs it has not seen (which exist, which are variations of "
+        "which product); 0: never (relay/catalogue.py).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     fast_lane: str = Field(
         default="off",

@@ -54,8 +54,10 @@ def test_a_refused_key_leaves_no_secret_in_the_logs(db_url: str, tmp_path: Path)
     error messages) holds neither SkyHub key nor the database password."""
     config = sandbox_config(email="ops@x", api_key="the-right-key", account_key="the-right-acct")
     with Sandbox(config) as sb:
-        insert(db_url, "price", "SKU-LOG-1", {"price": 12.5})
-        insert(db_url, "stock", "SKU-LOG-2", {"qty": 3})
+        # product rows: the first request is about a SKU (a price or stock row of a SKU never
+        # seen would first read SkyHub's catalogue, a request about no SKU in particular)
+        insert(db_url, "product", "SKU-LOG-1", {"name": "Caneca", "price": 12.5})
+        insert(db_url, "product", "SKU-LOG-2", {"name": "Copo", "qty": 3})
         env = {
             **os.environ,
             "SKYSYNC_DATABASE_URL": _with_password(db_url),

@@ -658,6 +658,7 @@ def test_price_for_a_sku_unknown_to_skyhub_is_rejected(db_url: str, sb: Sandbox)
     assert "GHOST" in (got.reason or "")
     assert got.attempts == 0
     assert [(e["method"], e["path"], e["status"]) for e in sb.request_log()] == [
+        ("GET", "/products?per_page=100", 200),  # a SKU never seen: is it in the catalogue?
         ("PUT", "/products/GHOST", 404),
         ("PUT", "/variations/GHOST", 404),
     ]
@@ -768,7 +769,9 @@ def test_a_drain_stops_the_batch_it_claimed_meanwhile_without_a_request(db_url: 
     config = sandbox_config(email="real@x", api_key="real-key", account_key="real-account")
     settings = {"batch_size": 2}
     with Sandbox(config) as sb, relay_for(db_url, sb, concurrency=1, settings_kw=settings) as relay:
-        ids = [insert(db_url, "stock", f"D-{i}", {"qty": i}) for i in range(6)]
+        # product rows: no catalogue read at claim time (that is for price and stock rows of
+        # SKUs never seen), so the first request is the first batch's delivery
+        ids = [insert(db_url, "product", f"D-{i}", {"name": "x", "qty": i}) for i in range(6)]
         drained = drain(relay)
         batches, counts = drained.batches, drained.counts
         assert len(sb.request_log()) == 1

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from skysync.domain.fast_lane import LaneRule
-from skysync.domain.kinds import SKU_KINDS, RowState, UnreadableJSON
+from skysync.domain.kinds import SKU_KINDS, Kind, RowState, UnreadableJSON
 from skysync.domain.lanes import interleave, lane_of_key, lead_with
 from skysync.domain.pacing import catch_up_now
 from skysync.domain.planner import QTY_MARKS, Folding, families, ordering_parents
 from skysync.domain.validation import parse_written, plain_stock, problems, ref_problems
 from skysync.logs import log_context
+from skysync.relay import catalogue
 from skysync.relay.outcome import BatchSummary, DeliverySummary
+from skysync.skyhub.errors import AuthenticationError
 from skysync.store import items as item_store
 from skysync.store import outbox, runs
 from skysync.store.db import session_scope
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skysync.relay")
 
+PRICE_STOCK = frozenset({Kind.PRICE, Kind.STOCK})
 CHUNK_KEYS = 25  # keys per Celery task: small enough to spread over workers, big enough to batch
 # Chunk k holds about CHUNK_KEYS * CHUNK_STAGGER[k % 5] keys (25 on average): workers that
 # start their chunks together then do not finish them together. A worker between two chunks
@@ -79,6 +82,11 @@ def run_batch(
         else:
             _note_claim(relay, run_id, summary)
         summary.chunks = len(chunks)
+        if summary.auth_stop is not None:
+            # SkyHub refused the credentials before any write: every key finds the reason on
+            # its claim and gives its rows back untouched, without a request
+            with session_scope(relay.url) as session:
+                runs.note_error(session, token, summary.auth_stop)
         if dispatch is not None:
             for chunk in chunks:
                 dispatch(token, chunk)
@@ -89,7 +97,8 @@ def run_batch(
             _finish_run(relay, run_id, summary, error=f"{type(exc).__name__}: {exc}")
         raise
     error = None
-    if summary.delivery is not None and summary.delivery.auth_failed:
+    auth_failed = summary.delivery is not None and summary.delivery.auth_failed
+    if auth_failed or summary.auth_stop is not None:
         with session_scope(relay.url) as session:
             error = runs.error_of(session, token)
     _finish_run(relay, run_id, summary, error=error)
@@ -186,6 +195,20 @@ def _claim(
         claim.flush()
         by_ref = claim.folding.ids_by_ref()
         parents, in_skyhub = item_store.family_links(session, by_ref)
+    # price and stock rows of SKUs skysync has never seen: SkyHub's listing says which exist
+    # and which are variations of which product, before their requests are planned
+    unseen = [
+        ref
+        for ref in by_ref
+        if ref not in parents and claim.kinds.get(ref, {Kind.PRODUCT}) <= PRICE_STOCK
+    ]
+    try:
+        learned = bool(unseen) and bool(catalogue.learn_unknown(relay, unseen))
+    except AuthenticationError as exc:  # run_batch stops the batch before its first write
+        learned, summary.auth_stop = False, runs.auth_stop_reason(exc)
+    if learned:
+        with session_scope(relay.url, readonly=True) as session:
+            parents, in_skyhub = item_store.family_links(session, by_ref)
     summary.keys = len(by_ref)
     follows = ordering_parents(parents, claim.kinds, in_skyhub)
     return chunk_by_family(by_ref, parents, claim.first_kind, follows)
@@ -421,6 +444,8 @@ def drain(
             if summary.token is not None:
                 tokens.append(summary.token)
             stopped = _delivered(relay, delivering, summary.token if chunks else None, unsettled)
+            # refused credentials in this batch's own claim (its catalogue read): no next batch
+            stopped = stopped or summary.auth_stop is not None
             delivering = None
             if chunks and summary.token is not None:
                 ids = [i for chunk in chunks for i in chunk]

@@ -174,6 +174,7 @@ class BatchSummary:
     keys: int = 0
     chunks: int = 0
     more_due: bool = False  # the claim hit SKYSYNC_BATCH_SIZE: a backlog is left (pacing.py)
+    auth_stop: str | None = None  # SkyHub refused the credentials before the first write
     delivery: DeliverySummary | None = None
 
     def as_dict(self) -> dict[str, Any]:

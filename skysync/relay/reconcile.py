@@ -76,14 +76,18 @@ class _Run:
         self.seen.update(entry.sku for entry in fresh)
         with session_scope(self.relay.url) as session:
             expected = _expectations(session, [e.sku for e in fresh], read_at)
-            unknown = [e.sku for e in fresh if e.sku not in expected]
+            # no expectation: skysync does not know it, or only learned that SkyHub has it
+            # (relay/catalogue.py) without the ERP ever writing a value for it
+            unknown = {e.sku for e in fresh if e.sku not in expected or not expected[e.sku].fields}
             written = outbox.written_refs(session, unknown) if unknown else set()
             now = self.relay.clock()
             for entry in fresh:
                 wanted = expected.get(entry.sku)
-                if wanted is None:
-                    if entry.sku not in written and entry.parent_sku not in written:
+                if entry.sku in unknown and entry.sku not in written:
+                    if entry.parent_sku not in written:
                         report.orphans.append(entry.sku)
+                    continue
+                if wanted is None:
                     continue
                 report.skus_compared += 1
                 report.busy_fields += len(wanted.busy & set(wanted.fields))

@@ -147,6 +147,40 @@ def family_links(session: Session, skus: Iterable[str]) -> tuple[dict[str, str |
     return parents, in_skyhub
 
 
+def learn_listed(
+    session: Session,
+    listed: Mapping[str, str | None],
+    absent: Iterable[str],
+    now: datetime,
+) -> None:
+    """What SkyHub's listing showed (relay/catalogue.py): each SKU of ``listed`` exists there,
+    a variation of its parent (None: a product); ``absent``: SKUs the whole listing did not
+    show. SKUs skysync already knows keep what it knows, except that a variation it took for
+    a product learns its parent."""
+    absent = [sku for sku in absent if sku not in listed]
+    skus = [*listed, *absent]
+    known, _ = family_links(session, skus)
+    new_rows = [
+        {"sku": sku, "parent_sku": listed[sku], "in_skyhub": True, "checked_at": now}
+        for sku in listed
+        if sku not in known
+    ]
+    new_rows += [
+        {"sku": sku, "parent_sku": None, "in_skyhub": False, "checked_at": now}
+        for sku in absent
+        if sku not in known
+    ]
+    defaults = {"acknowledged": {}, "last_applied": {}, "applied_epochs": {}, "attempt": {}}
+    for start in range(0, len(new_rows), 500):
+        session.execute(
+            _INSERT, [{**defaults, **r, "updated_at": now} for r in new_rows[start : start + 500]]
+        )
+    for sku, parent in listed.items():
+        if parent is not None and sku in known and known[sku] is None:
+            session.execute(_UPDATE, {"b_sku": sku, "parent_sku": parent, "updated_at": now})
+            _unlock_cache(session, sku)
+
+
 def register_variations(
     session: Session, parent_sku: str, variation_skus: Iterable[str], now: datetime
 ) -> None:
