@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput --rows 600 --batch-size 100
 	$(BIN)/python -m bench.relay_throughput --shape mixed
 	$(BIN)/python -m bench.relay_throughput --shape fashion
+	$(BIN)/python -m bench.relay_throughput --shape fashion --made-outside
 	$(BIN)/python -m bench.limiter_accuracy
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.freshness

@@ -357,10 +357,22 @@ def _mixed_result(
         "wall_s_trigger_to_all_final": round(wall, 1),
         "outbox": counts,
     }
+    # the same, with the span started at the first request of any kind: the catalogue read a
+    # batch makes before its writes when it meets SKUs it has never seen (relay/catalogue.py)
+    started = min(e["t"] for e in log)
+    reads_before = [e for e in log if e["method"] == "GET" and e["t"] <= first]
+    span_all = last_ok - started
+    result["reads_before_the_first_write"] = len(reads_before)
+    result["span_s_counting_those_reads"] = round(span_all, 1)
+    result["share_of_limits_counting_those_reads"] = round(
+        intervals / span_all / limits if span_all > 0 else float("nan"), 3
+    )
     if args.shape == "fashion":
         result["catalogue_made_outside_skysync"] = args.made_outside
     result["goal_met"] = (
-        result["share_of_limits"] >= 0.9 and not limited and counts.get("sent") == expected
+        min(result["share_of_limits"], result["share_of_limits_counting_those_reads"]) >= 0.9
+        and not limited
+        and counts.get("sent") == expected
     )
     return result
 

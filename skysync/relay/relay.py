@@ -65,6 +65,9 @@ class Relay:
         self.sleep = sleep
         # per push thread: the open unit of work of the SKU it is pushing (request_scope)
         self._local = threading.local()
+        # time.monotonic() before which no catalogue is read to learn new SKUs (catalogue.py:
+        # the last one was too long to read)
+        self.discovery_paused_until = 0.0
 
     def run_batch(self, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
         """Reclaim, claim, reject bad rows, then hand out the rest in chunks by key (batch.py).
