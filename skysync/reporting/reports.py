@@ -1,8 +1,10 @@
 """Read-only views for the command line (and anything else that shows state to a person):
-plain dicts built from one session, so the CLI only parses input and prints."""
+plain dicts built from one session, and the lines that show some of them on a terminal, so
+the CLI only parses input, calls and prints."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -148,3 +150,68 @@ def order_report(session: Session, code: str) -> dict[str, Any] | None:
         ],
         "steps": [row_dict(r) for r in steps],
     }
+
+
+# -- for the terminal ----------------------------------------------------------------------------
+
+# why SkyHub holds another value than the ERP wrote (skysync item show)
+_ERP_VALUE_WHY = {
+    "qty": "; the stock buffer kept back the rest",
+    "promotional_price": "; capped at the price: never a promotion above the price",
+}
+
+
+def item_lines(data: dict[str, Any]) -> list[str]:
+    """`skysync item show SKU`: an item_report() in words."""
+    sku = data["sku"]
+    if not data["known"]:
+        lines = [f"{sku}: skysync has not delivered anything for this SKU yet"]
+    else:
+        lines = _item_state_lines(data)
+    lines.append("  recent rows:")
+    for r in data["recent_rows"]:
+        origin = f"[{r['origin']}] " if r["origin"] != "erp" else ""
+        lines.append(
+            f"    {r['id']:>8} {r['state']:<10} {r['kind']:<8} {origin}{r['reason'] or ''}"
+        )
+    if data["sync_errors"]:
+        lines.append("  SkyHub's own errors about it:")
+        lines.extend("    " + error_line(e) for e in data["sync_errors"])
+    return lines
+
+
+def _item_state_lines(data: dict[str, Any]) -> list[str]:
+    """A known SKU: in SkyHub or not, frozen or not, and what SkyHub acknowledged."""
+    state = "frozen" if data["frozen"] else "not frozen"
+    if data["frozen"]:
+        state += f" since {data['frozen_since']} (linked to the marketplace)"
+    where = "in SkyHub" if data["in_skyhub"] else "not in SkyHub yet"
+    lines = [f"{data['sku']}: {where}, {state}"]
+    if data["parent_sku"]:
+        lines.append(f"  variation of {data['parent_sku']}")
+    lines.append("  acknowledged by SkyHub:")
+    for name, value in sorted(data["acknowledged"].items()):
+        line = f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}"
+        if name in data["erp_values"]:
+            why = _ERP_VALUE_WHY.get(name, "")
+            line += f"  (the ERP wrote {data['erp_values'][name]}{why})"
+        lines.append(line)
+    if data["unknown"]:
+        names = ", ".join(data["unknown"])
+        lines.append(f"  unknown (sent, no answer recorded; resent with the next value): {names}")
+    return lines
+
+
+def error_line(e: dict[str, Any]) -> str:
+    """One of SkyHub's own errors (a sync_errors.as_dict()) on one line."""
+    state = "open"
+    if e["ignored_at"]:
+        state = "ignored"
+    elif e["resolved_at"]:
+        state = "resolved"
+    what = "SKU" if e["entity_type"] == "products" else "order"
+    return (
+        f"{e['id']:>6} {state:<8} {what} {e['entity_id']}: "
+        f"{e['error_category_code']}/{e['error_code']}: {e['message'] or ''} "
+        f"(last {e['last_occurrence'] or '?'})"
+    )

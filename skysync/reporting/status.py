@@ -1,6 +1,6 @@
 """What `skysync status` reports: outbox counts, the oldest due row, the rows SkyHub's rate limit
 parked, the last runs, the orders waiting for the ERP. Read-only queries, gathered into one
-plain dict."""
+plain dict, and that dict in words for a terminal."""
 
 from __future__ import annotations
 
@@ -150,3 +150,52 @@ def health_problems(
                 f"no {label} for {since:.0f} s (expected every {interval:.0f} s): is beat running?"
             )
     return problems
+
+
+# -- for the terminal ----------------------------------------------------------------------------
+
+
+def status_lines(report: dict[str, Any], *, database: str) -> list[str]:
+    """`skysync status`: a collect_status() report with its "problems" in words; ``database``
+    is the DSN to show, its password masked."""
+    lines = [f"database: {database}", "outbox:"]
+    lines.extend(f"  {state:<11} {n}" for state, n in report["outbox"].items())
+    age = report["oldest_pending_age_s"]
+    lines.append(f"oldest due pending row: {'none' if age is None else f'{age:.0f} s old'}")
+    parked = report["parked_by_skyhub"]
+    if parked["rows"]:
+        lines.append(f"waiting on SkyHub's rate limit: {parked['rows']} until {parked['until']}")
+    for key, label in (("last_relay", "last relay"), ("last_order_pull", "last order pull")):
+        run = report[key]
+        lines.append(f"{label}: {'never' if run is None else run['started_at']}")
+        if run and run["error"]:
+            lines.append(f"  stopped: {run['error']}")
+    orders = report["orders"]
+    lines.append(
+        f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)"
+    )
+    lines.extend(_reconcile_lines(report["last_reconcile"]))
+    errors = report["sync_errors"]
+    lines.append(
+        f"SkyHub's own errors, open: {errors['products']} about products, "
+        f"{errors['orders']} about orders (skysync errors list)"
+    )
+    if report["problems"]:
+        lines.append("UNHEALTHY:")
+        lines.extend(f"  - {problem}" for problem in report["problems"])
+    else:
+        lines.append("healthy")
+    return lines
+
+
+def _reconcile_lines(rec: dict[str, Any] | None) -> list[str]:
+    if rec is None:
+        return ["last reconciliation: never"]
+    lines = [
+        f"last reconciliation: {rec['started_at']}: {rec['skus_compared']} SKUs, "
+        f"{rec['drift']} drift, {rec['orphans']} orphan(s), {rec['missing']} missing, "
+        f"{rec['frozen']} frozen, {rec['repaired_rows']} correction row(s)"
+    ]
+    if rec["error"]:
+        lines.append(f"  {rec['error']}")
+    return lines

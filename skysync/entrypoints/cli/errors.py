@@ -1,0 +1,96 @@
+"""`skysync errors ...`: SkyHub's own errors about what it accepted (/sync_errors)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import closing
+
+import click
+
+from skysync.entrypoints.cli.common import Context, echo_json, pass_ctx, relay_or_exit
+
+
+@click.group()
+def errors() -> None:
+    """SkyHub's own errors about products and orders it accepted (/sync_errors)."""
+
+
+@errors.command("pull")
+@pass_ctx
+def errors_pull(ctx: Context) -> None:
+    """Read SkyHub's errors now and store them (beat does it every
+    SKYSYNC_SYNC_ERRORS_INTERVAL)."""
+    from skysync.relay.sync_errors import pull_sync_errors
+
+    relay_ = relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        summary = pull_sync_errors(relay_)
+    echo_json(summary.as_dict())
+    if summary.stopped:
+        sys.exit(1)
+
+
+@errors.command("list")
+@click.option("--sku", help="Only this SKU's errors.")
+@click.option("--order", "order_code", help="Only this order's errors.")
+@click.option("--all", "include_closed", is_flag=True, help="Resolved and ignored ones too.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def errors_list(
+    ctx: Context,
+    sku: str | None,
+    order_code: str | None,
+    include_closed: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """SkyHub's errors, newest first: open ones (neither resolved nor ignored) unless --all."""
+    from skysync.reporting.reports import error_line
+    from skysync.store import sync_errors
+    from skysync.store.db import session_scope
+
+    if sku and order_code:
+        raise click.UsageError("give --sku or --order, not both")
+    entity_type = "products" if sku else "orders" if order_code else None
+    with session_scope(ctx.settings.database_url, readonly=True) as session:
+        found = [
+            sync_errors.as_dict(e)
+            for e in sync_errors.listed(
+                session,
+                entity_id=sku or order_code,
+                entity_type=entity_type,
+                include_closed=include_closed,
+                limit=limit,
+            )
+        ]
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("no errors")
+    for e in found:
+        click.echo(error_line(e))
+
+
+@errors.command("ignore")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@pass_ctx
+def errors_ignore(ctx: Context, ids: tuple[int, ...]) -> None:
+    """Ask SkyHub to ignore these errors (after fixing their cause): it stops listing them,
+    and they are kept here marked ignored."""
+    from skysync.relay.sync_errors import ignore_sync_errors
+    from skysync.skyhub.errors import SkyHubError
+
+    relay_ = relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        try:
+            ignored, unknown = ignore_sync_errors(relay_, list(ids))
+        except SkyHubError as exc:
+            click.echo(f"skysync: SkyHub did not take it: {exc}", err=True)
+            sys.exit(1)
+    if ignored:
+        click.echo(f"ignored {len(ignored)} error(s): {', '.join(map(str, ignored))}")
+    if unknown:
+        click.echo(f"skysync: unknown error id(s): {', '.join(map(str, unknown))}", err=True)
+        sys.exit(1)

@@ -1,0 +1,366 @@
+"""Running and looking after skysync: the daemon and its parts (run, relay, drain, trigger,
+flower, metrics, sandbox), its health (status, check-config) and its database (migrate,
+erp-role)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from contextlib import closing
+from typing import Any
+
+import click
+
+from skysync.config import mask_dsn
+from skysync.entrypoints.cli.common import (
+    Context,
+    ProgressDisplay,
+    echo_json,
+    pass_ctx,
+    progress_every_option,
+    relay_or_exit,
+    stop_on_sigterm,
+)
+
+ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@click.command()
+@pass_ctx
+def migrate(ctx: Context) -> None:
+    """Create or upgrade the tables (alembic upgrade head)."""
+    from skysync.store.db import current_revision
+    from skysync.store.db import migrate as run_migrations
+
+    url = ctx.settings.database_url
+    run_migrations(url)
+    click.echo(f"database {mask_dsn(url)} at revision {current_revision(url)}")
+
+
+@click.command("check-config")
+@pass_ctx
+def check_config(ctx: Context) -> None:
+    """Print the effective settings (secrets masked) and exit 2 if any is invalid."""
+    echo_json(ctx.settings.masked())
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--max-pending-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a due row may wait before status exits 1 [default: 2 x SKYSYNC_SYNC_INTERVAL].",
+)
+@pass_ctx
+def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
+    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP.
+
+    Exits 1 when something needs an operator: the oldest due row is older than
+    --max-pending-age, SkyHub's rate limit (a long Retry-After) parked rows past the next
+    batch, SkyHub refused the credentials in the last batch or pull, or no batch ran for two
+    intervals (beat is down). Cron or a monitor can alert on that."""
+    from skysync.reporting.status import collect_status, health_problems, status_lines
+    from skysync.store.db import session_scope
+
+    settings = ctx.settings
+    with session_scope(settings.database_url, readonly=True) as session:
+        report = collect_status(session)
+    problems = health_problems(
+        report,
+        sync_interval=settings.sync_interval,
+        order_poll_interval=settings.order_poll_interval,
+        max_pending_age=max_pending_age
+        if max_pending_age is not None
+        else 2 * settings.sync_interval,
+    )
+    report["healthy"] = not problems
+    report["problems"] = problems
+    if as_json:
+        echo_json(report)
+    else:
+        for line in status_lines(report, database=mask_dsn(settings.database_url)):
+            click.echo(line)
+    if problems:
+        sys.exit(1)
+
+
+@click.command()
+@pass_ctx
+def relay(ctx: Context) -> None:
+    """Run one relay batch in this process and print its summary."""
+    relay_ = relay_or_exit(ctx.settings)
+    with closing(relay_.client):
+        summary = relay_.run_batch()
+    echo_json(summary.as_dict())
+
+
+@click.command()
+@click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
+@progress_every_option
+@pass_ctx
+def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
+    """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
+    requests sent, ETA). Exit 1 when this drain failed: rows it handled did not go out (dead,
+    or back to pending to retry), rows are still due after --max-batches, or SkyHub refused
+    the credentials. Exit 0 otherwise, also when what is left is in other hands (rows in
+    flight under other workers' claims, rows backing off from earlier attempts) or rows were
+    rejected (bad input, fixed at the source); stderr says what is left."""
+    from skysync.relay import drain as drain_outbox
+
+    relay_ = relay_or_exit(ctx.settings)
+    show = ProgressDisplay(terminal=sys.stderr.isatty(), every=progress_every)
+    with closing(relay_.client):
+        result = drain_outbox(relay_, max_batches=max_batches, progress=show)
+    show.close()
+    account = result.account
+    echo_json(
+        {
+            "batches": result.batches,
+            "outbox": result.counts,
+            "this_drain": {
+                "failed": len(account.failed),
+                "dead": len(account.dead),
+                "retrying": len(account.retrying),
+                "rejected": account.rejected,
+                "stopped": result.stopped,
+                "still_due": result.due,
+            },
+            "left_in_other_hands": {
+                "in_flight": account.in_other_hands,
+                "pending_not_due": account.not_due,
+            },
+        }
+    )
+    for line in _drain_notes(result):
+        click.echo(f"skysync: {line}", err=True)
+    if result.failed:
+        sys.exit(1)
+
+
+def _drain_notes(result: Any) -> list[str]:
+    """What a drain leaves behind, in words: its own failures first, then the rest."""
+    account, notes = result.account, []
+    if result.stopped:
+        notes.append("stopped: SkyHub refused the credentials (see `skysync status`)")
+    if account.dead:
+        notes.append(
+            f"{len(account.dead)} row(s) this drain handled died (attempts used up): "
+            "`skysync outbox list --state dead`"
+        )
+    if account.retrying or account.still_claimed:
+        notes.append(
+            f"{len(account.retrying) + len(account.still_claimed)} row(s) this drain handled "
+            "did not go out and wait to be retried: `skysync outbox list --state pending`"
+        )
+    if result.due:
+        notes.append(f"{result.due} row(s) still due after --max-batches: run drain again")
+    if account.rejected:
+        notes.append(
+            f"{account.rejected} row(s) rejected (bad input, or refused by SkyHub for good; "
+            "not a failure of this drain): `skysync outbox list --state rejected`"
+        )
+    if account.in_other_hands:
+        notes.append(
+            f"{account.in_other_hands} in-flight row(s) are held by other workers' claims "
+            "(not this drain's)"
+        )
+    if account.not_due:
+        notes.append(
+            f"{account.not_due} pending row(s) not due yet, backing off from earlier attempts "
+            "(not this drain's)"
+        )
+    return notes
+
+
+@click.command()
+@pass_ctx
+def trigger(ctx: Context) -> None:
+    """Ask the workers for a relay batch now (instead of waiting for beat)."""
+    ctx.settings  # noqa: B018 - validate the configuration before touching the broker
+    from skysync.tasks import relay_batch
+
+    result = relay_batch.delay()
+    click.echo(f"relay batch queued as task {result.id}")
+
+
+@click.command()
+@click.option("--demo", is_flag=True, help="Seed demo rows into an empty outbox.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--emulator-port", default=8710, show_default=True, type=int)
+@pass_ctx
+def run(ctx: Context, demo: bool, concurrency: int, emulator_port: int) -> None:
+    """The daemon in one process: a Celery worker with embedded beat (and, without SkyHub
+    credentials, the built-in SkyHub emulator)."""
+    from skysync.entrypoints.embedded import run_daemon
+
+    run_daemon(ctx.settings, demo=demo, concurrency=concurrency, emulator_port=emulator_port)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (compose does, inside its container).",
+)
+@click.pass_context
+def flower(click_ctx: click.Context, port: int, address: str) -> None:
+    """Flower (the Celery dashboard) behind basic auth from SKYSYNC_FLOWER_BASIC_AUTH
+    ("user:password"); it refuses to start without. Extra options go to Flower."""
+    import os
+
+    settings = click_ctx.ensure_object(Context).settings
+    if settings.flower_basic_auth is None:
+        click.echo(
+            "skysync: refusing to start Flower without authentication: set "
+            'SKYSYNC_FLOWER_BASIC_AUTH="user:password"',
+            err=True,
+        )
+        sys.exit(2)
+    # Flower reads FLOWER_* variables: the password stays out of the process's command line.
+    os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    from skysync.celery_app import app
+
+    app.start(["flower", f"--port={port}", f"--address={address}", *click_ctx.args])
+
+
+@click.command()
+@click.option("--port", default=9108, show_default=True, type=int)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (no authentication: mind who reaches it).",
+)
+@pass_ctx
+def metrics(ctx: Context, port: int, address: str) -> None:
+    """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""
+    from skysync.reporting.metrics import serve
+
+    click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
+    stop_on_sigterm()
+    serve(ctx.settings.database_url, port, address)
+
+
+def erp_role_sql(role: str) -> str:
+    """The least-privilege grants for the ERP's database role (PostgreSQL)."""
+    return f"""\
+-- skysync: least-privilege role for the ERP (PostgreSQL). Run as the owner of the tables.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+    CREATE ROLE "{role}" LOGIN;
+  END IF;
+END
+$$;
+REVOKE ALL ON skysync_outbox, skysync_item, skysync_order_inbox, skysync_order, skysync_run,
+  skysync_request_stat, alembic_version FROM "{role}";
+GRANT USAGE ON SCHEMA public TO "{role}";
+-- write changes: only the ERP's columns; id, created_at and the rest come from defaults
+GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "{role}";
+GRANT USAGE ON SEQUENCE skysync_outbox_id_seq TO "{role}";
+-- read new orders and mark them consumed
+GRANT SELECT ON skysync_order_inbox TO "{role}";
+GRANT UPDATE (consumed_at) ON skysync_order_inbox TO "{role}";
+-- then set its password: ALTER ROLE "{role}" PASSWORD '...';
+"""
+
+
+@click.command("erp-role")
+@click.argument("role", default="skysync_erp")
+@click.option("--apply", is_flag=True, help="Run the grants against SKYSYNC_DATABASE_URL.")
+@pass_ctx
+def erp_role(ctx: Context, role: str, apply: bool) -> None:
+    """Print (or --apply) the SQL that creates a least-privilege PostgreSQL role for the ERP."""
+    if not ROLE_NAME.fullmatch(role):
+        raise click.BadParameter("lower-case letters, digits and _ only", param_hint="ROLE")
+    sql = erp_role_sql(role)
+    if not apply:
+        click.echo(sql, nl=False)
+        return
+    if ctx.settings.is_sqlite:
+        click.echo("skysync: erp-role --apply needs PostgreSQL; SQLite has no roles", err=True)
+        sys.exit(2)
+    from skysync.store.db import get_engine
+
+    with get_engine(ctx.settings.database_url).begin() as conn:
+        conn.exec_driver_sql(sql)
+    click.echo(f"role {role} can now INSERT outbox rows and read/consume the order inbox")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8710, show_default=True, type=int)
+@click.option("--rate-limit", type=float, default=None, help="Replace SkyHub's 9/s limits.")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--fail-rate", type=float, default=0.0, show_default=True, help="Share of 5xx.")
+@click.option("--timeout-rate", type=float, default=0.0, show_default=True)
+@click.option("--lost-answer-rate", type=float, default=0.0, show_default=True)
+@click.option("--visibility-timeout", type=float, default=300.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@pass_ctx
+def sandbox(
+    ctx: Context,
+    host: str,
+    port: int,
+    rate_limit: float | None,
+    latency_ms: float,
+    fail_rate: float,
+    timeout_rate: float,
+    lost_answer_rate: float,
+    visibility_timeout: float,
+    seed: int | None,
+) -> None:
+    """Run the SkyHub emulator: a local SkyHub for tests and ERP teams."""
+    from skysync.emulator import SandboxConfig, main_sandbox
+
+    for name, value in (
+        ("--fail-rate", fail_rate),
+        ("--timeout-rate", timeout_rate),
+        ("--lost-answer-rate", lost_answer_rate),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise click.BadParameter(f"must be between 0 and 1, got {value}", param_hint=name)
+    settings = ctx.settings
+    # Configured credentials are enforced (the emulator stands in for that account);
+    # with none configured, any non-empty ones pass.
+    credentials: dict[str, str | None] = {"email": None, "api_key": None, "account_key": None}
+    if settings.has_skyhub_credentials:
+        assert settings.skyhub_api_key is not None and settings.skyhub_account_key is not None
+        credentials = {
+            "email": settings.skyhub_email,
+            "api_key": settings.skyhub_api_key.get_secret_value(),
+            "account_key": settings.skyhub_account_key.get_secret_value(),
+        }
+    stop_on_sigterm()
+    main_sandbox(
+        SandboxConfig(
+            **credentials,
+            host=host,
+            port=port,
+            rate_limit=rate_limit,
+            latency_ms=latency_ms,
+            fail_rate=fail_rate,
+            timeout_rate=timeout_rate,
+            lost_answer_rate=lost_answer_rate,
+            visibility_timeout=visibility_timeout,
+            seed=seed,
+        )
+    )
+
+
+COMMANDS = (
+    migrate,
+    check_config,
+    status,
+    relay,
+    drain,
+    trigger,
+    run,
+    flower,
+    metrics,
+    erp_role,
+    sandbox,
+)
