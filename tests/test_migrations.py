@@ -3,6 +3,7 @@ ERP relies on when it writes plain SQL, and the least-privilege ERP role on Post
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from skysync.store.db import (
     get_engine,
     migrate,
 )
+from skysync.store.models import Base
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
@@ -364,3 +366,31 @@ def test_erp_role_sql_is_idempotent(pg_url: str, erp_role: str) -> None:
             f"SELECT count(*) FROM pg_roles WHERE rolname = '{erp_role}'"
         ).scalar_one()
     assert n == 1
+
+
+def _revoked(sql: str) -> set[str]:
+    found = re.search(r"^REVOKE ALL ON (.*?) FROM ", sql, re.MULTILINE | re.DOTALL)
+    assert found, sql
+    return {name.strip() for name in found.group(1).split(",")}
+
+
+def test_erp_role_sql_revokes_every_table(pg_url: str) -> None:
+    # Read from the metadata, so a table a migration adds is never left out of the list.
+    revoked = _revoked(erp_role_sql("skysync_erp"))
+    assert revoked == {*Base.metadata.tables, "alembic_version"}
+    assert _tables(pg_url) <= revoked
+    assert "skysync_sync_error" in revoked
+
+
+def test_erp_role_is_granted_only_the_outbox_and_the_inbox(
+    pg_url: str, erp_role: str, as_erp: Callable[[str], list[Any]]
+) -> None:
+    with get_engine(pg_url).connect() as conn:
+        granted = conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.table_privileges WHERE grantee = %s "
+            "UNION SELECT table_name FROM information_schema.column_privileges WHERE grantee = %s",
+            (erp_role, erp_role),
+        ).scalars()
+        assert set(granted) == {"skysync_outbox", "skysync_order_inbox"}
+    for table in sorted(_tables(pg_url) - {"skysync_outbox", "skysync_order_inbox"}):
+        _denied(as_erp, f"SELECT * FROM {table}")

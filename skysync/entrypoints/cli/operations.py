@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from contextlib import closing
 from typing import Any
 
@@ -23,6 +24,7 @@ from skysync.entrypoints.cli.common import (
 )
 
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+ALEMBIC_VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 
 
 @click.command()
@@ -245,7 +247,20 @@ def metrics(ctx: Context, port: int, address: str) -> None:
 
 
 def erp_role_sql(role: str) -> str:
-    """The least-privilege grants for the ERP's database role (PostgreSQL)."""
+    """The least-privilege grants for the ERP's database role (PostgreSQL). Everything is revoked
+    on every table skysync makes (read from its metadata, so a new table is never left out) and
+    on Alembic's, then the outbox and the inbox grant what the ERP contract needs."""
+    from skysync.store.models import Base
+
+    tables = [*Base.metadata.tables, ALEMBIC_VERSION_TABLE]
+    revoke = textwrap.fill(
+        ", ".join(tables) + f' FROM "{role}";',
+        width=100,
+        initial_indent="REVOKE ALL ON ",
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
     return f"""\
 -- skysync: least-privilege role for the ERP (PostgreSQL). Run as the owner of the tables.
 DO $$
@@ -255,8 +270,7 @@ BEGIN
   END IF;
 END
 $$;
-REVOKE ALL ON skysync_outbox, skysync_item, skysync_order_inbox, skysync_order, skysync_run,
-  skysync_request_stat, alembic_version FROM "{role}";
+{revoke}
 GRANT USAGE ON SCHEMA public TO "{role}";
 -- write changes: only the ERP's columns; id, created_at and the rest come from defaults
 GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "{role}";
