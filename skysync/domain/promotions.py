@@ -80,14 +80,7 @@ def fit_promotion(
     held_promo = acknowledged.get(PROMO)
     notes: list[str] = []
 
-    # the price SkyHub will hold
-    price = send.get(PRICE, held_price)
-    if PROMO in send and _num(price) is None and PRICE in item.last_applied:
-        # SkyHub's price is unknown (a write of it got no answer): resend the ERP's latest
-        # price with the promotion, so that the pair SkyHub holds is known
-        price = lookup(PRICE)
-        if _num(price) is not None:
-            send[PRICE] = price
+    price = _price_skyhub_will_hold(send, held_price, item, lookup)
     if _num(price) is None:
         return decision
     newer = "the newer price" if PRICE in decision.send else "the price"
@@ -121,6 +114,20 @@ def fit_promotion(
     if send == decision.send and not notes:
         return decision
     return _with(decision, send, notes)
+
+
+def _price_skyhub_will_hold(
+    send: dict[str, Any], held_price: Any, item: ItemView, lookup: ErpValue
+) -> Any:
+    """The price SkyHub holds once it applies ``send``. When SkyHub's price is unknown (a write
+    of it got no answer) and a promotion goes, the ERP's latest price goes with it (added to
+    ``send``), so that the pair SkyHub holds is known."""
+    price = send.get(PRICE, held_price)
+    if PROMO in send and _num(price) is None and PRICE in item.last_applied:
+        price = lookup(PRICE)
+        if _num(price) is not None:
+            send[PRICE] = price
+    return price
 
 
 def _above(a: Any, b: Any) -> bool:

@@ -425,9 +425,8 @@ def drain(
     drains in about the longer of the two, not their sum. At most one batch is being delivered
     while one is claimed. On SQLite, which writes one transaction at a time, each batch is
     delivered before the next is claimed."""
-    started = time.monotonic()
-    requests_before = relay.client.counter.total
     due_at_start = _count_due(relay)
+    pace = _Pace(relay, due_at_start)
     # SQLite writes one transaction at a time: a claim would only hold up the delivery's writes
     overlap = not relay.url.startswith("sqlite")
     batches = 0
@@ -458,15 +457,7 @@ def drain(
                 delivering = None
                 due = _count_due(relay)
             if progress is not None:
-                progress(
-                    DrainProgress(
-                        batches=batches,
-                        done=max(0, due_at_start - due),
-                        left=due,
-                        requests=relay.client.counter.total - requests_before,
-                        elapsed=time.monotonic() - started,
-                    )
-                )
+                progress(pace.now(batches, due))
             if stopped or due == 0:
                 break
             if pause:
@@ -477,6 +468,25 @@ def drain(
         now = relay.clock()
         account = outbox.drain_account(session, tokens, unsettled, now)
     return DrainResult(batches, counts, account, stopped, due)
+
+
+class _Pace:
+    """How far a drain has come since it began (:class:`DrainProgress`)."""
+
+    def __init__(self, relay: Relay, due_at_start: int):
+        self.relay = relay
+        self.due_at_start = due_at_start
+        self.started = time.monotonic()
+        self.requests_before = relay.client.counter.total
+
+    def now(self, batches: int, due: int) -> DrainProgress:
+        return DrainProgress(
+            batches=batches,
+            done=max(0, self.due_at_start - due),
+            left=due,
+            requests=self.relay.client.counter.total - self.requests_before,
+            elapsed=time.monotonic() - self.started,
+        )
 
 
 def _count_due(relay: Relay) -> int:
