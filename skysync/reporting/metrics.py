@@ -25,7 +25,7 @@ from skysync.store.models import (
     utcnow,
 )
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox import count_by_state_and_kind, oldest_pending
+from skysync.store.outbox_reads import count_by_state_and_kind, oldest_pending
 from skysync.store.sync_errors import open_counts
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
-from skysync.store import outbox
+from skysync.store import outbox_reads
 from skysync.store.models import Order, OrderInbox
 
 
@@ -62,7 +62,7 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     seen = tuple(s for s in RowState if s not in (RowState.SUPERSEDED, RowState.WITHHELD))
     rows = [
         (r.id, r.kind, r.state, r.last_status)
-        for r in outbox.order_rows(session, code, states=seen)
+        for r in outbox_reads.order_rows(session, code, states=seen)
     ]
     sent_after: dict[str, int] = {}
     for row_id, kind, state, _status in rows:
