@@ -41,12 +41,12 @@ from skysync.domain.reconcile import (
     listed_skus,
 )
 from skysync.domain.validation import ValidationFailed
-from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
 from skysync.store import items as item_store
 from skysync.store import outbox, outbox_reads, runs
 from skysync.store.db import session_scope
+from skysync.store.request_stats import save_request_counts
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
