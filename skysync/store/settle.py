@@ -188,10 +188,14 @@ def release_held(session: Session, ids: Sequence[int], now: datetime) -> dict[in
 def requeue(
     session: Session, *, ids: list[int] | None = None, state: str | None = None, now: datetime
 ) -> int:
-    """An operator's requeue: dead (or rejected) rows back to pending, attempts reset."""
+    """An operator's requeue: dead, rejected or withheld rows back to pending, attempts reset.
+    Only the rows of ``ids`` when given (an empty list: none), only those in ``state`` when
+    given; neither: every such row."""
+    if ids is not None and not ids:
+        return 0
     requeueable = (RowState.DEAD, RowState.REJECTED, RowState.WITHHELD)
     query = sa.update(OutboxRow).where(OutboxRow.state.in_(requeueable))
-    if ids:
+    if ids is not None:
         query = query.where(OutboxRow.id.in_(ids))
     if state:
         query = query.where(OutboxRow.state == state)
