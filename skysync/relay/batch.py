@@ -1,4 +1,4 @@
-"""One batch (design.md, "Relay: one batch"): reclaim expired leases, claim due rows, reject the
+"""One batch (docs/relay.md, "How a batch goes"): reclaim expired leases, claim due rows, reject the
 invalid ones, and hand the rest out in chunks by key; ``drain`` runs batches until nothing is
 due."""
 
