@@ -332,12 +332,12 @@ def test_pages_of_any_size_read_every_row_once_newest_first(
     """However the pages cut a claim's SKUs (a SKU cut short by a full page, a SKU alone over
     many pages), every pending row is read exactly once, each SKU's rows together and newest
     first; the rows of other SKUs and of orders are not."""
-    from skysync.store import outbox
+    from skysync.store import claims
     from skysync.store.db import session_scope
     from skysync.store.models import utcnow
 
-    monkeypatch.setattr(outbox, "PAGE_ROWS", page_rows)
-    monkeypatch.setattr(outbox, "REFS_PER_READ", refs_per_read)
+    monkeypatch.setattr(claims, "PAGE_ROWS", page_rows)
+    monkeypatch.setattr(claims, "REFS_PER_READ", refs_per_read)
     sizes = {"P-A": 1, "P-B": 9, "P-C": 3, "P-D": 20, "P-E": 2}
     wanted: dict[str, list[int]] = {}
     for sku, n in sizes.items():
@@ -347,11 +347,11 @@ def test_pages_of_any_size_read_every_row_once_newest_first(
     insert(db_url, "order_cancel", "P-A", {})
     seen: list[tuple[int, str]] = []
     with session_scope(db_url) as session:
-        for page in outbox.iter_pending_newest_first(session, list(sizes)):
+        for page in claims.iter_pending_newest_first(session, list(sizes)):
             assert 0 < len(page) <= page_rows
             seen += [(row_id, ref) for row_id, _kind, ref, _payload in page]
             # the caller may end the rows it got before it asks for the next page
-            outbox.settle_pending(
+            claims.settle_pending(
                 session, [r[0] for r in page], token="t", state="superseded", now=utcnow(),
                 reason="read",
             )  # fmt: skip
@@ -370,10 +370,10 @@ def test_a_claim_reads_many_skus_a_few_statements_at_a_time_not_one_per_sku(
     """SKUs a full page did not finish go back to the queue and are read with others, not one
     statement each: 30 SKUs of 5 rows in pages of 20 rows take a few statements per page's
     worth of rows (reading the unfinished SKUs one by one took 28)."""
-    from skysync.store import outbox
+    from skysync.store import claims
     from skysync.store.db import session_scope
 
-    monkeypatch.setattr(outbox, "PAGE_ROWS", 20)
+    monkeypatch.setattr(claims, "PAGE_ROWS", 20)
     skus = [f"Q-{i:02d}" for i in range(30)]
     for sku in skus:
         insert_stock_rows(db_url, sku, 5)
@@ -387,7 +387,7 @@ def test_a_claim_reads_many_skus_a_few_statements_at_a_time_not_one_per_sku(
     sa.event.listen(engine, "before_cursor_execute", count)
     try:
         with session_scope(db_url) as session:
-            read = [r for page in outbox.iter_pending_newest_first(session, skus) for r in page]
+            read = [r for page in claims.iter_pending_newest_first(session, skus) for r in page]
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
     assert sorted(r[0] for r in read) == list(

@@ -16,8 +16,8 @@ from skysync.domain.pacing import catch_up_now
 from skysync.emulator import Sandbox
 from skysync.relay import Relay
 from skysync.store import runs
+from skysync.store.claims import CLAIM_LOCK_ID
 from skysync.store.db import get_engine, session_scope
-from skysync.store.outbox import CLAIM_LOCK_ID
 
 
 def decide(**kw: Any) -> bool:

@@ -7,10 +7,10 @@ treats SKYSYNC_SKYHUB_URL (the emulator, which checks those same credentials) as
 are queued the way operators do it, with ``skysync trigger``, or by running the ``relay_batch``
 task body in a separate interpreter when the test needs a batch claimed with no worker around.
 
-Checked (design.md: "Postgres is the source of truth; Redis/the broker is a doorbell that may
-lose messages"): rows are delivered, task arguments hold a claim token and row ids only (never a
-payload value or a credential), a worker killed mid-batch and a flushed broker cost time, never
-data.
+Checked (the guarantees in docs/relay.md; celery_app.py: "The database is the source of truth;
+the broker is a doorbell that may lose messages"): rows are delivered, task arguments hold a
+claim token and row ids only (never a payload value or a credential), a worker killed mid-batch
+and a flushed broker cost time, never data.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A hypothesis strategy interleaves ERP writes (price and stock rows for 3 SKUs th
 created), relay batches, scripted faults on ``PUT /products/`` (5xx, timeouts, answers lost after
 the change was applied, 429) and "time passes" (backed-off rows become due). Afterwards every
 row is made due and drained until none is pending or in flight, and the invariants of
-design.md are checked:
+docs/relay.md ("Guarantees, checked by the tests") are checked:
 
 (a) SkyHub (the emulator) ends with the ERP's latest valid price and qty for every SKU;
 (b) no stale overwrite, in the emulator's own request log: once a value from row N was

@@ -33,7 +33,7 @@ from skysync.emulator import Sandbox
 from skysync.relay import Relay, batch, drain
 from skysync.relay.fast_lane import LaneWatcher
 from skysync.relay.outcome import BatchSummary
-from skysync.store import outbox
+from skysync.store import claims
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, RunLog, utcnow
 
@@ -98,7 +98,7 @@ def test_sql_rule_picks_exactly_what_the_pure_rule_picks(db_url: str) -> None:
             o = sa.orm.aliased(OutboxRow, name="o")
             dialect = session.get_bind().dialect.name
             found = set(session.scalars(
-                sa.select(o.id).where(outbox.lane_filter(o, rule, dialect))
+                sa.select(o.id).where(claims.lane_filter(o, rule, dialect))
             ))  # fmt: skip
         expected = {i for i, (kind, payload) in ids.items() if rule.picks(kind, payload)}
         assert found == expected, rule
@@ -126,7 +126,7 @@ def test_lane_never_claims_a_sku_that_is_in_flight(db_url: str) -> None:
     out = insert(db_url, "stock", "A", {"qty": 0})
     rule = LaneRule(LaneMode.STOCKOUTS)
     with session_scope(db_url, readonly=True) as session:
-        assert not outbox.lane_rows_due(session, rule, utcnow())
+        assert not claims.lane_rows_due(session, rule, utcnow())
     assert _claim(db_url, rule) == set()
     assert row(db_url, out).state == "pending"
 

@@ -168,10 +168,10 @@ def test_a_row_committed_while_a_claim_reads_a_long_backlog_is_left_for_the_next
     from conftest import empty_tables
 
     from skysync.relay import batch
-    from skysync.store import outbox
+    from skysync.store import claims
 
     empty_tables(pg_url)
-    monkeypatch.setattr(outbox, "PAGE_ROWS", 5)
+    monkeypatch.setattr(claims, "PAGE_ROWS", 5)
     with relay_for(pg_url, sb) as relay:
         create_product(pg_url, relay, "BIG", qty=1)
         with erp_transaction(pg_url) as late:

@@ -1,5 +1,5 @@
-"""Behaviour of the relay (design.md, "Relay: one batch"): outbox rows written as the ERP writes
-them, delivered to the SkyHub emulator over real sockets, outcomes read back from the outbox
+"""Behaviour of the relay (docs/relay.md, "How a batch goes"): outbox rows written as the ERP
+writes them, delivered to the SkyHub emulator over real sockets, outcomes read back from the outbox
 table and from what the emulator received. Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations

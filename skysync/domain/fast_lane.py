@@ -1,5 +1,5 @@
 """Which outbox rows the fast lane takes (docs/fast-lane.md). Pure: the SQL form of the same
-rule is :func:`skysync.store.outbox.lane_filter`, and a test holds the two to each other.
+rule is :func:`skysync.store.claims.lane_filter`, and a test holds the two to each other.
 
 The lane never decides anything else: the rows it picks go through the relay like any batch
 (claim, coalesce, freeze/diff, push under the shared limiter, record)."""

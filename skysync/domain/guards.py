@@ -12,21 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from skysync.domain.planner import ItemView, Row, SkuRequest, newness
 from skysync.domain.validation import is_number
 
 GUARDED_PRICES = ("price", "promotional_price")
-
-
-@dataclass(frozen=True)
-class Guards:
-    """The guard settings (SKYSYNC_PRICE_DROP_GUARD, SKYSYNC_STOCK_BUFFER)."""
-
-    price_drop_percent: float | None = None  # None: the guard is off
-    stock_buffer: int = 0
 
 
 def _buffered(value: Any, buffer: int) -> Any:

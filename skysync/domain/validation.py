@@ -5,7 +5,7 @@ plain SQL, so a payload that the CLI refuses is exactly one that the relay would
 problem names its field (``payload.price``) and says what is wrong, and every problem of a row is
 reported at once so the ERP team can fix a row in one go.
 
-Rules (design.md, "The outbox contract", and the seed article):
+Rules (docs/erp-contract.md, and the seed article):
 
 * an absent key means "no change"; ``null`` or ``""`` mean "no value" and are not sent;
   ``0`` is a value (stock 0 is a normal out-of-stock);

@@ -1,4 +1,4 @@
-"""One batch (design.md, "Relay: one batch"): reclaim expired leases, claim due rows, reject the
+"""One batch (docs/relay.md, "How a batch goes"): reclaim expired leases, claim due rows, reject the
 invalid ones, and hand the rest out in chunks by key; ``drain`` runs batches until nothing is
 due."""
 
@@ -26,8 +26,8 @@ from skysync.logs import log_context
 from skysync.relay import catalogue
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.skyhub.errors import AuthenticationError
+from skysync.store import claims, outbox_reads, runs, settle
 from skysync.store import items as item_store
-from skysync.store import outbox, runs
 from skysync.store.db import session_scope
 from skysync.store.models import payload_from_stored
 
@@ -122,7 +122,7 @@ def run_catch_up(
         return last is not None and catch_up_now(
             last_was_full=bool((last.summary or {}).get("more_due")),
             last_stopped=runs.is_auth_stop(last.error),
-            keys_in_flight=outbox.keys_in_flight(session),
+            keys_in_flight=claims.keys_in_flight(session),
             batch_size=relay.settings.batch_size,
         )
 
@@ -175,22 +175,22 @@ def _claim(
     now = relay.clock()
     lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
     with session_scope(relay.url) as session:
-        if gate is not None and not (outbox.try_lock_claimers(session) and gate(session)):
+        if gate is not None and not (claims.try_lock_claimers(session) and gate(session)):
             return None
-        summary.reclaimed = outbox.reclaim_expired(session, now)
-        due = outbox.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
+        summary.reclaimed = claims.reclaim_expired(session, now)
+        due = claims.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
         summary.more_due = due.full
-        epoch = outbox.next_claim_epoch(session)
+        epoch = claims.next_claim_epoch(session)
         claim = _Claim(session, token, now, lease_until, summary, epoch)
-        outbox.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
-        for page in outbox.iter_claimed(session, token):  # the order steps just claimed
+        claims.claim_orders(session, due.codes, token=token, now=now, lease_until=lease_until)
+        for page in claims.iter_claimed(session, token):  # the order steps just claimed
             claim.take(page, in_flight=True)
         # each SKU's rows newest first (planner.newness): the rows no claim has read yet, then
         # those an earlier claim gave back, whatever their ids
-        for page in outbox.iter_pending_newest_first(session, due.skus):
+        for page in claims.iter_pending_newest_first(session, due.skus):
             claim.take(page, in_flight=False)
         claim.flush()
-        for page in outbox.iter_pending_claimed_before(session, due.skus):
+        for page in claims.iter_pending_claimed_before(session, due.skus):
             claim.take(page, in_flight=False)
         claim.flush()
         by_ref = claim.folding.ids_by_ref()
@@ -242,9 +242,9 @@ class _Claim:
         self._buffered = 0
         self._good_refs: dict[str, bool] = {}  # refs checked so far (ref_problems)
 
-    def take(self, page: list[outbox.ClaimedRow], *, in_flight: bool) -> None:
+    def take(self, page: list[claims.ClaimedRow], *, in_flight: bool) -> None:
         """``in_flight``: rows already claimed (order steps); else pending SKU rows, each
-        SKU's newest first, payloads as stored (:data:`outbox.PendingRow`)."""
+        SKU's newest first, payloads as stored (:data:`claims.PendingRow`)."""
         self.summary.claimed += len(page)
         for row_id, kind, ref, stored in page:
             marks = None
@@ -271,7 +271,7 @@ class _Claim:
             else:
                 self._folded.setdefault(self.folding.winner(ref), []).append(row_id)
                 self._buffered += 1
-            if self._buffered >= outbox.SUPERSEDE_CHUNK:
+            if self._buffered >= claims.SUPERSEDE_CHUNK:
                 self.flush()
 
     def _good_ref(self, ref: str) -> bool:
@@ -280,7 +280,7 @@ class _Claim:
             good = self._good_refs[ref] = not ref_problems(ref)
         return good
 
-    def _valid(self, row: outbox.ClaimedRow, *, in_flight: bool, stored: Any = None) -> bool:
+    def _valid(self, row: claims.ClaimedRow, *, in_flight: bool, stored: Any = None) -> bool:
         """Reject the row if it fails validation, with its reasons; a bad row never blocks
         the others. The reasons quote numbers as ``stored`` (the payload's JSON text) writes
         them: read again for that, only once the row is known to be bad."""
@@ -297,9 +297,9 @@ class _Claim:
         reason = "invalid: " + "; ".join(found)
         rejected = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
         if in_flight:
-            outbox.finish(self.session, [row_id], self.token, **rejected)
+            settle.finish(self.session, [row_id], self.token, **rejected)
         else:
-            outbox.settle_pending(
+            claims.settle_pending(
                 self.session, [row_id], token=self.token, epoch=self.epoch, **rejected
             )
         self.summary.rejected += 1
@@ -316,7 +316,7 @@ class _Claim:
     def flush(self) -> None:
         """Write what was decided so far: needed rows in flight, folded rows superseded."""
         session, token, now = self.session, self.token, self.now
-        outbox.claim_rows(
+        claims.claim_rows(
             session,
             self._needed,
             token=token,
@@ -324,7 +324,7 @@ class _Claim:
             lease_until=self.lease_until,
             epoch=self.epoch,
         )
-        self.summary.superseded += outbox.supersede_pending(
+        self.summary.superseded += claims.supersede_pending(
             session, self._folded, token=token, now=now, epoch=self.epoch
         )
         self._needed, self._folded, self._buffered = [], {}, 0
@@ -392,12 +392,12 @@ class DrainProgress:
 @dataclass(frozen=True)
 class DrainResult:
     """How a drain ended: its batches, the outbox's counts by state, and what is left, told
-    apart by whose it is (:class:`outbox.DrainAccount`): rows this drain handled that did not
+    apart by whose it is (:class:`outbox_reads.DrainAccount`): rows this drain handled that did not
     go out are its failures; rows in flight under other claims are other workers' business."""
 
     batches: int
     counts: dict[str, int]
-    account: outbox.DrainAccount
+    account: outbox_reads.DrainAccount
     stopped: bool  # SkyHub refused the credentials
     due: int  # rows still due when it ended (it ran out of --max-batches)
 
@@ -464,9 +464,9 @@ def drain(
                 relay.sleep(pause)
         stopped = _delivered(relay, delivering, None, unsettled) or stopped
     with session_scope(relay.url) as session:
-        counts = outbox.count_by_state(session)
+        counts = outbox_reads.count_by_state(session)
         now = relay.clock()
-        account = outbox.drain_account(session, tokens, unsettled, now)
+        account = outbox_reads.drain_account(session, tokens, unsettled, now)
     return DrainResult(batches, counts, account, stopped, due)
 
 
@@ -491,7 +491,7 @@ class _Pace:
 
 def _count_due(relay: Relay) -> int:
     with session_scope(relay.url) as session:
-        return outbox.count_due(session, relay.clock())
+        return outbox_reads.count_due(session, relay.clock())
 
 
 def _delivered(

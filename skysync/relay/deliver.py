@@ -31,8 +31,8 @@ from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_out
 from skysync.relay.products import push_product
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
+from skysync.store import claims, runs, settle
 from skysync.store import items as item_store
-from skysync.store import outbox, runs
 from skysync.store.db import session_scope
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
     by_key: dict[Key, list[Row]] = {}
     lease_until: dict[Key, datetime] = {}
     with session_scope(relay.url) as session:
-        loaded = outbox.load_claimed(session, token, row_ids)
+        loaded = claims.load_claimed(session, token, row_ids)
         for r in loaded:
             row = Row(
                 r.id,
@@ -270,7 +270,7 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
         return True
     ids = [r.id for r in rows]
     with session_scope(relay.url) as session:
-        held = outbox.renew_lease(session, ids, token, now + lease)
+        held = settle.renew_lease(session, ids, token, now + lease)
         return held == len(ids)
 
 

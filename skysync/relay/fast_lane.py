@@ -4,7 +4,7 @@ instead of waiting for the next batch. Off by default (SKYSYNC_FAST_LANE=off).
 Two parts:
 
 * :func:`run_fast` is a batch over the families of the due rows the lane picks
-  (``outbox.claim_due(lane=...)``): the same claim, coalescing, freeze/diff, shared rate
+  (``claims.pick_due(lane=...)``): the same claim, coalescing, freeze/diff, shared rate
   limiter and outcomes as every batch, so the lane can neither exceed SkyHub's limits nor send
   a value that a newer row of the same SKU would overwrite.
 * :class:`LaneWatcher` is the doorbell: a thread (started in each Celery worker, see
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from skysync.config import Settings
 from skysync.relay import batch
 from skysync.relay.outcome import BatchSummary
-from skysync.store import outbox
+from skysync.store import claims
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
 
@@ -157,4 +157,4 @@ class LaneWatcher(threading.Thread):
 
     def _due(self) -> bool:
         with session_scope(self.url, readonly=True) as session:
-            return outbox.lane_rows_due(session, self.rule, utcnow())
+            return claims.lane_rows_due(session, self.rule, utcnow())

@@ -1,7 +1,7 @@
 """How a key's delivery ended (``Outcome``), what its requests taught us on the way
 (``Learned``), and what a batch or a chunk did (the summaries).
 
-Outcomes per key (design.md, "Relay: one batch"):
+Outcomes per key (docs/relay.md, "How a batch goes"):
 
 ========================  ==================================================================
 2xx                       newest row ``sent`` (its reason lists withheld fields, if any),

@@ -26,13 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.skyhub.payloads import QueuedOrder
+from skysync.store import orders as order_store
 from skysync.store import runs
 from skysync.store.db import session_scope
-from skysync.store.models import Order, OrderInbox, RunLog, utcnow
+from skysync.store.models import utcnow
+from skysync.store.request_stats import save_request_counts
 
 log = logging.getLogger("skysync.orders")
 
@@ -78,33 +79,15 @@ def dedupe_key(queued: QueuedOrder) -> str:
 
 def store_order(session: Session, queued: QueuedOrder, now: datetime) -> bool:
     """Write one queued order; False when this order state was already stored."""
-    key = dedupe_key(queued)
-    exists = session.execute(sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == key)).first()
-    if exists is not None:
-        return False
-    code = queued.code or "?"
-    row = OrderInbox(
-        code=code,
+    return order_store.store_received(
+        session,
+        dedupe_key=dedupe_key(queued),
+        code=queued.code,
         status=queued.status_code,
-        dedupe_key=key,
-        raw=queued.raw if queued.raw is not None else {},
-        parse_error=queued.problem,
-        received_at=now,
+        raw=queued.raw,
+        problem=queued.problem,
+        now=now,
     )
-    session.add(row)
-    session.flush()
-    if queued.code:
-        order = session.get(Order, queued.code)
-        if order is None:
-            order = Order(code=queued.code)
-            session.add(order)
-        if queued.status_code:
-            order.status = queued.status_code
-            order.status_source = "skyhub"
-        order.parse_error = queued.problem
-        order.last_inbox_id = row.id
-        order.updated_at = now
-    return True
 
 
 def pull_orders(
@@ -125,14 +108,13 @@ def pull_orders(
         summary.stopped = error
     with session_scope(url) as session:
         save_request_counts(session, client.counter.take())
-        session.add(
-            RunLog(
-                kind="pull_orders",
-                started_at=started,
-                finished_at=utcnow(),
-                summary=summary.as_dict(),
-                error=error,
-            )
+        runs.add(
+            session,
+            "pull_orders",
+            started_at=started,
+            finished_at=utcnow(),
+            summary=summary.as_dict(),
+            error=error,
         )
     return summary
 
@@ -163,11 +145,8 @@ def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int)
             if seen in seen_unackable:
                 return  # the queue came round to it again: only such orders left this run
             seen_unackable.add(seen)
-            key = dedupe_key(queued)
             with session_scope(url, readonly=True) as session:
-                row_id = session.execute(
-                    sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == key)
-                ).scalar()
+                row_id = order_store.inbox_id(session, dedupe_key(queued))
             if row_id is not None and row_id not in summary.unacknowledgeable_rows:
                 summary.unacknowledgeable_rows.append(row_id)
             continue

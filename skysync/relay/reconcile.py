@@ -41,12 +41,12 @@ from skysync.domain.reconcile import (
     listed_skus,
 )
 from skysync.domain.validation import ValidationFailed
-from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
 from skysync.store import items as item_store
-from skysync.store import outbox, runs
+from skysync.store import outbox, outbox_reads, runs
 from skysync.store.db import session_scope
+from skysync.store.request_stats import save_request_counts
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -79,7 +79,7 @@ class _Run:
             # no expectation: skysync does not know it, or only learned that SkyHub has it
             # (relay/catalogue.py) without the ERP ever writing a value for it
             unknown = {e.sku for e in fresh if e.sku not in expected or not expected[e.sku].fields}
-            written = outbox.written_refs(session, unknown) if unknown else set()
+            written = outbox_reads.written_refs(session, unknown) if unknown else set()
             now = self.relay.clock()
             for entry in fresh:
                 wanted = expected.get(entry.sku)
@@ -104,18 +104,18 @@ def _expectations(session: Session, skus: list[str], read_at: datetime) -> dict[
     facts = item_store.reconcile_facts(session, skus)
     if not facts:
         return {}
-    rows = outbox.accepted_rows(
+    rows = outbox_reads.accepted_rows(
         session, (i for f in facts.values() for i in f.last_applied.values())
     )
     frozen = [f for f in facts.values() if f.frozen and f.frozen_since is not None]
     later = []
     if frozen:
         since = min(f.frozen_since for f in frozen if f.frozen_since is not None)
-        later = outbox.product_rows_finished_since(
+        later = outbox_reads.product_rows_finished_since(
             session, {f.parent_sku or f.sku for f in frozen}, since
         )
     refs = set(facts) | {f.parent_sku for f in facts.values() if f.parent_sku}
-    open_ = outbox.open_kinds(session, refs)
+    open_ = outbox_reads.open_kinds(session, refs)
     return {sku: _expected(f, rows, later, open_, read_at) for sku, f in facts.items()}
 
 
@@ -308,7 +308,7 @@ def _repair(run: _Run) -> None:
     for fix in corrections(report.drift, report.missing, run.kept):
         skus = sorted(fix.fields)
         with session_scope(relay.url) as session:
-            busy = outbox.open_kinds(session, [fix.ref, *skus])
+            busy = outbox_reads.open_kinds(session, [fix.ref, *skus])
             if busy:
                 report.not_repaired.append(
                     {"ref": fix.ref, "reason": "a newer row for it is on its way: it wins"}

@@ -17,7 +17,7 @@ from skysync.relay.outcome import Learned, Outcome
 from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
 from skysync.store import orders as order_store
-from skysync.store import outbox
+from skysync.store import settle
 from skysync.store.db import session_scope
 
 log = logging.getLogger("skysync.relay")
@@ -144,7 +144,7 @@ def _set_aside(
     settled = 0
     for r in rows:
         if r.id in reasons:
-            settled += outbox.finish(
+            settled += settle.finish(
                 session, [r.id], token, state=state, now=now, reason=reasons[r.id], **values
             )
     return settled
@@ -156,9 +156,9 @@ def _replace_held(
     """Older held rows whose every price field this request carried a newer value of (sent,
     or held itself) are superseded by the newest of those rows."""
     for sku, sources in prices.items():
-        held = outbox.held_rows(session, sku)
+        held = settle.held_rows(session, sku)
         for row_id, by in replaced_held(held, sources, epochs).items():
-            outbox.supersede_held(session, row_id, by, now)
+            settle.supersede_held(session, row_id, by, now)
 
 
 class Settle:
@@ -223,7 +223,7 @@ class Settle:
                 last_status=out.status,
             )
         delay = backoff_delay(attempts, rng=rng)
-        return outbox.release(
+        return settle.release(
             self.session,
             self.ids,
             self.token,
@@ -240,7 +240,7 @@ class Settle:
         the outcome says (a rate-limit window, a parent on its way, the credentials fixed),
         never more than ``max_wait`` from now."""
         out = self.outcome
-        return outbox.release(
+        return settle.release(
             self.session,
             self.ids,
             self.token,
@@ -252,4 +252,4 @@ class Settle:
         )
 
     def _finish(self, ids: list[int], **values: Any) -> int:
-        return outbox.finish(self.session, ids, self.token, now=self.now, **values)
+        return settle.finish(self.session, ids, self.token, now=self.now, **values)

@@ -29,13 +29,13 @@ from skysync.domain.reconcile import value_in
 from skysync.relay import batch, deliver, fast_lane
 from skysync.relay.outcome import BatchSummary, DeliverySummary, Learned, Outcome
 from skysync.relay.record import record
-from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import DeadlineExceeded, NotFound, RetryableError
 from skysync.store import items as item_store
-from skysync.store import outbox
+from skysync.store import outbox_reads
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
+from skysync.store.request_stats import save_request_counts
 
 
 class Relay:
@@ -168,7 +168,7 @@ class Relay:
             if row_id is None:
                 return None
             with self.session() as session:
-                found = outbox.accepted_rows(session, [row_id]).get(row_id)
+                found = outbox_reads.accepted_rows(session, [row_id]).get(row_id)
             if found is None:
                 return None
             present, value = value_in(found, item.sku, name)

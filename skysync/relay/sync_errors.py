@@ -10,11 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from skysync.reporting.metrics import save_request_counts
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import runs
 from skysync.store import sync_errors as store
 from skysync.store.db import session_scope
+from skysync.store.request_stats import save_request_counts
 
 if TYPE_CHECKING:
     from skysync.relay.relay import Relay

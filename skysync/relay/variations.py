@@ -13,7 +13,7 @@ from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
 from skysync.domain.promotions import fit_promotion
 from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
 from skysync.skyhub.errors import NotFound, Unprocessable
-from skysync.store import outbox
+from skysync.store import outbox_reads
 
 if TYPE_CHECKING:
     from skysync.relay.relay import Relay
@@ -108,7 +108,7 @@ def push_unknown_as_variation(
 
 def _parent_on_its_way(relay: Relay, parent_sku: str) -> bool:
     with relay.session() as session:  # the push's own transaction (Relay.request_scope)
-        return outbox.has_open_rows(session, parent_sku, ("product",))
+        return outbox_reads.has_open_rows(session, parent_sku, ("product",))
 
 
 def _waiting_for_parent(parent_sku: str) -> Outcome:

@@ -8,41 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
 from skysync.store import runs
 from skysync.store.db import session_scope
-from skysync.store.models import (
-    RequestStat,
-    RunLog,
-    utcnow,
-)
+from skysync.store.models import utcnow
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox import count_by_state_and_kind, oldest_pending
+from skysync.store.outbox_reads import count_by_state_and_kind, oldest_pending
+from skysync.store.request_stats import request_counts
 from skysync.store.sync_errors import open_counts
-
-
-def save_request_counts(session: Session, counts: dict[tuple[str, str, str], int]) -> None:
-    """Add a client's request counts to ``skysync_request_stat`` (an upsert per key)."""
-    if not counts:
-        return
-    dialect = session.get_bind().dialect.name
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    for (method, route, status), n in counts.items():
-        statement = insert(RequestStat).values(method=method, route=route, status=status, count=n)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["method", "route", "status"],
-                set_={"count": RequestStat.count + statement.excluded.count},
-            )
-        )
 
 
 class DataCollector(Collector):
@@ -86,9 +64,7 @@ def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
 
 def _relay_metrics(session: Session) -> Iterable[Metric]:
     """The last relay batch: when, how long, and whether SkyHub refused the credentials."""
-    last = session.scalars(
-        sa.select(RunLog).where(RunLog.kind == "relay").order_by(RunLog.started_at.desc())
-    ).first()
+    last = runs.last(session, "relay")
     started = last.started_at.timestamp() if last else 0.0
     duration = (
         (last.finished_at - last.started_at).total_seconds() if last and last.finished_at else 0.0
@@ -114,10 +90,10 @@ def _request_metrics(session: Session) -> Iterable[Metric]:
         labels=["method", "route", "status"],
     )
     limited = 0
-    for stat in session.scalars(sa.select(RequestStat)):
-        requests.add_metric([stat.method, stat.route, stat.status], stat.count)
-        if stat.status == "429":
-            limited += stat.count
+    for (method, route, status), n in request_counts(session).items():
+        requests.add_metric([method, route, status], n)
+        if status == "429":
+            limited += n
     yield requests
     yield CounterMetricFamily(
         "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.reconcile import AcceptedRow, value_in
-from skysync.store import outbox, sync_errors
+from skysync.store import outbox_reads, sync_errors
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
@@ -46,7 +46,7 @@ def outbox_rows(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Outbox rows, newest first."""
-    rows = outbox.recent_rows(session, state=state, kind=kind, ref=ref, limit=limit)
+    rows = outbox_reads.recent_rows(session, state=state, kind=kind, ref=ref, limit=limit)
     return [row_dict(r) for r in rows]
 
 
@@ -131,7 +131,7 @@ def order_report(session: Session, code: str) -> dict[str, Any] | None:
     inbox = session.scalars(
         sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
     ).all()
-    steps = outbox.order_rows(session, code)
+    steps = outbox_reads.order_rows(session, code)
     if order is None and not inbox and not steps:
         return None
     return {

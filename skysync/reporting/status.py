@@ -15,7 +15,7 @@ from skysync.skyhub.payloads import QUEUE_VISIBILITY_SECONDS
 from skysync.store import runs
 from skysync.store.models import RunLog, utcnow
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox import count_by_state, oldest_pending, parked_by_skyhub
+from skysync.store.outbox_reads import count_by_state, oldest_pending, parked_by_skyhub
 from skysync.store.sync_errors import open_counts
 
 

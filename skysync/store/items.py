@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.planner import ItemView, newness
 from skysync.domain.reconcile import ItemFacts as ReconcileFacts
 from skysync.store.models import Item
+from skysync.store.slices import in_slices
 
 
 def view(item: Item | sa.Row[Any] | None, sku: str) -> ItemView:
@@ -138,8 +139,7 @@ def family_links(session: Session, skus: Iterable[str]) -> tuple[dict[str, str |
     parents: dict[str, str | None] = {}
     in_skyhub: set[str] = set()
     query = sa.select(Item.sku, Item.parent_sku, Item.in_skyhub)
-    for start in range(0, len(skus), 500):  # stay under bound-parameter limits
-        part = skus[start : start + 500]
+    for part in in_slices(skus):
         for sku, parent, present in session.execute(query.where(Item.sku.in_(part))):
             parents[sku] = parent
             if present:
@@ -313,12 +313,10 @@ def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, Reconcil
     parent's freeze (the marketplace freezes a product with its variations)."""
     items: dict[str, Item] = {}
     wanted = list(dict.fromkeys(skus))
-    for start in range(0, len(wanted), 500):  # stay under bound-parameter limits
-        part = wanted[start : start + 500]
+    for part in in_slices(wanted):
         items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
     parents = sorted({i.parent_sku for i in items.values() if i.parent_sku} - set(items))
-    for start in range(0, len(parents), 500):
-        part = parents[start : start + 500]
+    for part in in_slices(parents):
         items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
     facts = {}
     for sku in wanted:

@@ -1,16 +1,18 @@
-"""The SQL on ``skysync_order`` and on the order rows of the outbox that the relay consults before
-sending a step: the order's last known status, and the earlier steps still open."""
+"""The SQL on the orders: what the order pull stores (``skysync_order_inbox`` for the ERP, and each
+order's current state in ``skysync_order``), and what the relay consults before sending a step:
+the order's last known status, and the earlier steps still open in the outbox."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
-from skysync.store import outbox
+from skysync.store import outbox_reads
 from skysync.store.models import Order, OrderInbox
 
 
@@ -31,6 +33,51 @@ def inbox_counts(session: Session) -> InboxCounts:
         unconsumed=session.execute(waiting).scalar_one(),
         flagged=session.execute(waiting.where(OrderInbox.parse_error.is_not(None))).scalar_one(),
     )
+
+
+def inbox_id(session: Session, dedupe_key: str) -> int | None:
+    """The inbox row of the order state ``dedupe_key``, if it is stored."""
+    query = sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == dedupe_key)
+    return session.execute(query).scalar()
+
+
+def store_received(
+    session: Session,
+    *,
+    dedupe_key: str,
+    code: str | None,
+    status: str | None,
+    raw: Any,
+    problem: str | None,
+    now: datetime,
+) -> bool:
+    """Store one order state SkyHub delivered: its inbox row, raw (flagged with ``problem`` when
+    it could not be parsed), and, when it has a code, the order's current state. False when
+    this order state (``dedupe_key``) was stored already."""
+    if inbox_id(session, dedupe_key) is not None:
+        return False
+    row = OrderInbox(
+        code=code or "?",
+        status=status,
+        dedupe_key=dedupe_key,
+        raw=raw if raw is not None else {},
+        parse_error=problem,
+        received_at=now,
+    )
+    session.add(row)
+    session.flush()
+    if code:
+        order = session.get(Order, code)
+        if order is None:
+            order = Order(code=code)
+            session.add(order)
+        if status:
+            order.status = status
+            order.status_source = "skyhub"
+        order.parse_error = problem
+        order.last_inbox_id = row.id
+        order.updated_at = now
+    return True
 
 
 @dataclass(frozen=True)
@@ -62,7 +109,7 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     seen = tuple(s for s in RowState if s not in (RowState.SUPERSEDED, RowState.WITHHELD))
     rows = [
         (r.id, r.kind, r.state, r.last_status)
-        for r in outbox.order_rows(session, code, states=seen)
+        for r in outbox_reads.order_rows(session, code, states=seen)
     ]
     sent_after: dict[str, int] = {}
     for row_id, kind, state, _status in rows:

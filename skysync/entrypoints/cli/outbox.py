@@ -83,7 +83,7 @@ def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> Non
     `skysync outbox requeue 12 13` or `skysync outbox requeue --state dead`."""
     from skysync.store.db import session_scope
     from skysync.store.models import utcnow
-    from skysync.store.outbox import requeue
+    from skysync.store.settle import requeue
 
     if not ids and not state:
         raise click.UsageError("give row IDS or --state")
@@ -101,7 +101,7 @@ def outbox_release(ctx: Context, ids: tuple[int, ...]) -> None:
     usual). Exit 1 if some ID is not a held row (the others are released)."""
     from skysync.store.db import session_scope
     from skysync.store.models import utcnow
-    from skysync.store.outbox import release_held
+    from skysync.store.settle import release_held
 
     with session_scope(ctx.settings.database_url) as session:
         refused = release_held(session, list(dict.fromkeys(ids)), utcnow())

@@ -1,0 +1,239 @@
+"""Read-only queries on the outbox: counts and rows for ``skysync status``, the metrics and the
+reports, what a drain left and whose it is, and what the relay and reconciliation look up (rows
+still open, rows that got through)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from skysync.domain.kinds import ORDER_KINDS, Kind, RowState
+from skysync.domain.reconcile import AcceptedRow
+from skysync.store.models import OutboxRow, utcnow
+from skysync.store.slices import in_slices
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    """Rows per state, every state present (0 when none)."""
+    counts = dict.fromkeys(RowState, 0)
+    rows = session.execute(sa.select(OutboxRow.state, sa.func.count()).group_by(OutboxRow.state))
+    for state, n in rows:
+        counts[state] = n
+    return counts
+
+
+def count_by_state_and_kind(session: Session) -> dict[tuple[str, str], int]:
+    """Rows per (state, kind), every pair present (0 when none): what the metrics export."""
+    counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
+    query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
+        OutboxRow.state, OutboxRow.kind
+    )
+    for state, kind, n in session.execute(query):
+        counts[(state, kind)] = n
+    return counts
+
+
+def is_empty(session: Session) -> bool:
+    return session.execute(sa.select(sa.literal(1)).select_from(OutboxRow).limit(1)).first() is None
+
+
+def count_due(session: Session, now: datetime) -> int:
+    """Pending rows due by ``now`` (what another batch would find to claim)."""
+    return session.execute(
+        sa.select(sa.func.count())
+        .select_from(OutboxRow)
+        .where(OutboxRow.state == RowState.PENDING, OutboxRow.available_at <= now)
+    ).scalar_one()
+
+
+def oldest_pending(
+    session: Session, *, due_only: bool, now: datetime | None = None
+) -> datetime | None:
+    """created_at of the oldest pending row (only rows due now when ``due_only``): the first
+    written, by id, found at the head of the ``(state, id)`` index. (``min(created_at)`` read
+    every pending row, 95 ms a call on 666,667 of them; ids follow the order of the INSERTs,
+    and a row keeps its id and created_at when it goes back to pending.)"""
+    query = sa.select(OutboxRow.created_at).where(OutboxRow.state == RowState.PENDING)
+    if due_only:
+        query = query.where(OutboxRow.available_at <= (now or utcnow()))
+    return session.execute(query.order_by(OutboxRow.id).limit(1)).scalar()
+
+
+def parked_by_skyhub(session: Session, now: datetime) -> tuple[int, datetime | None]:
+    """Pending rows that a 429 from SkyHub put off and that are not due yet: how many, and
+    the furthest due time among them (down the ``(available_at, id)`` index of pending rows)."""
+    query = sa.select(sa.func.count(), sa.func.max(OutboxRow.available_at)).where(
+        OutboxRow.state == RowState.PENDING,
+        OutboxRow.available_at > now,
+        OutboxRow.last_status == 429,
+    )
+    count, until = session.execute(query).one()
+    return int(count or 0), until
+
+
+def recent_rows(
+    session: Session,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    ref: str | None = None,
+    limit: int = 50,
+) -> list[OutboxRow]:
+    """Rows newest first, filtered (what `skysync outbox list` and `item show` print)."""
+    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    if state:
+        query = query.where(OutboxRow.state == state)
+    if kind:
+        query = query.where(OutboxRow.kind == kind)
+    if ref:
+        query = query.where(OutboxRow.ref == ref)
+    return list(session.scalars(query))
+
+
+def order_rows(
+    session: Session, code: str, *, states: tuple[RowState, ...] | None = None
+) -> list[OutboxRow]:
+    """The status-step rows of one order, oldest first (``states``: only those)."""
+    query = sa.select(OutboxRow).where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+    if states is not None:
+        query = query.where(OutboxRow.state.in_(states))
+    return list(session.scalars(query.order_by(OutboxRow.id)))
+
+
+@dataclass(frozen=True)
+class DrainAccount:
+    """What is left after a drain, and whose it is (``skysync drain``'s exit code)."""
+
+    dead: list[int]  # rows this drain handled that died (its attempts used up)
+    retrying: list[int]  # rows this drain handled that are back to pending, not sent
+    still_claimed: list[int]  # rows still in flight under this drain's own claims
+    rejected: int  # rows this drain rejected (bad input, or SkyHub refused them for good)
+    in_other_hands: int  # rows in flight under other claims (other workers')
+    not_due: int  # other pending rows not due yet (backing off from earlier attempts)
+
+    @property
+    def failed(self) -> list[int]:
+        return sorted({*self.dead, *self.retrying, *self.still_claimed})
+
+
+def drain_account(
+    session: Session, tokens: Sequence[str], unsettled: Iterable[int], now: datetime
+) -> DrainAccount:
+    """Account for a drain that claimed under ``tokens``, whose deliveries left ``unsettled``
+    rows undelivered at some point: where those rows are now (sent by a later batch of the
+    drain, back to pending, dead, or taken by another claim meanwhile), what else its claims
+    still hold or rejected, and what is in other hands."""
+    states: dict[int, str] = {}
+    retrying_not_due = 0
+    ids = sorted(set(unsettled))
+    for part in in_slices(ids):
+        query = sa.select(OutboxRow.id, OutboxRow.state, OutboxRow.available_at).where(
+            OutboxRow.id.in_(part)
+        )
+        for i, state, available_at in session.execute(query):
+            states[i] = state
+            retrying_not_due += state == RowState.PENDING and available_at > now
+    # By state first (its index; rows in flight, dead or rejected are few next to the sent
+    # ones), then the drain's claim tokens in Python: never a scan of the table by token.
+    mine = set(tokens)
+    by_state: dict[str, list[int]] = {}
+    query = sa.select(OutboxRow.state, OutboxRow.id, OutboxRow.claim_token).where(
+        OutboxRow.state.in_([RowState.IN_FLIGHT, RowState.DEAD, RowState.REJECTED])
+    )
+    in_flight = 0
+    for state, i, token in session.execute(query):
+        in_flight += state == RowState.IN_FLIGHT
+        if token in mine:
+            by_state.setdefault(state, []).append(i)
+    ours_in_flight = by_state.get(RowState.IN_FLIGHT, [])
+    rejected = len(by_state.get(RowState.REJECTED, []))
+    dead = {i for i, state in states.items() if state == RowState.DEAD}
+    dead.update(by_state.get(RowState.DEAD, []))
+    retrying = sorted(i for i, state in states.items() if state == RowState.PENDING)
+    not_due = session.execute(
+        sa.select(sa.func.count()).where(
+            OutboxRow.state == RowState.PENDING, OutboxRow.available_at > now
+        )
+    ).scalar_one()
+    return DrainAccount(
+        dead=sorted(dead),
+        retrying=retrying,
+        still_claimed=sorted(ours_in_flight),
+        rejected=rejected,
+        in_other_hands=in_flight - len(ours_in_flight),
+        not_due=not_due - retrying_not_due,
+    )
+
+
+def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
+    """Whether ``ref`` still has rows of ``kinds`` waiting or in flight."""
+    query = sa.select(sa.literal(1)).where(
+        OutboxRow.ref == ref,
+        OutboxRow.kind.in_(kinds),
+        OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
+    )
+    return session.execute(query.limit(1)).first() is not None
+
+
+# -- reconciliation -----------------------------------------------------------------------
+ACCEPTED_STATES = (RowState.SENT, RowState.SUPERSEDED, RowState.WITHHELD)
+
+
+def accepted_rows(session: Session, ids: Iterable[int]) -> dict[int, AcceptedRow]:
+    """These rows (the ones ``skysync_item.last_applied`` names), by id."""
+    found: dict[int, AcceptedRow] = {}
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.finished_at)
+    for part in in_slices(sorted(set(ids))):
+        for row in session.execute(sa.select(*columns).where(OutboxRow.id.in_(part))):
+            found[row.id] = AcceptedRow(row.id, row.ref, row.payload, row.finished_at)
+    return found
+
+
+def product_rows_finished_since(
+    session: Session, refs: Iterable[str], since: datetime
+) -> list[AcceptedRow]:
+    """Product rows of ``refs`` that got through (sent, superseded, withheld) since ``since``:
+    where a frozen product's withheld attributes are."""
+    found = []
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.finished_at)
+    for part in in_slices(sorted(set(refs))):
+        query = sa.select(*columns).where(
+            OutboxRow.ref.in_(part),
+            OutboxRow.kind == Kind.PRODUCT,
+            OutboxRow.state.in_(ACCEPTED_STATES),
+            OutboxRow.finished_at >= since,
+        )
+        found += [
+            AcceptedRow(r.id, r.ref, r.payload, r.finished_at) for r in session.execute(query)
+        ]
+    return found
+
+
+def open_kinds(session: Session, refs: Iterable[str]) -> dict[str, set[str]]:
+    """The kinds of rows each ref still has waiting or in flight."""
+    found: dict[str, set[str]] = {}
+    for part in in_slices(sorted(set(refs))):
+        query = (
+            sa.select(OutboxRow.ref, OutboxRow.kind)
+            .where(
+                OutboxRow.ref.in_(part),
+                OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
+            )
+            .distinct()
+        )
+        for ref, kind in session.execute(query):
+            found.setdefault(ref, set()).add(kind)
+    return found
+
+
+def written_refs(session: Session, refs: Iterable[str]) -> set[str]:
+    """Which of ``refs`` the outbox has any row for (the ERP wrote something for them)."""
+    found: set[str] = set()
+    for part in in_slices(sorted(set(refs))):
+        query = sa.select(OutboxRow.ref).where(OutboxRow.ref.in_(part)).distinct()
+        found.update(session.scalars(query))
+    return found
