@@ -79,8 +79,9 @@ class ConfigError(Exception):
     """A setting has a bad value. The message names the variable and never echoes a secret."""
 
 
-class Settings(BaseSettings):
-    """Every setting of skysync. Field ``x`` is read from ``SKYSYNC_X``."""
+class _SettingsFields(BaseSettings):
+    """The fields of :class:`Settings` (read from ``SKYSYNC_*``), apart from their checks and
+    what is derived from them."""
 
     model_config = SettingsConfigDict(
         env_prefix="SKYSYNC_",
@@ -233,6 +234,11 @@ class Settings(BaseSettings):
         default=None,
         description='Flower\'s "user:password" (secret); Flower refuses to start without.',
     )
+
+
+class Settings(_SettingsFields):
+    """Every setting of skysync (the fields of :class:`_SettingsFields`). Field ``x`` is read
+    from ``SKYSYNC_X``; the checks below name the variable of a bad value."""
 
     @field_validator("database_url")
     @classmethod

@@ -180,8 +180,9 @@ def check_new_variations_locked(
     return result
 
 
-class Catalog:
-    """Products and variations on the shared state; handlers run with the state's lock held."""
+class CatalogState:
+    """Products and variations on the shared state: storing, viewing, and the changes made
+    without a request (seeding, linking, changes behind skysync's back)."""
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
@@ -325,6 +326,49 @@ class Catalog:
             raise ApiError(404, f"Variação com SKU '{sku}' não encontrada")
         return variation
 
+    def seed(self, products: list[Any]) -> int:
+        """Store products (with their variations) as if each had been created through the API
+        (the same checks; link delay applies), without a request: set-up for tests and
+        benchmarks with large catalogues. All or nothing: ApiError names the first bad one."""
+        st = self.state
+        with st.lock:
+            now = time.monotonic()
+            saved = (dict(st.products), dict(st.linked_at), dict(st.variations))
+            saved_parents, saved_serials = dict(st.variation_parent), dict(st.product_serial)
+            saved_next = st.next_serial
+            for index, product in enumerate(products):
+                try:
+                    if not isinstance(product, dict):
+                        raise ApiError(422, "deve ser um objeto")
+                    self._store_new_product_locked(product, now)
+                except ApiError as exc:
+                    st.products, st.linked_at, st.variations = saved
+                    st.variation_parent, st.product_serial = saved_parents, saved_serials
+                    st.next_serial = saved_next
+                    raise ApiError(exc.status, f"products[{index}]: {exc.message}") from None
+        return len(products)
+
+    def _store_new_product_locked(self, product: dict[str, Any], now: float) -> None:
+        st = self.state
+        sku = check_new_item_locked(st, product, "product", None, now)
+        new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
+        stored = {
+            k: copy.deepcopy(v)
+            for k, v in product.items()
+            if k not in ("variations", "associations")
+        }
+        self.store_product_locked(sku, stored)
+        delay = st.config.link_delay
+        st.linked_at[sku] = None if delay is None else now + delay
+        for variation in new_variations:
+            st.variations[variation["sku"]] = variation
+            st.variation_parent[variation["sku"]] = sku
+
+
+class Catalog(CatalogState):
+    """The product and variation endpoints, on the shared state; handlers run with the state's
+    lock held."""
+
     # ----------------------------------------------------------------- products
 
     def list_products(self, req: Request) -> Answer:
@@ -380,44 +424,6 @@ class Catalog:
         """POST /products: the product and any variations it carries, all or nothing."""
         self._store_new_product_locked(req.data, req.now)
         return 201, None
-
-    def seed(self, products: list[Any]) -> int:
-        """Store products (with their variations) as if each had been created through the API
-        (the same checks; link delay applies), without a request: set-up for tests and
-        benchmarks with large catalogues. All or nothing: ApiError names the first bad one."""
-        st = self.state
-        with st.lock:
-            now = time.monotonic()
-            saved = (dict(st.products), dict(st.linked_at), dict(st.variations))
-            saved_parents, saved_serials = dict(st.variation_parent), dict(st.product_serial)
-            saved_next = st.next_serial
-            for index, product in enumerate(products):
-                try:
-                    if not isinstance(product, dict):
-                        raise ApiError(422, "deve ser um objeto")
-                    self._store_new_product_locked(product, now)
-                except ApiError as exc:
-                    st.products, st.linked_at, st.variations = saved
-                    st.variation_parent, st.product_serial = saved_parents, saved_serials
-                    st.next_serial = saved_next
-                    raise ApiError(exc.status, f"products[{index}]: {exc.message}") from None
-        return len(products)
-
-    def _store_new_product_locked(self, product: dict[str, Any], now: float) -> None:
-        st = self.state
-        sku = check_new_item_locked(st, product, "product", None, now)
-        new_variations = check_new_variations_locked(st, sku, product.get("variations", []))
-        stored = {
-            k: copy.deepcopy(v)
-            for k, v in product.items()
-            if k not in ("variations", "associations")
-        }
-        self.store_product_locked(sku, stored)
-        delay = st.config.link_delay
-        st.linked_at[sku] = None if delay is None else now + delay
-        for variation in new_variations:
-            st.variations[variation["sku"]] = variation
-            st.variation_parent[variation["sku"]] = sku
 
     def get_product(self, req: Request) -> Answer:
         """GET /products/{sku}."""

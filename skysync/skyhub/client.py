@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -106,8 +106,10 @@ def _within_deadline(timeout: httpx.Timeout, seconds: float | None) -> httpx.Tim
     )
 
 
-class SkyHubClient:
-    """A client for one SkyHub account. Thread-safe; share one per process."""
+class SkyHubTransport:
+    """The wire of a client for one SkyHub account: credentials, the shared rate limiter, 429s
+    waited out within their bounds, the overall deadline, SkyHub's errors translated into the
+    one error tree. :class:`SkyHubClient` adds the endpoints. Thread-safe."""
 
     def __init__(
         self,
@@ -158,9 +160,7 @@ class SkyHubClient:
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, base_url: str | None = None, **kw: Any
-    ) -> SkyHubClient:
+    def from_settings(cls, settings: Settings, *, base_url: str | None = None, **kw: Any) -> Self:
         """A client with the configured credentials (the caller decides emulator or SkyHub)."""
         return cls(
             base_url or settings.skyhub_url,
@@ -175,7 +175,7 @@ class SkyHubClient:
         )
 
     def __repr__(self) -> str:
-        return f"SkyHubClient(base_url={self.base_url!r}, email={self.email!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, email={self.email!r})"
 
     def accepted_within(self, seconds: float) -> bool:
         """Did SkyHub accept a request of this client (a 2xx, so the credentials held) in the
@@ -186,7 +186,7 @@ class SkyHubClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> SkyHubClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,6 +316,11 @@ class SkyHubClient:
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._json(self.request("GET", path, params=params), "GET", path)
+
+
+class SkyHubClient(SkyHubTransport):
+    """A client for one SkyHub account: the endpoints skysync uses. Thread-safe; share one per
+    process."""
 
     # -- products and variations ----------------------------------------------------------
     def create_product(self, product: dict[str, Any]) -> None:
