@@ -23,8 +23,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## lint: ruff, then mypy --strict over skysync/ (its settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
+	$(BIN)/mypy
 
 ## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness
 ## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from skysync.config import DEFAULT_SKYHUB_URL, Settings, get_settings
 from skysync.relay import Relay
@@ -21,7 +22,7 @@ from skysync.skyhub.ratelimit import RateLimiter, account_namespace
 log = logging.getLogger("skysync")
 
 # Any non-empty credentials open the emulator; these say where they came from.
-EMULATOR_CREDENTIALS = {
+EMULATOR_CREDENTIALS: dict[str, Any] = {
     "email": "emulator@skysync.local",
     "api_key": "emulator-key",
     "account_key": "emulator-account",
@@ -77,7 +78,7 @@ def build_limiter(settings: Settings) -> RateLimiter:
 
 def build_client(settings: Settings, *, limiter: RateLimiter | None = None) -> SkyHubClient:
     url, emulated = skyhub_target(settings)
-    bounds = {
+    bounds: dict[str, Any] = {
         "deadline": settings.request_deadline,
         "retry_after_max": settings.skyhub_retry_after_max,
     }

@@ -72,7 +72,7 @@ def make_app() -> Celery:
 app = make_app()
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]  # celery has no type hints
 def _after_fork(**_kwargs: object) -> None:
     # Pooled connections must not cross a fork.
     from skysync import bootstrap
@@ -98,7 +98,7 @@ def _warm_up() -> None:
         logging.getLogger("skysync").debug("worker warm-up failed", exc_info=True)
 
 
-@setup_logging.connect
+@setup_logging.connect  # type: ignore[untyped-decorator]  # celery has no type hints
 def _logging(**_kwargs: object) -> None:
     # Our handlers (JSON off a terminal, context on every line, secrets masked) for every
     # `celery -A skysync.celery_app ...` process.
@@ -114,7 +114,7 @@ def _logging(**_kwargs: object) -> None:
 _lane_watcher: list[LaneWatcher] = []
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery has no type hints
 def _start_fast_lane(**_kwargs: object) -> None:
     settings = get_settings()
     if not settings.lane_rule.on:
@@ -127,7 +127,7 @@ def _start_fast_lane(**_kwargs: object) -> None:
     _lane_watcher.append(watcher)
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery has no type hints
 def _stop_fast_lane(**_kwargs: object) -> None:
     while _lane_watcher:
         _lane_watcher.pop().stop()

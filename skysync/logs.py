@@ -124,8 +124,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         data.update(_extras(record))
-        if record.exc_text or record.exc_info:
-            data["exc"] = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        elif record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
@@ -135,7 +137,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

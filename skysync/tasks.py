@@ -6,6 +6,7 @@ the task id on every log line, and the process's relay."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from skysync.logs import log_context
 from skysync.relay import Relay
 
 
-class SkysyncTask(Task):
+class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task is Any
     """What every task here promises: late acks (delivered again if its worker dies), no result
     kept, and another go while the database is away (a PostgreSQL restart, a failover, a
     dropped connection): the same task runs again shortly. Its rows are still claimed by its
@@ -43,9 +44,12 @@ class SkysyncTask(Task):
         return get_relay()
 
 
-def task(name: str, **options: Any) -> Any:
+def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``app.task`` for a :class:`SkysyncTask` named ``name``, bound (its body gets the task)."""
-    return app.task(name=name, base=SkysyncTask, bind=True, **options)
+    decorator: Callable[[Callable[..., Any]], Any] = app.task(
+        name=name, base=SkysyncTask, bind=True, **options
+    )
+    return decorator
 
 
 def to_workers(token: str, row_ids: list[int]) -> None:

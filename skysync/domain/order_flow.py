@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from skysync.domain.kinds import Kind
 
 # The status each outbox kind moves an order to.
-TARGET_STATUS = {
+TARGET_STATUS: dict[str, str] = {
     Kind.ORDER_INVOICE: "order_invoiced",
     Kind.ORDER_SHIPMENT: "order_shipped",
     Kind.ORDER_DELIVERY: "complete",

@@ -324,7 +324,7 @@ def backoff_delay(
 ) -> float:
     """Seconds before retry number ``attempts`` (1-based): base * 2^(n-1), capped, with jitter
     drawn from [50 %, 100 %] so that rows failed together do not come back together."""
-    ceiling = min(cap, base * (2 ** min(max(0, attempts - 1), 60)))
+    ceiling: float = min(cap, base * (2 ** min(max(0, attempts - 1), 60)))  # int ** int: Any
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 

@@ -98,7 +98,7 @@ def parse_written(text: str) -> Any:
     return json.loads(text, parse_int=_written_int, parse_float=_written_float)
 
 
-def number_text(value: int | float) -> str:
+def number_text(value: object) -> str:
     """A number for a message: as written (:func:`parse_written`) when known, else its repr;
     a long one shortened with its length said, never cut into a different number."""
     text = getattr(value, "written", None) or repr(value)
@@ -490,7 +490,8 @@ def validate(kind: Any, ref: Any, payload: Any) -> dict[str, Any]:
     found = problems(kind, ref, payload)
     if found:
         raise ValidationFailed(found)
-    return payload
+    good: dict[str, Any] = payload  # no problems: a JSON object
+    return good
 
 
 def text_nesting_depth(text: str, limit: int = MAX_DEPTH + 1) -> int:

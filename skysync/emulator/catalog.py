@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from skysync.emulator.config import is_number
@@ -94,7 +94,11 @@ def product_matches(product: Mapping[str, Any], filters: Mapping[str, str]) -> b
     if name_filter and name_filter not in str(product.get("name", "")).lower():
         return False
     qty = product.get("qty")
-    for name, keep in (("qty_from", lambda q, b: q >= b), ("qty_to", lambda q, b: q <= b)):
+    bounds: tuple[tuple[str, Callable[[Any, int], bool]], ...] = (
+        ("qty_from", lambda q, b: q >= b),
+        ("qty_to", lambda q, b: q <= b),
+    )
+    for name, keep in bounds:
         if name in filters:
             try:
                 bound = int(filters[name])

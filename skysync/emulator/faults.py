@@ -54,7 +54,8 @@ def pick_fault_locked(state: EmulatorState, method: str, decoded_path: str) -> s
             entry[3] -= 1
             if entry[3] <= 0:
                 state.scripted.remove(entry)
-            return fault
+            found: str = fault
+            return found
     cfg = state.config
     rng = state.rng
     # Draw only for rates in use, so a seed reproduces the same faults for the same traffic.

@@ -72,6 +72,5 @@ def normalize_status(value: Any) -> dict[str, str]:
 def status_code(order: Mapping[str, Any]) -> str | None:
     """The order's status code, or None when its status is malformed."""
     status = order.get("status")
-    if isinstance(status, Mapping) and isinstance(status.get("code"), str):
-        return status["code"]
-    return None
+    code = status.get("code") if isinstance(status, Mapping) else None
+    return code if isinstance(code, str) else None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any
+from typing import Any, cast
 
 from skysync.emulator.replies import Reply, error_reply
 
@@ -263,7 +263,8 @@ class Listener:
             raise RuntimeError("the sandbox is already serving")
         self.stopping.clear()
         server = _Server((host, port), self.answer, self.stopping)
-        bound_host, bound_port = server.server_address[:2]
+        # an AF_INET or AF_INET6 socket: the host is a str
+        bound_host, bound_port = cast(tuple[str, int], server.server_address[:2])
         shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
         self.base_url = f"http://{shown}:{bound_port}"
         self._server = server

@@ -248,6 +248,7 @@ class _Claim:
         self.summary.claimed += len(page)
         for row_id, kind, ref, stored in page:
             marks = None
+            payload: Any  # JSON as the ERP wrote it, or UnreadableJSON
             # most rows of a stock backlog are a bare {"qty": n}: good as they read
             plain = None if in_flight else plain_stock(kind, stored)
             if plain is not None and self._good_ref(ref):
@@ -295,7 +296,7 @@ class _Claim:
             with contextlib.suppress(Exception):  # else the first reading's reasons stand
                 found = problems(kind, ref, parse_written(stored)) or found
         reason = "invalid: " + "; ".join(found)
-        rejected = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
+        rejected: dict[str, Any] = {"state": RowState.REJECTED, "now": self.now, "reason": reason}
         if in_flight:
             settle.finish(self.session, [row_id], self.token, **rejected)
         else:
@@ -438,7 +439,11 @@ def drain(
         delivering: tuple[str, Future[DeliverySummary]] | None = None
         while batches < max_batches:
             chunks: list[list[int]] = []
-            summary = relay.run_batch(dispatch=lambda _token, ids, into=chunks: into.append(ids))
+
+            def collect(_token: str, ids: list[int], into: list[list[int]] = chunks) -> None:
+                into.append(ids)
+
+            summary = relay.run_batch(dispatch=collect)
             batches += 1
             if summary.token is not None:
                 tokens.append(summary.token)

@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Collection
+from functools import partial
 from typing import TYPE_CHECKING
 
 from skysync.domain.reconcile import listed_skus
@@ -61,9 +62,7 @@ def learn_unknown(relay: Relay, unknown: Collection[str]) -> set[str]:
     cursor: str | None = None
     try:
         while True:
-            page = relay.call(
-                lambda after=cursor: relay.client.list_products(per_page=PER_PAGE, cursor=after)
-            )
+            page = relay.call(partial(relay.client.list_products, per_page=PER_PAGE, cursor=cursor))
             pages += 1
             for product in page.products:
                 for entry in listed_skus(product):

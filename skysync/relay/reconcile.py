@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from skysync.domain.reconcile import (
@@ -223,7 +224,7 @@ def _prefetched_pages(relay: Relay, per_page: int) -> Iterator[tuple[datetime, P
             while not stop.is_set():
                 read_at = relay.clock()
                 page = relay.call(
-                    lambda after=cursor: relay.client.list_products(per_page=per_page, cursor=after)
+                    partial(relay.client.list_products, per_page=per_page, cursor=cursor)
                 )
                 pages.put((read_at, page))
                 if not page.next_cursor or not page.products:

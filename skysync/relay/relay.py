@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,8 @@ from skysync.store import outbox_reads
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
 from skysync.store.request_stats import save_request_counts
+
+T = TypeVar("T")
 
 
 class Relay:
@@ -184,7 +186,7 @@ class Relay:
         with self.session() as session:
             item_store.begin_attempt(session, sku, fields, self.clock())
 
-    def call(self, fn: Callable[[], Any]) -> Any:
+    def call(self, fn: Callable[[], T]) -> T:
         """One SkyHub call with a few quick retries for transient failures. The open unit of
         work (the reads and attempt records before it) commits first: the attempt is durable
         before the request leaves, and no lock or connection is held across the network.

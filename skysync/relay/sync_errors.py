@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
@@ -70,7 +71,7 @@ def _pull_type(relay: Relay, entity_type: str, summary: SyncErrorsSummary) -> No
     listed = 0
     for page in range(1, MAX_PAGES + 1):
         errors, total = relay.call(
-            lambda n=page: relay.client.sync_errors(entity_type, page=n, per_page=PER_PAGE)
+            partial(relay.client.sync_errors, entity_type, page=page, per_page=PER_PAGE)
         )
         with session_scope(relay.url) as session:
             new, again = store.record_seen(session, entity_type, errors, relay.clock())
@@ -102,9 +103,7 @@ def ignore_sync_errors(relay: Relay, ids: list[int]) -> tuple[list[int], list[in
         if not chosen:
             continue
         relay.call(
-            lambda t=entity_type, c=chosen: relay.client.ignore_sync_errors(
-                t, [found[i][1] for i in c]
-            )
+            partial(relay.client.ignore_sync_errors, entity_type, [found[i][1] for i in chosen])
         )
         with session_scope(relay.url) as session:
             store.mark_ignored(session, chosen, relay.clock())

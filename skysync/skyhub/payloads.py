@@ -103,8 +103,9 @@ class QueuedOrder:
         if self.order is not None:
             return self.order.status.code
         status = self.raw.get("status") if isinstance(self.raw, dict) else None
-        if isinstance(status, dict) and isinstance(status.get("code"), str):
-            return status["code"]
+        code = status.get("code") if isinstance(status, dict) else None
+        if isinstance(code, str):
+            return code
         return status if isinstance(status, str) else None
 
 

@@ -10,10 +10,11 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import AliasedInsp
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
 from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, RowState
@@ -55,7 +56,7 @@ def reclaim_expired(session: Session, now: datetime) -> int:
             updated_at=now,
         )
     )
-    return result.rowcount or 0
+    return cast(sa.CursorResult[Any], result).rowcount or 0
 
 
 def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
@@ -71,7 +72,7 @@ def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
     return sa.func.coalesce(parent, row.ref)
 
 
-def _busy() -> sa.Select[tuple[str]]:
+def _busy() -> sa.Select[str]:
     """The families with a row in flight: one uncorrelated subquery (evaluated once), not a
     scan of the in-flight rows per row."""
     in_flight = sa.orm.aliased(OutboxRow, name="f")
@@ -87,7 +88,7 @@ def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.Column
     if rule.mode is LaneMode.ALL:
         return kind
     found = sa.inspect(row)
-    o = found.name if getattr(found, "is_aliased_class", False) else OutboxRow.__tablename__
+    o = found.name if isinstance(found, AliasedInsp) else OutboxRow.__tablename__
     if dialect == "postgresql":
         # CASE: the cast runs only on numbers, whatever order the planner picks
         stockout = sa.text(
@@ -402,7 +403,7 @@ def supersede_pending(
     for start in range(0, len(ids), SUPERSEDE_CHUNK):
         end = start + SUPERSEDE_CHUNK
         # as array literals: psycopg adapts a str at once, a list of ints one int at a time
-        params = {
+        params: dict[str, Any] = {
             "ids": "{" + ",".join(map(str, ids[start:end])) + "}",
             "winners": "{" + ",".join(map(str, winners[start:end])) + "}",
         }

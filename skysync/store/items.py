@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -58,7 +58,7 @@ def _apply_newer(
 # writes with Core statements on the table, built once: the ORM's unit of work took more Python
 # time than PostgreSQL took to run them. Every other writer uses the ORM (get_or_create); a Core
 # write expires the ORM's copy of the row, so the two never disagree within a transaction.
-_ITEM = Item.__table__
+_ITEM = cast(sa.Table, Item.__table__)  # a mapped class's table, typed FromClause
 _SELECT = sa.select(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _UPDATE = sa.update(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
@@ -170,7 +170,12 @@ def learn_listed(
         for sku in absent
         if sku not in known
     ]
-    defaults = {"acknowledged": {}, "last_applied": {}, "applied_epochs": {}, "attempt": {}}
+    defaults: dict[str, Any] = {
+        "acknowledged": {},
+        "last_applied": {},
+        "applied_epochs": {},
+        "attempt": {},
+    }
     for start in range(0, len(new_rows), 500):
         session.execute(
             _INSERT, [{**defaults, **r, "updated_at": now} for r in new_rows[start : start + 500]]

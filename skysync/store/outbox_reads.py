@@ -19,7 +19,7 @@ from skysync.store.slices import in_slices
 
 def count_by_state(session: Session) -> dict[str, int]:
     """Rows per state, every state present (0 when none)."""
-    counts = dict.fromkeys(RowState, 0)
+    counts: dict[str, int] = dict.fromkeys(RowState, 0)
     rows = session.execute(sa.select(OutboxRow.state, sa.func.count()).group_by(OutboxRow.state))
     for state, n in rows:
         counts[state] = n
@@ -141,11 +141,11 @@ def drain_account(
     # ones), then the drain's claim tokens in Python: never a scan of the table by token.
     mine = set(tokens)
     by_state: dict[str, list[int]] = {}
-    query = sa.select(OutboxRow.state, OutboxRow.id, OutboxRow.claim_token).where(
+    held = sa.select(OutboxRow.state, OutboxRow.id, OutboxRow.claim_token).where(
         OutboxRow.state.in_([RowState.IN_FLIGHT, RowState.DEAD, RowState.REJECTED])
     )
     in_flight = 0
-    for state, i, token in session.execute(query):
+    for state, i, token in session.execute(held):
         in_flight += state == RowState.IN_FLIGHT
         if token in mine:
             by_state.setdefault(state, []).append(i)

@@ -24,7 +24,7 @@ def auth_stop_reason(detail: object) -> str:
 
 def is_auth_stop(error: str | None) -> bool:
     """Did SkyHub refuse the credentials in the run that ended with ``error``?"""
-    return bool(error) and AUTH_STOP in error
+    return error is not None and AUTH_STOP in error
 
 
 def start(

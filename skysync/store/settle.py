@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from skysync.domain.planner import Row
 from skysync.store.models import OutboxRow
 from skysync.store.slices import in_slices
 
-_OUTBOX = OutboxRow.__table__
+_OUTBOX = cast(sa.Table, OutboxRow.__table__)  # a mapped class's table, typed FromClause
 _HELD = sa.and_(
     _OUTBOX.c.claim_token == sa.bindparam("token"), _OUTBOX.c.state == RowState.IN_FLIGHT
 )
@@ -62,7 +62,7 @@ def _update_claimed(
         by_ids = _claimed_update(names, count_attempt=count_attempt)
         for part in in_slices(ids):
             result = session.execute(by_ids, {**params, "ids": part})
-            updated += result.rowcount or 0
+            updated += cast(sa.CursorResult[Any], result).rowcount or 0
     return updated
 
 
@@ -212,4 +212,4 @@ def requeue(
             claim_epoch=sa.func.coalesce(OutboxRow.claim_epoch, 0),
         )
     )
-    return result.rowcount or 0
+    return cast(sa.CursorResult[Any], result).rowcount or 0

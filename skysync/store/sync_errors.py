@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -74,7 +74,7 @@ def resolve_unseen(session: Session, entity_type: str, seen_since: datetime, now
         )
         .values(resolved_at=now)
     )
-    return result.rowcount or 0
+    return cast(sa.CursorResult[Any], result).rowcount or 0
 
 
 def by_ids(session: Session, ids: Iterable[int]) -> list[SyncError]:

@@ -340,7 +340,7 @@ def sandbox(
     settings = ctx.settings
     # Configured credentials are enforced (the emulator stands in for that account);
     # with none configured, any non-empty ones pass.
-    credentials: dict[str, str | None] = {"email": None, "api_key": None, "account_key": None}
+    credentials: dict[str, Any] = {"email": None, "api_key": None, "account_key": None}
     if settings.has_skyhub_credentials:
         assert settings.skyhub_api_key is not None and settings.skyhub_account_key is not None
         credentials = {
