@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from conftest import sandbox_fixture
 from relay_helpers import (
     insert,
     make_client,
@@ -23,7 +23,6 @@ from relay_helpers import (
     relay_for,
     requests,
     row,
-    sandbox_config,
 )
 
 from skysync.emulator import Sandbox
@@ -45,10 +44,7 @@ SHIPMENT = {
 }
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config(visibility_timeout=0.3)) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(visibility_timeout=0.3)
 
 
 def inbox(db_url: str) -> list[OrderInbox]:

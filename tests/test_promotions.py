@@ -13,33 +13,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from click.testing import CliRunner
-from relay_helpers import bodies, create_product, drain, insert, product, relay_for, row
+from relay_helpers import (
+    acknowledged,
+    behind_the_back,
+    bodies,
+    create_product,
+    drain,
+    insert,
+    product,
+    relay_for,
+    row,
+)
 
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay.reconcile import reconcile
-from skysync.store.db import session_scope
-from skysync.store.models import Item
 
 CAPPED = "promotional_price 90 is above the newer price 50: sent as 50"
-
-
-def acknowledged(db_url: str, sku: str) -> dict[str, Any]:
-    with session_scope(db_url) as session:
-        item = session.get(Item, sku)
-        return dict(item.acknowledged) if item else {}
 
 
 def prices(sb: Sandbox, sku: str) -> tuple[Any, Any]:
     held = product(sb, sku)
     return held.get("price"), held.get("promotional_price")
-
-
-def behind_the_back(sb: Sandbox, sku: str, **fields: Any) -> None:
-    answer = httpx.patch(f"{sb.base_url}/_sandbox/products/{sku}", json=fields, timeout=5)
-    assert answer.status_code == 204, answer.text
 
 
 def test_newer_price_below_the_promotion_in_one_batch(db_url: str, sb: Sandbox) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from conftest import sandbox_fixture
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 from skysync.emulator.limits import peak_per_second
@@ -38,10 +39,7 @@ def _client(sb: Sandbox, timeout: float = 5.0, **kwargs: Any) -> httpx.Client:
     return httpx.Client(base_url=sb.base_url, timeout=timeout, verify=_TLS, **kwargs)
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(SandboxConfig(seed=7)) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(SandboxConfig, seed=7)
 
 
 @pytest.fixture
@@ -50,11 +48,8 @@ def client(sb: Sandbox) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def free_sb() -> Iterator[Sandbox]:
-    """An emulator without rate limits, for tests that need many requests quickly."""
-    with Sandbox(SandboxConfig(seed=7, rate_limits_enabled=False)) as sandbox:
-        yield sandbox
+# An emulator without rate limits, for tests that need many requests quickly.
+free_sb = sandbox_fixture(SandboxConfig, name="free_sb", seed=7, rate_limits_enabled=False)
 
 
 @pytest.fixture
