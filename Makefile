@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv compose-test
+.PHONY: run test test-fast lint bench clean venv compose-test
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ run: $(STAMP)
 ## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: the developer's loop (under a minute): the same suite without the tiers marked
+## slow, celery, compose and browser (pyproject.toml); both databases and the emulator still
+FAST_TIERS := not slow and not celery and not compose and not browser
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST_TIERS)" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check skysync tests bench migrations .ci setup.py

@@ -306,6 +306,7 @@ def test_the_deadline_is_a_setting_below_the_workers_soft_time_limit() -> None:
     assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE: must be below" in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
 def test_the_deadline_ends_a_trickling_answer(in_headers: bool) -> None:
     with (
@@ -340,6 +341,7 @@ def test_the_deadline_ends_a_trickling_answer(in_headers: bool) -> None:
     assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE" in str(exc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["relay", "drain"])
 def test_relay_and_drain_return_from_a_trickling_skyhub_with_the_reason_on_the_row(
     db_url: str, tmp_path: Path, command: str

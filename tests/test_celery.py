@@ -33,6 +33,8 @@ from skysync.emulator import Sandbox, SandboxConfig
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, RunLog
 
+pytestmark = pytest.mark.celery  # every test here starts real workers
+
 BROKER_DB = 10
 LIMITER_DB = 11
 EMAIL = "celery-loja@example.com"

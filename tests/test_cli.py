@@ -526,6 +526,7 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_metrics_listens_on_localhost_only_by_default(tmp_path: Path) -> None:
     """Outside compose nothing says where to listen: no authentication, so 127.0.0.1 only."""
     import socket
@@ -569,6 +570,7 @@ def test_flower_and_metrics_default_to_localhost(command: str) -> None:
 # -- the real entry point --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("skysync")
     assert exe.exists(), f"console script missing: {exe}"

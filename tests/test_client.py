@@ -769,6 +769,7 @@ def test_429_retry_after_header_is_reported() -> None:
         assert info.value.status == 429
 
 
+@pytest.mark.slow
 def test_429_is_waited_out_then_succeeds(sb: Sandbox, make_client: Any) -> None:
     slept: list[float] = []
 
@@ -818,6 +819,7 @@ def test_429_waits_are_capped(sb: Sandbox, make_client: Any) -> None:
     assert _statuses(sb) == [429, 429, 429]
 
 
+@pytest.mark.slow
 def test_real_rate_limit_on_a_one_per_second_bucket_is_waited_out(make_client: Any) -> None:
     with Sandbox(_config(rate_limits_enabled=True)) as sb:  # SkyHub's limits: orders GET 1/s
         client = make_client(sb.base_url)
@@ -834,6 +836,7 @@ def test_real_rate_limit_on_a_one_per_second_bucket_is_waited_out(make_client: A
         assert ok[1] - ok[0] >= 1.0
 
 
+@pytest.mark.slow
 def test_one_wait_is_enough_after_a_429_on_a_sliding_window(make_client: Any) -> None:
     """BUG: without Retry-After the client waits for the next *wall-clock* second
     (client.py, ``1.0 - (time.time() % 1.0) + 0.01``), not for a one-second window to pass.
@@ -1042,6 +1045,7 @@ def test_secrets_never_reach_logs_errors_or_repr(
 # --------------------------------------------------------------------------- rate limiter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_url", ["memory://", REDIS_URL], ids=["memory", "redis"])
 def test_limiter_keeps_puts_under_the_rate(
     storage_url: str, make_limiter: Any, make_client: Any
@@ -1062,6 +1066,7 @@ def test_limiter_keeps_puts_under_the_rate(
         assert sb.state()["products"]["PACED"]["qty"] == 19
 
 
+@pytest.mark.slow
 def test_two_clients_sharing_a_redis_limiter_stay_under_the_rate(
     make_limiter: Any, make_client: Any
 ) -> None:
@@ -1122,6 +1127,7 @@ def test_bucket_rate(bucket: str, pace: float) -> None:
     assert bucket_rate(bucket, 0.5) == 0.5  # never faster than asked
 
 
+@pytest.mark.slow
 def test_limiter_with_bucket_rate_keeps_variation_reads_under_skyhubs_limit(
     make_client: Any,
 ) -> None:
@@ -1241,6 +1247,7 @@ def test_route_of(path: str, route: str) -> None:
     assert route_of(path) == route
 
 
+@pytest.mark.slow
 def test_request_counter_counts_by_route_and_status(sb: Sandbox, client: SkyHubClient) -> None:
     client.create_product(_product("C 1"))
     client.update_product("C 1", {"qty": 1})

@@ -514,6 +514,7 @@ def started(stack: Stack) -> Stack:
     return stack
 
 
+@pytest.mark.compose
 def test_migrate_exits_0(stack: Stack) -> None:
     done = stack.migrate()
     assert done.returncode == 0, f"{' '.join(done.args)}:\n{done.stdout}\n{done.stderr}"
@@ -526,10 +527,12 @@ def test_migrate_exits_0(stack: Stack) -> None:
         engine.dispose()
 
 
+@pytest.mark.compose
 def test_worker_comes_up(started: Stack) -> None:
     started.processes["worker"].wait_for_output(" ready.")
 
 
+@pytest.mark.compose
 def test_beat_comes_up(started: Stack) -> None:
     beat = started.processes["beat"]
     beat.wait_for_output("beat: Starting")
@@ -539,6 +542,7 @@ def test_beat_comes_up(started: Stack) -> None:
     )
 
 
+@pytest.mark.compose
 def test_flower_answers_401_without_credentials_200_with(started: Stack) -> None:
     flower = started.processes["flower"]
     url = f"http://127.0.0.1:{started.port('flower')}"
@@ -550,6 +554,7 @@ def test_flower_answers_401_without_credentials_200_with(started: Stack) -> None
     assert FLOWER_PASSWORD not in flower.output and FLOWER_PASSWORD not in " ".join(flower.argv)
 
 
+@pytest.mark.compose
 def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     # The compose file as run with SKYSYNC_FLOWER_BASIC_AUTH unset: Flower gets "" and refuses.
     compose_env = {k: v for k, v in COMPOSE_ENV.items() if k != "SKYSYNC_FLOWER_BASIC_AUTH"}
@@ -568,6 +573,7 @@ def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     assert "SKYSYNC_FLOWER_BASIC_AUTH" in done.stderr
 
 
+@pytest.mark.compose
 def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stack) -> None:
     sku = f"COMPOSE-{uuid.uuid4().hex[:8].upper()}"
     payload = {
@@ -635,6 +641,7 @@ def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stac
     assert product["price"] == 39.9 and product["qty"] == 10
 
 
+@pytest.mark.compose
 def test_worker_and_flower_healthchecks_pass(started: Stack) -> None:
     started.processes["worker"].wait_for_output(" ready.")
     started.processes["flower"].wait_for_http(
@@ -656,6 +663,7 @@ def test_worker_and_flower_healthchecks_pass(started: Stack) -> None:
         assert done.returncode == 0, f"{name} healthcheck:\n{done.stdout}\n{done.stderr}"
 
 
+@pytest.mark.compose
 def test_sandbox_service_serves_the_emulator(started: Stack) -> None:
     sandbox = started.processes["sandbox"]
     sandbox.wait_for_output("SkyHub emulator listening on")
@@ -664,6 +672,7 @@ def test_sandbox_service_serves_the_emulator(started: Stack) -> None:
     assert "products" in answer.json()
 
 
+@pytest.mark.compose
 def test_metrics_serves_outbox_rows(stack: Stack) -> None:
     helped = subprocess.run(
         [str(VENV_BIN / "skysync"), "metrics", "--help"],

@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from conftest import free_port
 
 from skysync.store.db import dispose_engines, get_engine
+
+pytestmark = pytest.mark.slow  # each test runs `skysync run` in a process
 
 BIN = Path(sys.executable).parent
 

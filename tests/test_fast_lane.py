@@ -100,6 +100,7 @@ def test_sql_rule_picks_exactly_what_the_pure_rule_picks(db_url: str) -> None:
     assert len({i for i, (k, p) in ids.items() if LaneRule(LaneMode.STOCKOUTS).picks(k, p)}) == 2
 
 
+@pytest.mark.slow
 def test_lane_claims_whole_families_of_picked_rows_only(db_url: str) -> None:
     a_price = insert(db_url, "price", "A", {"price": 12.0})
     a_out = insert(db_url, "stock", "A", {"qty": 0})
@@ -115,6 +116,7 @@ def test_lane_claims_whole_families_of_picked_rows_only(db_url: str) -> None:
     assert row(db_url, order).state == "pending"
 
 
+@pytest.mark.slow
 def test_lane_never_claims_a_sku_that_is_in_flight(db_url: str) -> None:
     first = insert(db_url, "stock", "A", {"qty": 2})
     assert _claim(db_url, None, "t-batch") == {first}  # a batch holds A

@@ -26,6 +26,8 @@ from skysync.emulator import Sandbox, SandboxConfig
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import get_engine
 
+pytestmark = pytest.mark.celery  # every test here starts real workers
+
 BROKER_DB, LIMITER_DB = 6, 7  # this machine's Redis databases for this test (flushed)
 CREDS = {"email": "lane@example.com", "api_key": "LANE-API-KEY-3e1", "account_key": "LANE-ACCT-9b"}
 SKUS = [f"LANE-{i:03d}" for i in range(60)]

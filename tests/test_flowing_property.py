@@ -31,6 +31,7 @@ import random
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from conftest import empty_tables, sandbox_fixture
 from hypothesis import HealthCheck, settings
@@ -49,6 +50,8 @@ from skysync.emulator import Sandbox
 from skysync.relay import Relay
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow
+
+pytestmark = pytest.mark.slow  # a hypothesis state machine, ~20 s
 
 SIMPLE = ("PA", "PB")
 PARENT = "PV"

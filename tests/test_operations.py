@@ -42,6 +42,7 @@ def _with_password(db_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+@pytest.mark.slow
 def test_a_refused_key_leaves_no_secret_in_the_logs(db_url: str, tmp_path: Path) -> None:
     """A real `skysync drain` process whose key SkyHub refuses: its whole output (JSON logs,
     error messages) holds neither SkyHub key nor the database password."""
@@ -133,6 +134,7 @@ def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
     assert value("skysync_orders_waiting_for_erp") == 0
 
 
+@pytest.mark.slow
 def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> None:
     insert(db_url, "price", "SRV-1", {"price": 1.0})
     port = free_port()
@@ -236,6 +238,7 @@ def test_configured_secret_values_are_masked_wherever_they_appear() -> None:
     assert "S3CRET-k" not in record.getMessage()
 
 
+@pytest.mark.slow
 def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> None:
     port = free_port()
     env = {

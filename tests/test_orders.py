@@ -136,6 +136,7 @@ def test_malformed_order_is_kept_raw_flagged_and_acknowledged(
     assert '"flagged": 1' in result.output
 
 
+@pytest.mark.slow
 def test_an_order_without_a_code_stays_one_inbox_row_flagged_once_and_named_in_status(
     db_url: str, sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
@@ -184,6 +185,7 @@ def test_an_order_without_a_code_stays_one_inbox_row_flagged_once_and_named_in_s
         assert collect_status(session, now=later)["orders"]["unacknowledgeable"] == []
 
 
+@pytest.mark.slow
 def test_queue_calls_go_through_the_rate_limiter(db_url: str, sb: Sandbox) -> None:
     for n in range(3):
         sb.seed_order({"code": f"{AMERICANAS}-{n}", "status": "book_product"})

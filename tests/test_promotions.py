@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from relay_helpers import (
     acknowledged,
@@ -38,6 +39,7 @@ def prices(sb: Sandbox, sku: str) -> tuple[Any, Any]:
     return held.get("price"), held.get("promotional_price")
 
 
+@pytest.mark.slow
 def test_newer_price_below_the_promotion_in_one_batch(db_url: str, sb: Sandbox) -> None:
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
@@ -124,6 +126,7 @@ def test_variation_price_below_its_promotion(db_url: str, sb: Sandbox) -> None:
         assert not reconcile(relay).has_drift
 
 
+@pytest.mark.slow
 def test_reconcile_reports_a_promotion_above_the_price_and_repairs_it(
     db_url: str, sb: Sandbox
 ) -> None:

@@ -55,6 +55,7 @@ def test_first_request_goes_at_once_then_the_bucket_waits(
     assert limiter.try_acquire("products:GET") == 0.0
 
 
+@pytest.mark.slow
 @STORAGES
 @pytest.mark.parametrize("rate", [5, 8.5])
 def test_acquire_keeps_every_one_second_window_under_the_rate(
@@ -71,6 +72,7 @@ def test_acquire_keeps_every_one_second_window_under_the_rate(
     assert times[-1] - started >= 0.4  # it did wait
 
 
+@pytest.mark.slow
 @STORAGES
 def test_threads_sharing_a_limiter_stay_under_the_rate(storage_url: str, make_limiter: Any) -> None:
     limiter = make_limiter(6, storage_url)
@@ -111,6 +113,7 @@ def test_acquire_gives_up_after_max_wait(storage_url: str, make_limiter: Any) ->
     assert time.monotonic() - started < 0.3
 
 
+@pytest.mark.slow
 @STORAGES
 def test_rate_for_sets_each_buckets_own_rate(storage_url: str, make_limiter: Any) -> None:
     limiter = make_limiter(

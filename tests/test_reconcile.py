@@ -289,6 +289,7 @@ def test_cli_sku_json_and_exit_codes(db_url: str, sb: Sandbox, clean_env: Path) 
 # -- the emulator's listing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cursor_pages_past_ten_thousand_and_survives_changes_meanwhile(sb: Sandbox) -> None:
     for i in range(10_050):
         sb.seed_product({"sku": f"DEEP-{i:05d}", "qty": 1})
@@ -362,6 +363,7 @@ def test_the_erp_role_cannot_write_origin_on_postgresql(pg_url: str) -> None:
     assert set(origins(pg_url).values()) == {"erp"}
 
 
+@pytest.mark.slow
 def test_a_listing_skyhub_cannot_answer_stops_the_run_and_says_why(
     db_url: str, sb: Sandbox
 ) -> None:

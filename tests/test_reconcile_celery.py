@@ -21,6 +21,8 @@ from skysync.store import runs, sync_errors
 from skysync.store.db import migrate, session_scope
 from skysync.store.models import OutboxRow
 
+pytestmark = pytest.mark.celery  # real workers and beat's schedule
+
 BROKER_DB, LIMITER_DB = 9, 12
 
 

@@ -27,6 +27,8 @@ import redis
 import sqlalchemy as sa
 from conftest import create_pg_database, drop_pg_database, free_port
 
+pytestmark = pytest.mark.slow  # builds a venv (the module's fixture)
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "skysync", "migrations")
 BROKER_DB, LIMITER_DB = 8, 9  # this machine's Redis databases for this test (flushed)
@@ -108,6 +110,7 @@ def pg_database() -> Iterator[str]:
     drop_pg_database(url)
 
 
+@pytest.mark.celery
 def test_worker_beat_and_trigger_deliver_on_redis(
     runtime_bin: Path, pg_database: str, tmp_path: Path
 ) -> None:
