@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv compose-test
+.PHONY: run test test-fast lint bench clean venv compose-test
 
 venv: $(STAMP)
 
@@ -23,9 +23,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## lint: ruff, then mypy --strict over skysync/ (its settings: [tool.mypy] in pyproject.toml)
+## test-fast: the developer's loop (under a minute): the same suite without the tiers marked
+## slow, celery, compose and browser (pyproject.toml); both databases and the emulator still
+FAST_TIERS := not slow and not celery and not compose and not browser
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST_TIERS)" $(PYTEST_ARGS)
+
+## lint: ruff (the rules, then the format), then mypy --strict over skysync/ (its settings:
+## [tool.ruff] and [tool.mypy] in pyproject.toml)
+LINTED := skysync tests bench migrations .ci setup.py
 lint: $(STAMP)
-	$(BIN)/ruff check skysync tests bench migrations .ci setup.py
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 ## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness

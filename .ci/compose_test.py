@@ -169,13 +169,18 @@ def start_engine() -> None:
     subprocess.Popen(
         [
             "dockerd",
-            "--storage-driver", "vfs",
+            "--storage-driver",
+            "vfs",
             "--iptables=false",
             "--bridge=none",
-            "--data-root", str(STATE_DIR / "docker"),
-            "--exec-root", str(RUN_DIR / "exec"),
-            "--pidfile", str(RUN_DIR / "docker.pid"),
-            "-H", f"unix://{SOCKET}",
+            "--data-root",
+            str(STATE_DIR / "docker"),
+            "--exec-root",
+            str(RUN_DIR / "exec"),
+            "--pidfile",
+            str(RUN_DIR / "docker.pid"),
+            "-H",
+            f"unix://{SOCKET}",
         ],
         stdout=logfile,
         stderr=logfile,
@@ -201,7 +206,11 @@ def recipe_hash(*parts: str | Path) -> str:
 
 def image_recipe(name: str) -> str | None:
     done = docker(
-        "image", "inspect", "-f", '{{index .Config.Labels "skysync.ci.recipe"}}', name,
+        "image",
+        "inspect",
+        "-f",
+        '{{index .Config.Labels "skysync.ci.recipe"}}',
+        name,
         check_rc=False,
     )
     return done.stdout.strip() if done.returncode == 0 else None
@@ -220,8 +229,12 @@ def build_base() -> str:
             log("debootstrap bookworm (about 40 s)")
             run(
                 [
-                    "debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                    "bookworm", str(rootfs), DEBIAN_MIRROR,
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={BASE_PACKAGES}",
+                    "bookworm",
+                    str(rootfs),
+                    DEBIAN_MIRROR,
                 ],
                 timeout=900,
                 stream=True,
@@ -239,10 +252,14 @@ def build_base() -> str:
             old.unlink()
     docker(
         "import",
-        "--change", "ENV LANG=C.UTF-8",
-        "--change", 'CMD ["python3"]',
-        "--change", f"LABEL skysync.ci.recipe={key}",
-        str(tarball), "python:3.11-slim",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        'CMD ["python3"]',
+        "--change",
+        f"LABEL skysync.ci.recipe={key}",
+        str(tarball),
+        "python:3.11-slim",
     )
     return key
 
@@ -253,8 +270,15 @@ def build_standin(name: str, folder: str, base_key: str) -> None:
         log(f"{name} stand-in: cached")
         return
     docker(
-        "build", "--network", "host", "--label", f"skysync.ci.recipe={key}",
-        "-t", name, str(STANDINS / folder), stream=True,
+        "build",
+        "--network",
+        "host",
+        "--label",
+        f"skysync.ci.recipe={key}",
+        "-t",
+        name,
+        str(STANDINS / folder),
+        stream=True,
     )
 
 
@@ -291,8 +315,16 @@ class Stack:
     def compose(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return run(
             [
-                "docker-compose", "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"),
-                "--env-file", str(self.env_file), "--profile", "sandbox", *args,
+                "docker-compose",
+                "-p",
+                PROJECT,
+                "-f",
+                str(ROOT / "docker-compose.yml"),
+                "--env-file",
+                str(self.env_file),
+                "--profile",
+                "sandbox",
+                *args,
             ],
             **kwargs,
         )
@@ -306,8 +338,18 @@ class Stack:
 
     def psql(self, sql: str) -> str:
         done = self.compose(
-            "exec", "-T", "postgres", "psql", "-U", "skysync", "-d", "skysync",
-            "-v", "ON_ERROR_STOP=1", "-qAt", input=sql,
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "skysync",
+            "-d",
+            "skysync",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAt",
+            input=sql,
         )
         return done.stdout.strip()
 
@@ -320,8 +362,18 @@ class Stack:
 
     def worker_ready(self) -> bool:
         done = self.compose(
-            "exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect", "ping",
-            "--timeout", "5", check_rc=False, timeout=60,
+            "exec",
+            "-T",
+            "worker",
+            "celery",
+            "-A",
+            "skysync.celery_app",
+            "inspect",
+            "ping",
+            "--timeout",
+            "5",
+            check_rc=False,
+            timeout=60,
         )
         return done.returncode == 0 and "pong" in done.stdout
 
@@ -395,8 +447,9 @@ def check_basic_flow(stack: Stack) -> None:
     check(seeded.status_code in (200, 201), f"seeding an order: {seeded.status_code}")
     wait_for(
         "beat's order pull to store the order in the inbox",
-        lambda: stack.psql(f"SELECT count(*) FROM skysync_order_inbox WHERE code = '{code}';")
-        == "1",
+        lambda: (
+            stack.psql(f"SELECT count(*) FROM skysync_order_inbox WHERE code = '{code}';") == "1"
+        ),
         60,
     )
     kinds = {"product", "price", "stock", "order_invoice", "order_shipment", "order_delivery"}
@@ -476,8 +529,16 @@ def check_scaled_workers(stack: Stack) -> None:
     wait_for("three workers", lambda: len(stack.containers("worker")) == 3, 60)
     wait_for("three workers answering", stack.worker_ready, 120, every=3)
     replies = stack.compose(
-        "exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect", "ping",
-        "--timeout", "10",
+        "exec",
+        "-T",
+        "worker",
+        "celery",
+        "-A",
+        "skysync.celery_app",
+        "inspect",
+        "ping",
+        "--timeout",
+        "10",
     ).stdout
     check(replies.count("pong") == 3, f"not three workers answering:\n{replies}")
     skus = [f"CI-STOP-{i}" for i in range(1, 151)] + [f"CI-POSTGRES-{i}" for i in range(1, 151)]
@@ -489,10 +550,13 @@ def check_scaled_workers(stack: Stack) -> None:
     started = time.monotonic()
     wait_for(
         "the stock rows on three workers",
-        lambda: stack.psql(
-            "SELECT count(*) FROM skysync_outbox WHERE kind = 'stock' AND state = 'sent' "
-            "AND ref LIKE 'CI-%';"
-        ) == str(len(skus)),
+        lambda: (
+            stack.psql(
+                "SELECT count(*) FROM skysync_outbox WHERE kind = 'stock' AND state = 'sent' "
+                "AND ref LIKE 'CI-%';"
+            )
+            == str(len(skus))
+        ),
         240,
     )
     took = time.monotonic() - started
@@ -540,8 +604,10 @@ def up(stack: Stack) -> None:
         lambda: stack.psql("SELECT count(*) FROM skysync_run WHERE kind = 'relay';") != "0",
         60,
     )
-    ports = {s: stack.compose("port", s, p).stdout.strip() for s, p in
-             (("flower", "5555"), ("metrics", "9108"), ("sandbox", "8710"))}
+    ports = {
+        s: stack.compose("port", s, p).stdout.strip()
+        for s, p in (("flower", "5555"), ("metrics", "9108"), ("sandbox", "8710"))
+    }
     log(f"published: {ports}")
     check(all(v.startswith("127.0.0.1:") for v in ports.values()), f"not on 127.0.0.1: {ports}")
 

@@ -121,13 +121,16 @@ class Worker:
             self.proc.stdout.close()
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, *, interval: float = 0.05
+) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it is true; fail naming ``what``
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def run_skysync(args: list[str], env: Mapping[str, str], cwd: Path) -> str:

@@ -13,13 +13,15 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 import skysync.config
 from skysync.emulator import Sandbox, SandboxConfig
+from skysync.entrypoints.cli import cli
 from skysync.relay import Relay, drain
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import get_engine, session_scope
-from skysync.store.models import OutboxRow, utcnow
+from skysync.store.models import Item, OutboxRow, RunLog, utcnow
 
 CLIENT_CREDENTIALS = {"email": "e@x", "api_key": "k", "account_key": "a"}
 
@@ -158,6 +160,34 @@ def bodies(sb: Sandbox, method: str, path: str) -> list[Any]:
 
 def product(sb: Sandbox, sku: str) -> dict[str, Any]:
     return sb.state()["products"][sku]
+
+
+def behind_the_back(sb: Sandbox, sku: str, **fields: Any) -> None:
+    """Change a product in "SkyHub" without skysync: the emulator's admin API, over HTTP."""
+    answer = httpx.patch(f"{sb.base_url}/_sandbox/products/{sku}", json=fields, timeout=5)
+    assert answer.status_code == 204, answer.text
+
+
+def acknowledged(db_url: str, sku: str) -> dict[str, Any]:
+    """What skysync last saw SkyHub acknowledge for ``sku`` (empty: no item yet)."""
+    with session_scope(db_url) as session:
+        item = session.get(Item, sku)
+        return dict(item.acknowledged) if item else {}
+
+
+def run_count(db_url: str, kind: str) -> int:
+    """How many runs of ``kind`` ("relay", "fast_lane", ...) the run log holds."""
+    with session_scope(db_url) as session:
+        query = sa.select(sa.func.count()).select_from(RunLog).where(RunLog.kind == kind)
+        return session.execute(query).scalar_one()
+
+
+def cli_status(db_url: str, *args: str, **env: str) -> tuple[int, dict[str, Any]]:
+    """``skysync status --json ARGS`` in this process: its exit code and the report."""
+    result = CliRunner().invoke(
+        cli, ["status", "--json", *args], env={"SKYSYNC_DATABASE_URL": db_url, **env}
+    )
+    return result.exit_code, json.loads(result.stdout)
 
 
 def create_product(db_url: str, relay: Relay, sku: str, **fields: Any) -> int:

@@ -68,6 +68,7 @@ def hot_rows(db_url: str) -> int:
     return 70_000 if is_pg(db_url) else 40_000
 
 
+@pytest.mark.slow
 def test_a_hot_sku_past_the_bind_parameter_limit_drains_in_one_batch_and_one_request(
     db_url: str, sb: Sandbox
 ) -> None:
@@ -92,6 +93,7 @@ def test_a_hot_sku_past_the_bind_parameter_limit_drains_in_one_batch_and_one_req
     assert newest - first == n - 1
 
 
+@pytest.mark.slow
 def test_a_hot_sku_drains_in_process_too(db_url: str, sb: Sandbox) -> None:
     """``skysync drain``'s path: the chunks delivered in this process."""
     n = hot_rows(db_url)
@@ -105,6 +107,7 @@ def test_a_hot_sku_drains_in_process_too(db_url: str, sb: Sandbox) -> None:
     assert states(db_url, "HOT-2") == {("sent", None): 1, ("superseded", newest): n - 1}
 
 
+@pytest.mark.slow
 def test_a_backlog_that_fails_leaves_only_its_newest_row_to_retry(db_url: str, sb: Sandbox) -> None:
     """The rows folded into the newest are superseded by it at claim time, whatever the
     request's fate: when the request fails, only the newest row goes back to pending (attempt
@@ -195,6 +198,7 @@ _SKU_ROWS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(specs=_SKU_ROWS, data=st.data())
 def test_folding_newest_first_builds_the_same_request_as_folding_every_row(
@@ -305,6 +309,7 @@ def _row_updates(db_url: str) -> int:
         return conn.execute(sa.text("SELECT n FROM row_updates")).scalar_one()
 
 
+@pytest.mark.slow
 def test_a_claim_writes_each_row_of_a_backlog_once(db_url: str, sb: Sandbox) -> None:
     """A claim ends the rows folded into a SKU's newest row on the spot instead of putting them
     in flight first: claiming 40 SKUs of 50 rows writes 2,000 row versions, and their requests

@@ -12,23 +12,21 @@ The relay runs as the operator runs it (`skysync relay` / `skysync drain`), on b
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from relay_helpers import insert, row, sandbox_config
+from conftest import sandbox_fixture
+from relay_helpers import cli_status, insert, row
 
 from skysync.config import ConfigError, load_settings
 from skysync.emulator import Sandbox
@@ -50,23 +48,13 @@ GUARD = 90.0  # seconds a command may take before the test calls it hung (and fa
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(scope="module")
 
 
 def _cli(args: list[str], db_url: str, skyhub_url: str, **env: str) -> Result:
     return CliRunner().invoke(
         cli, args, env={"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SKYHUB_URL": skyhub_url, **env}
     )
-
-
-def _status(db_url: str, **env: str) -> tuple[int, dict[str, Any]]:
-    result = CliRunner().invoke(
-        cli, ["status", "--json"], env={"SKYSYNC_DATABASE_URL": db_url, **env}
-    )
-    return result.exit_code, json.loads(result.stdout)
 
 
 # -- Retry-After: the pure reading -----------------------------------------------------------
@@ -196,7 +184,7 @@ def test_an_absurd_retry_after_parks_the_row_at_most_the_cap_and_status_says_so(
     assert "rate limited" in (got.reason or "") and "Retry-After" in (got.reason or ""), got
     assert "maximum" in (got.reason or ""), got
 
-    code, report = _status(db_url)  # parked an hour, past the next batch (900 s)
+    code, report = cli_status(db_url)  # parked an hour, past the next batch (900 s)
     assert code == 1, report
     parked = [p for p in report["problems"] if "Retry-After" in p]
     assert len(parked) == 1, report["problems"]
@@ -219,7 +207,7 @@ def test_the_cap_is_a_setting_and_a_park_within_a_batch_interval_is_healthy(
     assert got.state == "pending", got
     assert got.available_at <= utcnow() + timedelta(seconds=600), got
     assert "600 s maximum" in (got.reason or ""), got
-    code, report = _status(db_url)  # 600 s: the next batch (900 s) takes it
+    code, report = cli_status(db_url)  # 600 s: the next batch (900 s) takes it
     assert code == 0, report
     assert report["parked_by_skyhub"]["rows"] == 1
 
@@ -238,7 +226,7 @@ def test_a_sane_retry_after_is_honoured_as_sent(db_url: str, sb: Sandbox) -> Non
     assert got.state == "pending", got
     assert before + timedelta(seconds=115) <= got.available_at <= utcnow() + timedelta(seconds=120)
     assert "maximum" not in (got.reason or ""), got
-    assert _status(db_url)[0] == 0
+    assert cli_status(db_url)[0] == 0
 
 
 # -- an answer that never ends ---------------------------------------------------------------
@@ -318,6 +306,7 @@ def test_the_deadline_is_a_setting_below_the_workers_soft_time_limit() -> None:
     assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE: must be below" in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
 def test_the_deadline_ends_a_trickling_answer(in_headers: bool) -> None:
     with (
@@ -352,6 +341,7 @@ def test_the_deadline_ends_a_trickling_answer(in_headers: bool) -> None:
     assert "SKYSYNC_SKYHUB_REQUEST_DEADLINE" in str(exc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["relay", "drain"])
 def test_relay_and_drain_return_from_a_trickling_skyhub_with_the_reason_on_the_row(
     db_url: str, tmp_path: Path, command: str

@@ -27,11 +27,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery_helpers import Worker, clean_env, flush_redis, run_python, run_skysync, wait_for
-from conftest import empty_tables, migrated_pg_database
+from conftest import empty_tables, migrated_pg_database, sandbox_fixture
 
 from skysync.emulator import Sandbox, SandboxConfig
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, RunLog
+
+pytestmark = pytest.mark.celery  # every test here starts real workers
 
 BROKER_DB = 10
 LIMITER_DB = 11
@@ -52,12 +54,16 @@ def celery_db() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """SkyHub as the worker sees it: our credentials checked, SkyHub's rate limits on."""
-    config = SandboxConfig(email=EMAIL, api_key=API_KEY, account_key=ACCOUNT_KEY, seed=17)
-    with Sandbox(config) as sb:
-        yield sb
+# SkyHub as the worker sees it: our credentials checked, SkyHub's rate limits on.
+sandbox = sandbox_fixture(
+    SandboxConfig,
+    name="sandbox",
+    scope="module",
+    email=EMAIL,
+    api_key=API_KEY,
+    account_key=ACCOUNT_KEY,
+    seed=17,
+)
 
 
 def _flush_redis() -> None:
@@ -93,23 +99,6 @@ def env(celery_db: str, sandbox: Sandbox, broker: redis.Redis) -> dict[str, str]
             "SKYSYNC_LOG_LEVEL": "INFO",
         }
     )
-
-
-@pytest.fixture
-def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Starts workers (cwd: an empty directory, so no stray .env is read), with 4 threads
-    unless told, and ``extra_env`` over the test's environment; every worker
-    started is stopped at the end, whatever happened."""
-    started: list[Worker] = []
-
-    def start(concurrency: int = 4, *, extra_env: dict[str, str] | None = None) -> Worker:
-        worker = Worker(env | (extra_env or {}), tmp_path, concurrency=concurrency)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -218,7 +207,7 @@ def test_relay_batch_task_delivers_rows_with_ids_only(
     env: dict[str, str],
     celery_db: str,
     sandbox: Sandbox,
-    start_worker: Callable[[], Worker],
+    start_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
     skus = [f"CEL-A-{i:02d}" for i in range(10)]
@@ -234,7 +223,7 @@ def test_relay_batch_task_delivers_rows_with_ids_only(
     price_ids = write_rows(
         celery_db, [("price", sku, {"price": latest_prices[i]}) for i, sku in enumerate(skus)]
     )
-    worker = start_worker()
+    worker = start_worker(env)
 
     assert "queued" in run_skysync(["trigger"], env, tmp_path)
     wait_delivered(celery_db, worker)
@@ -267,7 +256,7 @@ def test_worker_killed_mid_batch_loses_nothing(
     env: dict[str, str],
     celery_db: str,
     sandbox: Sandbox,
-    start_worker: Callable[[], Worker],
+    start_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
     skus = [f"CEL-K-{i:02d}" for i in range(30)]
@@ -279,7 +268,7 @@ def test_worker_killed_mid_batch_loses_nothing(
         ],
     )
     sandbox.configure(latency_ms=500)
-    first = start_worker()
+    first = start_worker(env)
     run_skysync(["trigger"], env, tmp_path)
     wait_for(lambda: len(sandbox.request_log()) >= 2, 30, "the first requests to reach SkyHub")
     first.kill()
@@ -294,7 +283,7 @@ def test_worker_killed_mid_batch_loses_nothing(
 
     assert expire_leases(celery_db) == len(in_flight)
     sandbox.configure(latency_ms=0)
-    second = start_worker()
+    second = start_worker(env)
     run_skysync(["trigger"], env, tmp_path)
     wait_delivered(celery_db, second)
 
@@ -308,7 +297,7 @@ def test_worker_killed_before_the_answer_then_revert_sends_the_reverted_value(
     env: dict[str, str],
     celery_db: str,
     sandbox: Sandbox,
-    start_worker: Callable[[], Worker],
+    start_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
     """Issue 9, case 3: SkyHub applies price 12 but its answer never comes, and the worker is
@@ -316,7 +305,7 @@ def test_worker_killed_before_the_answer_then_revert_sends_the_reverted_value(
     sent without a recorded answer does not count as acknowledged."""
     sku = "CEL-R-01"
     write_rows(celery_db, [("product", sku, {"name": "R", "price": 10.0, "qty": 1})])
-    first = start_worker()
+    first = start_worker(env)
     run_skysync(["trigger"], env, tmp_path)
     wait_delivered(celery_db, first)
 
@@ -329,7 +318,7 @@ def test_worker_killed_before_the_answer_then_revert_sends_the_reverted_value(
 
     (back,) = write_rows(celery_db, [("price", sku, {"price": 10.0})])
     assert expire_leases(celery_db) == 1
-    second = start_worker()
+    second = start_worker(env)
     run_skysync(["trigger"], env, tmp_path)
     wait_delivered(celery_db, second)
 
@@ -344,7 +333,7 @@ def test_trigger_lost_in_a_flushed_broker_loses_nothing(
     celery_db: str,
     sandbox: Sandbox,
     broker: redis.Redis,
-    start_worker: Callable[[], Worker],
+    start_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
     skus = [f"CEL-T-{i:02d}" for i in range(5)]
@@ -362,7 +351,7 @@ def test_trigger_lost_in_a_flushed_broker_loses_nothing(
     ]
     broker.flushdb()
 
-    worker = start_worker()
+    worker = start_worker(env)
     assert finished_runs(celery_db) == []  # the lost trigger never ran...
     assert {s for s, _t, _r in states(celery_db).values()} == {"pending"}  # ...nothing moved
 
@@ -377,7 +366,7 @@ def test_broker_flushed_after_claim_loses_nothing(
     celery_db: str,
     sandbox: Sandbox,
     broker: redis.Redis,
-    start_worker: Callable[[], Worker],
+    start_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
     skus = [f"CEL-F-{i:02d}" for i in range(30)]  # two chunks of keys
@@ -419,7 +408,7 @@ def test_broker_flushed_after_claim_loses_nothing(
     assert sorted(chunk_ids) == ids
 
     broker.flushdb()
-    worker = start_worker()
+    worker = start_worker(env)
     run_skysync(["trigger"], env, tmp_path)
     wait_for(lambda: len(finished_runs(celery_db)) == 2, 30, "the triggered batch to finish")
     # The claim is still alive: the batch reclaims nothing and claims nothing; rows stay put.
@@ -465,7 +454,7 @@ def test_product_and_variation_writes_go_out_together(
     # (a 429, waited out). This test is about the buckets' interleaving; the limiter's own
     # accuracy is tests/test_ratelimit.py and bench/limiter_accuracy.py.
     env["SKYSYNC_RATE_LIMIT"] = "8"
-    worker = start_worker(1)
+    worker = start_worker(env, concurrency=1)
     run_skysync(["trigger"], env, tmp_path)  # what the store already has, sent by skysync
     wait_delivered(celery_db, worker)
     assert_all_final(celery_db)
@@ -518,7 +507,7 @@ def test_a_backlog_is_caught_up_batch_after_batch_as_the_worker_sends_it(
     (docs/relay.md, "Catching up")."""
     skus = [f"CU-{i:02d}" for i in range(30)]
     ids = write_rows(celery_db, [("product", s, {"name": s, "price": 10.0}) for s in skus])
-    worker = start_worker(extra_env={"SKYSYNC_BATCH_SIZE": "5"})
+    worker = start_worker(env | {"SKYSYNC_BATCH_SIZE": "5"})
     assert "queued" in run_skysync(["trigger"], env, tmp_path)
     wait_for(
         lambda: all(s[0] == "sent" for s in states(celery_db).values()),
@@ -552,7 +541,7 @@ def test_with_catching_up_off_a_backlog_waits_for_the_next_batch(
     regular batch (or a trigger)."""
     rows = [("product", f"NC-{i:02d}", {"name": "x", "price": 10.0}) for i in range(12)]
     write_rows(celery_db, rows)
-    start_worker(extra_env={"SKYSYNC_BATCH_SIZE": "5", "SKYSYNC_CATCH_UP_INTERVAL": "0"})
+    start_worker(env | {"SKYSYNC_BATCH_SIZE": "5", "SKYSYNC_CATCH_UP_INTERVAL": "0"})
     assert "queued" in run_skysync(["trigger"], env, tmp_path)
     wait_for(
         lambda: sum(s[0] == "sent" for s in states(celery_db).values()) == 5,

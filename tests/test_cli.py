@@ -485,7 +485,10 @@ def test_erp_role_apply_creates_the_role(pg_url: str) -> None:
         ("sqlite:///skysync.db", "sqlite:///skysync.db"),
         ("amqp://guest:s3cr%40t@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
         ("postgresql+psycopg://u:p@ss@host/db", "postgresql+psycopg://u:***@host/db"),
-        ("postgresql+psycopg://u:a@b:c/d?e#f@host:5432/db", "postgresql+psycopg://u:***@host:5432/db"),
+        (
+            "postgresql+psycopg://u:a@b:c/d?e#f@host:5432/db",
+            "postgresql+psycopg://u:***@host:5432/db",
+        ),
         ("redis://:p w@@host:6379/0", "redis://:***@host:6379/0"),
         ("sqlite:////var/lib/a:b@c.db", "sqlite:////var/lib/a:b@c.db"),
     ],
@@ -526,6 +529,7 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_metrics_listens_on_localhost_only_by_default(tmp_path: Path) -> None:
     """Outside compose nothing says where to listen: no authentication, so 127.0.0.1 only."""
     import socket
@@ -569,6 +573,7 @@ def test_flower_and_metrics_default_to_localhost(command: str) -> None:
 # -- the real entry point --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_entry_point_in_a_real_process(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("skysync")
     assert exe.exists(), f"console script missing: {exe}"

@@ -10,7 +10,6 @@ the client fails the test by itself.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port, max_in_window, sandbox_fixture
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 from skysync.skyhub.buckets import bucket_for, bucket_rate, route_of
@@ -74,10 +74,7 @@ def _make_client(base_url: str, **kwargs: Any) -> SkyHubClient:
     return SkyHubClient(base_url, **kwargs)
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(_config()) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(_config)
 
 
 @pytest.fixture
@@ -126,13 +123,6 @@ def _order_status(sb: Sandbox, code: str) -> str:
     return sb.state()["orders"][code]["status"]["code"]
 
 
-def _closed_port() -> int:
-    """A local port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _GrantLog:
     """Wraps a RateLimiter and notes when it let each request out, on the clock of the
     emulator's request log ("t" is ``time.monotonic()`` too: both run in this process)."""
@@ -148,19 +138,6 @@ class _GrantLog:
         with self._lock:
             self.grants.append((bucket, now))
         return waited
-
-
-def _max_in_window(times: list[float], window: float) -> int:
-    """The most requests any sliding window of ``window`` seconds holds."""
-    times = sorted(times)
-    best = 0
-    j = 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] - start < window:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 # Timer and sleep granularity between the limiter's clock and ours.
@@ -186,9 +163,9 @@ def _assert_paced(sb: Sandbox, logs: dict[str, _GrantLog], rate: int) -> None:
         grants += granted
         arrivals += arrived
     assert min(transit) > 0
-    assert _max_in_window(grants, 1.0 - CLOCK_SLACK) <= rate
+    assert max_in_window(grants, 1.0 - CLOCK_SLACK) <= rate
     spread = max(transit) - min(transit)
-    assert _max_in_window(arrivals, 1.0 - CLOCK_SLACK - spread) <= rate, f"transit {transit}"
+    assert max_in_window(arrivals, 1.0 - CLOCK_SLACK - spread) <= rate, f"transit {transit}"
     assert max(arrivals) - min(arrivals) >= 2.9  # 20 requests at 5/s span at least 3 s
 
 
@@ -731,7 +708,7 @@ def test_dropped_connection_is_transport_error_not_applied(
 
 
 def test_connection_refused_is_transport_error(make_client: Any) -> None:
-    client = make_client(f"http://127.0.0.1:{_closed_port()}")
+    client = make_client(f"http://127.0.0.1:{free_port()}")
 
     for call in (
         lambda: client.get_product("X"),
@@ -792,6 +769,7 @@ def test_429_retry_after_header_is_reported() -> None:
         assert info.value.status == 429
 
 
+@pytest.mark.slow
 def test_429_is_waited_out_then_succeeds(sb: Sandbox, make_client: Any) -> None:
     slept: list[float] = []
 
@@ -841,6 +819,7 @@ def test_429_waits_are_capped(sb: Sandbox, make_client: Any) -> None:
     assert _statuses(sb) == [429, 429, 429]
 
 
+@pytest.mark.slow
 def test_real_rate_limit_on_a_one_per_second_bucket_is_waited_out(make_client: Any) -> None:
     with Sandbox(_config(rate_limits_enabled=True)) as sb:  # SkyHub's limits: orders GET 1/s
         client = make_client(sb.base_url)
@@ -857,6 +836,7 @@ def test_real_rate_limit_on_a_one_per_second_bucket_is_waited_out(make_client: A
         assert ok[1] - ok[0] >= 1.0
 
 
+@pytest.mark.slow
 def test_one_wait_is_enough_after_a_429_on_a_sliding_window(make_client: Any) -> None:
     """BUG: without Retry-After the client waits for the next *wall-clock* second
     (client.py, ``1.0 - (time.time() % 1.0) + 0.01``), not for a one-second window to pass.
@@ -1007,7 +987,7 @@ def test_secrets_never_reach_logs_errors_or_repr(
     with Sandbox(_config(hang_seconds=1.0, retry_after_header=True)) as sb:
         client = make_client(sb.base_url, timeout=httpx.Timeout(5.0, read=0.3))
         wrong = make_client(sb.base_url, api_key=WRONG_KEY)
-        refused = make_client(f"http://127.0.0.1:{_closed_port()}")
+        refused = make_client(f"http://127.0.0.1:{free_port()}")
 
         # successes
         client.create_product(_product("SEGREDO"))
@@ -1065,6 +1045,7 @@ def test_secrets_never_reach_logs_errors_or_repr(
 # --------------------------------------------------------------------------- rate limiter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_url", ["memory://", REDIS_URL], ids=["memory", "redis"])
 def test_limiter_keeps_puts_under_the_rate(
     storage_url: str, make_limiter: Any, make_client: Any
@@ -1085,6 +1066,7 @@ def test_limiter_keeps_puts_under_the_rate(
         assert sb.state()["products"]["PACED"]["qty"] == 19
 
 
+@pytest.mark.slow
 def test_two_clients_sharing_a_redis_limiter_stay_under_the_rate(
     make_limiter: Any, make_client: Any
 ) -> None:
@@ -1145,6 +1127,7 @@ def test_bucket_rate(bucket: str, pace: float) -> None:
     assert bucket_rate(bucket, 0.5) == 0.5  # never faster than asked
 
 
+@pytest.mark.slow
 def test_limiter_with_bucket_rate_keeps_variation_reads_under_skyhubs_limit(
     make_client: Any,
 ) -> None:
@@ -1264,6 +1247,7 @@ def test_route_of(path: str, route: str) -> None:
     assert route_of(path) == route
 
 
+@pytest.mark.slow
 def test_request_counter_counts_by_route_and_status(sb: Sandbox, client: SkyHubClient) -> None:
     client.create_product(_product("C 1"))
     client.update_product("C 1", {"qty": 1})

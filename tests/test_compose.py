@@ -43,16 +43,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 import yaml
-from conftest import create_pg_database, drop_pg_database
+from celery_helpers import flush_redis, wait_for
+from conftest import create_pg_database, drop_pg_database, free_port
 
 from skysync.emulator import Sandbox, SandboxConfig
 
@@ -62,6 +62,7 @@ VENV_BIN = Path(sys.executable).parent
 SKYSYNC_SERVICES = ("migrate", "worker", "beat", "flower", "metrics", "sandbox")
 LONG_RUNNING = ("worker", "beat", "flower", "sandbox")
 REDIS_DBS = {0: 14, 1: 15}  # compose's broker and limiter databases -> this machine's
+POLL = 0.1  # seconds between looks at a process started here
 
 # The environment `docker compose --profile sandbox up` would be run with (shell or .env).
 FLOWER_USER, FLOWER_PASSWORD = "admin", "compose-test-secret"
@@ -295,29 +296,6 @@ def test_services_and_their_order() -> None:
 # --------------------------------------------------------------------------- running the commands
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def flush_redis() -> None:
-    for db in REDIS_DBS.values():
-        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
 class Process:
     """A command in its own process group, its output collected line by line."""
 
@@ -359,6 +337,7 @@ class Process:
             lambda: text in self.output or self.proc.poll() is not None,
             timeout,
             f"{text!r} from {self.name} ({' '.join(self.argv)})",
+            interval=POLL,
         )
         if text not in self.output:
             raise AssertionError(
@@ -376,7 +355,7 @@ class Process:
                 return False
             return True
 
-        wait_for(answers, timeout, f"{self.name} to answer at {url}")
+        wait_for(answers, timeout, f"{self.name} to answer at {url}", interval=POLL)
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
 
@@ -516,7 +495,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("compose")  # cwd: no stray .env is read
     db_url = create_pg_database("skysync_compose")
-    flush_redis()
+    flush_redis(*REDIS_DBS.values())
     sandbox = Sandbox(SandboxConfig(seed=5))
     sandbox.start()
     running = Stack(db_url, sandbox, workdir)
@@ -524,7 +503,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         running.stop()
-        flush_redis()
+        flush_redis(*REDIS_DBS.values())
         sandbox.stop()
         drop_pg_database(db_url)
 
@@ -535,6 +514,7 @@ def started(stack: Stack) -> Stack:
     return stack
 
 
+@pytest.mark.compose
 def test_migrate_exits_0(stack: Stack) -> None:
     done = stack.migrate()
     assert done.returncode == 0, f"{' '.join(done.args)}:\n{done.stdout}\n{done.stderr}"
@@ -547,10 +527,12 @@ def test_migrate_exits_0(stack: Stack) -> None:
         engine.dispose()
 
 
+@pytest.mark.compose
 def test_worker_comes_up(started: Stack) -> None:
     started.processes["worker"].wait_for_output(" ready.")
 
 
+@pytest.mark.compose
 def test_beat_comes_up(started: Stack) -> None:
     beat = started.processes["beat"]
     beat.wait_for_output("beat: Starting")
@@ -560,6 +542,7 @@ def test_beat_comes_up(started: Stack) -> None:
     )
 
 
+@pytest.mark.compose
 def test_flower_answers_401_without_credentials_200_with(started: Stack) -> None:
     flower = started.processes["flower"]
     url = f"http://127.0.0.1:{started.port('flower')}"
@@ -571,6 +554,7 @@ def test_flower_answers_401_without_credentials_200_with(started: Stack) -> None
     assert FLOWER_PASSWORD not in flower.output and FLOWER_PASSWORD not in " ".join(flower.argv)
 
 
+@pytest.mark.compose
 def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     # The compose file as run with SKYSYNC_FLOWER_BASIC_AUTH unset: Flower gets "" and refuses.
     compose_env = {k: v for k, v in COMPOSE_ENV.items() if k != "SKYSYNC_FLOWER_BASIC_AUTH"}
@@ -589,6 +573,7 @@ def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     assert "SKYSYNC_FLOWER_BASIC_AUTH" in done.stderr
 
 
+@pytest.mark.compose
 def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stack) -> None:
     sku = f"COMPOSE-{uuid.uuid4().hex[:8].upper()}"
     payload = {
@@ -641,7 +626,12 @@ def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stac
                 )
 
         try:
-            wait_for(lambda: row()[0] not in ("pending", "in_flight"), DELIVERY_TIMEOUT, "the row")
+            wait_for(
+                lambda: row()[0] not in ("pending", "in_flight"),
+                DELIVERY_TIMEOUT,
+                "the row",
+                interval=POLL,
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; row {row()}; worker:\n{worker.tail()}") from None
         assert row()[0] == "sent", f"row {row()}; worker:\n{worker.tail()}"
@@ -651,6 +641,7 @@ def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stac
     assert product["price"] == 39.9 and product["qty"] == 10
 
 
+@pytest.mark.compose
 def test_worker_and_flower_healthchecks_pass(started: Stack) -> None:
     started.processes["worker"].wait_for_output(" ready.")
     started.processes["flower"].wait_for_http(
@@ -672,6 +663,7 @@ def test_worker_and_flower_healthchecks_pass(started: Stack) -> None:
         assert done.returncode == 0, f"{name} healthcheck:\n{done.stdout}\n{done.stderr}"
 
 
+@pytest.mark.compose
 def test_sandbox_service_serves_the_emulator(started: Stack) -> None:
     sandbox = started.processes["sandbox"]
     sandbox.wait_for_output("SkyHub emulator listening on")
@@ -680,6 +672,7 @@ def test_sandbox_service_serves_the_emulator(started: Stack) -> None:
     assert "products" in answer.json()
 
 
+@pytest.mark.compose
 def test_metrics_serves_outbox_rows(stack: Stack) -> None:
     helped = subprocess.run(
         [str(VENV_BIN / "skysync"), "metrics", "--help"],

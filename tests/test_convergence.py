@@ -305,18 +305,21 @@ def run_example(url: str, sb: Sandbox, steps: list[Step], *, unique_values: bool
 # --------------------------------------------------------------------------- properties
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(steps=steps_strategy)
 def test_relay_converges_on_sqlite(sqlite_url: str, sandbox: Sandbox, steps: list[Step]) -> None:
     run_example(sqlite_url, sandbox, steps)
 
 
+@pytest.mark.slow
 @settings(PROPERTY_SETTINGS, max_examples=8)
 @given(steps=steps_strategy)
 def test_relay_converges_on_postgresql(pg_url: str, sandbox: Sandbox, steps: list[Step]) -> None:
     run_example(pg_url, sandbox, steps)
 
 
+@pytest.mark.slow
 @settings(PROPERTY_SETTINGS, max_examples=25)
 @given(steps=steps_strategy)
 def test_relay_converges_with_repeated_values(

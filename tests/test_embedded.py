@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
+from conftest import free_port
 
 from skysync.store.db import dispose_engines, get_engine
 
+pytestmark = pytest.mark.slow  # each test runs `skysync run` in a process
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(tmp_path: Path, args: list[str], **env: str) -> subprocess.Popen[str]:
@@ -53,7 +50,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 
 def test_skysync_run_demo_delivers_on_the_embedded_default(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start(tmp_path, ["--demo", f"--emulator-port={port}"])
     url = f"sqlite:///{tmp_path / 'skysync.db'}"
     try:
@@ -95,7 +92,7 @@ def test_skysync_run_fast_lane_polls_sqlite(tmp_path: Path) -> None:
     """`skysync run` with SKYSYNC_FAST_LANE=stockouts and an hour between batches: a stock-out
     written after the first batch goes out through the lane (SQLite: its poll), the batch does
     not run again."""
-    port = _free_port()
+    port = free_port()
     proc = _start(
         tmp_path,
         [f"--emulator-port={port}"],

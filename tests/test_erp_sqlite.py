@@ -18,6 +18,7 @@ from skysync.store.db import dispose_engines, migrate
 ERP_ROWS = 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timeout", [30.0, 0.0], ids=["documented", "none"])
 def test_plain_sqlite3_inserts_with_the_documented_busy_timeout_all_land_while_the_relay_writes(
     tmp_path: Path, sb: Sandbox, timeout: float

@@ -24,6 +24,7 @@ from relay_helpers import (
     requests,
     row,
     rows,
+    run_count,
     settings_for,
 )
 
@@ -35,15 +36,9 @@ from skysync.relay.fast_lane import LaneWatcher
 from skysync.relay.outcome import BatchSummary
 from skysync.store import claims
 from skysync.store.db import session_scope
-from skysync.store.models import OutboxRow, RunLog, utcnow
+from skysync.store.models import OutboxRow, utcnow
 
 STOCKOUTS = {"fast_lane": "stockouts"}
-
-
-def _runs(db_url: str, kind: str) -> int:
-    with session_scope(db_url) as session:
-        query = sa.select(sa.func.count()).select_from(RunLog).where(RunLog.kind == kind)
-        return session.execute(query).scalar_one()
 
 
 def _claim(db_url: str, rule: LaneRule | None, claim_as: str = "t-lane") -> set[int]:
@@ -105,6 +100,7 @@ def test_sql_rule_picks_exactly_what_the_pure_rule_picks(db_url: str) -> None:
     assert len({i for i, (k, p) in ids.items() if LaneRule(LaneMode.STOCKOUTS).picks(k, p)}) == 2
 
 
+@pytest.mark.slow
 def test_lane_claims_whole_families_of_picked_rows_only(db_url: str) -> None:
     a_price = insert(db_url, "price", "A", {"price": 12.0})
     a_out = insert(db_url, "stock", "A", {"qty": 0})
@@ -120,6 +116,7 @@ def test_lane_claims_whole_families_of_picked_rows_only(db_url: str) -> None:
     assert row(db_url, order).state == "pending"
 
 
+@pytest.mark.slow
 def test_lane_never_claims_a_sku_that_is_in_flight(db_url: str) -> None:
     first = insert(db_url, "stock", "A", {"qty": 2})
     assert _claim(db_url, None, "t-batch") == {first}  # a batch holds A
@@ -138,7 +135,7 @@ def test_lane_sends_a_stockout_without_waiting_for_the_batch(db_url: str, sb: Sa
     with relay_for(db_url, sb, settings_kw=STOCKOUTS) as relay:
         create_product(db_url, relay, "A", qty=5, price=10.0)
         create_product(db_url, relay, "B", qty=5, price=10.0)
-        batches = _runs(db_url, "relay")
+        batches = run_count(db_url, "relay")
         out = insert(db_url, "stock", "A", {"qty": 0})
         other = insert(db_url, "price", "B", {"price": 11.0})
         summary = relay.run_fast()
@@ -146,11 +143,11 @@ def test_lane_sends_a_stockout_without_waiting_for_the_batch(db_url: str, sb: Sa
         assert row(db_url, out).state == "sent"
         assert product(sb, "A")["qty"] == 0
         assert row(db_url, other).state == "pending"  # waits for the batch
-        assert _runs(db_url, "relay") == batches and _runs(db_url, "fast_lane") == 1
+        assert run_count(db_url, "relay") == batches and run_count(db_url, "fast_lane") == 1
         # nothing picked: no claim, no run logged, no request
         sent = len(sb.request_log())
         assert relay.run_fast().claimed == 0
-        assert _runs(db_url, "fast_lane") == 1 and len(sb.request_log()) == sent
+        assert run_count(db_url, "fast_lane") == 1 and len(sb.request_log()) == sent
 
 
 def test_lane_never_overtakes_a_newer_value(db_url: str, sb: Sandbox) -> None:

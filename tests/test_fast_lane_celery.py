@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from celery_helpers import Worker, clean_env, flush_redis, run_skysync, wait_for
-from conftest import empty_tables, migrated_pg_database
+from conftest import empty_tables, migrated_pg_database, sandbox_fixture
+from relay_helpers import run_count
 
 from skysync.emulator import Sandbox, SandboxConfig
 from skysync.skyhub.client import SkyHubClient
-from skysync.store.db import get_engine, session_scope
-from skysync.store.models import RunLog
+from skysync.store.db import get_engine
+
+pytestmark = pytest.mark.celery  # every test here starts real workers
 
 BROKER_DB, LIMITER_DB = 6, 7  # this machine's Redis databases for this test (flushed)
 CREDS = {"email": "lane@example.com", "api_key": "LANE-API-KEY-3e1", "account_key": "LANE-ACCT-9b"}
@@ -38,11 +40,10 @@ def lane_db() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """SkyHub with its limits (9/s per bucket) and the products the rows update."""
-    with Sandbox(SandboxConfig(seed=5, link_delay=None, **CREDS)) as sb:
-        yield sb
+# SkyHub with its limits (9/s per bucket) and the products the rows update.
+sandbox = sandbox_fixture(
+    SandboxConfig, name="sandbox", scope="module", seed=5, link_delay=None, **CREDS
+)
 
 
 def _flush_redis() -> None:
@@ -76,20 +77,6 @@ def env(lane_db: str, sandbox: Sandbox) -> Iterator[dict[str, str]]:
     _flush_redis()
 
 
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Worker]]:
-    started: list[Worker] = []
-
-    def start(env: dict[str, str]) -> Worker:
-        worker = Worker(env, tmp_path)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 def _insert(url: str, rows: list[tuple[str, str, dict]]) -> list[int]:
     """One plain INSERT transaction, as the ERP writes rows."""
     sql = sa.text(
@@ -119,12 +106,6 @@ def _open(url: str) -> int:
     return counts.get("pending", 0) + counts.get("in_flight", 0)
 
 
-def _runs(url: str, kind: str) -> int:
-    with session_scope(url) as session:
-        query = sa.select(sa.func.count()).select_from(RunLog).where(RunLog.kind == kind)
-        return session.execute(query).scalar_one()
-
-
 def _puts(sandbox: Sandbox) -> list[dict]:
     return [
         e for e in sandbox.request_log() if e["method"] == "PUT" and e["route"] == "/products/{sku}"
@@ -148,7 +129,7 @@ def test_lane_sends_a_stockout_without_the_batch(
     wait_for(lambda: sandbox.state()["products"][SKUS[0]]["qty"] == 0, 30, "the stock-out")
     wait_for(lambda: _row_states(lane_db)[out] == "sent", 10, "the row to be recorded sent")
     assert _row_states(lane_db)[other] == "pending"
-    assert _runs(lane_db, "relay") == 0 and _runs(lane_db, "fast_lane") >= 1
+    assert run_count(lane_db, "relay") == 0 and run_count(lane_db, "fast_lane") >= 1
     assert sandbox.state()["products"][SKUS[1]]["qty"] == 5
     assert "skysync.relay_fast[" in worker.output
 
@@ -171,7 +152,7 @@ def test_a_flood_of_stockouts_costs_one_request_per_sku(
     assert all(sandbox.state()["products"][sku]["qty"] == 0 for sku in hot)
     counts = _states(lane_db)
     assert counts.get("sent", 0) >= 4 and sum(counts.values()) == 1000, counts
-    assert _runs(lane_db, "relay") == 0
+    assert run_count(lane_db, "relay") == 0
 
 
 def test_two_workers_keep_the_lane_under_the_shared_limit(
@@ -215,6 +196,6 @@ def test_lane_off_changes_nothing(
     assert _states(lane_db) in ({"sent": 2}, {"sent": 1, "superseded": 1})
     product = sandbox.state()["products"][SKUS[0]]
     assert (product["qty"], product["price"]) == (0, 12)
-    assert _runs(lane_db, "relay") == 1 and _runs(lane_db, "fast_lane") == 0
+    assert run_count(lane_db, "relay") == 1 and run_count(lane_db, "fast_lane") == 0
     assert "fast lane" not in worker.output  # no watcher started
     assert "skysync.relay_fast[" not in worker.output  # no lane task ran

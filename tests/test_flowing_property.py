@@ -28,13 +28,12 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import empty_tables
+from conftest import empty_tables, sandbox_fixture
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -47,10 +46,12 @@ from hypothesis.stateful import (
 from relay_helpers import expire_leases, insert, make_client, make_due, settings_for
 
 from skysync.domain.promotions import capped
-from skysync.emulator import Sandbox, SandboxConfig
+from skysync.emulator import Sandbox
 from skysync.relay import Relay
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow
+
+pytestmark = pytest.mark.slow  # a hypothesis state machine, ~20 s
 
 SIMPLE = ("PA", "PB")
 PARENT = "PV"
@@ -68,6 +69,7 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+
 RAN = {"examples": 0, "steps": 0, "batches": 0, "kills": 0, "opened": 0, "late_commits": 0}
 
 
@@ -123,11 +125,7 @@ class LateTransaction:
         self.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    config = SandboxConfig(link_delay=None, rate_limits_enabled=False, hang_seconds=0.2)
-    with Sandbox(config) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(scope="module", hang_seconds=0.2)
 
 
 def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: Sandbox) -> None:

@@ -47,6 +47,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             drop_pg_database(url)
 
 
+@pytest.mark.slow
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
     assert HEAD == "0010"
     assert current_revision(fresh_url) is None
@@ -83,6 +84,7 @@ def _lane_trigger(url: str) -> list[str]:
         ).scalars())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fast_lane_trigger_is_installed_and_removed(fresh_url: str) -> None:
     """0006 installs the NOTIFY trigger on PostgreSQL (a plain INSERT of a stock row rings,
     a product row does not); downgrading below it removes it. SQLite gets no trigger."""

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +16,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from conftest import free_port
 from prometheus_client import generate_latest
-from relay_helpers import insert, relay_for, sandbox_config
+from relay_helpers import cli_status, insert, relay_for, sandbox_config
 
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
@@ -35,12 +34,6 @@ ACCOUNT_KEY = "SECRET-ACCOUNT-KEY-51e0d2"
 DB_PASSWORD = "SECRET-DB-PASSWORD-99"
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config()) as sandbox:
-        yield sandbox
-
-
 def _with_password(db_url: str) -> str:
     """The same database URL with a password in it (trust auth ignores it; SQLite has none)."""
     if not db_url.startswith("postgresql"):
@@ -49,6 +42,7 @@ def _with_password(db_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+@pytest.mark.slow
 def test_a_refused_key_leaves_no_secret_in_the_logs(db_url: str, tmp_path: Path) -> None:
     """A real `skysync drain` process whose key SkyHub refuses: its whole output (JSON logs,
     error messages) holds neither SkyHub key nor the database password."""
@@ -140,15 +134,10 @@ def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
     assert value("skysync_orders_waiting_for_erp") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@pytest.mark.slow
 def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> None:
     insert(db_url, "price", "SRV-1", {"price": 1.0})
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SKYSYNC_DATABASE_URL": db_url}
     proc = subprocess.Popen(
         [str(BIN / "skysync"), "metrics", "--port", str(port), "--address", "127.0.0.1"],
@@ -179,18 +168,11 @@ def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> 
         proc.stderr.close()
 
 
-def _status(db_url: str, *args: str, **env: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(
-        cli, ["status", "--json", *args], env={"SKYSYNC_DATABASE_URL": db_url, **env}
-    )
-    return result.exit_code, json.loads(result.stdout)
-
-
 def test_status_is_healthy_then_flags_an_old_due_row(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, report = _status(db_url)
+    code, report = cli_status(db_url)
     assert (code, report["healthy"], report["problems"]) == (0, True, [])
     row_id = insert(db_url, "price", "OLD-1", {"price": 10.0})
     with session_scope(db_url) as session:
@@ -198,10 +180,10 @@ def test_status_is_healthy_then_flags_an_old_due_row(
             sa.text("UPDATE skysync_outbox SET created_at = :t, available_at = :t WHERE id = :i"),
             {"t": (utcnow() - timedelta(hours=2)).replace(tzinfo=None), "i": row_id},
         )
-    code, report = _status(db_url)  # default threshold: 2 x 900 s = 30 min
+    code, report = cli_status(db_url)  # default threshold: 2 x 900 s = 30 min
     assert code == 1
     assert any("oldest due pending row" in p for p in report["problems"]), report
-    code, _ = _status(db_url, "--max-pending-age", "10800")
+    code, _ = cli_status(db_url, "--max-pending-age", "10800")
     assert code == 0
 
 
@@ -218,9 +200,9 @@ def test_status_flags_a_beat_that_stopped(
                 summary={},
             )
         )
-    code, report = _status(db_url, SKYSYNC_SYNC_INTERVAL="60")  # two intervals: 120 s
+    code, report = cli_status(db_url, SKYSYNC_SYNC_INTERVAL="60")  # two intervals: 120 s
     assert code == 0, report
-    code, report = _status(db_url, SKYSYNC_SYNC_INTERVAL="30")  # two intervals: 60 s
+    code, report = cli_status(db_url, SKYSYNC_SYNC_INTERVAL="30")  # two intervals: 60 s
     assert code == 1
     assert any("is beat running" in p for p in report["problems"]), report
     human = CliRunner().invoke(
@@ -256,8 +238,9 @@ def test_configured_secret_values_are_masked_wherever_they_appear() -> None:
     assert "S3CRET-k" not in record.getMessage()
 
 
+@pytest.mark.slow
 def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")},
         "SKYSYNC_SKYHUB_EMAIL": "ops@x",
@@ -320,7 +303,10 @@ def test_terminal_lines_drop_celerys_per_task_chatter_json_keeps_it(
         emit()
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
         assert [line["message"].split()[-1] for line in lines] == [
-            "received", "succeeded", "retry", "sent"
+            "received",
+            "succeeded",
+            "retry",
+            "sent",
         ]
     finally:
         root.setLevel(saved[0])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from conftest import sandbox_fixture
 from relay_helpers import (
     insert,
     make_client,
@@ -23,7 +23,6 @@ from relay_helpers import (
     relay_for,
     requests,
     row,
-    sandbox_config,
 )
 
 from skysync.emulator import Sandbox
@@ -45,10 +44,7 @@ SHIPMENT = {
 }
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config(visibility_timeout=0.3)) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(visibility_timeout=0.3)
 
 
 def inbox(db_url: str) -> list[OrderInbox]:
@@ -140,6 +136,7 @@ def test_malformed_order_is_kept_raw_flagged_and_acknowledged(
     assert '"flagged": 1' in result.output
 
 
+@pytest.mark.slow
 def test_an_order_without_a_code_stays_one_inbox_row_flagged_once_and_named_in_status(
     db_url: str, sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
@@ -188,6 +185,7 @@ def test_an_order_without_a_code_stays_one_inbox_row_flagged_once_and_named_in_s
         assert collect_status(session, now=later)["orders"]["unacknowledgeable"] == []
 
 
+@pytest.mark.slow
 def test_queue_calls_go_through_the_rate_limiter(db_url: str, sb: Sandbox) -> None:
     for n in range(3):
         sb.seed_order({"code": f"{AMERICANAS}-{n}", "status": "book_product"})

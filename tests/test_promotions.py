@@ -13,23 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import pytest
 from click.testing import CliRunner
-from relay_helpers import bodies, create_product, drain, insert, product, relay_for, row
+from relay_helpers import (
+    acknowledged,
+    behind_the_back,
+    bodies,
+    create_product,
+    drain,
+    insert,
+    product,
+    relay_for,
+    row,
+)
 
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay.reconcile import reconcile
-from skysync.store.db import session_scope
-from skysync.store.models import Item
 
 CAPPED = "promotional_price 90 is above the newer price 50: sent as 50"
-
-
-def acknowledged(db_url: str, sku: str) -> dict[str, Any]:
-    with session_scope(db_url) as session:
-        item = session.get(Item, sku)
-        return dict(item.acknowledged) if item else {}
 
 
 def prices(sb: Sandbox, sku: str) -> tuple[Any, Any]:
@@ -37,11 +39,7 @@ def prices(sb: Sandbox, sku: str) -> tuple[Any, Any]:
     return held.get("price"), held.get("promotional_price")
 
 
-def behind_the_back(sb: Sandbox, sku: str, **fields: Any) -> None:
-    answer = httpx.patch(f"{sb.base_url}/_sandbox/products/{sku}", json=fields, timeout=5)
-    assert answer.status_code == 204, answer.text
-
-
+@pytest.mark.slow
 def test_newer_price_below_the_promotion_in_one_batch(db_url: str, sb: Sandbox) -> None:
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
@@ -128,6 +126,7 @@ def test_variation_price_below_its_promotion(db_url: str, sb: Sandbox) -> None:
         assert not reconcile(relay).has_drift
 
 
+@pytest.mark.slow
 def test_reconcile_reports_a_promotion_above_the_price_and_repairs_it(
     db_url: str, sb: Sandbox
 ) -> None:

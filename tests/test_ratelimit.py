@@ -7,13 +7,13 @@ a caller sees it (when ``acquire`` returns, what ``try_acquire`` answers), not t
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 import uuid
 from typing import Any
 
 import pytest
+from conftest import free_port, max_in_window
 
 from skysync.skyhub.ratelimit import (
     RateLimiter,
@@ -26,17 +26,9 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 STORAGES = pytest.mark.parametrize("storage_url", ["memory://", REDIS_URL], ids=["memory", "redis"])
 
 
-def _max_in_window(times: list[float], window: float = 0.98) -> int:
-    """The most timestamps any sliding window holds. The times are taken after ``acquire``
-    returns, so thread scheduling adds jitter; 20 ms of the second are allowed for it."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] - start < window:
-            j += 1
-        best = max(best, j - i)
-    return best
+# The times are taken after ``acquire`` returns, so thread scheduling adds jitter: 20 ms of
+# each one-second window are allowed for it.
+WINDOW = 0.98
 
 
 def test_account_namespace_is_stable_and_does_not_hold_the_email() -> None:
@@ -63,6 +55,7 @@ def test_first_request_goes_at_once_then_the_bucket_waits(
     assert limiter.try_acquire("products:GET") == 0.0
 
 
+@pytest.mark.slow
 @STORAGES
 @pytest.mark.parametrize("rate", [5, 8.5])
 def test_acquire_keeps_every_one_second_window_under_the_rate(
@@ -75,10 +68,11 @@ def test_acquire_keeps_every_one_second_window_under_the_rate(
         limiter.acquire("queues:GET")
         times.append(time.monotonic())
 
-    assert _max_in_window(times) <= math.ceil(rate)
+    assert max_in_window(times, WINDOW) <= math.ceil(rate)
     assert times[-1] - started >= 0.4  # it did wait
 
 
+@pytest.mark.slow
 @STORAGES
 def test_threads_sharing_a_limiter_stay_under_the_rate(storage_url: str, make_limiter: Any) -> None:
     limiter = make_limiter(6, storage_url)
@@ -104,7 +98,7 @@ def test_threads_sharing_a_limiter_stay_under_the_rate(storage_url: str, make_li
 
     assert failures == []
     assert len(times) == 12
-    assert _max_in_window(times) <= 6
+    assert max_in_window(times, WINDOW) <= 6
 
 
 @STORAGES
@@ -119,6 +113,7 @@ def test_acquire_gives_up_after_max_wait(storage_url: str, make_limiter: Any) ->
     assert time.monotonic() - started < 0.3
 
 
+@pytest.mark.slow
 @STORAGES
 def test_rate_for_sets_each_buckets_own_rate(storage_url: str, make_limiter: Any) -> None:
     limiter = make_limiter(
@@ -164,9 +159,7 @@ def test_redis_limiters_on_one_namespace_share_the_budget(make_limiter: Any) -> 
 
 
 def test_unreachable_redis_is_reported_as_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     limiter = RateLimiter(5, storage_url=f"redis://127.0.0.1:{port}/0")
 
     with pytest.raises(RateLimiterUnavailable):

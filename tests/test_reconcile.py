@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 from relay_helpers import (
+    acknowledged,
+    behind_the_back,
     create_product,
     drain,
     insert,
@@ -32,19 +34,7 @@ from skysync.relay.reconcile import reconcile
 from skysync.reporting.metrics import registry_for
 from skysync.reporting.status import collect_status
 from skysync.store.db import session_scope
-from skysync.store.models import Item, OutboxRow
-
-
-def behind_the_back(sb: Sandbox, sku: str, **fields: Any) -> None:
-    """Change a product in "SkyHub" without skysync: the emulator's admin API, over HTTP."""
-    answer = httpx.patch(f"{sb.base_url}/_sandbox/products/{sku}", json=fields, timeout=5)
-    assert answer.status_code == 204, answer.text
-
-
-def acknowledged(db_url: str, sku: str) -> dict[str, Any]:
-    with session_scope(db_url) as session:
-        item = session.get(Item, sku)
-        return dict(item.acknowledged) if item else {}
+from skysync.store.models import OutboxRow
 
 
 def origins(db_url: str) -> dict[int, str]:
@@ -299,6 +289,7 @@ def test_cli_sku_json_and_exit_codes(db_url: str, sb: Sandbox, clean_env: Path) 
 # -- the emulator's listing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cursor_pages_past_ten_thousand_and_survives_changes_meanwhile(sb: Sandbox) -> None:
     for i in range(10_050):
         sb.seed_product({"sku": f"DEEP-{i:05d}", "qty": 1})
@@ -372,6 +363,7 @@ def test_the_erp_role_cannot_write_origin_on_postgresql(pg_url: str) -> None:
     assert set(origins(pg_url).values()) == {"erp"}
 
 
+@pytest.mark.slow
 def test_a_listing_skyhub_cannot_answer_stops_the_run_and_says_why(
     db_url: str, sb: Sandbox
 ) -> None:

@@ -9,18 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 import sqlalchemy as sa
 from celery_helpers import Worker, clean_env, run_python, run_skysync, wait_for
-from conftest import create_pg_database, drop_pg_database
-from relay_helpers import create_product, insert, relay_for, row, sandbox_config
+from conftest import create_pg_database, drop_pg_database, sandbox_fixture
+from relay_helpers import behind_the_back, create_product, insert, relay_for, row
 
 from skysync.emulator import Sandbox
 from skysync.store import runs, sync_errors
 from skysync.store.db import migrate, session_scope
 from skysync.store.models import OutboxRow
+
+pytestmark = pytest.mark.celery  # real workers and beat's schedule
 
 BROKER_DB, LIMITER_DB = 9, 12
 
@@ -33,10 +34,7 @@ def pg() -> Iterator[str]:
     drop_pg_database(url)
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(sandbox_config(rate_limits_enabled=True)) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(rate_limits_enabled=True)
 
 
 @pytest.fixture
@@ -80,8 +78,7 @@ def test_a_real_worker_reconciles_and_repairs(
     with relay_for(pg, sb) as relay:
         create_product(pg, relay, "CEL-R1", price=10.0, qty=5)
         create_product(pg, relay, "CEL-R2", price=20.0, qty=6)
-    answer = httpx.patch(f"{sb.base_url}/_sandbox/products/CEL-R2", json={"qty": 60}, timeout=5)
-    assert answer.status_code == 204
+    behind_the_back(sb, "CEL-R2", qty=60)
     worker = Worker(env, tmp_path)
     try:
         worker.start()

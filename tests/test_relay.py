@@ -459,6 +459,7 @@ def test_stock_row_of_a_variation_goes_with_its_parent(db_url: str, sb: Sandbox)
     assert sb.state()["variations"]["W1"]["qty"] == 5
 
 
+@pytest.mark.slow
 def test_a_parent_and_its_variation_on_skyhub_are_updated_at_the_same_time(
     db_url: str, sb: Sandbox
 ) -> None:
@@ -1008,6 +1009,7 @@ def test_cli_drain_list_requeue_show_status(
     assert report["last_relay"] is not None and report["last_relay"]["error"] is None
 
 
+@pytest.mark.slow
 def test_cli_drain_exits_1_when_rows_are_left_backing_off(
     db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay]
 ) -> None:
@@ -1198,6 +1200,7 @@ def test_cli_drain_exits_0_when_what_is_left_is_in_other_hands(
     assert "1 row(s) rejected" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_attempts", [5, 1], ids=["retrying", "dead"])
 def test_cli_drain_exits_1_when_rows_it_handled_failed_even_beside_other_hands(
     db_url: str, sb: Sandbox, clean_env: Path, cli_relays: list[Relay], max_attempts: int

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,9 @@ import httpx
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import create_pg_database, drop_pg_database
+from conftest import create_pg_database, drop_pg_database, free_port
+
+pytestmark = pytest.mark.slow  # builds a venv (the module's fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "skysync", "migrations")
@@ -87,12 +88,6 @@ def test_runtime_install_is_complete_and_carries_no_dev_extras(
     assert (alembic_dir / "versions").is_dir()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _flush() -> None:
     for db in (BROKER_DB, LIMITER_DB):
         with redis.Redis(host="127.0.0.1", port=6379, db=db) as client:
@@ -115,11 +110,12 @@ def pg_database() -> Iterator[str]:
     drop_pg_database(url)
 
 
+@pytest.mark.celery
 def test_worker_beat_and_trigger_deliver_on_redis(
     runtime_bin: Path, pg_database: str, tmp_path: Path
 ) -> None:
     _flush()
-    sandbox_port = _free_port()
+    sandbox_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")},
         "SKYSYNC_DATABASE_URL": pg_database,
@@ -140,13 +136,21 @@ def test_worker_beat_and_trigger_deliver_on_redis(
         "sandbox": [skysync, "sandbox", "--port", str(sandbox_port)],
         "worker": [celery, "-A", "skysync.celery_app", "worker", "-c", "2", "--loglevel=INFO"],
         "beat": [
-            celery, "-A", "skysync.celery_app", "beat",
-            f"--schedule={tmp_path / 'celerybeat-schedule'}", "--loglevel=INFO",
+            celery,
+            "-A",
+            "skysync.celery_app",
+            "beat",
+            f"--schedule={tmp_path / 'celerybeat-schedule'}",
+            "--loglevel=INFO",
         ],
     }
     procs = {
         name: subprocess.Popen(
-            command, env=env, cwd=tmp_path, stdout=logs[name], stderr=subprocess.STDOUT,
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=logs[name],
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         for name, command in commands.items()

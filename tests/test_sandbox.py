@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from conftest import sandbox_fixture
 
 from skysync.emulator import LINKED_DELETE_ERROR, Sandbox, SandboxConfig
 from skysync.emulator.limits import peak_per_second
@@ -38,10 +39,7 @@ def _client(sb: Sandbox, timeout: float = 5.0, **kwargs: Any) -> httpx.Client:
     return httpx.Client(base_url=sb.base_url, timeout=timeout, verify=_TLS, **kwargs)
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    with Sandbox(SandboxConfig(seed=7)) as sandbox:
-        yield sandbox
+sb = sandbox_fixture(SandboxConfig, seed=7)
 
 
 @pytest.fixture
@@ -50,11 +48,8 @@ def client(sb: Sandbox) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def free_sb() -> Iterator[Sandbox]:
-    """An emulator without rate limits, for tests that need many requests quickly."""
-    with Sandbox(SandboxConfig(seed=7, rate_limits_enabled=False)) as sandbox:
-        yield sandbox
+# An emulator without rate limits, for tests that need many requests quickly.
+free_sb = sandbox_fixture(SandboxConfig, name="free_sb", seed=7, rate_limits_enabled=False)
 
 
 @pytest.fixture
@@ -775,8 +770,7 @@ def test_retry_after_value_is_configurable(client: httpx.Client, sb: Sandbox) ->
 
 def test_admin_seeds_a_catalogue_without_requests(sb: Sandbox, client: httpx.Client) -> None:
     products = [
-        {"sku": f"SEED-{i}", "name": f"seeded {i}", "qty": i, "price": 10.0 + i}
-        for i in range(3)
+        {"sku": f"SEED-{i}", "name": f"seeded {i}", "qty": i, "price": 10.0 + i} for i in range(3)
     ]
     products[2]["variations"] = [{"sku": "SEED-2-P", "qty": 4, "price": 12.0}]
     seeded = client.post("/_sandbox/products", json={"products": products})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 from relay_helpers import relay_for, requests
@@ -112,6 +113,7 @@ def test_ignore_patches_skyhub_and_marks_them_ignored(db_url: str, sb: Sandbox) 
     assert all(e["ignored_at"] for e in stored(db_url, include_closed=True))
 
 
+@pytest.mark.slow
 def test_item_show_errors_list_status_and_metrics(
     db_url: str, sb: Sandbox, clean_env: Path
 ) -> None:

@@ -519,6 +519,7 @@ _SCALARS = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(payload=st.dictionaries(st.text(max_size=20), _SCALARS, max_size=8))
 def test_a_payload_skipped_by_the_size_check_is_really_under_the_limit(
@@ -563,6 +564,7 @@ def test_a_bare_stock_text_reads_as_json_does_and_is_good_exactly_when_problems_
         assert plain == parsed
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(text=st.from_regex(validation._PLAIN_STOCK, fullmatch=True))
 def test_every_text_the_fast_reading_takes_is_a_good_stock_payload(text: str) -> None:
