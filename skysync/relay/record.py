@@ -134,7 +134,7 @@ def _set_aside(
     reasons: dict[int, str],
     now: datetime,
     *,
-    state: str,
+    state: RowState,
     **values: Any,
 ) -> int:
     """Rows of the request that end on their own (SkyHub refused their attributes; the price
