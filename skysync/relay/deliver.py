@@ -29,7 +29,13 @@ from skysync.domain.planner import (
 )
 from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
-from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
+from skysync.relay.outcome import (
+    DeliveryState,
+    DeliverySummary,
+    Learned,
+    Outcome,
+    failure_outcome,
+)
 from skysync.relay.products import push_product
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
@@ -222,7 +228,7 @@ def deliver_key(
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
-) -> str:
+) -> DeliveryState:
     """One key's rows, with the key on every log line; returns the outcome's state."""
     with log_context(claim_token=token, **{key.kind.value: key.ref}):
         return _deliver_key(relay, token, key, rows, stop, lease_until)
@@ -235,16 +241,16 @@ def _deliver_key(
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
-) -> str:
+) -> DeliveryState:
     """Push one key's rows and record how it ended, unless the claim was stopped (the rows
     go back untouched) or lost (another claim took the rows and sends them)."""
     if stop.tripped:
         reason = stop.reason() or "SkyHub refused the credentials"
-        relay.record(token, rows, Outcome(state="auth", reason=reason))
-        return "auth"
+        relay.record(token, rows, Outcome(state=DeliveryState.AUTH, reason=reason))
+        return DeliveryState.AUTH
     if not _renew_lease(relay, token, rows, lease_until):
         log.warning("rows %s are no longer held by this claim; skipped", [r.id for r in rows])
-        return "lost_claim"
+        return DeliveryState.LOST_CLAIM
     # order steps are recorded one by one as they end; a SKU's rows together, below
     recorded = key.kind == KeyKind.ORDER
     try:
@@ -254,16 +260,18 @@ def _deliver_key(
             outcome = relay._push_sku(coalesce(rows, sku=key.ref))
     except Exception as exc:  # a bug must not lose rows: they go back with the error
         log.exception("unexpected error delivering %s rows %s", key.ref, [r.id for r in rows])
-        outcome = Outcome(state="retry", reason=f"internal error: {type(exc).__name__}: {exc}")
+        outcome = Outcome(
+            state=DeliveryState.RETRY, reason=f"internal error: {type(exc).__name__}: {exc}"
+        )
         recorded = False
-    if outcome.state == "auth":
+    if outcome.state == DeliveryState.AUTH:
         stop.trip(outcome.reason or "")
     elif recorded:
         return outcome.state
     if not recorded:
         relay.record(token, rows, outcome)
     suffix = f" ({outcome.reason})" if outcome.reason else ""
-    log.info("%s %s: %s%s", key.kind.value, key.ref, outcome.state, suffix)
+    log.info("%s %s: %s%s", key.kind.value, key.ref, outcome.state.value, suffix)
     return outcome.state
 
 
