@@ -210,8 +210,8 @@ class _SettingsFields(BaseSettings):
         "which product); 0: never (relay/catalogue.py).",
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
-    fast_lane: str = Field(
-        default="off",
+    fast_lane: LaneMode = Field(
+        default=LaneMode.OFF,
         description="The fast lane (docs/fast-lane.md): off (default), stockouts (stock rows "
         "with qty <= fast_lane_stock_threshold go out within seconds) or all (every price and "
         "stock row).",
@@ -297,13 +297,17 @@ class Settings(_SettingsFields):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
-    @field_validator("fast_lane")
+    @field_validator("fast_lane", mode="before")
     @classmethod
-    def _fast_lane_mode(cls, value: str) -> str:
-        mode = value.strip().lower()
-        if mode not in {m.value for m in LaneMode}:
-            raise ValueError("must be one of off, stockouts, all")
-        return mode
+    def _fast_lane_mode(cls, value: Any) -> Any:
+        """Any case, spaces around. An unknown mode's message lists the modes as the variable
+        takes them (pydantic's own would quote them as Python literals)."""
+        if not isinstance(value, str):
+            return value  # a LaneMode already, or pydantic refuses it
+        try:
+            return LaneMode(value.strip().lower())
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(LaneMode)}") from None
 
     @model_validator(mode="after")
     def _deadline_within_the_task_limit(self) -> Settings:
@@ -386,7 +390,7 @@ class Settings(_SettingsFields):
     @property
     def lane_rule(self) -> LaneRule:
         """The fast lane's choice of rows (mode off: the lane does nothing)."""
-        return LaneRule(LaneMode(self.fast_lane), self.fast_lane_stock_threshold)
+        return LaneRule(self.fast_lane, self.fast_lane_stock_threshold)
 
     @property
     def is_sqlite(self) -> bool:

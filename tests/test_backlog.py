@@ -23,6 +23,7 @@ from relay_helpers import (
     row,
 )
 
+from skysync.domain.kinds import RowState
 from skysync.domain.planner import Folding, Row, coalesce
 from skysync.emulator import Sandbox
 from skysync.store.db import get_engine
@@ -357,7 +358,7 @@ def test_pages_of_any_size_read_every_row_once_newest_first(
             seen += [(row_id, ref) for row_id, _kind, ref, _payload in page]
             # the caller may end the rows it got before it asks for the next page
             claims.settle_pending(
-                session, [r[0] for r in page], token="t", state="superseded", now=utcnow(),
+                session, [r[0] for r in page], token="t", state=RowState.SUPERSEDED, now=utcnow(),
                 reason="read",
             )  # fmt: skip
     by_ref: dict[str, list[int]] = {}

@@ -26,7 +26,7 @@ from skysync.domain.lanes import (
     lead_with,
     threads_per_lane,
 )
-from skysync.domain.planner import ordering_parents
+from skysync.domain.planner import DeliveryKey, KeyKind, ordering_parents
 from skysync.emulator import Sandbox
 from skysync.relay import batch
 from skysync.relay.batch import chunk_by_family
@@ -177,16 +177,16 @@ def test_a_thread_waiting_on_one_bucket_never_holds_up_another() -> None:
     """Two threads; the product families block (as on a limiter that has no slot) until every
     variation family ran. FIFO threads would both sit on products and never reach the
     variations; lane threads run them."""
-    products = [[("sku", f"P-{i}")] for i in range(6)]
-    variations = [[("sku", f"V-{i}")] for i in range(3)]
+    products = [[DeliveryKey(KeyKind.SKU, f"P-{i}")] for i in range(6)]
+    variations = [[DeliveryKey(KeyKind.SKU, f"V-{i}")] for i in range(3)]
     groups = [products[0], *products[1:], *variations]
     lanes = ["products:PUT"] * 6 + ["variations:PUT"] * 3
     variations_done = threading.Event()
     ran: list[str] = []
     lock = threading.Lock()
 
-    def run_family(keys: list[tuple[str, str]]) -> None:
-        ref = keys[0][1]
+    def run_family(keys: list[DeliveryKey]) -> None:
+        ref = keys[0].ref
         blocked = ref.startswith("P-") and ref != "P-0"
         if blocked and not variations_done.wait(timeout=10):
             raise AssertionError("the variations waited behind the products")
@@ -198,24 +198,24 @@ def test_a_thread_waiting_on_one_bucket_never_holds_up_another() -> None:
     _run_groups(groups, lanes, run_family, concurrency=2)
 
     assert ran[0] == "P-0"  # the first family goes alone
-    assert sorted(ran) == sorted(g[0][1] for g in groups)
+    assert sorted(ran) == sorted(g[0].ref for g in groups)
     assert ran.index("V-2") < ran.index("P-1")
 
 
 @pytest.mark.parametrize("check", [True, False])
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_lane_threads_run_every_family_once(concurrency: int, check: bool) -> None:
-    groups = [[("sku", f"S-{i}")] for i in range(30)]
+    groups = [[DeliveryKey(KeyKind.SKU, f"S-{i}")] for i in range(30)]
     lanes = [("a", "b", "c")[i % 3] for i in range(30)]
     ran: list[str] = []
     lock = threading.Lock()
 
-    def run_family(keys: list[tuple[str, str]]) -> None:
+    def run_family(keys: list[DeliveryKey]) -> None:
         with lock:
-            ran.append(keys[0][1])
+            ran.append(keys[0].ref)
 
     _run_groups(groups, lanes, run_family, concurrency, check=check)
-    assert sorted(ran) == sorted(g[0][1] for g in groups)
+    assert sorted(ran) == sorted(g[0].ref for g in groups)
     if check or concurrency == 1:
         assert ran[0] == "S-0"
 

@@ -17,6 +17,7 @@ from skysync.domain.planner import (
     FLOWING_FIELDS,
     Decision,
     ItemView,
+    KeyKind,
     Row,
     backoff_delay,
     carried_variations,
@@ -507,6 +508,9 @@ def test_key_of_separates_skus_and_orders() -> None:
     assert key_of(Row(1, "price", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(2, "product", "A-1", {})) == ("sku", "A-1")
     assert key_of(Row(3, "order_invoice", "A-1", {})) == ("order", "A-1")
+    key = key_of(Row(4, "order_cancel", "O-9", {}))
+    assert (key.kind, key.ref) == (KeyKind.ORDER, "O-9")
+    assert {key: 1}[("order", "O-9")] == 1  # a tuple still: hashes and compares as one
 
 
 def test_variation_rows_fold_into_their_parents_request_field_by_field() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from skysync.domain.kinds import RowState
 from skysync.entrypoints.cli import cli
 from skysync.store.db import session_scope
 from skysync.store.models import OutboxRow, utcnow
@@ -42,7 +43,7 @@ def test_an_empty_list_of_ids_requeues_nothing(db_url: str) -> None:
     before = _states(db_url)
     with session_scope(db_url) as session:
         assert requeue(session, ids=[], now=utcnow()) == 0
-        assert requeue(session, ids=[], state="dead", now=utcnow()) == 0
+        assert requeue(session, ids=[], state=RowState.DEAD, now=utcnow()) == 0
     assert _states(db_url) == before
 
 
@@ -55,7 +56,7 @@ def test_requeue_takes_the_ids_given_or_a_state_never_a_sent_row(db_url: str) ->
     assert states[ids["sent"]] == ("sent", 3)
     assert states[ids["dead"]] == ("dead", 3)
     with session_scope(db_url) as session:  # no ids: every row in that state
-        assert requeue(session, state="dead", now=utcnow()) == 1
+        assert requeue(session, state=RowState.DEAD, now=utcnow()) == 1
     assert _states(db_url)[ids["dead"]] == ("pending", 0)
     assert _states(db_url)[ids["withheld"]] == ("withheld", 3)
 

@@ -18,7 +18,8 @@ import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, Kind
 from skysync.domain.validation import is_blank
@@ -328,9 +329,25 @@ def backoff_delay(
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
-def key_of(row: Row) -> tuple[str, str]:
+class KeyKind(StrEnum):
+    """What a delivery key's ref names: a SKU (its rows fold into one request) or an order
+    code (its steps go one by one)."""
+
+    SKU = "sku"
+    ORDER = "order"
+
+
+class DeliveryKey(NamedTuple):
+    """The rows delivered together and in order. A tuple, so it hashes and compares as
+    ``(kind, ref)`` does."""
+
+    kind: KeyKind
+    ref: str
+
+
+def key_of(row: Row) -> DeliveryKey:
     """Rows of one key are delivered together and in order: a SKU, or an order code."""
-    return ("order" if row.kind in ORDER_KINDS else "sku", row.ref)
+    return DeliveryKey(KeyKind.ORDER if row.kind in ORDER_KINDS else KeyKind.SKU, row.ref)
 
 
 def carried_variations(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from skysync.domain.guards import buffer_stock, hold_price_drops
 from skysync.domain.lanes import lane_of_key, threads_per_lane
 from skysync.domain.planner import (
+    DeliveryKey,
+    KeyKind,
     Row,
     SkuRequest,
     carried_variations,
@@ -27,7 +29,13 @@ from skysync.domain.planner import (
 )
 from skysync.logs import log_context
 from skysync.relay.order_steps import deliver_order
-from skysync.relay.outcome import DeliverySummary, Learned, Outcome, failure_outcome
+from skysync.relay.outcome import (
+    DeliveryState,
+    DeliverySummary,
+    Learned,
+    Outcome,
+    failure_outcome,
+)
 from skysync.relay.products import push_product
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
@@ -40,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skysync.relay")
 
-Key = tuple[str, str]  # ("sku", sku) or ("order", code)
 NO_LEASE = datetime.min.replace(tzinfo=UTC)  # renewed before any request
 
 # Seconds after a 2xx during which a chunk skips the lone first request that checks the
@@ -79,11 +86,11 @@ class AuthStop:
 class _Claimed:
     """The rows of a chunk by key, in the groups that go out together."""
 
-    by_key: dict[Key, list[Row]]
-    groups: list[list[Key]]  # in the chunk's order (interleaved by lane)
+    by_key: dict[DeliveryKey, list[Row]]
+    groups: list[list[DeliveryKey]]  # in the chunk's order (interleaved by lane)
     lanes: list[str]  # of each group: the bucket its first request probably hits
     carried: dict[str, str]  # variation -> parent whose request carries its rows
-    lease_until: dict[Key, datetime]  # the earliest lease among each key's loaded rows
+    lease_until: dict[DeliveryKey, datetime]  # the earliest lease among each key's loaded rows
 
 
 def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
@@ -98,9 +105,9 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
     stop = AuthStop(relay.url, token)
     lock = threading.Lock()
 
-    def run_family(keys: list[Key]) -> None:
+    def run_family(keys: list[DeliveryKey]) -> None:
         for key in keys:
-            if key[0] == "sku" and key[1] in claimed.carried:
+            if key.kind == KeyKind.SKU and key.ref in claimed.carried:
                 continue  # its rows go with its parent's request
             lease = claimed.lease_until[key]
             state = deliver_key(relay, token, key, claimed.by_key[key], stop, lease)
@@ -121,8 +128,8 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
     """The rows still claimed by ``token``, by key, grouped by family (orders alone; a
     variation with its parent only where the order matters: :func:`ordering_parents`); a
     variation whose parent's request carries it goes in that request. None if none is left."""
-    by_key: dict[Key, list[Row]] = {}
-    lease_until: dict[Key, datetime] = {}
+    by_key: dict[DeliveryKey, list[Row]] = {}
+    lease_until: dict[DeliveryKey, datetime] = {}
     with session_scope(relay.url) as session:
         loaded = claims.load_claimed(session, token, row_ids)
         for r in loaded:
@@ -139,35 +146,38 @@ def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | No
             by_key.setdefault(key, []).append(row)
             lease = r.lease_until or NO_LEASE
             lease_until[key] = min(lease_until.get(key, lease), lease)
-        sku_refs = [ref for (cls, ref) in by_key if cls == "sku"]
+        sku_refs = [key.ref for key in by_key if key.kind == KeyKind.SKU]
         parents, in_skyhub = item_store.family_links(session, sku_refs)
     if not loaded:
         return None
-    kinds = {ref: {r.kind for r in by_key[("sku", ref)]} for ref in sku_refs}
+    kinds = {ref: {r.kind for r in by_key[_sku(ref)]} for ref in sku_refs}
     follows = ordering_parents(parents, kinds, in_skyhub)
-    groups = [[("sku", ref) for ref in fam] for fam in families(sku_refs, follows)]
-    groups += [[key] for key in by_key if key[0] == "order"]
+    groups = [[_sku(ref) for ref in fam] for fam in families(sku_refs, follows)]
+    groups += [[key] for key in by_key if key.kind == KeyKind.ORDER]
 
     # In the chunk's own order: batch.py interleaved it by lane (skysync/domain/lanes.py).
     position = {row_id: i for i, row_id in enumerate(row_ids)}
     groups.sort(key=lambda g: min(position.get(r.id, 0) for key in g for r in by_key[key]))
     lanes = [
-        lane_of_key(by_key[g[0]][0].kind, variation=parents.get(g[0][1]) is not None)
+        lane_of_key(by_key[g[0]][0].kind, variation=parents.get(g[0].ref) is not None)
         for g in groups
     ]
-    carried = carried_variations({ref: by_key[("sku", ref)] for ref in sku_refs}, parents)
+    carried = carried_variations({ref: by_key[_sku(ref)] for ref in sku_refs}, parents)
     for variation, parent in carried.items():
-        by_key[("sku", parent)] = by_key[("sku", parent)] + by_key[("sku", variation)]
-        lease_until[("sku", parent)] = min(
-            lease_until[("sku", parent)], lease_until[("sku", variation)]
-        )
+        own, carrier = _sku(variation), _sku(parent)
+        by_key[carrier] = by_key[carrier] + by_key[own]
+        lease_until[carrier] = min(lease_until[carrier], lease_until[own])
     return _Claimed(by_key, groups, lanes, carried, lease_until)
 
 
+def _sku(ref: str) -> DeliveryKey:
+    return DeliveryKey(KeyKind.SKU, ref)
+
+
 def _run_groups(
-    groups: list[list[Key]],
+    groups: list[list[DeliveryKey]],
     lanes: list[str],
-    run_family: Callable[[list[Key]], None],
+    run_family: Callable[[list[DeliveryKey]], None],
     concurrency: int,
     *,
     check: bool = True,
@@ -180,7 +190,7 @@ def _run_groups(
     first = 1 if check else 0
     if check:
         run_family(groups[0])
-    queues: dict[str, deque[list[Key]]] = {}
+    queues: dict[str, deque[list[DeliveryKey]]] = {}
     for group, lane in zip(groups[first:], lanes[first:], strict=True):
         queues.setdefault(lane, deque()).append(group)
     workers = max(1, min(concurrency, len(groups) - first))
@@ -195,7 +205,7 @@ def _run_groups(
         return
     lock = threading.Lock()
 
-    def take(home: str) -> list[Key] | None:
+    def take(home: str) -> list[DeliveryKey] | None:
         with lock:
             queue = queues[home] if queues[home] else max(queues.values(), key=len)
             return queue.popleft() if queue else None
@@ -212,45 +222,56 @@ def _run_groups(
 
 
 def deliver_key(
-    relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop, lease_until: datetime
-) -> str:
+    relay: Relay,
+    token: str,
+    key: DeliveryKey,
+    rows: list[Row],
+    stop: AuthStop,
+    lease_until: datetime,
+) -> DeliveryState:
     """One key's rows, with the key on every log line; returns the outcome's state."""
-    field = "order" if key[0] == "order" else "sku"
-    with log_context(claim_token=token, **{field: key[1]}):
+    with log_context(claim_token=token, **{key.kind.value: key.ref}):
         return _deliver_key(relay, token, key, rows, stop, lease_until)
 
 
 def _deliver_key(
-    relay: Relay, token: str, key: Key, rows: list[Row], stop: AuthStop, lease_until: datetime
-) -> str:
+    relay: Relay,
+    token: str,
+    key: DeliveryKey,
+    rows: list[Row],
+    stop: AuthStop,
+    lease_until: datetime,
+) -> DeliveryState:
     """Push one key's rows and record how it ended, unless the claim was stopped (the rows
     go back untouched) or lost (another claim took the rows and sends them)."""
     if stop.tripped:
         reason = stop.reason() or "SkyHub refused the credentials"
-        relay.record(token, rows, Outcome(state="auth", reason=reason))
-        return "auth"
+        relay.record(token, rows, Outcome(state=DeliveryState.AUTH, reason=reason))
+        return DeliveryState.AUTH
     if not _renew_lease(relay, token, rows, lease_until):
         log.warning("rows %s are no longer held by this claim; skipped", [r.id for r in rows])
-        return "lost_claim"
+        return DeliveryState.LOST_CLAIM
     # order steps are recorded one by one as they end; a SKU's rows together, below
-    recorded = key[0] == "order"
+    recorded = key.kind == KeyKind.ORDER
     try:
         if recorded:
             outcome = deliver_order(relay, token, rows)
         else:
-            outcome = relay._push_sku(coalesce(rows, sku=key[1]))
+            outcome = relay._push_sku(coalesce(rows, sku=key.ref))
     except Exception as exc:  # a bug must not lose rows: they go back with the error
-        log.exception("unexpected error delivering %s rows %s", key[1], [r.id for r in rows])
-        outcome = Outcome(state="retry", reason=f"internal error: {type(exc).__name__}: {exc}")
+        log.exception("unexpected error delivering %s rows %s", key.ref, [r.id for r in rows])
+        outcome = Outcome(
+            state=DeliveryState.RETRY, reason=f"internal error: {type(exc).__name__}: {exc}"
+        )
         recorded = False
-    if outcome.state == "auth":
+    if outcome.state == DeliveryState.AUTH:
         stop.trip(outcome.reason or "")
     elif recorded:
         return outcome.state
     if not recorded:
         relay.record(token, rows, outcome)
     suffix = f" ({outcome.reason})" if outcome.reason else ""
-    log.info("%s %s: %s%s", key[0], key[1], outcome.state, suffix)
+    log.info("%s %s: %s%s", key.kind.value, key.ref, outcome.state.value, suffix)
     return outcome.state
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from skysync.domain.kinds import RowState
 from skysync.domain.order_flow import TARGET_STATUS, check_step
 from skysync.domain.planner import Row
-from skysync.relay.outcome import Outcome, failure_outcome
+from skysync.relay.outcome import DeliveryState, Outcome, failure_outcome
 from skysync.skyhub.errors import (
     AuthenticationError,
     PermanentError,
@@ -47,7 +46,7 @@ def deliver_order(relay: Relay, token: str, rows: list[Row]) -> Outcome:
     for row in remaining:
         blocker = sequence.held[row.id]
         reason = f"waiting for row {blocker.id} ({blocker.kind}, {blocker.state}) to go first"
-        sequence.last = Outcome(state="wait", delay=5.0, reason=reason)
+        sequence.last = Outcome(state=DeliveryState.WAIT, delay=5.0, reason=reason)
         relay.record(token, [row], sequence.last)
     return sequence.last
 
@@ -64,7 +63,7 @@ class _Sequence:
         self.open_steps = open_steps
         self.current = current
         self.held: dict[int, order_store.Step] = {}
-        self.last = Outcome(state=RowState.SENT)
+        self.last = Outcome(state=DeliveryState.SENT)
         self.progress = False
         self.stopped: Outcome | None = None
 
@@ -85,12 +84,12 @@ class _Sequence:
             outcome = push_order_step(self.relay, row, self.current)
             self.relay.record(self.token, [row], outcome)
             self.last = outcome
-            if outcome.state == "auth":
+            if outcome.state == DeliveryState.AUTH:
                 # every step would fail the same way: the rest wait for the credentials
                 rest = [r for r in remaining if r.id > row.id] + still
                 if rest:
                     self.relay.record(
-                        self.token, rest, Outcome(state="auth", reason=outcome.reason)
+                        self.token, rest, Outcome(state=DeliveryState.AUTH, reason=outcome.reason)
                     )
                 self.stopped = outcome
                 return []
@@ -100,12 +99,12 @@ class _Sequence:
     def _after(self, row: Row, outcome: Outcome) -> None:
         """A sent step moves the order on and resolves open steps of its kind that it is newer
         than (it is their fix); a step that did not go holds later steps back."""
-        if outcome.state == RowState.SENT:
+        if outcome.state == DeliveryState.SENT:
             self.current = outcome.order_status[1] if outcome.order_status else self.current
             before = len(self.open_steps)
             self.open_steps = [b for b in self.open_steps if b.kind != row.kind or b.id > row.id]
             self.progress = self.progress or len(self.open_steps) < before
-        elif outcome.blocks_later or outcome.state in ("wait", "retry"):
+        elif outcome.blocks_later or outcome.state in (DeliveryState.WAIT, DeliveryState.RETRY):
             self.open_steps.append(order_store.Step(row.id, row.kind, outcome.state))
 
 
@@ -116,9 +115,9 @@ def push_order_step(relay: Relay, row: Row, current: str | None) -> Outcome:
     target = TARGET_STATUS[row.kind]
     check = check_step(row.kind, current)
     if check.verdict == "done":
-        return Outcome(state=RowState.SENT, reason=check.reason, order_status=(code, target))
+        return Outcome(state=DeliveryState.SENT, reason=check.reason, order_status=(code, target))
     if check.verdict == "refuse":
-        return Outcome(state=RowState.REJECTED, reason=f"refused locally: {check.reason}")
+        return Outcome(state=DeliveryState.REJECTED, reason=f"refused locally: {check.reason}")
     client = relay.client
     actions: dict[str, Callable[[], None]] = {
         "order_invoice": lambda: client.invoice_order(
@@ -137,7 +136,7 @@ def push_order_step(relay: Relay, row: Row, current: str | None) -> Outcome:
         return _after_422(relay, code, target, exc)
     except SkyHubError as exc:
         return failure_outcome(exc)
-    return Outcome(state=RowState.SENT, order_status=(code, target))
+    return Outcome(state=DeliveryState.SENT, order_status=(code, target))
 
 
 def _after_422(relay: Relay, code: str, target: str, exc: Unprocessable) -> Outcome:
@@ -158,7 +157,7 @@ def _after_422(relay: Relay, code: str, target: str, exc: Unprocessable) -> Outc
         already = False
     if already:
         return Outcome(
-            state=RowState.SENT,
+            state=DeliveryState.SENT,
             reason=f"order was already {target} in SkyHub ({exc.message})",
             order_status=(code, target),
         )

@@ -25,6 +25,7 @@ parent not in SkyHub yet  the variation's rows wait (pending, not counted) with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from skysync.domain.guards import GUARDED_PRICES
@@ -88,14 +89,34 @@ class Learned:
         return replace(outcome, learned=self)
 
 
+class DeliveryState(StrEnum):
+    """How a key's delivery ended: the rows' final state (``SENT``, ``WITHHELD``, ``REJECTED``,
+    the :class:`RowState` of the same value: :data:`SETTLED_AS`), or why they go back to
+    pending. The values are what the batch summaries count (Flower, the runs table)."""
+
+    SENT = "sent"
+    WITHHELD = "withheld"
+    REJECTED = "rejected"
+    RETRY = "retry"  # transient: back to pending with backoff, an attempt counted
+    WAIT = "wait"  # rate limit or a parent on its way: back to pending, not counted
+    AUTH = "auth"  # SkyHub refused the credentials: back to pending, the batch stops
+    # never an Outcome's: the key's rows were no longer held by the claim, nothing recorded
+    LOST_CLAIM = "lost_claim"
+
+
+#: The row state an outcome that settles the rows gives the row speaking for the request.
+SETTLED_AS: dict[DeliveryState, RowState] = {
+    DeliveryState.SENT: RowState.SENT,
+    DeliveryState.WITHHELD: RowState.WITHHELD,
+    DeliveryState.REJECTED: RowState.REJECTED,
+}
+
+
 @dataclass
 class Outcome:
     """How one key (or one order step) ended."""
 
-    # the rows' final RowState (sent, withheld, rejected), or why they go back to pending:
-    # "retry" (transient, an attempt counted), "wait" (rate limit or parent, not counted),
-    # "auth" (SkyHub refused the credentials: the batch stops)
-    state: str
+    state: DeliveryState
     reason: str | None = None
     status: int | None = None
     error: str | None = None
@@ -109,23 +130,29 @@ def failure_outcome(exc: SkyHubError) -> Outcome:
     """What a SkyHub error means for the rows of the request it answered (the table above)."""
     if isinstance(exc, RateLimited):
         delay = max(1.0, exc.retry_after or 0.0)
-        return Outcome(state="wait", reason=f"rate limited: {exc}", status=429, delay=delay)
+        return Outcome(
+            state=DeliveryState.WAIT, reason=f"rate limited: {exc}", status=429, delay=delay
+        )
     if isinstance(exc, AuthenticationError):
         return Outcome(
-            state="auth",
+            state=DeliveryState.AUTH,
             reason=f"{runs.auth_stop_reason(exc)}; fix them and the rows go out",
             status=exc.status,
         )
     if isinstance(exc, PermanentError):
         return Outcome(
-            state=RowState.REJECTED,
+            state=DeliveryState.REJECTED,
             reason=f"SkyHub refused it: {exc}",
             error=str(exc),
             status=exc.status,
             blocks_later=True,
         )
     return Outcome(
-        state="retry", reason=str(exc), error=str(exc), status=exc.status, blocks_later=True
+        state=DeliveryState.RETRY,
+        reason=str(exc),
+        error=str(exc),
+        status=exc.status,
+        blocks_later=True,
     )
 
 
@@ -139,29 +166,31 @@ def sent_outcome(learned: Learned, decision: Decision) -> Outcome:
         parts.append(f"sent {sent}; withheld {decision.reason()}")
     parts += learned.notes
     reason = "; ".join(parts) or None
-    return learned.ending(Outcome(state=RowState.SENT, reason=reason))
+    return learned.ending(Outcome(state=DeliveryState.SENT, reason=reason))
 
 
 #: Key outcomes that leave the rows not delivered: back to pending (or dead) by this claim.
-UNSETTLED = frozenset({"retry", "wait", "auth"})
+UNSETTLED = frozenset({DeliveryState.RETRY, DeliveryState.WAIT, DeliveryState.AUTH})
 
 
 @dataclass
 class DeliverySummary:
     keys: int = 0
-    by_outcome: dict[str, int] = field(default_factory=dict)
+    by_outcome: dict[DeliveryState, int] = field(default_factory=dict)
     auth_failed: bool = False
     # ids of the rows of keys whose outcome left them undelivered (UNSETTLED): what `drain`
     # looks at again in the end. Only failures, so it stays small; not in as_dict.
     unsettled: list[int] = field(default_factory=list)
 
-    def count(self, outcome: str, row_ids: list[int] | None = None) -> None:
+    def count(self, outcome: DeliveryState, row_ids: list[int] | None = None) -> None:
         self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
         if outcome in UNSETTLED and row_ids:
             self.unsettled.extend(row_ids)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys, **self.by_outcome, "auth_failed": self.auth_failed}
+        # plain strings: the dict goes to Celery's result, Flower and the runs table
+        by_outcome = {str(state): n for state, n in self.by_outcome.items()}
+        return {"keys": self.keys, **by_outcome, "auth_failed": self.auth_failed}
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from skysync.domain.kinds import RowState
 from skysync.domain.planner import (
     FLOWING_FIELDS,
     Decision,
@@ -16,7 +15,7 @@ from skysync.domain.planner import (
     variation_request,
 )
 from skysync.domain.promotions import fit_promotion
-from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
+from skysync.relay.outcome import Ack, DeliveryState, Learned, Outcome, sent_outcome
 from skysync.relay.variations import push_unknown_as_variation, push_variation_entry
 from skysync.skyhub.errors import NotFound, Unprocessable
 
@@ -34,7 +33,7 @@ def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Lea
     learned.note_unchanged(sku, decision.unchanged)
     learned.notes += decision.notes
     if decision.nothing_to_send:
-        return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
+        return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=decision.reason()))
     send = dict(decision.send)
     variations = send.pop("variations", None)
     creating = not item.in_skyhub and request.has_product_row
@@ -54,7 +53,7 @@ def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Lea
             elif not variations:
                 reason = decision.reason() if decision.withheld else None
                 reason = reason or "nothing left to send once SkyHub refused the rest"
-                return learned.ending(Outcome(state=RowState.WITHHELD, reason=reason))
+                return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=reason))
         if send:
             learned.acks.append(Ack(sku, send, request.sources))
     for v in variations or []:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.guards import replaced_held
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Row, backoff_delay
-from skysync.relay.outcome import Learned, Outcome
+from skysync.relay.outcome import SETTLED_AS, DeliveryState, Learned, Outcome
 from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
 from skysync.store import orders as order_store
@@ -63,7 +63,7 @@ def record(
             _record_learned(session, outcome, now, epochs)
             if outcome.order_status is not None:
                 order_store.record_status(session, *outcome.order_status, now)
-            if outcome.state in (RowState.SENT, RowState.WITHHELD):
+            if outcome.state in (DeliveryState.SENT, DeliveryState.WITHHELD):
                 _replace_held(session, outcome.learned.prices, now, epochs)
     except _ClaimLost:
         log.warning("rows %s are no longer held by this claim; outcome not recorded", ids)
@@ -85,7 +85,7 @@ def _settle_rows(
     settled = _set_aside(
         session, token, rows, refused, now, state=RowState.REJECTED, last_status=422
     )
-    done = outcome.state in (RowState.SENT, RowState.WITHHELD)
+    done = outcome.state in (DeliveryState.SENT, DeliveryState.WITHHELD)
     # the price guard's holds stand once the rest went out; otherwise every row goes back
     # together and the guard decides again (a row refused above stays rejected)
     held = outcome.learned.held if done else {}
@@ -97,9 +97,9 @@ def _settle_rows(
     settle = Settle(session, token, rest, outcome, now)
     if done:
         return settled + settle.done()
-    if outcome.state == RowState.REJECTED:
+    if outcome.state == DeliveryState.REJECTED:
         return settled + settle.rejected()
-    if outcome.state == "retry":
+    if outcome.state == DeliveryState.RETRY:
         return settled + settle.retry(max_attempts, rng)
     return settled + settle.waiting(max_wait)  # wait, auth
 
@@ -114,7 +114,7 @@ def _record_learned(
         item_store.mark_exists(session, sku, exists, now)
     for sku in learned.linked:
         item_store.mark_linked(session, sku, now)
-    if outcome.state == "retry":
+    if outcome.state == DeliveryState.RETRY:
         # No clear answer: the change may or may not be in SkyHub. Forget what we thought
         # SkyHub had for those fields, so no later value is skipped as "unchanged".
         for sku, names in learned.attempted.items():
@@ -134,7 +134,7 @@ def _set_aside(
     reasons: dict[int, str],
     now: datetime,
     *,
-    state: str,
+    state: RowState,
     **values: Any,
 ) -> int:
     """Rows of the request that end on their own (SkyHub refused their attributes; the price
@@ -181,7 +181,8 @@ class Settle:
         """``sent`` or ``withheld``: the newest row takes the outcome, older rows are
         ``superseded`` by it (their values were folded in, or are older than it)."""
         out, winner = self.outcome, self.newest.id
-        held = self._finish([winner], state=out.state, reason=out.reason, last_status=out.status)
+        state = SETTLED_AS[out.state]
+        held = self._finish([winner], state=state, reason=out.reason, last_status=out.status)
         return held + self._finish(
             self.older,
             state=RowState.SUPERSEDED,
@@ -247,7 +248,7 @@ class Settle:
             now=self.now,
             available_at=self.now + timedelta(seconds=bounded_wait(out.delay, max_wait)),
             count_attempt=False,
-            reason=out.reason or out.state,
+            reason=out.reason or out.state.value,
             last_status=out.status,
         )
 

@@ -8,10 +8,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from skysync.domain.guards import hold_price_drops
-from skysync.domain.kinds import RowState
 from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
 from skysync.domain.promotions import fit_promotion
-from skysync.relay.outcome import Ack, Learned, Outcome, sent_outcome
+from skysync.relay.outcome import Ack, DeliveryState, Learned, Outcome, sent_outcome
 from skysync.skyhub.errors import NotFound, Unprocessable
 from skysync.store import outbox_reads
 
@@ -32,7 +31,7 @@ def push_variation(relay: Relay, request: SkuRequest, item: ItemView, learned: L
     learned.note_unchanged(request.sku, decision.unchanged)
     learned.notes += decision.notes
     if decision.nothing_to_send:
-        return learned.ending(Outcome(state=RowState.WITHHELD, reason=decision.reason()))
+        return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=decision.reason()))
     send = {k: v for k, v in decision.send.items() if k != "variations"}
     if not parent.in_skyhub and _parent_on_its_way(relay, parent_sku):
         return learned.ending(_waiting_for_parent(parent_sku))
@@ -94,7 +93,7 @@ def push_unknown_as_variation(
     except NotFound:
         return learned.ending(
             Outcome(
-                state=RowState.REJECTED,
+                state=DeliveryState.REJECTED,
                 status=404,
                 reason=(
                     f"SkyHub has no product or variation with SKU {sku!r}: "
@@ -113,7 +112,7 @@ def _parent_on_its_way(relay: Relay, parent_sku: str) -> bool:
 
 def _waiting_for_parent(parent_sku: str) -> Outcome:
     return Outcome(
-        state="wait",
+        state=DeliveryState.WAIT,
         delay=5.0,
         reason=f"waiting for parent product {parent_sku!r} to reach SkyHub",
     )

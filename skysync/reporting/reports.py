@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.kinds import RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.store import outbox_reads, sync_errors
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
@@ -40,7 +41,7 @@ def row_dict(row: OutboxRow) -> dict[str, Any]:
 def outbox_rows(
     session: Session,
     *,
-    state: str | None = None,
+    state: RowState | None = None,
     kind: str | None = None,
     ref: str | None = None,
     limit: int = 50,

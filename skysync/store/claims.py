@@ -338,7 +338,7 @@ def settle_pending(
     ids: Sequence[int],
     *,
     token: str,
-    state: str,
+    state: RowState,
     now: datetime,
     reason: str,
     superseded_by: int | None = None,

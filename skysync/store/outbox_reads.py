@@ -78,7 +78,7 @@ def parked_by_skyhub(session: Session, now: datetime) -> tuple[int, datetime | N
 def recent_rows(
     session: Session,
     *,
-    state: str | None = None,
+    state: RowState | None = None,
     kind: str | None = None,
     ref: str | None = None,
     limit: int = 50,

@@ -76,7 +76,7 @@ def finish(
     ids: list[int],
     token: str,
     *,
-    state: str,
+    state: RowState,
     now: datetime,
     reason: str | None = None,
     superseded_by: int | None = None,
@@ -186,7 +186,7 @@ def release_held(session: Session, ids: Sequence[int], now: datetime) -> dict[in
 
 
 def requeue(
-    session: Session, *, ids: list[int] | None = None, state: str | None = None, now: datetime
+    session: Session, *, ids: list[int] | None = None, state: RowState | None = None, now: datetime
 ) -> int:
     """An operator's requeue: dead, rejected or withheld rows back to pending, attempts reset.
     Only the rows of ``ids`` when given (an empty list: none), only those in ``state`` when

@@ -58,7 +58,9 @@ def outbox_list(
     from skysync.store.db import session_scope
 
     with session_scope(ctx.settings.database_url, readonly=True) as session:
-        rows = reports.outbox_rows(session, state=state, kind=kind, ref=ref, limit=limit)
+        rows = reports.outbox_rows(
+            session, state=RowState(state) if state else None, kind=kind, ref=ref, limit=limit
+        )
     if as_json:
         echo_json(rows)
         return
@@ -88,7 +90,8 @@ def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> Non
     if not ids and not state:
         raise click.UsageError("give row IDS or --state")
     with session_scope(ctx.settings.database_url) as session:
-        n = requeue(session, ids=list(ids) or None, state=state, now=utcnow())
+        as_state = RowState(state) if state else None
+        n = requeue(session, ids=list(ids) or None, state=as_state, now=utcnow())
     click.echo(f"requeued {n} row(s)")
 
 
