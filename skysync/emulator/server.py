@@ -226,7 +226,7 @@ class Listener:
         server = self._bind(host, port)
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # short, so stop() returns promptly
+            kwargs={"poll_interval": 0.01},  # short: stop() returns promptly (tests stop hundreds)
             name="skyhub-sandbox",
             daemon=True,
         )

@@ -438,12 +438,7 @@ def drain(
     with ThreadPoolExecutor(1, thread_name_prefix="skysync-drain") as pool:
         delivering: tuple[str, Future[DeliverySummary]] | None = None
         while batches < max_batches:
-            chunks: list[list[int]] = []
-
-            def collect(_token: str, ids: list[int], into: list[list[int]] = chunks) -> None:
-                into.append(ids)
-
-            summary = relay.run_batch(dispatch=collect)
+            summary, chunks = _claim_for_drain(relay)
             batches += 1
             if summary.token is not None:
                 tokens.append(summary.token)
@@ -470,9 +465,18 @@ def drain(
         stopped = _delivered(relay, delivering, None, unsettled) or stopped
     with session_scope(relay.url) as session:
         counts = outbox_reads.count_by_state(session)
-        now = relay.clock()
-        account = outbox_reads.drain_account(session, tokens, unsettled, now)
+        account = outbox_reads.drain_account(session, tokens, unsettled, relay.clock())
     return DrainResult(batches, counts, account, stopped, due)
+
+
+def _claim_for_drain(relay: Relay) -> tuple[BatchSummary, list[list[int]]]:
+    """One batch claimed, its chunks kept here (the drain delivers them itself)."""
+    chunks: list[list[int]] = []
+
+    def collect(_token: str, ids: list[int]) -> None:
+        chunks.append(ids)
+
+    return relay.run_batch(dispatch=collect), chunks
 
 
 class _Pace:
