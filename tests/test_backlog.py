@@ -6,6 +6,8 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -278,8 +280,10 @@ def test_a_key_renews_its_backlogs_lease_only_when_half_of_it_is_gone(
     assert states(db_url, "LEASE-1")[("sent", None)] == 1
 
 
-def _count_row_updates(db_url: str) -> None:
-    """A trigger counting every row version written by an UPDATE of the outbox (test only)."""
+@contextmanager
+def _count_row_updates(db_url: str) -> Iterator[None]:
+    """A trigger counting every row version written by an UPDATE of the outbox (test only),
+    dropped with its table on exit: the database is shared by the tests that follow."""
     with get_engine(db_url).begin() as conn:
         conn.execute(sa.text("CREATE TABLE row_updates (n integer NOT NULL)"))
         conn.execute(sa.text("INSERT INTO row_updates VALUES (0)"))
@@ -303,6 +307,16 @@ def _count_row_updates(db_url: str) -> None:
                     "BEGIN UPDATE row_updates SET n = n + 1; END"
                 )
             )
+    try:
+        yield
+    finally:
+        with get_engine(db_url).begin() as conn:
+            if is_pg(db_url):
+                conn.execute(sa.text("DROP TRIGGER IF EXISTS count_update ON skysync_outbox"))
+                conn.execute(sa.text("DROP FUNCTION IF EXISTS count_update()"))
+            else:
+                conn.execute(sa.text("DROP TRIGGER IF EXISTS count_update"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS row_updates"))
 
 
 def _row_updates(db_url: str) -> int:
@@ -320,12 +334,13 @@ def test_a_claim_writes_each_row_of_a_backlog_once(db_url: str, sb: Sandbox) -> 
         for i in range(40):
             create_product(db_url, relay, f"ONCE-{i:02d}", qty=1)
         newest = {i: insert_stock_rows(db_url, f"ONCE-{i:02d}", 50)[1] for i in range(40)}
-        _count_row_updates(db_url)
-        relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
-        claimed = _row_updates(db_url)
-        for token, ids in chunks:
-            relay.deliver(token, ids)
-    assert (claimed, _row_updates(db_url) - claimed) == (2_000, 40)
+        with _count_row_updates(db_url):
+            relay.run_batch(dispatch=lambda token, ids: chunks.append((token, ids)))
+            claimed = _row_updates(db_url)
+            for token, ids in chunks:
+                relay.deliver(token, ids)
+            delivered = _row_updates(db_url) - claimed
+    assert (claimed, delivered) == (2_000, 40)
     assert sum(len(ids) for _token, ids in chunks) == 40
     assert states(db_url, "ONCE-07") == {("sent", None): 1, ("superseded", newest[7]): 49}
     assert product(sb, "ONCE-07")["qty"] == 50

@@ -13,7 +13,13 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
-from conftest import TABLES, create_pg_database, drop_pg_database, empty_tables
+from conftest import (
+    TABLES,
+    create_pg_database,
+    drop_pg_database,
+    empty_tables,
+    migrated_pg_database,
+)
 
 from skysync.entrypoints.cli import erp_role_sql
 from skysync.store.db import (
@@ -376,11 +382,14 @@ def _revoked(sql: str) -> set[str]:
     return {name.strip() for name in found.group(1).split(",")}
 
 
-def test_erp_role_sql_revokes_every_table(pg_url: str) -> None:
-    # Read from the metadata, so a table a migration adds is never left out of the list.
+def test_erp_role_sql_revokes_every_table() -> None:
+    # Read from the metadata, so a table a migration adds is never left out of the list; held
+    # against a database of its own, made by the migrations alone (the shared one may hold a
+    # test's own tables)
     revoked = _revoked(erp_role_sql("skysync_erp"))
     assert revoked == {*Base.metadata.tables, "alembic_version"}
-    assert _tables(pg_url) <= revoked
+    with migrated_pg_database("skysync_role") as url:
+        assert _tables(url) <= revoked
     assert "skysync_sync_error" in revoked
 
 
