@@ -107,7 +107,7 @@ def push_unknown_as_variation(
 
 
 def _parent_on_its_way(deps: RelayDeps, parent_sku: str) -> bool:
-    with unit.session(deps) as session:  # the push's own transaction (Relay.request_scope)
+    with unit.session(deps) as session:  # the push's own transaction (unit_of_work.request_scope)
         return outbox_reads.has_open_rows(session, parent_sku, ("product",))
 
 
