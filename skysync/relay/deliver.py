@@ -101,7 +101,7 @@ def deliver(
     task finds them already finished and does nothing. ``push`` sends one SKU's request
     (:func:`push_one_sku` unless a test injects another, to stall a worker between its claim
     and its push)."""
-    push_sku = push or push_one_sku
+    push = push or push_one_sku
     summary = DeliverySummary()
     if not row_ids:
         return summary
@@ -116,7 +116,7 @@ def deliver(
             if key.kind == KeyKind.SKU and key.ref in claimed.carried:
                 continue  # its rows go with its parent's request
             lease = claimed.lease_until[key]
-            state = deliver_key(deps, token, key, claimed.by_key[key], stop, lease, push_sku)
+            state = deliver_key(deps, token, key, claimed.by_key[key], stop, lease, push)
             with lock:
                 summary.keys += 1
                 summary.count(state, [r.id for r in claimed.by_key[key]])
@@ -234,11 +234,11 @@ def deliver_key(
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
-    push_sku: PushSku,
+    push: PushSku,
 ) -> DeliveryState:
     """One key's rows, with the key on every log line; returns the outcome's state."""
     with log_context(claim_token=token, **{key.kind.value: key.ref}):
-        return _deliver_key(deps, token, key, rows, stop, lease_until, push_sku)
+        return _deliver_key(deps, token, key, rows, stop, lease_until, push)
 
 
 def _deliver_key(
@@ -248,7 +248,7 @@ def _deliver_key(
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
-    push_sku: PushSku,
+    push: PushSku,
 ) -> DeliveryState:
     """Push one key's rows and record how it ended, unless the claim was stopped (the rows
     go back untouched) or lost (another claim took the rows and sends them)."""
@@ -265,7 +265,7 @@ def _deliver_key(
         if recorded:
             outcome = deliver_order(deps, token, rows)
         else:
-            outcome = push_sku(deps, coalesce(rows, sku=key.ref))
+            outcome = push(deps, coalesce(rows, sku=key.ref))
     except Exception as exc:  # a bug must not lose rows: they go back with the error
         log.exception("unexpected error delivering %s rows %s", key.ref, [r.id for r in rows])
         outcome = Outcome(
