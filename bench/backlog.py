@@ -115,7 +115,7 @@ def run_relay(db_url: str, base_url: str, batch_size: int, concurrency: int) -> 
     with SkyHubClient(base_url, **CREDS) as client:
         relay = Relay(settings, client, concurrency=concurrency)
         started = time.perf_counter()
-        drained = drain(relay, max_batches=1_000_000)
+        drained = drain(relay.deps, max_batches=1_000_000)
         elapsed = time.perf_counter() - started
     return {"seconds": elapsed, "batches": drained.batches, "counts": drained.counts}
 

@@ -135,7 +135,7 @@ def main() -> int:
     try:
         relay = Relay(settings, client)
         started = time.monotonic()
-        report = reconcile(relay)
+        report = reconcile(relay.deps)
         elapsed = time.monotonic() - started
         listing = [e for e in sandbox.request_log() if e["route"] == "/products"]
         floor = report.pages / SKYHUB_LISTING_RATE

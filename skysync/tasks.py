@@ -122,7 +122,7 @@ def reconcile(self: SkysyncTask) -> dict[str, Any]:
     from skysync.relay.reconcile import reconcile as run
 
     relay = self.relay
-    return run(relay, repair=relay.settings.reconcile_repair).summary(sample=0)
+    return run(relay.deps, repair=relay.settings.reconcile_repair).summary(sample=0)
 
 
 @task("skysync.pull_sync_errors")
@@ -130,4 +130,4 @@ def pull_sync_errors(self: SkysyncTask) -> dict[str, Any]:
     """Store SkyHub's own errors about accepted products and orders (/sync_errors)."""
     from skysync.relay.sync_errors import pull_sync_errors as pull
 
-    return pull(self.relay).as_dict()
+    return pull(self.relay.deps).as_dict()

@@ -193,6 +193,6 @@ def cli_status(db_url: str, *args: str, **env: str) -> tuple[int, dict[str, Any]
 def create_product(db_url: str, relay: Relay, sku: str, **fields: Any) -> int:
     """A product row for a new SKU, delivered: the SKU exists in SkyHub and skysync knows it."""
     row_id = insert(db_url, "product", sku, {"name": f"Produto {sku}", **fields})
-    drain(relay)
+    drain(relay.deps)
     assert row(db_url, row_id).state == "sent", row(db_url, row_id)
     return row_id

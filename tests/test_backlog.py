@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,8 +27,11 @@ from relay_helpers import (
 )
 
 from skysync.domain.kinds import RowState
-from skysync.domain.planner import Folding, Row, coalesce
+from skysync.domain.planner import Folding, Row, SkuRequest, coalesce
 from skysync.emulator import Sandbox
+from skysync.relay.deliver import deliver, push_one_sku
+from skysync.relay.deps import RelayDeps
+from skysync.relay.outcome import Outcome
 from skysync.store.db import get_engine
 
 
@@ -260,16 +264,13 @@ def test_a_key_renews_its_backlogs_lease_only_when_half_of_it_is_gone(
         ((token, ids),) = chunks
         (claimed_lease,) = _leases(db_url, "LEASE-1")
         later = utcnow() + timedelta(minutes=minutes_later)
-        relay.clock = lambda: later
         seen: list[set[Any]] = []
-        original = relay._push_sku
 
-        def push(request: Any) -> Any:
+        def push(deps: RelayDeps, request: SkuRequest) -> Outcome:
             seen.append(_leases(db_url, "LEASE-1"))
-            return original(request)
+            return push_one_sku(deps, request)
 
-        relay._push_sku = push  # type: ignore[method-assign]
-        relay.deliver(token, ids)
+        deliver(replace(relay.deps, clock=lambda: later), token, ids, push=push)
     assert len(seen) == 1
     if renewed:
         (lease,) = seen[0]

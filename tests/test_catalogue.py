@@ -41,12 +41,12 @@ def test_a_catalogue_made_elsewhere_is_learned_once_and_variations_go_straight_t
             insert(db_url, "stock", variation, {"qty": 20 + i})
         insert(db_url, "stock", "SIMPLES", {"qty": 3})
         insert(db_url, "stock", "NOWHERE", {"qty": 2})  # SkyHub has no such SKU
-        drain(relay)
+        drain(relay.deps)
         first = len(sb.request_log())
         # later rows for the same SKUs: the catalogue is known, no listing again
         for _parent, variation in families:
             insert(db_url, "stock", variation, {"qty": 0})
-        drain(relay)
+        drain(relay.deps)
 
     state = sb.state()
     for parent, variation in families:
@@ -81,7 +81,7 @@ def test_a_catalogue_longer_than_the_discovery_limit_is_not_read(db_url: str, sb
     with relay_for(db_url, sb, settings_kw={"discovery_max_pages": 2}) as relay:
         for _parent, variation in families:
             insert(db_url, "stock", variation, {"qty": 5})
-        drain(relay)
+        drain(relay.deps)
     assert {r.state for r in rows(db_url).values()} == {"sent"}
     listing = [e for e in requests(sb, "GET") if e["path"].split("?")[0] == "/products"]
     assert len(listing) <= len(families)  # one page per batch at most, never the whole of it

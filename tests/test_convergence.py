@@ -169,7 +169,7 @@ def converge(url: str, relay: Relay, *, rounds: int = 60) -> None:
     """Make everything due and drain, until no row is pending or in flight."""
     for _ in range(rounds):
         make_due(url)
-        drain(relay)
+        drain(relay.deps)
         if open_rows(url) == 0:
             return
     pytest.fail(f"the outbox did not converge in {rounds} rounds")

@@ -61,8 +61,8 @@ def test_plain_sqlite3_inserts_with_the_documented_busy_timeout_all_land_while_t
         with relay_for(url, sb, settings_kw={"batch_size": 20}) as relay:
             draining.set()
             while writer.is_alive():
-                drain(relay, max_batches=50)
-            drain(relay)
+                drain(relay.deps, max_batches=50)
+            drain(relay.deps)
     finally:
         writer.join(60)
         dispose_engines()

@@ -46,7 +46,7 @@ def _claim(db_url: str, rule: LaneRule | None, claim_as: str = "t-lane") -> set[
     relay's own claim, which makes no request."""
     with make_client("http://127.0.0.1:9") as client:  # a claim sends nothing
         relay = Relay(settings_for(db_url), client)
-        batch._claim(relay, claim_as, BatchSummary(token=claim_as), rule)
+        batch._claim(relay.deps, claim_as, BatchSummary(token=claim_as), rule)
     return {r.id for r in rows(db_url).values() if r.claim_token == claim_as}
 
 
@@ -172,7 +172,7 @@ def test_lane_off_runs_nothing(db_url: str, sb: Sandbox) -> None:
         assert row(db_url, out).state == "pending"
         with pytest.raises(ValueError, match="SKYSYNC_FAST_LANE=off"):
             LaneWatcher(relay.settings, lambda: None)
-        drain(relay)  # the batch sends it as always
+        drain(relay.deps)  # the batch sends it as always
         assert row(db_url, out).state == "sent"
 
 

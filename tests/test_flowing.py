@@ -101,7 +101,7 @@ def test_variation_stock_and_price_in_a_linked_products_snapshot_go_out(
 
         changed = {**variation, "qty": 7, "price": 55.0, "images": ["https://img/p2.jpg"]}
         again = insert(db, "product", "VA", {**snapshot, "variations": [changed]})
-        drain(relay)
+        drain(relay.deps)
 
     got = row(db, again)
     assert got.state == "sent", got
@@ -253,7 +253,7 @@ def test_lost_answer_then_revert_sends_the_reverted_value(db: str, sb: Sandbox) 
 
         back = insert(db, "price", "REV-1", {"price": 10.0})  # the ERP goes back
         expire_leases(db)
-        drain(relay)
+        drain(relay.deps)
     assert row(db, back).state == "sent", row(db, back)
     assert product(sb, "REV-1")["price"] == 10.0
     assert item(db, "REV-1").attempt == {}
@@ -270,7 +270,7 @@ def test_variation_lost_answer_then_revert_sends_the_reverted_value(db: str, sb:
         assert sb.state()["variations"]["REV-V"]["qty"] == 0
         back = insert(db, "product", "REV-P", {"variations": [{"sku": "REV-V", "qty": 4}]})
         expire_leases(db)
-        drain(relay)
+        drain(relay.deps)
     assert row(db, back).state == "sent", row(db, back)
     assert sb.state()["variations"]["REV-V"]["qty"] == 4
 
@@ -334,7 +334,7 @@ def test_variation_row_waits_while_its_parents_row_is_in_flight(db: str, sb: San
 
         for token, ids in tasks:  # the first batch's worker finishes
             relay.deliver(token, ids)
-        drain(relay)
+        drain(relay.deps)
     assert [b["variation"]["qty"] for b in bodies(sb, "PUT", "/variations/FAM-P")] == [5, 6]
     assert sb.state()["variations"]["FAM-P"]["qty"] == 6
 
@@ -350,7 +350,7 @@ def test_parent_row_waits_while_a_variation_row_is_in_flight(db: str, sb: Sandbo
         assert row(db, parent).state == "pending"
         for token, ids in tasks:
             relay.deliver(token, ids)
-        drain(relay)
+        drain(relay.deps)
     assert sb.state()["variations"]["FAM2-P"]["qty"] == 6
 
 
@@ -471,7 +471,7 @@ def test_failed_order_read_after_a_repeat_422_is_retried_not_rejected(db: str, s
 def test_product_row_carrying_its_own_sku_is_delivered(db: str, sb: Sandbox) -> None:
     with relay_for(db, sb) as relay:
         value = insert(db, "product", "SKU-IN", {"sku": "SKU-IN", "name": "x", "price": 5.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db, value).state == "sent"
     assert bodies(sb, "POST", "/products") == [
         {"product": {"sku": "SKU-IN", "name": "x", "price": 5.0}}
@@ -481,7 +481,7 @@ def test_product_row_carrying_its_own_sku_is_delivered(db: str, sb: Sandbox) -> 
 def test_product_row_carrying_another_sku_is_rejected_naming_both(db: str, sb: Sandbox) -> None:
     with relay_for(db, sb) as relay:
         value = insert(db, "product", "SKU-A", {"sku": "SKU-B", "name": "x"})
-        drain(relay)
+        drain(relay.deps)
     got = row(db, value)
     assert got.state == "rejected"
     assert "payload.sku" in (got.reason or "")

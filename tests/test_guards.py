@@ -54,7 +54,7 @@ def test_a_price_far_below_the_last_one_is_held_and_stock_still_goes(
         typo = insert(db_url, "price", "G-1", {"price": 9.9})
         stock = insert(db_url, "stock", "G-1", {"qty": 3})
         other = insert(db_url, "price", "G-2", {"price": 80.0})  # a 20 % cut: fine
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "G-1")["price"] == 100.0
     assert product(sb, "G-1")["qty"] == 3
     assert product(sb, "G-2")["price"] == 80.0
@@ -79,18 +79,18 @@ def test_an_operator_release_lets_the_held_price_through_once(db_url: str, sb: S
     with relay_for(db_url, sb, settings_kw=GUARD) as relay:
         create_product(db_url, relay, "G-3", price=100.0)
         typo = insert(db_url, "price", "G-3", {"price": 20.0, "promotional_price": 19.0})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, typo).state == "held"
         released = cli_run(db_url, "outbox", "release", str(typo))
         assert released.exit_code == 0, released.output
         assert "released 1 row(s)" in released.output
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, typo).state == "sent"
         assert product(sb, "G-3")["price"] == 20.0
         assert product(sb, "G-3")["promotional_price"] == 19.0
         # a new drop from the released price is guarded again
         again = insert(db_url, "price", "G-3", {"price": 5.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, again).state == "held"
     assert "below 20," in (row(db_url, again).reason or "")
     assert product(sb, "G-3")["price"] == 20.0
@@ -100,7 +100,7 @@ def test_release_names_the_rows_it_did_not_release(db_url: str, sb: Sandbox) -> 
     with relay_for(db_url, sb, settings_kw=GUARD) as relay:
         create_product(db_url, relay, "G-4", price=100.0)
         typo = insert(db_url, "price", "G-4", {"price": 1.0})
-        drain(relay)
+        drain(relay.deps)
     sent_row = 1
     result = cli_run(db_url, "outbox", "release", str(typo), str(sent_row), "999999")
     assert result.exit_code == 1
@@ -114,13 +114,13 @@ def test_a_newer_price_replaces_the_held_one(db_url: str, sb: Sandbox) -> None:
     with relay_for(db_url, sb, settings_kw=GUARD) as relay:
         create_product(db_url, relay, "G-5", price=100.0)
         typo = insert(db_url, "price", "G-5", {"price": 10.0})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, typo).state == "held"
         stock_only = insert(db_url, "stock", "G-5", {"qty": 1})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, typo).state == "held", "a stock row does not replace a held price"
         fixed = insert(db_url, "price", "G-5", {"price": 95.0})
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "G-5")["price"] == 95.0
     replaced = row(db_url, typo)
     assert replaced.state == "superseded"
@@ -133,7 +133,7 @@ def test_a_promotional_price_far_below_the_price_is_held(db_url: str, sb: Sandbo
     with relay_for(db_url, sb, settings_kw=GUARD) as relay:
         create_product(db_url, relay, "G-6", price=100.0)
         promo = insert(db_url, "price", "G-6", {"price": 100.0, "promotional_price": 9.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, promo).state == "held"
     assert "promotional_price 9 is 91% below 100" in (row(db_url, promo).reason or "")
     assert "promotional_price" not in product(sb, "G-6")
@@ -144,7 +144,7 @@ def test_a_held_variation_price_keeps_its_stock_flowing(db_url: str, sb: Sandbox
         create_product(db_url, relay, "G-P", variations=[{"sku": "G-P-1", "qty": 2, "price": 50.0}])
         typo = insert(db_url, "price", "G-P-1", {"price": 5.0})
         stock = insert(db_url, "stock", "G-P-1", {"qty": 7})
-        drain(relay)
+        drain(relay.deps)
     variation = sb.state()["variations"]["G-P-1"]
     assert variation["price"] == 50.0
     assert variation["qty"] == 7
@@ -157,7 +157,7 @@ def test_the_guard_is_off_when_unset(db_url: str, sb: Sandbox) -> None:
         assert relay.settings.price_drop_guard is None
         create_product(db_url, relay, "G-7", price=100.0)
         cut = insert(db_url, "price", "G-7", {"price": 1.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, cut).state == "sent"
     assert product(sb, "G-7")["price"] == 1.0
 
@@ -176,9 +176,9 @@ def test_the_stock_buffer_keeps_units_back_and_item_show_gives_both_values(
         assert product(sb, "B-1")["qty"] == 7
         assert sb.state()["variations"]["B-1-A"]["qty"] == 0
         insert(db_url, "stock", "B-1", {"qty": 10})  # unchanged for SkyHub: nothing to send
-        drain(relay)
+        drain(relay.deps)
         insert(db_url, "stock", "B-1", {"qty": 4})
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "B-1")["qty"] == 1
     assert [p.get("qty") for p in price_puts(sb, "B-1")] == [1]
     shown = cli_run(db_url, "item", "show", "B-1")
@@ -276,9 +276,9 @@ def test_reconcile_holds_skyhub_to_the_buffered_quantity(db_url: str, sb: Sandbo
     with relay_for(db_url, sb, settings_kw={"stock_buffer": 3}) as relay:
         create_product(db_url, relay, "B-R", qty=10, price=20.0)
         assert product(sb, "B-R")["qty"] == 7
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
         sb.change_product("B-R", {"qty": 10})  # someone "fixed" it in SkyHub's panel
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
         assert [(d.field, d.erp, d.skyhub) for d in report.drift] == [("qty", 10, 10)]
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "B-R")["qty"] == 7

@@ -87,11 +87,11 @@ def test_the_transaction_that_commits_last_wins_on_postgresql(
             )
             early_row = second if late == "lower id" else first
             early.commit()
-            drain(relay)
+            drain(relay.deps)
             assert product(sb, "CO")["qty"] == early_qty
             assert row(pg_url, early_row).state == "sent"
             late_tx.commit()
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "CO")["qty"] == late_qty, "the ERP's last committed word must win"
     got = row(pg_url, late_row)
     assert got.state == "sent", got
@@ -115,7 +115,7 @@ def test_rows_committed_before_the_same_claim_follow_their_ids(pg_url: str, sb: 
             higher = b.insert("stock", "TG", {"qty": 3})
             b.commit()
             a.commit()
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "TG")["qty"] == 3
     assert row(pg_url, higher).state == "sent"
 
@@ -128,10 +128,10 @@ def test_a_row_no_claim_had_read_wins_over_a_sent_row_with_a_higher_id(
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "LC-1", price=10.0, qty=1)
         sent = insert_with_id(db_url, 900, "price", "LC-1", {"price": 20.0})
-        drain(relay)
+        drain(relay.deps)
         assert product(sb, "LC-1")["price"] == 20.0
         late = insert_with_id(db_url, 500, "price", "LC-1", {"price": 30.0})
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "LC-1")["price"] == 30.0
     assert (row(db_url, sent).state, row(db_url, late).state) == ("sent", "sent")
     with session_scope(db_url) as session:
@@ -151,7 +151,7 @@ def test_a_late_row_beats_an_older_rows_retry(db_url: str, sb: Sandbox) -> None:
         late = insert_with_id(db_url, 500, "stock", "LC-2", {"qty": 2})
         sb.clear_faults()
         make_due(db_url)
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "LC-2")["qty"] == 2
     got = row(db_url, retried)
     assert (got.state, got.superseded_by) == ("superseded", late), got
@@ -195,6 +195,6 @@ def test_a_row_committed_while_a_claim_reads_a_long_backlog_is_left_for_the_next
         assert product(sb, "BIG")["qty"] == 21
         assert row(pg_url, newest).state == "sent"
         assert row(pg_url, late_row).state == "pending"
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "BIG")["qty"] == 42
     assert row(pg_url, late_row).state == "sent"

@@ -106,7 +106,7 @@ def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
         insert(db_url, "price", "M-1", {"price": 11.0})
         insert(db_url, "price", "M-404", {"price": 5.0})  # SkyHub has no such SKU: rejected
         insert(db_url, "price", "M-BAD", {"price": 0})  # invalid: rejected before sending
-        drain(relay)
+        drain(relay.deps)
         insert(db_url, "stock", "M-1", {"qty": 2})  # still pending
     text = generate_latest(registry_for(db_url)).decode()
 

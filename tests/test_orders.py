@@ -234,7 +234,7 @@ def test_steps_go_out_in_order(db_url: str, sb: Sandbox) -> None:
         ),
     ]
     with relay_for(db_url, sb) as relay:
-        drain(relay)
+        drain(relay.deps)
     assert [row(db_url, i).state for i in ids] == ["sent", "sent", "sent"]
     posts = [e["route"] for e in requests(sb, "POST")]
     assert posts == [
@@ -254,7 +254,7 @@ def test_impossible_step_is_refused_locally_and_costs_no_request(db_url: str, sb
         db_url, "order_delivery", AMERICANAS, {"delivered_date": "2026-12-02T15:20:00-03:00"}
     )
     with relay_for(db_url, sb) as relay:
-        drain(relay)
+        drain(relay.deps)
     got = row(db_url, delivery)
     assert got.state == "rejected"
     assert "payment_received" in (got.reason or "") and "order_delivery" in (got.reason or "")
@@ -270,7 +270,7 @@ def test_repeat_of_the_current_status_counts_as_done(db_url: str, sb: Sandbox) -
     sb.seed_order({"code": SUBMARINO, "status": "order_invoiced"})
     remote = insert(db_url, "order_invoice", SUBMARINO, {"key": KEY})
     with relay_for(db_url, sb) as relay:
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, local).state == "sent" and "already" in (row(db_url, local).reason or "")
     assert row(db_url, remote).state == "sent" and "already" in (row(db_url, remote).reason or "")
     invoice_posts = [e for e in requests(sb, "POST") if e["route"] == "/orders/{code}/invoice"]
@@ -288,7 +288,7 @@ def test_a_refused_step_blocks_only_its_own_order(db_url: str, sb: Sandbox) -> N
     shipment = insert(db_url, "order_shipment", AMERICANAS, SHIPMENT)
     other = insert(db_url, "order_invoice", SUBMARINO, {"key": KEY})
     with relay_for(db_url, sb) as relay:
-        drain(relay)
+        drain(relay.deps)
         refused, waiting = row(db_url, invoice), row(db_url, shipment)
         assert refused.state == "rejected" and refused.last_status == 422
         assert "book_product" in (refused.reason or "")  # SkyHub's text names the status
@@ -303,7 +303,7 @@ def test_a_refused_step_blocks_only_its_own_order(db_url: str, sb: Sandbox) -> N
         sb.seed_order({"code": AMERICANAS, "status": "payment_received"})
         fix = insert(db_url, "order_invoice", AMERICANAS, {"key": KEY})
         make_due(db_url)  # time passes: the next batch
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, fix).state == "sent"
     assert row(db_url, shipment).state == "sent"
     assert sb.state()["orders"][AMERICANAS]["status"]["code"] == "order_shipped"

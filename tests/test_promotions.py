@@ -45,7 +45,7 @@ def test_newer_price_below_the_promotion_in_one_batch(db_url: str, sb: Sandbox) 
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
         first = insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
         newer = insert(db_url, "price", "F-1", {"price": 50})
-        drain(relay)
+        drain(relay.deps)
 
     assert prices(sb, "F-1") == (50, 50)
     assert bodies(sb, "PUT", "/products/F-1")[-1] == {
@@ -61,39 +61,39 @@ def test_newer_price_below_the_promotion_across_two_batches(db_url: str, sb: San
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
         insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
-        drain(relay)
+        drain(relay.deps)
         assert prices(sb, "F-1") == (100, 90)
         newer = insert(db_url, "price", "F-1", {"price": 50})
-        drain(relay)
+        drain(relay.deps)
 
         assert prices(sb, "F-1") == (50, 50)
         assert row(db_url, newer).state == "sent"
         assert CAPPED in (row(db_url, newer).reason or "")
         ack = acknowledged(db_url, "F-1")
         assert (ack["price"], ack["promotional_price"]) == (50, 50)
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
         # the ERP's promotional price still stands: a price above it again brings it back
         rises = insert(db_url, "price", "F-1", {"price": 120})
-        drain(relay)
+        drain(relay.deps)
         assert prices(sb, "F-1") == (120, 90)
         assert "promotional_price 90 sent again" in (row(db_url, rises).reason or "")
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
 
 def test_product_row_carrying_a_newer_price_below_the_promotion(db_url: str, sb: Sandbox) -> None:
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
         insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
-        drain(relay)
+        drain(relay.deps)
         newer = insert(db_url, "product", "F-1", {"name": "Produto F-1 novo", "price": 50})
-        drain(relay)
+        drain(relay.deps)
 
         assert prices(sb, "F-1") == (50, 50)
         assert product(sb, "F-1")["name"] == "Produto F-1 novo"
         assert row(db_url, newer).state == "sent"
         assert CAPPED in (row(db_url, newer).reason or "")
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
     shown = CliRunner().invoke(cli, ["item", "show", "F-1"], env={"SKYSYNC_DATABASE_URL": db_url})
     assert shown.exit_code == 0, shown.output
@@ -106,7 +106,7 @@ def test_product_row_in_the_same_batch_as_the_promotion(db_url: str, sb: Sandbox
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
         insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
         newer = insert(db_url, "product", "F-1", {"price": 50, "qty": 4})
-        drain(relay)
+        drain(relay.deps)
 
     assert prices(sb, "F-1") == (50, 50)
     assert CAPPED in (row(db_url, newer).reason or "")
@@ -117,13 +117,13 @@ def test_variation_price_below_its_promotion(db_url: str, sb: Sandbox) -> None:
         variations = [{"sku": "F-1-P", "qty": 2, "price": 100, "promotional_price": 90}]
         create_product(db_url, relay, "F-1", variations=variations)
         newer = insert(db_url, "price", "F-1-P", {"price": 50})
-        drain(relay)
+        drain(relay.deps)
 
         held = sb.state()["variations"]["F-1-P"]
         assert (held["price"], held["promotional_price"]) == (50, 50)
         reason = row(db_url, newer).reason or ""
         assert "promotional_price 90 is above the newer price 50" in reason
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
 
 @pytest.mark.slow
@@ -133,24 +133,24 @@ def test_reconcile_reports_a_promotion_above_the_price_and_repairs_it(
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=3)
         insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
-        drain(relay)
+        drain(relay.deps)
         insert(db_url, "price", "F-1", {"price": 50})
-        drain(relay)
+        drain(relay.deps)
         # SkyHub at 50/90, as it ended before this was fixed: each field holds the ERP's
         # newest value, and yet the promotion is above the price
         behind_the_back(sb, "F-1", promotional_price=90)
         assert prices(sb, "F-1") == (50, 90)
 
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
         assert report.has_drift
         found = {d.field: d for d in report.drift}
         assert set(found) == {"promotional_price"}
         assert (found["promotional_price"].erp, found["promotional_price"].skyhub) == (50, 90)
         assert report.repaired, report.as_dict()
-        drain(relay)
+        drain(relay.deps)
 
         assert prices(sb, "F-1") == (50, 50)
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
 
 def test_reconcile_reports_a_promotion_the_erp_never_wrote_above_the_price(
@@ -160,14 +160,14 @@ def test_reconcile_reports_a_promotion_the_erp_never_wrote_above_the_price(
         create_product(db_url, relay, "F-2", price=50.0, qty=3)
         behind_the_back(sb, "F-2", promotional_price=90)
 
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
         found = {d.field: d for d in report.drift}
         assert set(found) == {"promotional_price"}
         assert (found["promotional_price"].erp, found["promotional_price"].skyhub) == (50, 90)
-        drain(relay)
+        drain(relay.deps)
 
         assert prices(sb, "F-2") == (50, 50)
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
 
 def test_price_drop_guard_and_stock_buffer_with_a_capped_promotion(
@@ -177,11 +177,11 @@ def test_price_drop_guard_and_stock_buffer_with_a_capped_promotion(
     with relay_for(db_url, sb, settings_kw=guards) as relay:
         create_product(db_url, relay, "F-1", price=120.0, qty=10)
         insert(db_url, "price", "F-1", {"price": 100, "promotional_price": 90})
-        drain(relay)
+        drain(relay.deps)
         # 40 % below 100 passes the guard; the promotion goes down with it, never held itself
         insert(db_url, "price", "F-1", {"price": 60})
         newest = insert(db_url, "stock", "F-1", {"qty": 5})
-        drain(relay)
+        drain(relay.deps)
         assert (*prices(sb, "F-1"), product(sb, "F-1")["qty"]) == (60, 60, 2)
         assert row(db_url, newest).state == "sent"  # the request's newest row speaks for it
         reason = row(db_url, newest).reason or ""
@@ -189,7 +189,7 @@ def test_price_drop_guard_and_stock_buffer_with_a_capped_promotion(
 
         # far below: held, and SkyHub keeps a consistent pair meanwhile
         typo = insert(db_url, "price", "F-1", {"price": 20})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, typo).state == "held"
         assert prices(sb, "F-1") == (60, 60)
 
@@ -197,6 +197,6 @@ def test_price_drop_guard_and_stock_buffer_with_a_capped_promotion(
             cli, ["outbox", "release", str(typo)], env={"SKYSYNC_DATABASE_URL": db_url}
         )
         assert released.exit_code == 0, released.output
-        drain(relay)
+        drain(relay.deps)
         assert prices(sb, "F-1") == (20, 20)
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift

@@ -47,9 +47,9 @@ def test_no_drift_when_skyhub_holds_what_the_erp_said(db_url: str, sb: Sandbox) 
         create_product(db_url, relay, "REC-1", price=10.0, qty=3)
         insert(db_url, "price", "REC-1", {"price": 12.5, "promotional_price": 11.0})
         insert(db_url, "stock", "REC-1", {"qty": 0})
-        drain(relay)
+        drain(relay.deps)
 
-        report = reconcile(relay)
+        report = reconcile(relay.deps)
 
     assert not report.has_drift, report.as_dict()
     assert report.skus_compared == 1
@@ -61,11 +61,11 @@ def test_drift_behind_skysyncs_back_is_reported_then_repaired(db_url: str, sb: S
     with relay_for(db_url, sb) as relay:
         create_product(db_url, relay, "REC-P", price=10.0, qty=3, description="caneca azul")
         price_row = insert(db_url, "price", "REC-P", {"price": 12.5})
-        drain(relay)
+        drain(relay.deps)
         price_sent_at = row(db_url, price_row).finished_at
         behind_the_back(sb, "REC-P", price=99.9, qty=40, description="alterada no painel")
 
-        report = reconcile(relay)
+        report = reconcile(relay.deps)
 
         found = {d.field: d for d in report.drift}
         assert set(found) == {"price", "qty", "description"}
@@ -79,7 +79,7 @@ def test_drift_behind_skysyncs_back_is_reported_then_repaired(db_url: str, sb: S
         # the belief SkyHub proved false is gone: the ERP's next 12.5 would go out
         assert not {"price", "qty", "description"} & set(acknowledged(db_url, "REC-P"))
 
-        repaired = reconcile(relay, repair=True)
+        repaired = reconcile(relay.deps, repair=True)
         assert [r["ref"] for r in repaired.repaired] == ["REC-P"]
         fix = row(db_url, repaired.repaired[0]["row_id"])
         assert (fix.kind, fix.state) == ("product", "pending")
@@ -87,11 +87,11 @@ def test_drift_behind_skysyncs_back_is_reported_then_repaired(db_url: str, sb: S
         assert origins(db_url)[fix.id] == "reconcile"
         assert set(origins(db_url).values()) == {"erp", "reconcile"}
 
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, fix.id).state == "sent"
         held = sb.state()["products"]["REC-P"]
         assert (held["price"], held["qty"], held["description"]) == (12.5, 3, "caneca azul")
-        after = reconcile(relay)
+        after = reconcile(relay.deps)
     assert not after.has_drift, after.as_dict()
 
 
@@ -106,10 +106,10 @@ def test_variations_in_the_listing_drift_and_are_repaired_through_their_parent(
             variations=[{"sku": "REC-V-P", "qty": 2, "price": 30.0, "ean": "7891"}],
         )
         insert(db_url, "stock", "REC-V-P", {"qty": 5})
-        drain(relay)
+        drain(relay.deps)
         behind_the_back(sb, "REC-V-P", qty=0, ean="0000")
 
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
 
         assert {(d.sku, d.field, d.erp, d.skyhub) for d in report.drift} == {
             ("REC-V-P", "qty", 5, 0),
@@ -118,11 +118,11 @@ def test_variations_in_the_listing_drift_and_are_repaired_through_their_parent(
         fix = row(db_url, report.repaired[0]["row_id"])
         assert (fix.kind, fix.ref) == ("product", "REC-V")
         assert fix.payload == {"variations": [{"sku": "REC-V-P", "ean": "7891", "qty": 5}]}
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, fix.id).state == "sent", row(db_url, fix.id)
         variation = sb.state()["variations"]["REC-V-P"]
         assert (variation["qty"], variation["ean"]) == (5, "7891")
-        assert not reconcile(relay).has_drift
+        assert not reconcile(relay.deps).has_drift
 
 
 def test_frozen_attributes_are_reported_never_repaired(db_url: str, sb: Sandbox) -> None:
@@ -131,11 +131,11 @@ def test_frozen_attributes_are_reported_never_repaired(db_url: str, sb: Sandbox)
         sb.link_product("REC-L")
         # the relay learns of the link and withholds the new name
         withheld = insert(db_url, "product", "REC-L", {"name": "Caneca nova"})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, withheld).state == "withheld"
         behind_the_back(sb, "REC-L", price=25.0)
 
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
 
         assert [(d.field, d.erp, d.skyhub) for d in report.frozen] == [
             ("name", "Caneca nova", "Caneca")
@@ -143,10 +143,10 @@ def test_frozen_attributes_are_reported_never_repaired(db_url: str, sb: Sandbox)
         assert [(d.field, d.erp, d.skyhub) for d in report.drift] == [("price", 20.0, 25.0)]
         fix = row(db_url, report.repaired[0]["row_id"])
         assert fix.payload == {"price": 20.0}  # the frozen name never goes
-        drain(relay)
+        drain(relay.deps)
         assert sb.state()["products"]["REC-L"]["price"] == 20.0
         assert sb.state()["frozen_writes"] == []
-        again = reconcile(relay, repair=True)
+        again = reconcile(relay.deps, repair=True)
     assert not again.has_drift and len(again.frozen) == 1
     assert again.repaired == []
 
@@ -172,7 +172,7 @@ def test_orphans_and_missing_skus(db_url: str, sb: Sandbox) -> None:
         assert removed.status_code == 204
         pending = insert(db_url, "stock", "REC-NEW", {"qty": 1})  # on its way: not missing
 
-        report = reconcile(relay)
+        report = reconcile(relay.deps)
         assert report.orphans == ["REC-ORPHAN"]
         assert sorted(m.sku for m in report.missing) == ["REC-GONE", "REC-GONE-1"]
         assert report.has_drift
@@ -180,11 +180,11 @@ def test_orphans_and_missing_skus(db_url: str, sb: Sandbox) -> None:
             (e["method"], e["route"], e["status"]) for e in requests(sb)
         }  # read once more before it is called missing
 
-        repaired = reconcile(relay, repair=True)
+        repaired = reconcile(relay.deps, repair=True)
         fixes = [row(db_url, r["row_id"]) for r in repaired.repaired]
         assert [(f.kind, f.ref) for f in fixes] == [("product", "REC-GONE")]
         assert fixes[0].payload["variations"] == [{"sku": "REC-GONE-1", "qty": 4}]
-        drain(relay)
+        drain(relay.deps)
         held = sb.state()
         assert "REC-ORPHAN" in held["products"]  # never deleted
         assert (held["products"]["REC-GONE"]["price"], held["variations"]["REC-GONE-1"]["qty"]) == (
@@ -192,7 +192,7 @@ def test_orphans_and_missing_skus(db_url: str, sb: Sandbox) -> None:
             4,
         )
         assert row(db_url, pending).state in ("sent", "rejected")
-        final = reconcile(relay)
+        final = reconcile(relay.deps)
     assert final.missing == [] and final.drift == []
     assert final.orphans == ["REC-ORPHAN"]
 
@@ -203,13 +203,13 @@ def test_a_newer_erp_row_on_its_way_is_never_overwritten(db_url: str, sb: Sandbo
         behind_the_back(sb, "REC-W", price=50.0, qty=7)
         newer = insert(db_url, "price", "REC-W", {"price": 11.0})  # pending, not sent yet
 
-        report = reconcile(relay, repair=True)
+        report = reconcile(relay.deps, repair=True)
 
         assert [d.field for d in report.drift] == ["qty"]  # price: a write is on its way
         assert report.busy_fields == 1
         assert report.repaired == []
         assert report.not_repaired and "on its way" in report.not_repaired[0]["reason"]
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, newer).state == "sent"
         assert sb.state()["products"]["REC-W"]["price"] == 11.0
 
@@ -219,12 +219,12 @@ def test_paging_across_many_pages(db_url: str, sb: Sandbox) -> None:
         skus = [f"REC-M-{i:02d}" for i in range(23)]
         for sku in skus:
             insert(db_url, "product", sku, {"name": sku, "price": 3.0, "qty": 1})
-        drain(relay)
+        drain(relay.deps)
         behind_the_back(sb, "REC-M-21", qty=2)
         before = len(requests(sb, "GET", "/products"))
         seen: list[Any] = []
 
-        report = reconcile(relay, per_page=5, progress=seen.append)
+        report = reconcile(relay.deps, per_page=5, progress=seen.append)
 
     assert report.pages == 5
     assert len(requests(sb, "GET", "/products")) - before == 5
@@ -239,7 +239,7 @@ def test_the_run_goes_to_the_run_log_status_and_metrics(db_url: str, sb: Sandbox
         create_product(db_url, relay, "REC-S", price=10.0, qty=1)
         sb.seed_product({"sku": "REC-S-ORPHAN", "qty": 1})
         behind_the_back(sb, "REC-S", price=1.0)
-        reconcile(relay)
+        reconcile(relay.deps)
 
     with session_scope(db_url) as session:
         last = collect_status(session)["last_reconcile"]
@@ -372,7 +372,7 @@ def test_a_listing_skyhub_cannot_answer_stops_the_run_and_says_why(
             create_product(db_url, relay, f"REC-F-{i}", price=1.0, qty=1)
         sb.script_fault("GET", "/products", "503", count=50)
 
-        report = reconcile(relay, per_page=2, repair=True)
+        report = reconcile(relay.deps, per_page=2, repair=True)
 
     assert report.error is not None and report.error.startswith("stopped:")
     assert "503" in report.error or "Service" in report.error
@@ -388,12 +388,12 @@ def test_an_unfrozen_product_has_its_variations_attributes_repaired(
         create_product(db_url, relay, "REC-U", variations=[{"sku": "REC-U-1", "ean": "111"}])
         sb.link_product("REC-U")
         insert(db_url, "product", "REC-U", {"name": "learn the link"})
-        drain(relay)
+        drain(relay.deps)
         env = {"SKYSYNC_DATABASE_URL": db_url, "SKYSYNC_SKYHUB_URL": sb.base_url}
         assert CliRunner().invoke(cli, ["item", "unfreeze", "REC-U"], env=env).exit_code == 0
         behind_the_back(sb, "REC-U-1", ean="999")
 
-        report = reconcile(relay)
+        report = reconcile(relay.deps)
 
     assert [(d.sku, d.field, d.frozen) for d in report.drift] == [("REC-U-1", "ean", False)]
     assert report.frozen == []

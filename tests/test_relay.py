@@ -33,9 +33,13 @@ from relay_helpers import (
 )
 
 from skysync import bootstrap
+from skysync.domain.planner import SkuRequest
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay import Relay, drain
+from skysync.relay.deliver import push_one_sku
+from skysync.relay.deps import RelayDeps
+from skysync.relay.outcome import Outcome
 from skysync.store.db import get_engine, session_scope
 from skysync.store.models import OutboxRow, RunLog, utcnow
 
@@ -106,7 +110,7 @@ def test_first_product_row_creates_then_later_row_updates_only_changed_fields(
         first = insert(
             db_url, "product", "NEW-1", {"name": "Bolsa", "price": 50.0, "qty": 3, "brand": "X"}
         )
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, first).state == "sent"
         log = sb.request_log()
         assert [(e["method"], e["path"], e["status"]) for e in log] == [
@@ -120,7 +124,7 @@ def test_first_product_row_creates_then_later_row_updates_only_changed_fields(
         second = insert(
             db_url, "product", "NEW-1", {"name": "Bolsa", "price": 55.0, "qty": 3, "brand": "X"}
         )
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, second).state == "sent"
     puts = bodies(sb, "PUT", "/products/NEW-1")
     assert puts == [{"product": {"price": 55.0}}]  # name, qty and brand were unchanged
@@ -136,7 +140,7 @@ def test_product_that_already_exists_in_skyhub_is_updated_not_created(
         direct.create_product({"sku": "OLD-1", "name": "Antigo", "price": 1.0, "qty": 1})
     with relay_for(db_url, sb) as relay:
         row_id = insert(db_url, "product", "OLD-1", {"name": "Novo", "price": 2.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, row_id).state == "sent", row(db_url, row_id)
     assert len(requests(sb, "POST", "/products")) == 1  # only the direct one
     assert bodies(sb, "PUT", "/products/OLD-1") == [{"product": {"name": "Novo", "price": 2.0}}]
@@ -330,7 +334,7 @@ def test_key_with_a_row_in_flight_is_not_claimed_again(db_url: str, sb: Sandbox)
         for token, ids in tasks:  # the worker holding A finishes
             relay.deliver(token, ids)
         assert row(db_url, a).state == "sent"
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, b).state == "sent"
     puts = [e["body"]["product"]["price"] for e in requests(sb, "PUT", "/products/{sku}")]
     assert puts == [20.0, 30.0]
@@ -373,20 +377,18 @@ def test_worker_that_lost_its_claim_mid_delivery_does_not_overwrite_newer_value(
         relay.run_batch(dispatch=lambda token, ids: tasks.append((token, ids)))
         ((token, ids),) = tasks
 
-        original = relay._push_sku
         stalled = threading.Event()
 
-        def push_after_stall(request: Any) -> Any:
+        def push_after_stall(deps: RelayDeps, request: SkuRequest) -> Outcome:
             if not stalled.is_set():
                 stalled.set()
                 # while worker 1 is stalled: its lease runs out, B arrives, batch 2 runs
                 insert(db_url, "price", "ORD-4", {"price": 30.0})
                 expire_leases(db_url)
                 other.run_batch()
-            return original(request)
+            return push_one_sku(deps, request)
 
-        relay._push_sku = push_after_stall  # type: ignore[method-assign]
-        relay.deliver(token, ids)
+        relay.deliver(token, ids, push=push_after_stall)
     assert stalled.is_set()
     prices = [e["body"]["product"]["price"] for e in requests(sb, "PUT", "/products/{sku}")]
     assert prices[0] == 30.0
@@ -453,7 +455,7 @@ def test_stock_row_of_a_variation_goes_with_its_parent(db_url: str, sb: Sandbox)
         assert "PAI-2" in (got[stock].reason or "")
         assert not requests(sb, "PUT", "/variations/{sku}")
         make_due(db_url)
-        drain(relay)
+        drain(relay.deps)
     got = rows(db_url)
     assert (got[parent].state, got[stock].state) == ("superseded", "sent")
     assert sb.state()["variations"]["W1"]["qty"] == 5
@@ -478,7 +480,7 @@ def test_a_parent_and_its_variation_on_skyhub_are_updated_at_the_same_time(
                 parent,
                 {"name": parent, "price": 50.0, "variations": [{"sku": variation, "qty": 1}]},
             )
-        drain(relay)
+        drain(relay.deps)
         assert {r.state for r in rows(db_url).values()} == {"sent"}
         seen = len(sb.request_log())
         sb.configure(latency_ms=latency * 1000)
@@ -758,7 +760,7 @@ def test_refused_credentials_stop_a_serial_batch_after_one_request(db_url: str) 
         got = rows(db_url)
         assert all((got[i].state, got[i].attempts) == ("pending", 0) for i in ids)
         assert all("credentials" in (got[i].reason or "") for i in ids)
-        counts = drain(relay).counts
+        counts = drain(relay.deps).counts
         assert counts["pending"] == 3
         assert len(sb.request_log()) == 2  # drain stopped after the first refused request
 
@@ -773,7 +775,7 @@ def test_a_drain_stops_the_batch_it_claimed_meanwhile_without_a_request(db_url: 
         # product rows: no catalogue read at claim time (that is for price and stock rows of
         # SKUs never seen), so the first request is the first batch's delivery
         ids = [insert(db_url, "product", f"D-{i}", {"name": "x", "qty": i}) for i in range(6)]
-        drained = drain(relay)
+        drained = drain(relay.deps)
         batches, counts = drained.batches, drained.counts
         assert len(sb.request_log()) == 1
     claimed = 2 if is_pg(db_url) else 1  # batches
@@ -1059,7 +1061,7 @@ def test_an_unchanged_newer_value_is_never_overwritten_by_an_older_waiting_row(
         assert summary.claimed == 2  # row 2 is not due yet, but it is of the same key
         assert row(db_url, newer).state == "sent", row(db_url, newer)
         make_due(db_url)
-        drain(relay)
+        drain(relay.deps)
     # one request for both rows; the 4 that met the 429 is unknown, so 3 is not "unchanged"
     assert [b["variation"]["qty"] for b in bodies(sb, "PUT", "/variations/V-ST")] == [4, 3]
     assert sb.state()["variations"]["V-ST"]["qty"] == 3
@@ -1079,11 +1081,11 @@ def test_requeued_older_price_does_not_overwrite_a_newer_unchanged_one(
                 .values(state="rejected", reason="test: rejected by hand")
             )
         newer = insert(db_url, "price", "RQ-1", {"price": 10.0})
-        drain(relay)
+        drain(relay.deps)
         assert row(db_url, newer).state == "withheld"
         result = run_cli(["outbox", "requeue", str(old)], SKYSYNC_DATABASE_URL=db_url)
         assert result.exit_code == 0, result.output
-        drain(relay)
+        drain(relay.deps)
     assert product(sb, "RQ-1")["price"] == 10.0
     assert "newer value" in (row(db_url, old).reason or "")
 
@@ -1100,7 +1102,7 @@ def test_absurdly_nested_payload_is_rejected_and_blocks_nothing(db_url: str, sb:
             {"name": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
         )
         good = insert(db_url, "price", "DEEP-OK", {"price": 12.0})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, good).state == "sent"
     assert product(sb, "DEEP-OK")["price"] == 12.0
     for rejected in (bad, medium):
@@ -1126,7 +1128,7 @@ def test_a_payload_nested_20000_deep_written_by_sql_is_rejected_or_refused_by_po
         else:
             bad = insert_raw(db_url, "stock", "DEEPER-1", deep)
         good = insert(db_url, "stock", "DEEPER-OK", {"qty": 4})
-        drain(relay)
+        drain(relay.deps)
     assert row(db_url, good).state == "sent"
     assert product(sb, "DEEPER-OK")["qty"] == 4
     if bad is not None:
@@ -1150,7 +1152,7 @@ def test_a_bad_number_is_quoted_as_the_erp_wrote_it(db_url: str, sb: Sandbox) ->
             "Lojas Americanas-1",
             '{"code": "S1", "items": [{"sku": "A", "qty": 1E20}], "track": {"code": "T"}}',
         )
-        drain(relay)
+        drain(relay.deps)
     reasons = {i: row(db_url, i).reason or "" for i in (exp, digits, price, step)}
     assert all(row(db_url, i).state == "rejected" for i in reasons), reasons
     as_stored = "100000000000000000000" if is_pg(db_url) else "1e20"

@@ -50,7 +50,7 @@ def test_errors_are_pulled_stored_per_sku_and_order_and_never_lost(
     notice(sb, "products", "SKU-E1", "empty_name")
     notice(sb, "orders", "Lojas Americanas-77", "invoice_rejected")
     with relay_for(db_url, sb) as relay:
-        first = pull_sync_errors(relay)
+        first = pull_sync_errors(relay.deps)
         assert (first.new, first.resolved, first.stopped) == (3, 0, None)
         assert first.listed == {"products": 2, "orders": 1}
         by_sku = stored(db_url, entity_id="SKU-E1")
@@ -60,7 +60,7 @@ def test_errors_are_pulled_stored_per_sku_and_order_and_never_lost(
             "Lojas Americanas-77"
         ]
 
-        again = pull_sync_errors(relay)  # the same errors: no duplicates
+        again = pull_sync_errors(relay.deps)  # the same errors: no duplicates
         assert (again.new, again.seen_again) == (0, 3)
         assert len(stored(db_url, include_closed=True)) == 3
 
@@ -68,7 +68,7 @@ def test_errors_are_pulled_stored_per_sku_and_order_and_never_lost(
         sb._state.sync_errors["products"][:] = [
             e for e in sb._state.sync_errors["products"] if e["error_code"] != "ean_null"
         ]
-        third = pull_sync_errors(relay)
+        third = pull_sync_errors(relay.deps)
     assert third.resolved == 1
     everything = stored(db_url, include_closed=True)
     assert len(everything) == 3
@@ -81,10 +81,10 @@ def test_errors_are_pulled_stored_per_sku_and_order_and_never_lost(
 def test_a_failed_read_resolves_nothing(db_url: str, sb: Sandbox) -> None:
     notice(sb, "products", "SKU-F", "x1")
     with relay_for(db_url, sb) as relay:
-        pull_sync_errors(relay)
+        pull_sync_errors(relay.deps)
         sb._state.sync_errors["products"].clear()
         sb.script_fault("GET", "/sync_errors/products", "503", count=10)
-        failed = pull_sync_errors(relay)
+        failed = pull_sync_errors(relay.deps)
     assert failed.stopped is not None and failed.resolved == 0
     assert len(stored(db_url)) == 1
 
@@ -93,9 +93,9 @@ def test_ignore_patches_skyhub_and_marks_them_ignored(db_url: str, sb: Sandbox) 
     notice(sb, "products", "SKU-I", "bad_image")
     notice(sb, "orders", "ORD-I", "late")
     with relay_for(db_url, sb) as relay:
-        pull_sync_errors(relay)
+        pull_sync_errors(relay.deps)
         ids = sorted(e["id"] for e in stored(db_url))
-        ignored, unknown = ignore_sync_errors(relay, [*ids, 999])
+        ignored, unknown = ignore_sync_errors(relay.deps, [*ids, 999])
         assert (ignored, unknown) == (ids, [999])
         patches = [e for e in requests(sb, "PATCH")]
         assert sorted(e["path"] for e in patches) == [
@@ -108,7 +108,7 @@ def test_ignore_patches_skyhub_and_marks_them_ignored(db_url: str, sb: Sandbox) 
             "error_code",
         }
         assert sb.state()["sync_errors"] == {"products": [], "orders": []}
-        pull_sync_errors(relay)
+        pull_sync_errors(relay.deps)
     assert stored(db_url) == []
     assert all(e["ignored_at"] for e in stored(db_url, include_closed=True))
 

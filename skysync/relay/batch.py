@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -24,15 +24,14 @@ from skysync.domain.planner import QTY_MARKS, Folding, families, ordering_parent
 from skysync.domain.validation import parse_written, plain_stock, problems, ref_problems
 from skysync.logs import log_context
 from skysync.relay import catalogue
+from skysync.relay.deliver import deliver
+from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.skyhub.errors import AuthenticationError
 from skysync.store import claims, outbox_reads, runs, settle
 from skysync.store import items as item_store
 from skysync.store.db import session_scope
 from skysync.store.models import payload_from_stored
-
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
 log = logging.getLogger("skysync.relay")
 
@@ -48,7 +47,7 @@ Gate = Callable[[Session], bool]
 
 
 def run_batch(
-    relay: Relay,
+    deps: RelayDeps,
     dispatch: Callable[[str, list[int]], Any] | None = None,
     *,
     lane: LaneRule | None = None,
@@ -69,44 +68,44 @@ def run_batch(
     """
     token = secrets.token_hex(8)
     summary = BatchSummary(token=token)
-    run_id = None if lane is not None or gate is not None else _start_run(relay, token, "relay")
+    run_id = None if lane is not None or gate is not None else _start_run(deps, token, "relay")
     try:
         with log_context(claim_token=token):
-            chunks = _claim(relay, token, summary, lane, gate)
+            chunks = _claim(deps, token, summary, lane, gate)
         if chunks is None:
             return None
         if run_id is None:
             if lane is not None and not summary.claimed:
                 return summary
-            run_id = _start_run(relay, token, "relay" if lane is None else "fast_lane", summary)
+            run_id = _start_run(deps, token, "relay" if lane is None else "fast_lane", summary)
         else:
-            _note_claim(relay, run_id, summary)
+            _note_claim(deps, run_id, summary)
         summary.chunks = len(chunks)
         if summary.auth_stop is not None:
             # SkyHub refused the credentials before any write: every key finds the reason on
             # its claim and gives its rows back untouched, without a request
-            with session_scope(relay.url) as session:
+            with session_scope(deps.url) as session:
                 runs.note_error(session, token, summary.auth_stop)
         if dispatch is not None:
             for chunk in chunks:
                 dispatch(token, chunk)
         else:
-            summary.delivery = relay.deliver(token, [i for chunk in chunks for i in chunk])
+            summary.delivery = deliver(deps, token, [i for chunk in chunks for i in chunk])
     except Exception as exc:
         if run_id is not None:
-            _finish_run(relay, run_id, summary, error=f"{type(exc).__name__}: {exc}")
+            _finish_run(deps, run_id, summary, error=f"{type(exc).__name__}: {exc}")
         raise
     error = None
     auth_failed = summary.delivery is not None and summary.delivery.auth_failed
     if auth_failed or summary.auth_stop is not None:
-        with session_scope(relay.url) as session:
+        with session_scope(deps.url) as session:
             error = runs.error_of(session, token)
-    _finish_run(relay, run_id, summary, error=error)
+    _finish_run(deps, run_id, summary, error=error)
     return summary
 
 
 def run_catch_up(
-    relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = None
+    deps: RelayDeps, dispatch: Callable[[str, list[int]], Any] | None = None
 ) -> BatchSummary | None:
     """A batch now if the last one left a backlog and the workers are half done with what is
     in flight (skysync/domain/pacing.py); None when not, or when another claim is under way.
@@ -114,7 +113,7 @@ def run_catch_up(
     chunk; off when the interval is 0. A look without the claimers' lock first, so the usual
     answer (no backlog) costs one read-only transaction; then again under the lock, where
     claims are serialized: two looks at once never both claim. Recorded as a relay batch."""
-    if relay.settings.catch_up_interval <= 0:
+    if deps.catch_up_interval <= 0:
         return None
 
     def gate(session: Session) -> bool:
@@ -123,13 +122,13 @@ def run_catch_up(
             last_was_full=bool((last.summary or {}).get("more_due")),
             last_stopped=runs.is_auth_stop(last.error),
             keys_in_flight=claims.keys_in_flight(session),
-            batch_size=relay.settings.batch_size,
+            batch_size=deps.batch_size,
         )
 
-    with session_scope(relay.url, readonly=True) as session:
+    with session_scope(deps.url, readonly=True) as session:
         if not gate(session):
             return None
-    summary = run_batch(relay, dispatch, gate=gate)
+    summary = run_batch(deps, dispatch, gate=gate)
     if summary is not None:
         log.info(
             "caught up with a backlog: another batch of %s keys (the last one was full and "
@@ -139,26 +138,26 @@ def run_catch_up(
     return summary
 
 
-def _start_run(relay: Relay, token: str, kind: str, summary: BatchSummary | None = None) -> int:
-    with session_scope(relay.url) as session:
+def _start_run(deps: RelayDeps, token: str, kind: str, summary: BatchSummary | None = None) -> int:
+    with session_scope(deps.url) as session:
         claimed = summary.as_dict() if summary is not None else None
-        return runs.start(session, token, relay.clock(), kind=kind, summary=claimed)
+        return runs.start(session, token, deps.clock(), kind=kind, summary=claimed)
 
 
-def _note_claim(relay: Relay, run_id: int, summary: BatchSummary) -> None:
+def _note_claim(deps: RelayDeps, run_id: int, summary: BatchSummary) -> None:
     """The claim's summary on its run before a chunk goes out: a worker that finishes one
     reads ``more_due`` there to catch up (:func:`run_catch_up`)."""
-    with session_scope(relay.url) as session:
+    with session_scope(deps.url) as session:
         runs.note_claim(session, run_id, summary.as_dict())
 
 
-def _finish_run(relay: Relay, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
-    with session_scope(relay.url) as session:
-        runs.finish(session, run_id, relay.clock(), summary.as_dict(), error)
+def _finish_run(deps: RelayDeps, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
+    with session_scope(deps.url) as session:
+        runs.finish(session, run_id, deps.clock(), summary.as_dict(), error)
 
 
 def _claim(
-    relay: Relay,
+    deps: RelayDeps,
     token: str,
     summary: BatchSummary,
     lane: LaneRule | None = None,
@@ -172,13 +171,13 @@ def _claim(
     costs one write per row, whatever its size.
     Order steps are each their own request, all in flight. None, claiming nothing, when
     ``gate`` is given and another claim holds the claimers' lock, or ``gate`` says no."""
-    now = relay.clock()
-    lease_until = now + timedelta(seconds=relay.settings.lease_seconds)
-    with session_scope(relay.url) as session:
+    now = deps.clock()
+    lease_until = now + timedelta(seconds=deps.lease_seconds)
+    with session_scope(deps.url) as session:
         if gate is not None and not (claims.try_lock_claimers(session) and gate(session)):
             return None
         summary.reclaimed = claims.reclaim_expired(session, now)
-        due = claims.pick_due(session, now=now, limit=relay.settings.batch_size, lane=lane)
+        due = claims.pick_due(session, now=now, limit=deps.batch_size, lane=lane)
         summary.more_due = due.full
         epoch = claims.next_claim_epoch(session)
         claim = _Claim(session, token, now, lease_until, summary, epoch)
@@ -203,11 +202,11 @@ def _claim(
         if ref not in parents and claim.kinds.get(ref, {Kind.PRODUCT}) <= PRICE_STOCK
     ]
     try:
-        learned = bool(unseen) and bool(catalogue.learn_unknown(relay, unseen))
+        learned = bool(unseen) and bool(catalogue.learn_unknown(deps, unseen))
     except AuthenticationError as exc:  # run_batch stops the batch before its first write
         learned, summary.auth_stop = False, runs.auth_stop_reason(exc)
     if learned:
-        with session_scope(relay.url, readonly=True) as session:
+        with session_scope(deps.url, readonly=True) as session:
             parents, in_skyhub = item_store.family_links(session, by_ref)
     summary.keys = len(by_ref)
     follows = ordering_parents(parents, claim.kinds, in_skyhub)
@@ -411,7 +410,7 @@ class DrainResult:
 
 
 def drain(
-    relay: Relay,
+    deps: RelayDeps,
     *,
     max_batches: int = 1000,
     pause: float = 0.0,
@@ -426,10 +425,10 @@ def drain(
     drains in about the longer of the two, not their sum. At most one batch is being delivered
     while one is claimed. On SQLite, which writes one transaction at a time, each batch is
     delivered before the next is claimed."""
-    due_at_start = _count_due(relay)
-    pace = _Pace(relay, due_at_start)
+    due_at_start = _count_due(deps)
+    pace = _Pace(deps, due_at_start)
     # SQLite writes one transaction at a time: a claim would only hold up the delivery's writes
-    overlap = not relay.url.startswith("sqlite")
+    overlap = not deps.url.startswith("sqlite")
     batches = 0
     tokens: list[str] = []
     unsettled: list[int] = []  # rows a delivery left undelivered, looked at again in the end
@@ -438,73 +437,75 @@ def drain(
     with ThreadPoolExecutor(1, thread_name_prefix="skysync-drain") as pool:
         delivering: tuple[str, Future[DeliverySummary]] | None = None
         while batches < max_batches:
-            summary, chunks = _claim_for_drain(relay)
+            summary, chunks = _claim_for_drain(deps)
             batches += 1
             if summary.token is not None:
                 tokens.append(summary.token)
-            stopped = _delivered(relay, delivering, summary.token if chunks else None, unsettled)
+            stopped = _delivered(deps, delivering, summary.token if chunks else None, unsettled)
             # refused credentials in this batch's own claim (its catalogue read): no next batch
             stopped = stopped or summary.auth_stop is not None
             delivering = None
             if chunks and summary.token is not None:
                 ids = [i for chunk in chunks for i in chunk]
-                delivering = (summary.token, pool.submit(relay.deliver, summary.token, ids))
-            due = _count_due(relay)
+                delivering = (summary.token, pool.submit(deliver, deps, summary.token, ids))
+            due = _count_due(deps)
             if stopped or due == 0 or not overlap:
                 # the last delivery may give rows back due now (a variation whose parent was
                 # on its way): look again once it is done
-                stopped = _delivered(relay, delivering, None, unsettled) or stopped
+                stopped = _delivered(deps, delivering, None, unsettled) or stopped
                 delivering = None
-                due = _count_due(relay)
+                due = _count_due(deps)
             if progress is not None:
                 progress(pace.now(batches, due))
             if stopped or due == 0:
                 break
             if pause:
-                relay.sleep(pause)
-        stopped = _delivered(relay, delivering, None, unsettled) or stopped
-    with session_scope(relay.url) as session:
+                deps.sleep(pause)
+        stopped = _delivered(deps, delivering, None, unsettled) or stopped
+    with session_scope(deps.url) as session:
         counts = outbox_reads.count_by_state(session)
-        account = outbox_reads.drain_account(session, tokens, unsettled, relay.clock())
+        account = outbox_reads.drain_account(session, tokens, unsettled, deps.clock())
     return DrainResult(batches, counts, account, stopped, due)
 
 
-def _claim_for_drain(relay: Relay) -> tuple[BatchSummary, list[list[int]]]:
+def _claim_for_drain(deps: RelayDeps) -> tuple[BatchSummary, list[list[int]]]:
     """One batch claimed, its chunks kept here (the drain delivers them itself)."""
     chunks: list[list[int]] = []
 
     def collect(_token: str, ids: list[int]) -> None:
         chunks.append(ids)
 
-    return relay.run_batch(dispatch=collect), chunks
+    summary = run_batch(deps, collect)
+    assert summary is not None  # only a gated batch may not happen
+    return summary, chunks
 
 
 class _Pace:
     """How far a drain has come since it began (:class:`DrainProgress`)."""
 
-    def __init__(self, relay: Relay, due_at_start: int):
-        self.relay = relay
+    def __init__(self, deps: RelayDeps, due_at_start: int):
+        self.deps = deps
         self.due_at_start = due_at_start
         self.started = time.monotonic()
-        self.requests_before = relay.client.counter.total
+        self.requests_before = deps.client.counter.total
 
     def now(self, batches: int, due: int) -> DrainProgress:
         return DrainProgress(
             batches=batches,
             done=max(0, self.due_at_start - due),
             left=due,
-            requests=self.relay.client.counter.total - self.requests_before,
+            requests=self.deps.client.counter.total - self.requests_before,
             elapsed=time.monotonic() - self.started,
         )
 
 
-def _count_due(relay: Relay) -> int:
-    with session_scope(relay.url) as session:
-        return outbox_reads.count_due(session, relay.clock())
+def _count_due(deps: RelayDeps) -> int:
+    with session_scope(deps.url) as session:
+        return outbox_reads.count_due(session, deps.clock())
 
 
 def _delivered(
-    relay: Relay,
+    deps: RelayDeps,
     delivering: tuple[str, Future[DeliverySummary]] | None,
     next_token: str | None,
     unsettled: list[int],
@@ -521,7 +522,7 @@ def _delivered(
     if not delivered.auth_failed:
         return False
     if next_token is not None:
-        with session_scope(relay.url) as session:
+        with session_scope(deps.url) as session:
             reason = runs.error_of(session, token) or "SkyHub refused the credentials"
             runs.note_error(session, next_token, reason)
     return True

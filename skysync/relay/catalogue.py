@@ -33,15 +33,13 @@ import math
 import time
 from collections.abc import Collection
 from functools import partial
-from typing import TYPE_CHECKING
 
 from skysync.domain.reconcile import listed_skus
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import items as item_store
 from skysync.store.db import session_scope
-
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
 log = logging.getLogger("skysync.relay")
 
@@ -49,12 +47,12 @@ PER_PAGE = 100
 TOO_LONG_PAUSE = 3600.0  # seconds before a process looks again at a catalogue too long to read
 
 
-def learn_unknown(relay: Relay, unknown: Collection[str]) -> set[str]:
+def learn_unknown(deps: RelayDeps, unknown: Collection[str]) -> set[str]:
     """Read SkyHub's listing (to its end, at most SKYSYNC_DISCOVERY_MAX_PAGES pages) and
     remember every SKU it showed; returns those of ``unknown`` it found."""
     wanted = set(unknown)
-    max_pages = relay.settings.discovery_max_pages
-    if not wanted or max_pages <= 0 or time.monotonic() < relay.discovery_paused_until:
+    max_pages = deps.discovery_max_pages
+    if not wanted or max_pages <= 0 or time.monotonic() < deps.discovery.until:
         return set()
     listed: dict[str, str | None] = {}
     pages = 0
@@ -62,7 +60,9 @@ def learn_unknown(relay: Relay, unknown: Collection[str]) -> set[str]:
     cursor: str | None = None
     try:
         while True:
-            page = relay.call(partial(relay.client.list_products, per_page=PER_PAGE, cursor=cursor))
+            page = unit.call(
+                deps, partial(deps.client.list_products, per_page=PER_PAGE, cursor=cursor)
+            )
             pages += 1
             for product in page.products:
                 for entry in listed_skus(product):
@@ -73,7 +73,7 @@ def learn_unknown(relay: Relay, unknown: Collection[str]) -> set[str]:
             total_pages = math.ceil(page.total / PER_PAGE) if isinstance(page.total, int) else 0
             if pages == 1 and total_pages > max_pages:
                 # not worth asking again at every batch: this process looks again in an hour
-                relay.discovery_paused_until = time.monotonic() + TOO_LONG_PAUSE
+                deps.discovery.until = time.monotonic() + TOO_LONG_PAUSE
                 log.warning(
                     "%d SKUs skysync has not seen yet: SkyHub's catalogue is %d pages long, "
                     "more than SKYSYNC_DISCOVERY_MAX_PAGES (%d), so it is not read to learn "
@@ -92,8 +92,8 @@ def learn_unknown(relay: Relay, unknown: Collection[str]) -> set[str]:
     except SkyHubError as exc:
         log.warning("could not read SkyHub's catalogue to learn %d new SKUs: %s", len(wanted), exc)
     absent = wanted - listed.keys() if complete else set()
-    with session_scope(relay.url) as session:
-        item_store.learn_listed(session, listed, absent, relay.clock())
+    with session_scope(deps.url) as session:
+        item_store.learn_listed(session, listed, absent, deps.clock())
     found = wanted & listed.keys()
     log.info(
         "learned SkyHub's catalogue from %d page(s): %d SKUs listed (%d variations); %d of %d "

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from skysync.domain.guards import buffer_stock, hold_price_drops
 from skysync.domain.lanes import lane_of_key, threads_per_lane
@@ -28,6 +27,8 @@ from skysync.domain.planner import (
     ordering_parents,
 )
 from skysync.logs import log_context
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.relay.order_steps import deliver_order
 from skysync.relay.outcome import (
     DeliveryState,
@@ -37,16 +38,16 @@ from skysync.relay.outcome import (
     failure_outcome,
 )
 from skysync.relay.products import push_product
+from skysync.relay.record import record_outcome
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
 from skysync.store import claims, runs, settle
 from skysync.store import items as item_store
 from skysync.store.db import session_scope
 
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
-
 log = logging.getLogger("skysync.relay")
+
+PushSku = Callable[[RelayDeps, SkuRequest], Outcome]  # one SKU's request, sent
 
 NO_LEASE = datetime.min.replace(tzinfo=UTC)  # renewed before any request
 
@@ -93,16 +94,21 @@ class _Claimed:
     lease_until: dict[DeliveryKey, datetime]  # the earliest lease among each key's loaded rows
 
 
-def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
+def deliver(
+    deps: RelayDeps, token: str, row_ids: list[int], push: PushSku | None = None
+) -> DeliverySummary:
     """Push the rows of ``row_ids`` still claimed by ``token``; a duplicate or redelivered
-    task finds them already finished and does nothing."""
+    task finds them already finished and does nothing. ``push`` sends one SKU's request
+    (:func:`push_one_sku` unless a test injects another, to stall a worker between its claim
+    and its push)."""
+    push = push or push_one_sku
     summary = DeliverySummary()
     if not row_ids:
         return summary
-    claimed = _load_claimed(relay, token, row_ids)
+    claimed = _load_claimed(deps, token, row_ids)
     if claimed is None:
         return summary
-    stop = AuthStop(relay.url, token)
+    stop = AuthStop(deps.url, token)
     lock = threading.Lock()
 
     def run_family(keys: list[DeliveryKey]) -> None:
@@ -110,27 +116,27 @@ def deliver(relay: Relay, token: str, row_ids: list[int]) -> DeliverySummary:
             if key.kind == KeyKind.SKU and key.ref in claimed.carried:
                 continue  # its rows go with its parent's request
             lease = claimed.lease_until[key]
-            state = deliver_key(relay, token, key, claimed.by_key[key], stop, lease)
+            state = deliver_key(deps, token, key, claimed.by_key[key], stop, lease, push)
             with lock:
                 summary.keys += 1
                 summary.count(state, [r.id for r in claimed.by_key[key]])
 
     # The credentials check (one request alone) is spent only where this process has not
     # seen them accepted lately: otherwise every chunk would start with one lane alone.
-    check = not relay.client.accepted_within(CREDENTIALS_SEEN_FOR)
-    _run_groups(claimed.groups, claimed.lanes, run_family, relay.concurrency, check=check)
+    check = not deps.client.accepted_within(CREDENTIALS_SEEN_FOR)
+    _run_groups(claimed.groups, claimed.lanes, run_family, deps.concurrency, check=check)
     summary.auth_failed = stop.tripped
-    relay.save_request_counts()
+    unit.save_client_counts(deps)
     return summary
 
 
-def _load_claimed(relay: Relay, token: str, row_ids: list[int]) -> _Claimed | None:
+def _load_claimed(deps: RelayDeps, token: str, row_ids: list[int]) -> _Claimed | None:
     """The rows still claimed by ``token``, by key, grouped by family (orders alone; a
     variation with its parent only where the order matters: :func:`ordering_parents`); a
     variation whose parent's request carries it goes in that request. None if none is left."""
     by_key: dict[DeliveryKey, list[Row]] = {}
     lease_until: dict[DeliveryKey, datetime] = {}
-    with session_scope(relay.url) as session:
+    with session_scope(deps.url) as session:
         loaded = claims.load_claimed(session, token, row_ids)
         for r in loaded:
             row = Row(
@@ -222,42 +228,44 @@ def _run_groups(
 
 
 def deliver_key(
-    relay: Relay,
+    deps: RelayDeps,
     token: str,
     key: DeliveryKey,
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
+    push: PushSku,
 ) -> DeliveryState:
     """One key's rows, with the key on every log line; returns the outcome's state."""
     with log_context(claim_token=token, **{key.kind.value: key.ref}):
-        return _deliver_key(relay, token, key, rows, stop, lease_until)
+        return _deliver_key(deps, token, key, rows, stop, lease_until, push)
 
 
 def _deliver_key(
-    relay: Relay,
+    deps: RelayDeps,
     token: str,
     key: DeliveryKey,
     rows: list[Row],
     stop: AuthStop,
     lease_until: datetime,
+    push: PushSku,
 ) -> DeliveryState:
     """Push one key's rows and record how it ended, unless the claim was stopped (the rows
     go back untouched) or lost (another claim took the rows and sends them)."""
     if stop.tripped:
         reason = stop.reason() or "SkyHub refused the credentials"
-        relay.record(token, rows, Outcome(state=DeliveryState.AUTH, reason=reason))
+        record_outcome(deps, token, rows, Outcome(state=DeliveryState.AUTH, reason=reason))
         return DeliveryState.AUTH
-    if not _renew_lease(relay, token, rows, lease_until):
+    if not _renew_lease(deps, token, rows, lease_until):
         log.warning("rows %s are no longer held by this claim; skipped", [r.id for r in rows])
         return DeliveryState.LOST_CLAIM
     # order steps are recorded one by one as they end; a SKU's rows together, below
     recorded = key.kind == KeyKind.ORDER
     try:
         if recorded:
-            outcome = deliver_order(relay, token, rows)
+            outcome = deliver_order(deps, token, rows)
         else:
-            outcome = relay._push_sku(coalesce(rows, sku=key.ref))
+            outcome = push(deps, coalesce(rows, sku=key.ref))
     except Exception as exc:  # a bug must not lose rows: they go back with the error
         log.exception("unexpected error delivering %s rows %s", key.ref, [r.id for r in rows])
         outcome = Outcome(
@@ -269,13 +277,13 @@ def _deliver_key(
     elif recorded:
         return outcome.state
     if not recorded:
-        relay.record(token, rows, outcome)
+        record_outcome(deps, token, rows, outcome)
     suffix = f" ({outcome.reason})" if outcome.reason else ""
     log.info("%s %s: %s%s", key.kind.value, key.ref, outcome.state.value, suffix)
     return outcome.state
 
 
-def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetime) -> bool:
+def _renew_lease(deps: RelayDeps, token: str, rows: list[Row], lease_until: datetime) -> bool:
     """Make sure this key's requests go out under a lease with time to spare; False if another
     claim took the rows meanwhile (this task waited past its lease): then that claim sends
     them, not us.
@@ -285,36 +293,36 @@ def _renew_lease(relay: Relay, token: str, rows: list[Row], lease_until: datetim
     recorded only if the claim still holds them. Otherwise the lease of the key's rows in
     flight is renewed: a write before the request, so it is not done for every key of every
     chunk."""
-    lease = timedelta(seconds=relay.settings.lease_seconds)
-    now = relay.clock()
+    lease = timedelta(seconds=deps.lease_seconds)
+    now = deps.clock()
     if lease_until - now > lease / 2:
         return True
     ids = [r.id for r in rows]
-    with session_scope(relay.url) as session:
+    with session_scope(deps.url) as session:
         held = settle.renew_lease(session, ids, token, now + lease)
         return held == len(ids)
 
 
-def push_sku(relay: Relay, request: SkuRequest) -> Outcome:
+def push_one_sku(deps: RelayDeps, request: SkuRequest) -> Outcome:
     """One SKU's request, a variation's or a product's, and what a SkyHub error means for it.
     The guards come first: the stock buffer, then the price drop guard (rows it holds back go
     to ``held``; the rest of the request goes on). Its reads and attempt records share one
-    transaction per request (Relay.request_scope)."""
-    with relay.request_scope():
-        return _push_sku(relay, request)
+    transaction per request (unit_of_work.request_scope)."""
+    with unit.request_scope(deps):
+        return _guard_and_push(deps, request)
 
 
-def _push_sku(relay: Relay, request: SkuRequest) -> Outcome:
-    item = relay.load_item(request.sku)
+def _guard_and_push(deps: RelayDeps, request: SkuRequest) -> Outcome:
+    item = unit.load_item(deps, request.sku)
     learned = Learned()
-    request = buffer_stock(request, relay.settings.stock_buffer)
+    request = buffer_stock(request, deps.stock_buffer)
     learned.note_prices(request)
-    request, held = hold_price_drops(request, item, relay.settings.price_drop_guard)
+    request, held = hold_price_drops(request, item, deps.price_drop_guard)
     learned.held.update(held)
     try:
         if item.is_variation:
-            return push_variation(relay, request, item, learned)
-        return push_product(relay, request, item, learned)
+            return push_variation(deps, request, item, learned)
+        return push_product(deps, request, item, learned)
     except AuthenticationError as exc:
         # The claim stops: the rows go back as they were, nothing learned is recorded.
         return failure_outcome(exc)

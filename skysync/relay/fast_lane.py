@@ -24,17 +24,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skysync.config import Settings
 from skysync.relay import batch
+from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import BatchSummary
 from skysync.store import claims
 from skysync.store.db import session_scope
 from skysync.store.models import utcnow
-
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
 log = logging.getLogger("skysync.fast_lane")
 
@@ -44,13 +42,15 @@ STANDBY = 5.0  # seconds between a standing-by watcher's tries to take over, or 
 POLL_ONLY_FOR = 60.0  # seconds of polling after LISTEN failed, before trying LISTEN again
 
 
-def run_fast(relay: Relay, dispatch: Callable[[str, list[int]], Any] | None = None) -> BatchSummary:
+def run_fast(
+    deps: RelayDeps, dispatch: Callable[[str, list[int]], Any] | None = None
+) -> BatchSummary:
     """One run of the lane: claim the families of the due rows it picks and hand them out
     like a batch does; with the lane off, nothing (an empty summary)."""
-    rule = relay.settings.lane_rule
+    rule = deps.lane_rule
     if not rule.on:
         return BatchSummary(token="")
-    summary = batch.run_batch(relay, dispatch, lane=rule)
+    summary = batch.run_batch(deps, dispatch, lane=rule)
     assert summary is not None  # only a gated batch may not happen
     return summary
 

@@ -5,11 +5,13 @@ SkyHub answers 422 is read back to tell "already done" from a real refusal."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from skysync.domain.order_flow import TARGET_STATUS, check_step
 from skysync.domain.planner import Row
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import DeliveryState, Outcome, failure_outcome
+from skysync.relay.record import record_outcome
 from skysync.skyhub.errors import (
     AuthenticationError,
     PermanentError,
@@ -21,21 +23,18 @@ from skysync.skyhub.errors import (
 from skysync.store import orders as order_store
 from skysync.store.db import session_scope
 
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
-
-def deliver_order(relay: Relay, token: str, rows: list[Row]) -> Outcome:
+def deliver_order(deps: RelayDeps, token: str, rows: list[Row]) -> Outcome:
     """Order steps go out one by one in id order and never overtake an earlier step of the
     same order that has not gone yet (pending, refused by SkyHub, or dead), unless they are
     a newer row of that same kind: the fix. A step held back goes in the same batch as soon
     as the fix went out. Returns the last outcome recorded; on ``auth`` the steps not sent
     are recorded with it and nothing more is sent."""
     code = rows[0].ref
-    with session_scope(relay.url) as session:
+    with session_scope(deps.url) as session:
         open_steps = order_store.unresolved_steps(session, code, exclude={r.id for r in rows})
         current = order_store.current_status(session, code)
-    sequence = _Sequence(relay, token, open_steps, current)
+    sequence = _Sequence(deps, token, open_steps, current)
     remaining = list(rows)
     while remaining:
         remaining = sequence.pass_over(remaining)
@@ -47,7 +46,7 @@ def deliver_order(relay: Relay, token: str, rows: list[Row]) -> Outcome:
         blocker = sequence.held[row.id]
         reason = f"waiting for row {blocker.id} ({blocker.kind}, {blocker.state}) to go first"
         sequence.last = Outcome(state=DeliveryState.WAIT, delay=5.0, reason=reason)
-        relay.record(token, [row], sequence.last)
+        record_outcome(deps, token, [row], sequence.last)
     return sequence.last
 
 
@@ -56,9 +55,9 @@ class _Sequence:
     status as far as we know, and which rows wait behind which open step."""
 
     def __init__(
-        self, relay: Relay, token: str, open_steps: list[order_store.Step], current: str | None
+        self, deps: RelayDeps, token: str, open_steps: list[order_store.Step], current: str | None
     ):
-        self.relay = relay
+        self.deps = deps
         self.token = token
         self.open_steps = open_steps
         self.current = current
@@ -81,15 +80,18 @@ class _Sequence:
                 still.append(row)
                 continue
             self.held.pop(row.id, None)
-            outcome = push_order_step(self.relay, row, self.current)
-            self.relay.record(self.token, [row], outcome)
+            outcome = push_order_step(self.deps, row, self.current)
+            record_outcome(self.deps, self.token, [row], outcome)
             self.last = outcome
             if outcome.state == DeliveryState.AUTH:
                 # every step would fail the same way: the rest wait for the credentials
                 rest = [r for r in remaining if r.id > row.id] + still
                 if rest:
-                    self.relay.record(
-                        self.token, rest, Outcome(state=DeliveryState.AUTH, reason=outcome.reason)
+                    record_outcome(
+                        self.deps,
+                        self.token,
+                        rest,
+                        Outcome(state=DeliveryState.AUTH, reason=outcome.reason),
                     )
                 self.stopped = outcome
                 return []
@@ -108,7 +110,7 @@ class _Sequence:
             self.open_steps.append(order_store.Step(row.id, row.kind, outcome.state))
 
 
-def push_order_step(relay: Relay, row: Row, current: str | None) -> Outcome:
+def push_order_step(deps: RelayDeps, row: Row, current: str | None) -> Outcome:
     """One step, unless the order's known status makes it a repeat (``sent``, no request) or
     impossible (``rejected`` locally, no request spent; it does not hold later steps back)."""
     code, payload = row.ref, row.payload
@@ -118,7 +120,7 @@ def push_order_step(relay: Relay, row: Row, current: str | None) -> Outcome:
         return Outcome(state=DeliveryState.SENT, reason=check.reason, order_status=(code, target))
     if check.verdict == "refuse":
         return Outcome(state=DeliveryState.REJECTED, reason=f"refused locally: {check.reason}")
-    client = relay.client
+    client = deps.client
     actions: dict[str, Callable[[], None]] = {
         "order_invoice": lambda: client.invoice_order(
             code, payload["key"], payload.get("issue_date")
@@ -131,19 +133,19 @@ def push_order_step(relay: Relay, row: Row, current: str | None) -> Outcome:
         ),
     }
     try:
-        relay.call(actions[row.kind])
+        unit.call(deps, actions[row.kind])
     except Unprocessable as exc:
-        return _after_422(relay, code, target, exc)
+        return _after_422(deps, code, target, exc)
     except SkyHubError as exc:
         return failure_outcome(exc)
     return Outcome(state=DeliveryState.SENT, order_status=(code, target))
 
 
-def _after_422(relay: Relay, code: str, target: str, exc: Unprocessable) -> Outcome:
+def _after_422(deps: RelayDeps, code: str, target: str, exc: Unprocessable) -> Outcome:
     """After a lost answer our own repeat gets a 422: read the order to tell "already done"
     from a real refusal. A read that fails says nothing: try again later."""
     try:
-        already = _order_has_status(relay, code, target)
+        already = _order_has_status(deps, code, target)
     except AuthenticationError as read_exc:
         return failure_outcome(read_exc)
     except (RateLimited, RetryableError) as read_exc:
@@ -164,10 +166,10 @@ def _after_422(relay: Relay, code: str, target: str, exc: Unprocessable) -> Outc
     return failure_outcome(exc)
 
 
-def _order_has_status(relay: Relay, code: str, status: str) -> bool:
+def _order_has_status(deps: RelayDeps, code: str, status: str) -> bool:
     """After a 422: is the order already in the status we asked for (a repeat)? Raises the
     read's SkyHubError when the order could not be read."""
-    order = relay.call(lambda: relay.client.get_order(code))
+    order = unit.call(deps, lambda: deps.client.get_order(code))
     current = order.get("status") if isinstance(order, dict) else None
     if isinstance(current, dict):
         current = current.get("code")

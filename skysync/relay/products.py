@@ -4,7 +4,7 @@ attributes (422), the rows that carried them are rejected and price/stock go aga
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skysync.domain.planner import (
     FLOWING_FIELDS,
@@ -15,21 +15,20 @@ from skysync.domain.planner import (
     variation_request,
 )
 from skysync.domain.promotions import fit_promotion
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import Ack, DeliveryState, Learned, Outcome, sent_outcome
 from skysync.relay.variations import push_unknown_as_variation, push_variation_entry
 from skysync.skyhub.errors import NotFound, Unprocessable
 
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
-
-def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
+def push_product(deps: RelayDeps, request: SkuRequest, item: ItemView, learned: Learned) -> Outcome:
     """Send what changed for a product (and the variations its product row carries): create it
     if SkyHub lacks it, else update it; a price/stock row for a SKU SkyHub has no product for
     may be a variation made outside skysync."""
     sku = request.sku
-    item = _learn_remote_state(relay, request, item, learned)
-    decision = fit_promotion(request, item, decide(request, item), relay.erp_value(item))
+    item = _learn_remote_state(deps, request, item, learned)
+    decision = fit_promotion(request, item, decide(request, item), unit.erp_value(deps, item))
     learned.note_unchanged(sku, decision.unchanged)
     learned.notes += decision.notes
     if decision.nothing_to_send:
@@ -37,19 +36,19 @@ def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Lea
     send = dict(decision.send)
     variations = send.pop("variations", None)
     creating = not item.in_skyhub and request.has_product_row
-    if creating and _create_product(relay, request, send, variations, learned):
+    if creating and _create_product(deps, request, send, variations, learned):
         return sent_outcome(learned, decision)
     if send:
         try:
-            _update_product(relay, sku, send, learned)
+            _update_product(deps, sku, send, learned)
         except NotFound:
             if request.has_product_row:
                 raise
-            return push_unknown_as_variation(relay, request, send, learned, decision)
+            return push_unknown_as_variation(deps, request, send, learned, decision)
         except Unprocessable as exc:
             send, variations = refused_attributes(request, send, variations, learned, exc)
             if send:
-                _update_product(relay, sku, send, learned)
+                _update_product(deps, sku, send, learned)
             elif not variations:
                 reason = decision.reason() if decision.withheld else None
                 reason = reason or "nothing left to send once SkyHub refused the rest"
@@ -57,12 +56,12 @@ def push_product(relay: Relay, request: SkuRequest, item: ItemView, learned: Lea
         if send:
             learned.acks.append(Ack(sku, send, request.sources))
     for v in variations or []:
-        push_variation_entry(relay, sku, variation_request(request, v), learned)
+        push_variation_entry(deps, sku, variation_request(request, v), learned)
     return sent_outcome(learned, decision)
 
 
 def _learn_remote_state(
-    relay: Relay, request: SkuRequest, item: ItemView, learned: Learned
+    deps: RelayDeps, request: SkuRequest, item: ItemView, learned: Learned
 ) -> ItemView:
     """Before spending a write on attributes that would be ignored, learn whether SkyHub has the
     product and whether the marketplace froze it (linked). Only a product row that carries
@@ -76,7 +75,7 @@ def _learn_remote_state(
     ):
         return item
     try:
-        remote = relay.call(lambda: relay.client.get_product(sku))
+        remote = unit.call(deps, lambda: deps.client.get_product(sku))
     except NotFound:
         remote = None
     learned.exists[sku] = remote is not None
@@ -84,12 +83,12 @@ def _learn_remote_state(
     if remote is not None and _linked(remote):
         learned.linked.add(sku)
         if not item.unfrozen:
-            item = replace(item, frozen=True, frozen_since=relay.clock())
+            item = replace(item, frozen=True, frozen_since=deps.clock())
     return item
 
 
 def _create_product(
-    relay: Relay,
+    deps: RelayDeps,
     request: SkuRequest,
     send: dict[str, Any],
     variations: list[dict[str, Any]] | None,
@@ -105,12 +104,12 @@ def _create_product(
     if parts:
         body["variations"] = [{"sku": part.sku, **part.fields} for part in parts]
     try:
-        relay.attempt(learned, sku, send)
+        unit.record_attempt(deps, learned, sku, send)
         for part in parts:
-            relay.attempt(learned, part.sku, part.fields)
-        relay.call(lambda: relay.client.create_product(body))
+            unit.record_attempt(deps, learned, part.sku, part.fields)
+        unit.call(deps, lambda: deps.client.create_product(body))
     except Unprocessable:
-        if not relay.exists(relay.client.get_product, sku):
+        if not unit.exists(deps, deps.client.get_product, sku):
             raise
         learned.exists[sku] = True
         return False
@@ -129,9 +128,9 @@ def _new_variation(request: SkuRequest, variation: dict[str, Any]) -> tuple[SkuR
     return replace(part, fields=fitted.send), fitted.notes
 
 
-def _update_product(relay: Relay, sku: str, send: dict[str, Any], learned: Learned) -> None:
-    relay.attempt(learned, sku, send)
-    relay.call(lambda: relay.client.update_product(sku, send))
+def _update_product(deps: RelayDeps, sku: str, send: dict[str, Any], learned: Learned) -> None:
+    unit.record_attempt(deps, learned, sku, send)
+    unit.call(deps, lambda: deps.client.update_product(sku, send))
 
 
 def refused_attributes(

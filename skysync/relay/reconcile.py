@@ -42,6 +42,8 @@ from skysync.domain.reconcile import (
     listed_skus,
 )
 from skysync.domain.validation import ValidationFailed
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
 from skysync.store import items as item_store
@@ -52,7 +54,6 @@ from skysync.store.request_stats import save_request_counts
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from skysync.relay.relay import Relay
 
 log = logging.getLogger("skysync.reconcile")
 
@@ -63,8 +64,8 @@ RUN_KIND = "reconcile"
 class _Run:
     """One reconciliation's working state."""
 
-    def __init__(self, relay: Relay, report: ReconcileReport) -> None:
-        self.relay = relay
+    def __init__(self, deps: RelayDeps, report: ReconcileReport) -> None:
+        self.deps = deps
         self.report = report
         self.seen: set[str] = set()
         self.kept: dict[str, Expected] = {}  # expectations of the SKUs that drifted
@@ -75,13 +76,13 @@ class _Run:
         report = self.report
         fresh = [entry for entry in listed if entry.sku not in self.seen]
         self.seen.update(entry.sku for entry in fresh)
-        with session_scope(self.relay.url) as session:
+        with session_scope(self.deps.url) as session:
             expected = _expectations(session, [e.sku for e in fresh], read_at)
             # no expectation: skysync does not know it, or only learned that SkyHub has it
             # (relay/catalogue.py) without the ERP ever writing a value for it
             unknown = {e.sku for e in fresh if e.sku not in expected or not expected[e.sku].fields}
             written = outbox_reads.written_refs(session, unknown) if unknown else set()
-            now = self.relay.clock()
+            now = self.deps.clock()
             for entry in fresh:
                 wanted = expected.get(entry.sku)
                 if entry.sku in unknown and entry.sku not in written:
@@ -92,7 +93,7 @@ class _Run:
                     continue
                 report.skus_compared += 1
                 report.busy_fields += len(wanted.busy & set(wanted.fields))
-                differences = compare(wanted, entry, stock_buffer=self.relay.settings.stock_buffer)
+                differences = compare(wanted, entry, stock_buffer=self.deps.stock_buffer)
                 report.add(differences)
                 drifted = [d.field for d in differences if not d.frozen]
                 if drifted:
@@ -135,7 +136,7 @@ def _expected(
 
 
 def reconcile(
-    relay: Relay,
+    deps: RelayDeps,
     *,
     sku: str | None = None,
     repair: bool = False,
@@ -144,8 +145,8 @@ def reconcile(
 ) -> ReconcileReport:
     """Hold SkyHub's catalogue (or one ``sku``) against the ERP's latest accepted values;
     with ``repair``, enqueue corrective rows. The run is recorded in the run log."""
-    report = ReconcileReport(started_at=relay.clock(), sku=sku, repair=repair)
-    run = _Run(relay, report)
+    report = ReconcileReport(started_at=deps.clock(), sku=sku, repair=repair)
+    run = _Run(deps, report)
     try:
         if sku is None:
             _read_catalogue(run, per_page, progress)
@@ -158,9 +159,9 @@ def reconcile(
         report.error = runs.auth_stop_reason(exc)
     except SkyHubError as exc:
         report.error = f"stopped: {exc}"
-    report.finished_at = relay.clock()
-    with session_scope(relay.url) as session:
-        save_request_counts(session, relay.client.counter.take())
+    report.finished_at = deps.clock()
+    with session_scope(deps.url) as session:
+        save_request_counts(session, deps.client.counter.take())
         runs.add(
             session,
             RUN_KIND,
@@ -192,7 +193,7 @@ def _read_catalogue(
     report = run.report
     started = time.monotonic()
     pages_total: int | None = None
-    for read_at, page in _prefetched_pages(run.relay, per_page):
+    for read_at, page in _prefetched_pages(run.deps, per_page):
         report.pages += 1
         if pages_total is None and isinstance(page.total, int):
             pages_total = max(1, math.ceil(page.total / per_page))
@@ -212,7 +213,7 @@ def _read_catalogue(
 _END = object()
 
 
-def _prefetched_pages(relay: Relay, per_page: int) -> Iterator[tuple[datetime, ProductPage]]:
+def _prefetched_pages(deps: RelayDeps, per_page: int) -> Iterator[tuple[datetime, ProductPage]]:
     """(when it was read, page) for every page, read one page ahead on a thread of its own; a
     failure to read is raised here, in the caller's thread."""
     pages: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -222,9 +223,9 @@ def _prefetched_pages(relay: Relay, per_page: int) -> Iterator[tuple[datetime, P
         cursor: str | None = None
         try:
             while not stop.is_set():
-                read_at = relay.clock()
-                page = relay.call(
-                    partial(relay.client.list_products, per_page=per_page, cursor=cursor)
+                read_at = deps.clock()
+                page = unit.call(
+                    deps, partial(deps.client.list_products, per_page=per_page, cursor=cursor)
                 )
                 pages.put((read_at, page))
                 if not page.next_cursor or not page.products:
@@ -255,9 +256,9 @@ def _prefetched_pages(relay: Relay, per_page: int) -> Iterator[tuple[datetime, P
 
 def _read_product(run: _Run, sku: str) -> dict[str, Any] | None:
     """GET /products/{sku}; None when SkyHub does not have it."""
-    relay = run.relay
+    deps = run.deps
     try:
-        return relay.call(lambda: relay.client.get_product(sku))
+        return unit.call(deps, lambda: deps.client.get_product(sku))
     except NotFound:
         return None
 
@@ -265,7 +266,7 @@ def _read_product(run: _Run, sku: str) -> dict[str, Any] | None:
 def _find_missing(run: _Run) -> None:
     """SKUs skysync believes SkyHub holds that the listing lacked: a product is read once more
     before it is called missing (a listing may miss one created or deleted meanwhile)."""
-    with session_scope(run.relay.url, readonly=True) as session:
+    with session_scope(run.deps.url, readonly=True) as session:
         candidates = [
             (s, p) for s, p in item_store.believed_in_skyhub(session) if s not in run.seen
         ]
@@ -274,7 +275,7 @@ def _find_missing(run: _Run) -> None:
         if sku in run.seen:
             continue  # read with its parent below
         if parent is None:
-            read_at = run.relay.clock()
+            read_at = run.deps.clock()
             product = _read_product(run, sku)
             if product is not None:
                 run.compare_listed(listed_skus(product), read_at)
@@ -285,10 +286,10 @@ def _find_missing(run: _Run) -> None:
 
 def _read_one(run: _Run, sku: str) -> None:
     """``--sku``: the product, or the variation within its parent."""
-    with session_scope(run.relay.url, readonly=True) as session:
+    with session_scope(run.deps.url, readonly=True) as session:
         facts = item_store.reconcile_facts(session, [sku]).get(sku)
     parent = facts.parent_sku if facts is not None else None
-    read_at = run.relay.clock()
+    read_at = run.deps.clock()
     product = _read_product(run, parent or sku)
     run.report.pages = 1
     listed = [e for e in listed_skus(product or {}) if e.sku == sku]
@@ -301,14 +302,14 @@ def _read_one(run: _Run, sku: str) -> None:
 def _repair(run: _Run) -> None:
     """One corrective row per product, each in its own transaction; never for a SKU that has a
     newer row on its way (the ERP's value wins)."""
-    report, relay = run.report, run.relay
+    report, deps = run.report, run.deps
     gone = {m.sku for m in report.missing}
     if gone:
-        with session_scope(relay.url, readonly=True) as session:
-            run.kept.update(_expectations(session, sorted(gone), relay.clock()))
+        with session_scope(deps.url, readonly=True) as session:
+            run.kept.update(_expectations(session, sorted(gone), deps.clock()))
     for fix in corrections(report.drift, report.missing, run.kept):
         skus = sorted(fix.fields)
-        with session_scope(relay.url) as session:
+        with session_scope(deps.url) as session:
             busy = outbox_reads.open_kinds(session, [fix.ref, *skus])
             if busy:
                 report.not_repaired.append(
@@ -320,7 +321,7 @@ def _repair(run: _Run) -> None:
             except ValidationFailed as exc:
                 report.not_repaired.append({"ref": fix.ref, "reason": "; ".join(exc.problems)})
                 continue
-            now = relay.clock()
+            now = deps.clock()
             item_store.mark_gone(session, [s for s in skus if s in gone], now)
             for name_sku, names in fix.fields.items():
                 item_store.forget(session, name_sku, names, now)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.guards import replaced_held
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Row, backoff_delay
+from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import SETTLED_AS, DeliveryState, Learned, Outcome
 from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
@@ -25,6 +26,20 @@ log = logging.getLogger("skysync.relay")
 
 class _ClaimLost(Exception):
     """Some of the rows were no longer held by the claim: the whole transaction rolls back."""
+
+
+def record_outcome(deps: RelayDeps, token: str, rows: list[Row], outcome: Outcome) -> None:
+    """Record ``outcome`` for ``rows`` in one transaction, while ``token`` holds them."""
+    record(
+        deps.url,
+        token,
+        rows,
+        outcome,
+        now=deps.clock(),
+        max_attempts=deps.max_attempts,
+        max_wait=deps.retry_after_max,
+        rng=deps.rng,
+    )
 
 
 def record(

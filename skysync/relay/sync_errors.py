@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from skysync.relay import unit_of_work as unit
+from skysync.relay.deps import RelayDeps
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import runs
 from skysync.store import sync_errors as store
 from skysync.store.db import session_scope
 from skysync.store.request_stats import save_request_counts
-
-if TYPE_CHECKING:
-    from skysync.relay.relay import Relay
 
 log = logging.getLogger("skysync.sync_errors")
 
@@ -40,41 +39,41 @@ class SyncErrorsSummary:
         return dict(self.__dict__)
 
 
-def pull_sync_errors(relay: Relay) -> SyncErrorsSummary:
+def pull_sync_errors(deps: RelayDeps) -> SyncErrorsSummary:
     """Read SkyHub's errors of every type and store them; the run goes to the run log."""
     summary = SyncErrorsSummary()
-    started = relay.clock()
+    started = deps.clock()
     try:
         for entity_type in ENTITY_TYPES:
-            _pull_type(relay, entity_type, summary)
+            _pull_type(deps, entity_type, summary)
     except AuthenticationError as exc:
         summary.stopped = runs.auth_stop_reason(exc)
     except SkyHubError as exc:
         summary.stopped = f"stopped: {exc}"  # what was stored is kept; nothing is resolved
-    with session_scope(relay.url) as session:
-        save_request_counts(session, relay.client.counter.take())
+    with session_scope(deps.url) as session:
+        save_request_counts(session, deps.client.counter.take())
         runs.add(
             session,
             RUN_KIND,
             started_at=started,
-            finished_at=relay.clock(),
+            finished_at=deps.clock(),
             summary=summary.as_dict(),
             error=summary.stopped,
         )
     return summary
 
 
-def _pull_type(relay: Relay, entity_type: str, summary: SyncErrorsSummary) -> None:
+def _pull_type(deps: RelayDeps, entity_type: str, summary: SyncErrorsSummary) -> None:
     """Every page of one type, each stored as it arrives; errors not listed in the complete
     read are resolved afterwards."""
-    read_from = relay.clock()
+    read_from = deps.clock()
     listed = 0
     for page in range(1, MAX_PAGES + 1):
-        errors, total = relay.call(
-            partial(relay.client.sync_errors, entity_type, page=page, per_page=PER_PAGE)
+        errors, total = unit.call(
+            deps, partial(deps.client.sync_errors, entity_type, page=page, per_page=PER_PAGE)
         )
-        with session_scope(relay.url) as session:
-            new, again = store.record_seen(session, entity_type, errors, relay.clock())
+        with session_scope(deps.url) as session:
+            new, again = store.record_seen(session, entity_type, errors, deps.clock())
         summary.new += new
         summary.seen_again += again
         listed += len(errors)
@@ -85,14 +84,14 @@ def _pull_type(relay: Relay, entity_type: str, summary: SyncErrorsSummary) -> No
         summary.listed[entity_type] = listed
         return
     summary.listed[entity_type] = listed
-    with session_scope(relay.url) as session:
-        summary.resolved += store.resolve_unseen(session, entity_type, read_from, relay.clock())
+    with session_scope(deps.url) as session:
+        summary.resolved += store.resolve_unseen(session, entity_type, read_from, deps.clock())
 
 
-def ignore_sync_errors(relay: Relay, ids: list[int]) -> tuple[list[int], list[int]]:
+def ignore_sync_errors(deps: RelayDeps, ids: list[int]) -> tuple[list[int], list[int]]:
     """Ask SkyHub to ignore these errors (one PATCH per type), then mark them ignored.
     Returns (ignored ids, unknown ids)."""
-    with session_scope(relay.url, readonly=True) as session:
+    with session_scope(deps.url, readonly=True) as session:
         found = {
             e.id: (e.entity_type, {k: getattr(e, k) for k in store.KEY_FIELDS})
             for e in store.by_ids(session, ids)
@@ -102,11 +101,12 @@ def ignore_sync_errors(relay: Relay, ids: list[int]) -> tuple[list[int], list[in
         chosen = [i for i, (t, _) in found.items() if t == entity_type]
         if not chosen:
             continue
-        relay.call(
-            partial(relay.client.ignore_sync_errors, entity_type, [found[i][1] for i in chosen])
+        unit.call(
+            deps,
+            partial(deps.client.ignore_sync_errors, entity_type, [found[i][1] for i in chosen]),
         )
-        with session_scope(relay.url) as session:
-            store.mark_ignored(session, chosen, relay.clock())
-    with session_scope(relay.url) as session:
-        save_request_counts(session, relay.client.counter.take())
+        with session_scope(deps.url) as session:
+            store.mark_ignored(session, chosen, deps.clock())
+    with session_scope(deps.url) as session:
+        save_request_counts(session, deps.client.counter.take())
     return sorted(found), unknown

@@ -140,9 +140,9 @@ def session_scope(url: str, *, readonly: bool = False, flush_wal: bool = True) -
     and never one that a later flushed commit depends on: WAL is written in order, so the next
     flushed commit makes every earlier one durable too. The relay uses it for its bookkeeping
     (claims, outcomes), because every request is preceded by a flushed commit (the attempt
-    record, see Relay.attempt): a lost outcome leaves its rows in flight, sent again after the
-    lease with the attempted fields counted as unknown, so nothing is lost and no stale value
-    wins. Never for anything the ERP or an operator wrote.
+    record, see relay/unit_of_work.py): a lost outcome leaves its rows in flight, sent again
+    after the lease with the attempted fields counted as unknown, so nothing is lost and no
+    stale value wins. Never for anything the ERP or an operator wrote.
     """
     session = session_factory(url)()
     if readonly and url.startswith("sqlite"):

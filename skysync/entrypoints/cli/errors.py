@@ -24,7 +24,7 @@ def errors_pull(ctx: Context) -> None:
 
     relay_ = relay_or_exit(ctx.settings)
     with closing(relay_.client):
-        summary = pull_sync_errors(relay_)
+        summary = pull_sync_errors(relay_.deps)
     echo_json(summary.as_dict())
     if summary.stopped:
         sys.exit(1)
@@ -85,7 +85,7 @@ def errors_ignore(ctx: Context, ids: tuple[int, ...]) -> None:
     relay_ = relay_or_exit(ctx.settings)
     with closing(relay_.client):
         try:
-            ignored, unknown = ignore_sync_errors(relay_, list(ids))
+            ignored, unknown = ignore_sync_errors(relay_.deps, list(ids))
         except SkyHubError as exc:
             click.echo(f"skysync: SkyHub did not take it: {exc}", err=True)
             sys.exit(1)

@@ -113,7 +113,7 @@ def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
     relay_ = relay_or_exit(ctx.settings)
     show = ProgressDisplay(terminal=sys.stderr.isatty(), every=progress_every)
     with closing(relay_.client):
-        result = drain_outbox(relay_, max_batches=max_batches, progress=show)
+        result = drain_outbox(relay_.deps, max_batches=max_batches, progress=show)
     show.close()
     account = result.account
     echo_json(

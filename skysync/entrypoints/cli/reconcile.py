@@ -36,7 +36,7 @@ def reconcile(
     relay_ = relay_or_exit(ctx.settings)
     show = ProgressDisplay(terminal=sys.stderr.isatty(), every=progress_every)
     with closing(relay_.client):
-        report = run(relay_, sku=sku, repair=repair, progress=show)
+        report = run(relay_.deps, sku=sku, repair=repair, progress=show)
     show.close()
     if as_json:
         echo_json(report.as_dict())
