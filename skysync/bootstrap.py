@@ -1,5 +1,6 @@
-"""The composition root: builds the SkyHub client, the rate limiter and the relay from Settings,
-once per process. Entrypoints (Celery tasks, CLI) ask here; nothing else wires objects together.
+"""The composition root: builds the database, the SkyHub client, the rate limiter and the relay
+from Settings, once per process. Entrypoints (Celery tasks, CLI) ask here; nothing else wires
+objects together.
 
 Where requests go: the configured SkyHub when all three credentials are set. Without them, the
 emulator: the one this process started (``skysync run``), or the one SKYSYNC_SKYHUB_URL points at
@@ -18,6 +19,7 @@ from skysync.relay import Relay
 from skysync.skyhub.buckets import bucket_rate
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.ratelimit import RateLimiter, account_namespace
+from skysync.store.db import Database
 
 log = logging.getLogger("skysync")
 
@@ -87,8 +89,17 @@ def build_client(settings: Settings, *, limiter: RateLimiter | None = None) -> S
     return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter, **bounds)
 
 
+def build_database(settings: Settings) -> Database:
+    """The process's database (its engine and sessions), which the relay and the commands use."""
+    return Database.for_url(settings.database_url)
+
+
 def build_relay(settings: Settings) -> Relay:
-    return Relay(settings, build_client(settings, limiter=build_limiter(settings)))
+    return Relay(
+        settings,
+        build_client(settings, limiter=build_limiter(settings)),
+        database=build_database(settings),
+    )
 
 
 def get_relay() -> Relay:

@@ -88,11 +88,10 @@ def _after_fork(**_kwargs: object) -> None:
 
 def _warm_up() -> None:
     from skysync import bootstrap
-    from skysync.store.db import get_engine
 
     try:
         relay = bootstrap.get_relay()
-        with get_engine(relay.url).connect():
+        with relay.db.engine.connect():
             pass
     except Exception:  # the first task meets the same problem, and reports it
         logging.getLogger("skysync").debug("worker warm-up failed", exc_info=True)

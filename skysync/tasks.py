@@ -105,7 +105,7 @@ def pull_orders(self: SkysyncTask) -> dict[str, Any]:
     from skysync.relay.pull_orders import pull_orders as pull
 
     relay = self.relay
-    return pull(relay.url, relay.client).as_dict()
+    return pull(relay.db, relay.client).as_dict()
 
 
 @task(

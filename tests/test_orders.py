@@ -31,7 +31,7 @@ from skysync.relay import drain
 from skysync.relay.pull_orders import pull_orders
 from skysync.reporting.status import collect_status
 from skysync.skyhub.ratelimit import RateLimiter
-from skysync.store.db import get_engine, session_scope
+from skysync.store.db import Database, get_engine, session_scope
 from skysync.store.models import Order, OrderInbox, utcnow
 
 AMERICANAS = "Lojas Americanas-1517940500554-01"
@@ -60,7 +60,7 @@ def order_status(db_url: str, code: str) -> str | None:
 
 def pull(db_url: str, sb: Sandbox, **kw: object):  # type: ignore[no-untyped-def]
     with make_client(sb.base_url, **kw) as client:
-        return pull_orders(db_url, client)
+        return pull_orders(Database.for_url(db_url), client)
 
 
 # -- orders in ----------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.skyhub.errors import AuthenticationError
 from skysync.store import claims, outbox_reads, runs, settle
 from skysync.store import items as item_store
-from skysync.store.db import session_scope
 from skysync.store.models import payload_from_stored
 
 log = logging.getLogger("skysync.relay")
@@ -84,7 +83,7 @@ def run_batch(
         if summary.auth_stop is not None:
             # SkyHub refused the credentials before any write: every key finds the reason on
             # its claim and gives its rows back untouched, without a request
-            with session_scope(deps.url) as session:
+            with deps.db.scope() as session:
                 runs.note_error(session, token, summary.auth_stop)
         if dispatch is not None:
             for chunk in chunks:
@@ -98,7 +97,7 @@ def run_batch(
     error = None
     auth_failed = summary.delivery is not None and summary.delivery.auth_failed
     if auth_failed or summary.auth_stop is not None:
-        with session_scope(deps.url) as session:
+        with deps.db.scope() as session:
             error = runs.error_of(session, token)
     _finish_run(deps, run_id, summary, error=error)
     return summary
@@ -125,7 +124,7 @@ def run_catch_up(
             batch_size=deps.batch_size,
         )
 
-    with session_scope(deps.url, readonly=True) as session:
+    with deps.db.scope(readonly=True) as session:
         if not gate(session):
             return None
     summary = run_batch(deps, dispatch, gate=gate)
@@ -139,7 +138,7 @@ def run_catch_up(
 
 
 def _start_run(deps: RelayDeps, token: str, kind: str, summary: BatchSummary | None = None) -> int:
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         claimed = summary.as_dict() if summary is not None else None
         return runs.start(session, token, deps.clock(), kind=kind, summary=claimed)
 
@@ -147,12 +146,12 @@ def _start_run(deps: RelayDeps, token: str, kind: str, summary: BatchSummary | N
 def _note_claim(deps: RelayDeps, run_id: int, summary: BatchSummary) -> None:
     """The claim's summary on its run before a chunk goes out: a worker that finishes one
     reads ``more_due`` there to catch up (:func:`run_catch_up`)."""
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         runs.note_claim(session, run_id, summary.as_dict())
 
 
 def _finish_run(deps: RelayDeps, run_id: int, summary: BatchSummary, *, error: str | None) -> None:
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         runs.finish(session, run_id, deps.clock(), summary.as_dict(), error)
 
 
@@ -173,7 +172,7 @@ def _claim(
     ``gate`` is given and another claim holds the claimers' lock, or ``gate`` says no."""
     now = deps.clock()
     lease_until = now + timedelta(seconds=deps.lease_seconds)
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         if gate is not None and not (claims.try_lock_claimers(session) and gate(session)):
             return None
         summary.reclaimed = claims.reclaim_expired(session, now)
@@ -206,7 +205,7 @@ def _claim(
     except AuthenticationError as exc:  # run_batch stops the batch before its first write
         learned, summary.auth_stop = False, runs.auth_stop_reason(exc)
     if learned:
-        with session_scope(deps.url, readonly=True) as session:
+        with deps.db.scope(readonly=True) as session:
             parents, in_skyhub = item_store.family_links(session, by_ref)
     summary.keys = len(by_ref)
     follows = ordering_parents(parents, claim.kinds, in_skyhub)
@@ -428,7 +427,7 @@ def drain(
     due_at_start = _count_due(deps)
     pace = _Pace(deps, due_at_start)
     # SQLite writes one transaction at a time: a claim would only hold up the delivery's writes
-    overlap = not deps.url.startswith("sqlite")
+    overlap = not deps.db.is_sqlite
     batches = 0
     tokens: list[str] = []
     unsettled: list[int] = []  # rows a delivery left undelivered, looked at again in the end
@@ -462,7 +461,7 @@ def drain(
             if pause:
                 deps.sleep(pause)
         stopped = _delivered(deps, delivering, None, unsettled) or stopped
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         counts = outbox_reads.count_by_state(session)
         account = outbox_reads.drain_account(session, tokens, unsettled, deps.clock())
     return DrainResult(batches, counts, account, stopped, due)
@@ -500,7 +499,7 @@ class _Pace:
 
 
 def _count_due(deps: RelayDeps) -> int:
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         return outbox_reads.count_due(session, deps.clock())
 
 
@@ -522,7 +521,7 @@ def _delivered(
     if not delivered.auth_failed:
         return False
     if next_token is not None:
-        with session_scope(deps.url) as session:
+        with deps.db.scope() as session:
             reason = runs.error_of(session, token) or "SkyHub refused the credentials"
             runs.note_error(session, next_token, reason)
     return True

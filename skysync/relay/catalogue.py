@@ -39,7 +39,6 @@ from skysync.relay import unit_of_work as unit
 from skysync.relay.deps import RelayDeps
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import items as item_store
-from skysync.store.db import session_scope
 
 log = logging.getLogger("skysync.relay")
 
@@ -92,7 +91,7 @@ def learn_unknown(deps: RelayDeps, unknown: Collection[str]) -> set[str]:
     except SkyHubError as exc:
         log.warning("could not read SkyHub's catalogue to learn %d new SKUs: %s", len(wanted), exc)
     absent = wanted - listed.keys() if complete else set()
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         item_store.learn_listed(session, listed, absent, deps.clock())
     found = wanted & listed.keys()
     log.info(

@@ -43,7 +43,7 @@ from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
 from skysync.store import claims, runs, settle
 from skysync.store import items as item_store
-from skysync.store.db import session_scope
+from skysync.store.db import Database
 
 log = logging.getLogger("skysync.relay")
 
@@ -62,8 +62,8 @@ class AuthStop:
     thread, or in a later chunk of the same claim, which finds the note) records its rows as
     stopped without spending a request: every request would fail the same way."""
 
-    def __init__(self, url: str, token: str):
-        self.url = url
+    def __init__(self, db: Database, token: str):
+        self.db = db
         self.token = token
         self._tripped = threading.Event()
         if self.reason() is not None:
@@ -75,11 +75,11 @@ class AuthStop:
 
     def trip(self, reason: str) -> None:
         self._tripped.set()
-        with session_scope(self.url) as session:
+        with self.db.scope() as session:
             runs.note_error(session, self.token, reason)
 
     def reason(self) -> str | None:
-        with session_scope(self.url) as session:
+        with self.db.scope() as session:
             return runs.error_of(session, self.token)
 
 
@@ -108,7 +108,7 @@ def deliver(
     claimed = _load_claimed(deps, token, row_ids)
     if claimed is None:
         return summary
-    stop = AuthStop(deps.url, token)
+    stop = AuthStop(deps.db, token)
     lock = threading.Lock()
 
     def run_family(keys: list[DeliveryKey]) -> None:
@@ -136,7 +136,7 @@ def _load_claimed(deps: RelayDeps, token: str, row_ids: list[int]) -> _Claimed |
     variation whose parent's request carries it goes in that request. None if none is left."""
     by_key: dict[DeliveryKey, list[Row]] = {}
     lease_until: dict[DeliveryKey, datetime] = {}
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         loaded = claims.load_claimed(session, token, row_ids)
         for r in loaded:
             row = Row(
@@ -298,7 +298,7 @@ def _renew_lease(deps: RelayDeps, token: str, rows: list[Row], lease_until: date
     if lease_until - now > lease / 2:
         return True
     ids = [r.id for r in rows]
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         held = settle.renew_lease(session, ids, token, now + lease)
         return held == len(ids)
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from skysync.config import Settings
 from skysync.domain.fast_lane import LaneRule
 from skysync.skyhub.client import SkyHubClient
+from skysync.store.db import Database
 from skysync.store.models import utcnow
 
 
@@ -33,7 +34,7 @@ class DiscoveryPause:
 @dataclass(frozen=True)
 class RelayDeps:
     client: SkyHubClient
-    url: str
+    db: Database
     # from Settings: what the relay reads of it
     batch_size: int
     lease_seconds: float
@@ -55,12 +56,18 @@ class RelayDeps:
     local: threading.local = field(default_factory=threading.local, compare=False)
     discovery: DiscoveryPause = field(default_factory=DiscoveryPause, compare=False)
 
+    @property
+    def url(self) -> str:
+        """The database's URL (for what needs a connection of its own, such as LISTEN)."""
+        return self.db.url
+
     @classmethod
     def from_settings(
         cls,
         settings: Settings,
         client: SkyHubClient,
         *,
+        database: Database | None = None,
         database_url: str | None = None,
         concurrency: int = 8,
         quick_retries: int = 2,
@@ -71,7 +78,7 @@ class RelayDeps:
     ) -> RelayDeps:
         return cls(
             client=client,
-            url=database_url or settings.database_url,
+            db=database or Database.for_url(database_url or settings.database_url),
             clock=clock,
             rng=rng or random.Random(),
             sleep=sleep,

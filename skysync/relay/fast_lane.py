@@ -31,7 +31,7 @@ from skysync.relay import batch
 from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import BatchSummary
 from skysync.store import claims
-from skysync.store.db import session_scope
+from skysync.store.db import Database
 from skysync.store.models import utcnow
 
 log = logging.getLogger("skysync.fast_lane")
@@ -72,7 +72,7 @@ class LaneWatcher(threading.Thread):
             raise ValueError("the fast lane is off (SKYSYNC_FAST_LANE=off): nothing to watch")
         self.settings = settings
         self.rule = settings.lane_rule
-        self.url = settings.database_url
+        self.db = Database.for_url(settings.database_url)
         self.wake = wake
         self.poll = settings.fast_lane_poll
         self.debounce = debounce
@@ -110,7 +110,7 @@ class LaneWatcher(threading.Thread):
         from skysync.store.notify import LaneListener
 
         try:
-            listener = LaneListener(self.url)
+            listener = LaneListener(self.db.url)
         except Exception as exc:
             log.warning(
                 "fast lane: cannot LISTEN (%s: %s); polling every %s s instead",
@@ -156,5 +156,5 @@ class LaneWatcher(threading.Thread):
                 self.wake()
 
     def _due(self) -> bool:
-        with session_scope(self.url, readonly=True) as session:
+        with self.db.scope(readonly=True) as session:
             return claims.lane_rows_due(session, self.rule, utcnow())

@@ -21,7 +21,6 @@ from skysync.skyhub.errors import (
     Unprocessable,
 )
 from skysync.store import orders as order_store
-from skysync.store.db import session_scope
 
 
 def deliver_order(deps: RelayDeps, token: str, rows: list[Row]) -> Outcome:
@@ -31,7 +30,7 @@ def deliver_order(deps: RelayDeps, token: str, rows: list[Row]) -> Outcome:
     as the fix went out. Returns the last outcome recorded; on ``auth`` the steps not sent
     are recorded with it and nothing more is sent."""
     code = rows[0].ref
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         open_steps = order_store.unresolved_steps(session, code, exclude={r.id for r in rows})
         current = order_store.current_status(session, code)
     sequence = _Sequence(deps, token, open_steps, current)

@@ -31,7 +31,7 @@ from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.skyhub.payloads import QueuedOrder
 from skysync.store import orders as order_store
 from skysync.store import runs
-from skysync.store.db import session_scope
+from skysync.store.db import Database
 from skysync.store.models import utcnow
 from skysync.store.request_stats import save_request_counts
 
@@ -91,14 +91,14 @@ def store_order(session: Session, queued: QueuedOrder, now: datetime) -> bool:
 
 
 def pull_orders(
-    url: str, client: SkyHubClient, *, max_orders: int = MAX_ORDERS_PER_RUN
+    db: Database, client: SkyHubClient, *, max_orders: int = MAX_ORDERS_PER_RUN
 ) -> PullSummary:
     """Drain SkyHub's order queue into the inbox (one run). Records the run for `status`."""
     summary = PullSummary()
     started = utcnow()
     error: str | None = None
     try:
-        _pull(url, client, summary, max_orders)
+        _pull(db, client, summary, max_orders)
     except AuthenticationError as exc:
         error = runs.auth_stop_reason(exc)
         summary.stopped = error
@@ -106,7 +106,7 @@ def pull_orders(
         # Stored orders are safe; the rest stay in SkyHub's queue for the next run.
         error = f"stopped: {exc}"
         summary.stopped = error
-    with session_scope(url) as session:
+    with db.scope() as session:
         save_request_counts(session, client.counter.take())
         runs.add(
             session,
@@ -119,7 +119,7 @@ def pull_orders(
     return summary
 
 
-def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int) -> None:
+def _pull(db: Database, client: SkyHubClient, summary: PullSummary, max_orders: int) -> None:
     seen_unackable: set[str] = set()
     while summary.received < max_orders:
         queued = client.next_queued_order()
@@ -127,7 +127,7 @@ def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int)
             return
         summary.received += 1
         try:
-            with session_scope(url) as session:
+            with db.scope() as session:
                 stored = store_order(session, queued, utcnow())
         except sa.exc.IntegrityError:
             stored = False  # another puller stored this same order state a moment ago
@@ -145,7 +145,7 @@ def _pull(url: str, client: SkyHubClient, summary: PullSummary, max_orders: int)
             if seen in seen_unackable:
                 return  # the queue came round to it again: only such orders left this run
             seen_unackable.add(seen)
-            with session_scope(url, readonly=True) as session:
+            with db.scope(readonly=True) as session:
                 row_id = order_store.inbox_id(session, dedupe_key(queued))
             if row_id is not None and row_id not in summary.unacknowledgeable_rows:
                 summary.unacknowledgeable_rows.append(row_id)

@@ -48,7 +48,6 @@ from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
 from skysync.store import items as item_store
 from skysync.store import outbox, outbox_reads, runs
-from skysync.store.db import session_scope
 from skysync.store.request_stats import save_request_counts
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ class _Run:
         report = self.report
         fresh = [entry for entry in listed if entry.sku not in self.seen]
         self.seen.update(entry.sku for entry in fresh)
-        with session_scope(self.deps.url) as session:
+        with self.deps.db.scope() as session:
             expected = _expectations(session, [e.sku for e in fresh], read_at)
             # no expectation: skysync does not know it, or only learned that SkyHub has it
             # (relay/catalogue.py) without the ERP ever writing a value for it
@@ -160,7 +159,7 @@ def reconcile(
     except SkyHubError as exc:
         report.error = f"stopped: {exc}"
     report.finished_at = deps.clock()
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         save_request_counts(session, deps.client.counter.take())
         runs.add(
             session,
@@ -266,7 +265,7 @@ def _read_product(run: _Run, sku: str) -> dict[str, Any] | None:
 def _find_missing(run: _Run) -> None:
     """SKUs skysync believes SkyHub holds that the listing lacked: a product is read once more
     before it is called missing (a listing may miss one created or deleted meanwhile)."""
-    with session_scope(run.deps.url, readonly=True) as session:
+    with run.deps.db.scope(readonly=True) as session:
         candidates = [
             (s, p) for s, p in item_store.believed_in_skyhub(session) if s not in run.seen
         ]
@@ -286,7 +285,7 @@ def _find_missing(run: _Run) -> None:
 
 def _read_one(run: _Run, sku: str) -> None:
     """``--sku``: the product, or the variation within its parent."""
-    with session_scope(run.deps.url, readonly=True) as session:
+    with run.deps.db.scope(readonly=True) as session:
         facts = item_store.reconcile_facts(session, [sku]).get(sku)
     parent = facts.parent_sku if facts is not None else None
     read_at = run.deps.clock()
@@ -305,11 +304,11 @@ def _repair(run: _Run) -> None:
     report, deps = run.report, run.deps
     gone = {m.sku for m in report.missing}
     if gone:
-        with session_scope(deps.url, readonly=True) as session:
+        with deps.db.scope(readonly=True) as session:
             run.kept.update(_expectations(session, sorted(gone), deps.clock()))
     for fix in corrections(report.drift, report.missing, run.kept):
         skus = sorted(fix.fields)
-        with session_scope(deps.url) as session:
+        with deps.db.scope() as session:
             busy = outbox_reads.open_kinds(session, [fix.ref, *skus])
             if busy:
                 report.not_repaired.append(

@@ -19,7 +19,7 @@ from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
 from skysync.store import orders as order_store
 from skysync.store import settle
-from skysync.store.db import session_scope
+from skysync.store.db import Database
 
 log = logging.getLogger("skysync.relay")
 
@@ -31,7 +31,7 @@ class _ClaimLost(Exception):
 def record_outcome(deps: RelayDeps, token: str, rows: list[Row], outcome: Outcome) -> None:
     """Record ``outcome`` for ``rows`` in one transaction, while ``token`` holds them."""
     record(
-        deps.url,
+        deps.db,
         token,
         rows,
         outcome,
@@ -43,7 +43,7 @@ def record_outcome(deps: RelayDeps, token: str, rows: list[Row], outcome: Outcom
 
 
 def record(
-    url: str,
+    db: Database,
     token: str,
     rows: list[Row],
     outcome: Outcome,
@@ -69,8 +69,8 @@ def record(
     it; here it is the last guard before a wait becomes a date."""
     ids = [r.id for r in rows]
     try:
-        # not flushed: the attempt record before the request was (see session_scope)
-        with session_scope(url, flush_wal=False) as session:
+        # not flushed: the attempt record before the request was (see Database.scope)
+        with db.scope(flush_wal=False) as session:
             settled = _settle_rows(session, token, rows, outcome, now, max_attempts, rng, max_wait)
             if settled < len(ids):
                 raise _ClaimLost

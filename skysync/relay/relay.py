@@ -22,6 +22,7 @@ from skysync.relay.deliver import PushSku
 from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import BatchSummary, DeliverySummary
 from skysync.skyhub.client import SkyHubClient
+from skysync.store.db import Database
 from skysync.store.models import utcnow
 
 
@@ -33,6 +34,7 @@ class Relay:
         settings: Settings,
         client: SkyHubClient,
         *,
+        database: Database | None = None,
         database_url: str | None = None,
         concurrency: int = 8,
         quick_retries: int = 2,
@@ -45,6 +47,7 @@ class Relay:
         self.deps = RelayDeps.from_settings(
             settings,
             client,
+            database=database,
             database_url=database_url,
             concurrency=concurrency,
             quick_retries=quick_retries,
@@ -57,6 +60,10 @@ class Relay:
     @property
     def client(self) -> SkyHubClient:
         return self.deps.client
+
+    @property
+    def db(self) -> Database:
+        return self.deps.db
 
     @property
     def url(self) -> str:

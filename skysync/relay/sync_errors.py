@@ -16,7 +16,6 @@ from skysync.relay.deps import RelayDeps
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import runs
 from skysync.store import sync_errors as store
-from skysync.store.db import session_scope
 from skysync.store.request_stats import save_request_counts
 
 log = logging.getLogger("skysync.sync_errors")
@@ -50,7 +49,7 @@ def pull_sync_errors(deps: RelayDeps) -> SyncErrorsSummary:
         summary.stopped = runs.auth_stop_reason(exc)
     except SkyHubError as exc:
         summary.stopped = f"stopped: {exc}"  # what was stored is kept; nothing is resolved
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         save_request_counts(session, deps.client.counter.take())
         runs.add(
             session,
@@ -72,7 +71,7 @@ def _pull_type(deps: RelayDeps, entity_type: str, summary: SyncErrorsSummary) ->
         errors, total = unit.call(
             deps, partial(deps.client.sync_errors, entity_type, page=page, per_page=PER_PAGE)
         )
-        with session_scope(deps.url) as session:
+        with deps.db.scope() as session:
             new, again = store.record_seen(session, entity_type, errors, deps.clock())
         summary.new += new
         summary.seen_again += again
@@ -84,14 +83,14 @@ def _pull_type(deps: RelayDeps, entity_type: str, summary: SyncErrorsSummary) ->
         summary.listed[entity_type] = listed
         return
     summary.listed[entity_type] = listed
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         summary.resolved += store.resolve_unseen(session, entity_type, read_from, deps.clock())
 
 
 def ignore_sync_errors(deps: RelayDeps, ids: list[int]) -> tuple[list[int], list[int]]:
     """Ask SkyHub to ignore these errors (one PATCH per type), then mark them ignored.
     Returns (ignored ids, unknown ids)."""
-    with session_scope(deps.url, readonly=True) as session:
+    with deps.db.scope(readonly=True) as session:
         found = {
             e.id: (e.entity_type, {k: getattr(e, k) for k in store.KEY_FIELDS})
             for e in store.by_ids(session, ids)
@@ -105,8 +104,8 @@ def ignore_sync_errors(deps: RelayDeps, ids: list[int]) -> tuple[list[int], list
             deps,
             partial(deps.client.ignore_sync_errors, entity_type, [found[i][1] for i in chosen]),
         )
-        with session_scope(deps.url) as session:
+        with deps.db.scope() as session:
             store.mark_ignored(session, chosen, deps.clock())
-    with session_scope(deps.url) as session:
+    with deps.db.scope() as session:
         save_request_counts(session, deps.client.counter.take())
     return sorted(found), unknown

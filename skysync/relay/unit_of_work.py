@@ -21,7 +21,6 @@ from skysync.relay.outcome import Learned
 from skysync.skyhub.errors import DeadlineExceeded, NotFound, RetryableError
 from skysync.store import items as item_store
 from skysync.store import outbox_reads
-from skysync.store.db import session_scope
 from skysync.store.request_stats import save_request_counts
 
 T = TypeVar("T")
@@ -52,13 +51,13 @@ def session(deps: RelayDeps) -> Iterator[Session]:
     locks (on SQLite, the write lock) that a second would wait for."""
     local = deps.local
     if not getattr(local, "active", False):
-        with session_scope(deps.url) as own:
+        with deps.db.scope() as own:
             yield own
         return
     unit: tuple[AbstractContextManager[Session], Session] | None
     unit = getattr(local, "unit", None)
     if unit is None:
-        scope = session_scope(deps.url)
+        scope = deps.db.scope()
         unit = local.unit = (scope, scope.__enter__())
     yield unit[1]
 
@@ -144,5 +143,5 @@ def save_client_counts(deps: RelayDeps) -> None:
     """Move the client's request counts into the database, for `skysync metrics`."""
     counts = deps.client.counter.take()
     if counts:
-        with session_scope(deps.url) as s:
+        with deps.db.scope() as s:
             save_request_counts(s, counts)

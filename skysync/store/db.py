@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,50 +114,86 @@ def dispose_engines() -> None:
     for engine in _ENGINES.values():
         engine.dispose()
     _ENGINES.clear()
-    _FACTORIES.clear()
+    _DATABASES.clear()
 
 
-_FACTORIES: dict[str, sessionmaker[Session]] = {}
+@dataclass(frozen=True)
+class Database:
+    """One database of this process: its URL, its engine and its session factory, built once
+    (``Database.for_url``) by the composition root and handed to what uses it, instead of a URL
+    that every caller turns into an engine again."""
+
+    url: str
+    engine: sa.Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def for_url(cls, url: str) -> Database:
+        """The process's Database for ``url`` (one engine and pool per process and URL)."""
+        database = _DATABASES.get(url)
+        if database is None:
+            engine = get_engine(url)
+            database = _DATABASES[url] = cls(
+                url, engine, sessionmaker(engine, expire_on_commit=False)
+            )
+        return database
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @contextmanager
+    def scope(self, *, readonly: bool = False, flush_wal: bool = True) -> Iterator[Session]:
+        """A unit of work: commits when the block ends cleanly, rolls back otherwise.
+
+        On SQLite every transaction takes the write lock at BEGIN (``BEGIN IMMEDIATE``), which
+        also serializes claimers there the way the advisory lock does on PostgreSQL;
+        ``readonly`` skips it for pure reads.
+
+        ``flush_wal=False`` (PostgreSQL): the commit returns without waiting for its WAL to
+        reach the disk (``synchronous_commit = off``, for this transaction only). A crash of
+        PostgreSQL itself may then lose the last fraction of a second of such commits, never
+        corrupt them, and never one that a later flushed commit depends on: WAL is written in
+        order, so the next flushed commit makes every earlier one durable too. The relay uses
+        it for its bookkeeping (claims, outcomes), because every request is preceded by a
+        flushed commit (the attempt record, see relay/unit_of_work.py): a lost outcome leaves
+        its rows in flight, sent again after the lease with the attempted fields counted as
+        unknown, so nothing is lost and no stale value wins. Never for anything the ERP or an
+        operator wrote.
+        """
+        session = self.sessions()
+        if readonly and self.url.startswith("sqlite"):
+            session.connection(execution_options={"sqlite_readonly": True})
+        if not flush_wal and self.url.startswith("postgresql"):
+            session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+
+_DATABASES: dict[str, Database] = {}
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    factory = _FACTORIES.get(url)
-    if factory is None:
-        factory = _FACTORIES[url] = sessionmaker(get_engine(url), expire_on_commit=False)
-    return factory
+    return Database.for_url(url).sessions
 
 
-@contextmanager
-def session_scope(url: str, *, readonly: bool = False, flush_wal: bool = True) -> Iterator[Session]:
-    """A unit of work: commits when the block ends cleanly, rolls back otherwise.
-
-    On SQLite every transaction takes the write lock at BEGIN (``BEGIN IMMEDIATE``), which also
-    serializes claimers there the way the advisory lock does on PostgreSQL; ``readonly`` skips
-    it for pure reads.
-
-    ``flush_wal=False`` (PostgreSQL): the commit returns without waiting for its WAL to reach
-    the disk (``synchronous_commit = off``, for this transaction only). A crash of PostgreSQL
-    itself may then lose the last fraction of a second of such commits, never corrupt them,
-    and never one that a later flushed commit depends on: WAL is written in order, so the next
-    flushed commit makes every earlier one durable too. The relay uses it for its bookkeeping
-    (claims, outcomes), because every request is preceded by a flushed commit (the attempt
-    record, see relay/unit_of_work.py): a lost outcome leaves its rows in flight, sent again
-    after the lease with the attempted fields counted as unknown, so nothing is lost and no
-    stale value wins. Never for anything the ERP or an operator wrote.
-    """
-    session = session_factory(url)()
-    if readonly and url.startswith("sqlite"):
-        session.connection(execution_options={"sqlite_readonly": True})
-    if not flush_wal and url.startswith("postgresql"):
-        session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def session_scope(
+    url: str, *, readonly: bool = False, flush_wal: bool = True
+) -> AbstractContextManager[Session]:
+    """``Database.for_url(url).scope(...)``: for code that holds a URL rather than a Database
+    (tests, the few callers not given one yet)."""
+    return Database.for_url(url).scope(readonly=readonly, flush_wal=flush_wal)
 
 
 def database_problem(exc: BaseException, url: str | None = None) -> str | None:

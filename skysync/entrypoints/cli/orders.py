@@ -24,7 +24,7 @@ def orders_pull(ctx: Context, max_orders: int) -> None:
 
     relay_ = relay_or_exit(ctx.settings)
     with closing(relay_.client):
-        summary = pull_orders(relay_.url, relay_.client, max_orders=max_orders)
+        summary = pull_orders(relay_.db, relay_.client, max_orders=max_orders)
     echo_json(summary.as_dict())
     if summary.stopped:
         sys.exit(1)
