@@ -25,7 +25,7 @@ from skysync.entrypoints.cli import cli
 from skysync.logs import redact
 from skysync.relay import drain
 from skysync.reporting.metrics import registry_for
-from skysync.store.db import session_scope
+from skysync.store.db import Database, session_scope
 from skysync.store.models import RunLog, utcnow
 
 BIN = Path(sys.executable).parent
@@ -108,7 +108,7 @@ def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
         insert(db_url, "price", "M-BAD", {"price": 0})  # invalid: rejected before sending
         drain(relay.deps)
         insert(db_url, "stock", "M-1", {"qty": 2})  # still pending
-    text = generate_latest(registry_for(db_url)).decode()
+    text = generate_latest(registry_for(Database.for_url(db_url))).decode()
 
     def value(line_start: str) -> float:
         for line in text.splitlines():

@@ -33,7 +33,7 @@ from skysync.entrypoints.cli import cli
 from skysync.relay.reconcile import reconcile
 from skysync.reporting.metrics import registry_for
 from skysync.reporting.status import collect_status
-from skysync.store.db import session_scope
+from skysync.store.db import Database, session_scope
 from skysync.store.models import OutboxRow
 
 
@@ -245,7 +245,7 @@ def test_the_run_goes_to_the_run_log_status_and_metrics(db_url: str, sb: Sandbox
         last = collect_status(session)["last_reconcile"]
     assert (last["drift"], last["orphans"], last["missing"]) == (1, 1, 0)
     assert last["drift_fields"] == {"price": 1}
-    text = generate_latest(registry_for(db_url)).decode()
+    text = generate_latest(registry_for(Database.for_url(db_url))).decode()
     assert 'skysync_drift_fields{field="price"} 1.0' in text
     assert "skysync_orphan_skus 1.0" in text
     assert "skysync_last_reconcile_timestamp_seconds 0.0" not in text

@@ -21,7 +21,7 @@ from skysync.relay.sync_errors import ignore_sync_errors, pull_sync_errors
 from skysync.reporting.metrics import registry_for
 from skysync.reporting.status import collect_status
 from skysync.store import sync_errors
-from skysync.store.db import session_scope
+from skysync.store.db import Database, session_scope
 
 
 def notice(sb: Sandbox, entity_type: str, entity_id: str, code: str, **extra: Any) -> None:
@@ -136,7 +136,7 @@ def test_item_show_errors_list_status_and_metrics(
         assert collect_status(session)["sync_errors"] == {"products": 1, "orders": 1}
     status = CliRunner().invoke(cli, ["status"], env=env)
     assert "SkyHub's own errors, open: 1 about products, 1 about orders" in status.stdout
-    text = generate_latest(registry_for(db_url)).decode()
+    text = generate_latest(registry_for(Database.for_url(db_url))).decode()
     assert 'skysync_skyhub_sync_errors{entity_type="products"} 1.0' in text
 
     error_id = data[0]["id"]

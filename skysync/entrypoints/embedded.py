@@ -43,10 +43,10 @@ DEMO_ROWS: list[tuple[str, str, dict[str, Any]]] = [
 def seed_demo(settings: Settings) -> int:
     """Write the demo rows when the outbox is empty; return how many were written."""
 
+    from skysync.bootstrap import build_database
     from skysync.store import outbox, outbox_reads
-    from skysync.store.db import session_scope
 
-    with session_scope(settings.database_url) as session:
+    with build_database(settings).scope() as session:
         if not outbox_reads.is_empty(session):
             return 0
         # Plain rows, as an ERP would INSERT them (not validated): the relay rejects the bad one.

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
 from skysync.store import runs
-from skysync.store.db import session_scope
+from skysync.store.db import Database
 from skysync.store.models import utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox_reads import count_by_state_and_kind, oldest_pending
@@ -26,11 +26,11 @@ from skysync.store.sync_errors import open_counts
 class DataCollector(Collector):
     """Everything `skysync_*`, gathered in one read-only transaction per scrape."""
 
-    def __init__(self, database_url: str):
-        self.url = database_url
+    def __init__(self, db: Database):
+        self.db = db
 
     def collect(self) -> Iterator[Metric]:
-        with session_scope(self.url, readonly=True) as session:
+        with self.db.scope(readonly=True) as session:
             yield from _outbox_metrics(session, utcnow())
             yield from _relay_metrics(session)
             yield from _request_metrics(session)
@@ -149,19 +149,19 @@ def _sync_error_metrics(session: Session) -> Iterable[Metric]:
     yield errors
 
 
-def registry_for(database_url: str) -> CollectorRegistry:
+def registry_for(db: Database) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DataCollector(database_url))
+    registry.register(DataCollector(db))
     return registry
 
 
-def serve(database_url: str, port: int, address: str = "127.0.0.1") -> None:
+def serve(db: Database, port: int, address: str = "127.0.0.1") -> None:
     """Serve /metrics until interrupted."""
     import threading
 
     from prometheus_client import start_http_server
 
-    server, thread = start_http_server(port, addr=address, registry=registry_for(database_url))
+    server, thread = start_http_server(port, addr=address, registry=registry_for(db))
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -8,15 +8,19 @@ import logging
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from skysync.config import ConfigError, Settings, load_settings
 
+if TYPE_CHECKING:
+    from skysync.store.db import Database
+
 
 class Context:
-    """Lazily built Settings shared by the commands of one invocation."""
+    """Lazily built Settings, and the database they name, shared by the commands of one
+    invocation."""
 
     def __init__(self) -> None:
         self._settings: Settings | None = None
@@ -33,6 +37,12 @@ class Context:
 
             configure_logging(self._settings.log_level, secrets=self._settings.secret_values())
         return self._settings
+
+    @property
+    def db(self) -> Database:
+        from skysync.bootstrap import build_database
+
+        return build_database(self.settings)
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)

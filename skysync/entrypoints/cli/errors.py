@@ -48,12 +48,11 @@ def errors_list(
     """SkyHub's errors, newest first: open ones (neither resolved nor ignored) unless --all."""
     from skysync.reporting.reports import error_line
     from skysync.store import sync_errors
-    from skysync.store.db import session_scope
 
     if sku and order_code:
         raise click.UsageError("give --sku or --order, not both")
     entity_type = "products" if sku else "orders" if order_code else None
-    with session_scope(ctx.settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         found = [
             sync_errors.as_dict(e)
             for e in sync_errors.listed(

@@ -21,9 +21,8 @@ def item() -> None:
 def item_show(ctx: Context, sku: str, as_json: bool) -> None:
     """Acknowledged values, linked/frozen state and the SKU's recent rows with their reasons."""
     from skysync.reporting import reports
-    from skysync.store.db import session_scope
 
-    with session_scope(ctx.settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         data = reports.item_report(session, sku)
     if as_json:
         echo_json(data)
@@ -38,11 +37,10 @@ def item_show(ctx: Context, sku: str, as_json: bool) -> None:
 def item_unfreeze(ctx: Context, sku: str) -> None:
     """Let attribute changes of a linked product through again (an operator's decision: the
     marketplace may still ignore them). Withheld rows can then be requeued."""
-    from skysync.store.db import session_scope
     from skysync.store.items import unfreeze
     from skysync.store.models import utcnow
 
-    with session_scope(ctx.settings.database_url) as session:
+    with ctx.db.scope() as session:
         if not unfreeze(session, sku, utcnow()):
             click.echo(f"skysync: unknown SKU {sku!r}", err=True)
             sys.exit(1)

@@ -63,10 +63,9 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
     batch, SkyHub refused the credentials in the last batch or pull, or no batch ran for two
     intervals (beat is down). Cron or a monitor can alert on that."""
     from skysync.reporting.status import collect_status, health_problems, status_lines
-    from skysync.store.db import session_scope
 
     settings = ctx.settings
-    with session_scope(settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         report = collect_status(session)
     problems = health_problems(
         report,
@@ -243,7 +242,7 @@ def metrics(ctx: Context, port: int, address: str) -> None:
 
     click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
     stop_on_sigterm()
-    serve(ctx.settings.database_url, port, address)
+    serve(ctx.db, port, address)
 
 
 def erp_role_sql(role: str) -> str:
@@ -297,9 +296,7 @@ def erp_role(ctx: Context, role: str, apply: bool) -> None:
     if ctx.settings.is_sqlite:
         click.echo("skysync: erp-role --apply needs PostgreSQL; SQLite has no roles", err=True)
         sys.exit(2)
-    from skysync.store.db import get_engine
-
-    with get_engine(ctx.settings.database_url).begin() as conn:
+    with ctx.db.engine.begin() as conn:
         conn.exec_driver_sql(sql)
     click.echo(f"role {role} can now INSERT outbox rows and read/consume the order inbox")
 

@@ -43,9 +43,8 @@ def orders_list(
 ) -> None:
     """Orders skysync knows, newest first, with their current status."""
     from skysync.reporting import reports
-    from skysync.store.db import session_scope
 
-    with session_scope(ctx.settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         found = reports.orders(session, status=status, unconsumed=unconsumed, limit=limit)
     if as_json:
         echo_json(found)
@@ -67,9 +66,8 @@ def orders_list(
 def orders_show(ctx: Context, code: str, as_json: bool) -> None:
     """One order: its inbox history and the status steps sent back, with their states."""
     from skysync.reporting import reports
-    from skysync.store.db import session_scope
 
-    with session_scope(ctx.settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         data = reports.order_report(session, code)
     if data is None:
         click.echo(f"skysync: unknown order {code!r}", err=True)

@@ -23,11 +23,10 @@ def enqueue(ctx: Context, kind: str, ref: str, payload: str) -> None:
     e.g. skysync enqueue price SKU-1 '{"price": 99.9}'.
     """
     from skysync.domain.validation import ValidationFailed, parse_payload_text
-    from skysync.store.db import session_scope
     from skysync.store.outbox import enqueue as write_row
 
     try:
-        with session_scope(ctx.settings.database_url) as session:
+        with ctx.db.scope() as session:
             row = write_row(session, kind, ref, parse_payload_text(payload))
             row_id = row.id
     except ValidationFailed as exc:
@@ -55,9 +54,8 @@ def outbox_list(
 ) -> None:
     """The newest rows first, with their state and reason."""
     from skysync.reporting import reports
-    from skysync.store.db import session_scope
 
-    with session_scope(ctx.settings.database_url, readonly=True) as session:
+    with ctx.db.scope(readonly=True) as session:
         rows = reports.outbox_rows(
             session, state=RowState(state) if state else None, kind=kind, ref=ref, limit=limit
         )
@@ -83,13 +81,12 @@ def outbox_list(
 def outbox_requeue(ctx: Context, ids: tuple[int, ...], state: str | None) -> None:
     """Put dead (or rejected, withheld) rows back to pending with their attempts reset:
     `skysync outbox requeue 12 13` or `skysync outbox requeue --state dead`."""
-    from skysync.store.db import session_scope
     from skysync.store.models import utcnow
     from skysync.store.settle import requeue
 
     if not ids and not state:
         raise click.UsageError("give row IDS or --state")
-    with session_scope(ctx.settings.database_url) as session:
+    with ctx.db.scope() as session:
         as_state = RowState(state) if state else None
         n = requeue(session, ids=list(ids) or None, state=as_state, now=utcnow())
     click.echo(f"requeued {n} row(s)")
@@ -102,11 +99,10 @@ def outbox_release(ctx: Context, ids: tuple[int, ...]) -> None:
     """Let rows the price drop guard held back go out: `skysync outbox release 12 13`. Each goes
     back to pending, due now, and the guard lets it through (once: a newer row is guarded as
     usual). Exit 1 if some ID is not a held row (the others are released)."""
-    from skysync.store.db import session_scope
     from skysync.store.models import utcnow
     from skysync.store.settle import release_held
 
-    with session_scope(ctx.settings.database_url) as session:
+    with ctx.db.scope() as session:
         refused = release_held(session, list(dict.fromkeys(ids)), utcnow())
     released = len(set(ids)) - len(refused)
     click.echo(f"released {released} row(s): they go out with the next batch")
