@@ -29,7 +29,7 @@ PAGE_ROWS = 2000
 
 def _lock_claimers(session: Session) -> None:
     """Serialize claimers: a transaction-scoped advisory lock on PostgreSQL. On SQLite the
-    transaction began with ``BEGIN IMMEDIATE`` (see db.session_scope) and holds the write lock."""
+    transaction began with ``BEGIN IMMEDIATE`` (see db.Database.scope) and holds the write lock."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_ID})
 
