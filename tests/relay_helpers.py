@@ -44,6 +44,41 @@ def insert(db_url: str, kind: str, ref: str, payload: Any) -> int:
     return insert_raw(db_url, kind, ref, json.dumps(payload, ensure_ascii=False))
 
 
+class ErpTransaction:
+    """One ERP transaction on a PostgreSQL connection of its own: :meth:`insert` writes a row
+    (its id is taken now), and nothing is visible to skysync until :meth:`commit`; :meth:`close`
+    (or leaving the ``with`` block) rolls back what was not committed."""
+
+    def __init__(self, db_url: str) -> None:
+        self.engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+        self.conn = self.engine.connect()
+        self.tx = self.conn.begin()
+
+    def insert(self, kind: str, ref: str, payload: Any) -> int:
+        sql = sa.text(
+            "INSERT INTO skysync_outbox (kind, ref, payload) "
+            "VALUES (:k, :r, CAST(:p AS jsonb)) RETURNING id"
+        )
+        params = {"k": kind, "r": ref, "p": json.dumps(payload)}
+        return int(self.conn.execute(sql, params).scalar_one())
+
+    def commit(self) -> None:
+        self.tx.commit()
+        self.close()
+
+    def close(self) -> None:
+        if self.tx.is_active:
+            self.tx.rollback()
+        self.conn.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> ErpTransaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class RowView:
     id: int

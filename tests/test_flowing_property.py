@@ -26,7 +26,6 @@ the emulator is compared with the ERP's model. Bounded (see SETTINGS) so it runs
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from typing import Any
 
@@ -43,7 +42,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from relay_helpers import expire_leases, insert, make_client, make_due, settings_for
+from relay_helpers import (
+    ErpTransaction,
+    expire_leases,
+    insert,
+    make_client,
+    make_due,
+    settings_for,
+)
 
 from skysync.domain.promotions import capped
 from skysync.emulator import Sandbox
@@ -98,33 +104,6 @@ class Fate(httpx.BaseTransport):
         self.inner.close()
 
 
-class LateTransaction:
-    """An ERP transaction on a connection of its own that INSERTs one row (taking its id) and
-    commits when told; rolled back if it never is."""
-
-    def __init__(self, db: str, kind: str, ref: str, payload: dict[str, Any]) -> None:
-        self.ref, self.payload = ref, payload
-        self.engine = sa.create_engine(db, poolclass=sa.pool.NullPool)
-        self.conn = self.engine.connect()
-        self.tx = self.conn.begin()
-        self.conn.execute(
-            sa.text(
-                "INSERT INTO skysync_outbox (kind, ref, payload) VALUES (:k, :r, CAST(:p AS jsonb))"
-            ),
-            {"k": kind, "r": ref, "p": json.dumps(payload)},
-        )
-
-    def commit(self) -> None:
-        self.tx.commit()
-        self.close()
-
-    def close(self) -> None:
-        if self.tx.is_active:
-            self.tx.rollback()
-        self.conn.close()
-        self.engine.dispose()
-
-
 sb = sandbox_fixture(scope="module", hang_seconds=0.2)
 
 
@@ -151,7 +130,7 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             self.history: dict[tuple[str, str], list[Any]] = {}
             self.last: tuple[str, str] | None = None
             # ERP transactions that took their row's id and have not committed yet
-            self.open_tx: list[LateTransaction] = []
+            self.open_tx: list[tuple[ErpTransaction, str, dict[str, Any]]] = []
             RAN["examples"] += 1
 
         # -- the ERP --------------------------------------------------------------------------
@@ -188,10 +167,12 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             if len(self.open_tx) >= 2:
                 return
             self.step()
-            if price is None:
-                self.open_tx.append(LateTransaction(db, "stock", sku, {"qty": qty}))
-            else:
-                self.open_tx.append(LateTransaction(db, "price", sku, {"price": price}))
+            kind, payload = (
+                ("stock", {"qty": qty}) if price is None else ("price", {"price": price})
+            )
+            tx = ErpTransaction(db)
+            tx.insert(kind, sku, payload)
+            self.open_tx.append((tx, sku, payload))
             RAN["opened"] += 1
 
         @rule(data=st.data())
@@ -201,11 +182,11 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
             if not self.open_tx:
                 return
             self.step()
-            tx = self.open_tx.pop(data.draw(st.integers(0, len(self.open_tx) - 1)))
+            tx, ref, payload = self.open_tx.pop(data.draw(st.integers(0, len(self.open_tx) - 1)))
             self.read_everything()
             tx.commit()
             RAN["late_commits"] += 1
-            self.committed(tx.ref, tx.payload)
+            self.committed(ref, payload)
 
         def read_everything(self) -> None:
             """One batch that claims every due row: leases expired, every row due."""
@@ -376,15 +357,15 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
         def teardown(self) -> None:
             try:
                 while self.open_tx:
-                    tx = self.open_tx.pop(0)
+                    tx, ref, payload = self.open_tx.pop(0)
                     self.read_everything()
                     tx.commit()
                     RAN["late_commits"] += 1
-                    self.committed(tx.ref, tx.payload)
+                    self.committed(ref, payload)
                 self.settle()
                 self.check()
             finally:
-                for tx in self.open_tx:
+                for tx, _ref, _payload in self.open_tx:
                     tx.close()
                 self.client.close()
 

@@ -10,48 +10,16 @@ higher one went out), against the SkyHub emulator over HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from relay_helpers import create_product, make_due, product, relay_for, row
+from relay_helpers import ErpTransaction, create_product, make_due, product, relay_for, row
 
 from skysync.emulator import Sandbox
 from skysync.relay import drain
 from skysync.store.db import get_engine, session_scope
 from skysync.store.models import Item
-
-
-@contextmanager
-def erp_transaction(db_url: str) -> Iterator[Any]:
-    """One ERP transaction on a connection of its own: ``insert`` writes a row (its id is taken
-    now), and nothing is visible to skysync until ``commit``; left open, it is rolled back."""
-    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
-    conn = engine.connect()
-    trans = conn.begin()
-
-    class Tx:
-        @staticmethod
-        def insert(kind: str, ref: str, payload: Any) -> int:
-            sql = sa.text(
-                "INSERT INTO skysync_outbox (kind, ref, payload) "
-                "VALUES (:k, :r, CAST(:p AS jsonb)) RETURNING id"
-            )
-            return int(conn.execute(sql, {"k": kind, "r": ref, "p": json.dumps(payload)}).scalar())
-
-        @staticmethod
-        def commit() -> None:
-            trans.commit()
-
-    try:
-        yield Tx
-    finally:
-        if trans.is_active:
-            trans.rollback()
-        conn.close()
-        engine.dispose()
 
 
 def insert_with_id(db_url: str, row_id: int, kind: str, ref: str, payload: Any) -> int:
@@ -78,7 +46,7 @@ def test_the_transaction_that_commits_last_wins_on_postgresql(
     empty_tables(pg_url)
     with relay_for(pg_url, sb) as relay:
         create_product(pg_url, relay, "CO", qty=9)
-        with erp_transaction(pg_url) as a, erp_transaction(pg_url) as b:
+        with ErpTransaction(pg_url) as a, ErpTransaction(pg_url) as b:
             first = a.insert("stock", "CO", {"qty": 5})
             second = b.insert("stock", "CO", {"qty": 3})
             assert first < second  # ids are taken at INSERT time
@@ -110,7 +78,7 @@ def test_rows_committed_before_the_same_claim_follow_their_ids(pg_url: str, sb: 
     empty_tables(pg_url)
     with relay_for(pg_url, sb) as relay:
         create_product(pg_url, relay, "TG", qty=9)
-        with erp_transaction(pg_url) as a, erp_transaction(pg_url) as b:
+        with ErpTransaction(pg_url) as a, ErpTransaction(pg_url) as b:
             a.insert("stock", "TG", {"qty": 5})
             higher = b.insert("stock", "TG", {"qty": 3})
             b.commit()
@@ -174,7 +142,7 @@ def test_a_row_committed_while_a_claim_reads_a_long_backlog_is_left_for_the_next
     monkeypatch.setattr(claims, "PAGE_ROWS", 5)
     with relay_for(pg_url, sb) as relay:
         create_product(pg_url, relay, "BIG", qty=1)
-        with erp_transaction(pg_url) as late:
+        with ErpTransaction(pg_url) as late:
             late_row = late.insert("stock", "BIG", {"qty": 42})
             newest = 0
             for qty in range(10, 22):  # 12 rows, committed: pages of 5
