@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
-from skysync.domain.planner import ItemView, Row, SkuRequest, newness
+from skysync.domain.planner import ItemView, Row, SkuRequest, newness_in
 from skysync.domain.validation import is_number
 
 GUARDED_PRICES = ("price", "promotional_price")
@@ -90,11 +91,7 @@ def replaced_held(
     value (``sources``: field -> the row that carries the request's value, held or not;
     ``epochs``: their claim epochs, for :func:`newness`). Returns held row id -> the newest
     replacing row."""
-    epochs = epochs or {}
-
-    def order(row_id: int) -> tuple[int, int]:
-        return newness(epochs.get(row_id, 0), row_id)
-
+    order = partial(newness_in, epochs or {})
     replaced: dict[int, int] = {}
     for row in held:
         payload = row.payload if isinstance(row.payload, Mapping) else {}

@@ -61,6 +61,11 @@ def newness(epoch: int | None, row_id: int) -> tuple[int, int]:
 NOT_YET_CLAIMED = 2**63 - 1  # newer than any claim's number
 
 
+def newness_in(epochs: Mapping[int, int], row_id: int) -> tuple[int, int]:
+    """:func:`newness` of a row whose claim epoch ``epochs`` holds (0 when it holds none)."""
+    return newness(epochs.get(row_id, 0), row_id)
+
+
 @dataclass(frozen=True)
 class ItemView:
     """What skysync knows of one SKU in SkyHub (a ``skysync_item`` row, or nothing yet)."""
@@ -101,7 +106,7 @@ class SkuRequest:
 
     def order_of(self, row_id: int) -> tuple[int, int]:
         """:func:`newness` of one of the request's rows."""
-        return newness(self.epochs.get(row_id, 0), row_id)
+        return newness_in(self.epochs, row_id)
 
     @property
     def winner_id(self) -> int:

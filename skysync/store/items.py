@@ -9,7 +9,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.planner import ItemView, newness
+from skysync.domain.planner import ItemView, newness, newness_in
 from skysync.domain.reconcile import ItemFacts as ReconcileFacts
 from skysync.store.models import Item
 from skysync.store.slices import in_slices
@@ -44,12 +44,11 @@ def _apply_newer(
     changed = False
     for name, source in sources.items():
         before = applied.get(name)
-        epoch = epochs.get(source, 0)
-        if before is None or newness(epoch, source) > newness(
+        if before is None or newness_in(epochs, source) > newness(
             int(applied_epochs.get(name, 0)), int(before)
         ):
             applied[name] = source
-            applied_epochs[name] = epoch
+            applied_epochs[name] = epochs.get(source, 0)
             changed = True
     return changed
 
