@@ -360,21 +360,13 @@ class Stack:
     def sandbox(self, path: str) -> Any:
         return httpx.get(f"http://127.0.0.1:8710{path}", timeout=10).json()
 
+    def ping_workers(self, seconds: int, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """`celery inspect ping` from inside a worker container: every worker answers "pong"."""
+        command = ["exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect"]
+        return self.compose(*command, "ping", "--timeout", str(seconds), **kw)
+
     def worker_ready(self) -> bool:
-        done = self.compose(
-            "exec",
-            "-T",
-            "worker",
-            "celery",
-            "-A",
-            "skysync.celery_app",
-            "inspect",
-            "ping",
-            "--timeout",
-            "5",
-            check_rc=False,
-            timeout=60,
-        )
+        done = self.ping_workers(5, check_rc=False, timeout=60)
         return done.returncode == 0 and "pong" in done.stdout
 
     def dump_logs(self) -> None:
@@ -528,18 +520,7 @@ def check_scaled_workers(stack: Stack) -> None:
     stack.compose("up", "-d", "--no-recreate", "--scale", "worker=3", "worker")
     wait_for("three workers", lambda: len(stack.containers("worker")) == 3, 60)
     wait_for("three workers answering", stack.worker_ready, 120, every=3)
-    replies = stack.compose(
-        "exec",
-        "-T",
-        "worker",
-        "celery",
-        "-A",
-        "skysync.celery_app",
-        "inspect",
-        "ping",
-        "--timeout",
-        "10",
-    ).stdout
+    replies = stack.ping_workers(10).stdout
     check(replies.count("pong") == 3, f"not three workers answering:\n{replies}")
     skus = [f"CI-STOP-{i}" for i in range(1, 151)] + [f"CI-POSTGRES-{i}" for i in range(1, 151)]
     log_start = len(stack.sandbox("/_sandbox/requests")["log"])
