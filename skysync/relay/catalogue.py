@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from functools import partial
 
 from skysync.domain.reconcile import listed_skus
 from skysync.relay import unit_of_work as unit
 from skysync.relay.deps import RelayDeps
+from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.store import items as item_store
 
@@ -44,6 +45,18 @@ log = logging.getLogger("skysync.relay")
 
 PER_PAGE = 100
 TOO_LONG_PAUSE = 3600.0  # seconds before a process looks again at a catalogue too long to read
+
+
+def listing_pages(deps: RelayDeps, per_page: int = PER_PAGE) -> Iterator[ProductPage]:
+    """Every page of SkyHub's listing (``GET /products``, following its ``next`` cursor), each
+    read when asked for, through the limiter's read bucket with the relay's quick retries."""
+    cursor: str | None = None
+    while True:
+        page = unit.call(deps, partial(deps.client.list_products, per_page=per_page, cursor=cursor))
+        yield page
+        if not page.next_cursor or not page.products:
+            return
+        cursor = page.next_cursor
 
 
 def learn_unknown(deps: RelayDeps, unknown: Collection[str]) -> set[str]:
@@ -56,12 +69,8 @@ def learn_unknown(deps: RelayDeps, unknown: Collection[str]) -> set[str]:
     listed: dict[str, str | None] = {}
     pages = 0
     complete = False
-    cursor: str | None = None
     try:
-        while True:
-            page = unit.call(
-                deps, partial(deps.client.list_products, per_page=PER_PAGE, cursor=cursor)
-            )
+        for page in listing_pages(deps):
             pages += 1
             for product in page.products:
                 for entry in listed_skus(product):
@@ -85,7 +94,6 @@ def learn_unknown(deps: RelayDeps, unknown: Collection[str]) -> set[str]:
                 break
             if pages >= max_pages:
                 break
-            cursor = page.next_cursor
     except AuthenticationError:
         raise  # the batch stops as a refused write stops it: its rows go back untouched
     except SkyHubError as exc:

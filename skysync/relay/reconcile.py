@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from skysync.domain.reconcile import (
@@ -43,6 +42,7 @@ from skysync.domain.reconcile import (
 )
 from skysync.domain.validation import ValidationFailed
 from skysync.relay import unit_of_work as unit
+from skysync.relay.catalogue import listing_pages
 from skysync.relay.deps import RelayDeps
 from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
@@ -219,17 +219,14 @@ def _prefetched_pages(deps: RelayDeps, per_page: int) -> Iterator[tuple[datetime
     stop = threading.Event()
 
     def read() -> None:
-        cursor: str | None = None
+        listing = listing_pages(deps, per_page)
         try:
             while not stop.is_set():
                 read_at = deps.clock()
-                page = unit.call(
-                    deps, partial(deps.client.list_products, per_page=per_page, cursor=cursor)
-                )
-                pages.put((read_at, page))
-                if not page.next_cursor or not page.products:
+                page = next(listing, None)
+                if page is None:
                     break
-                cursor = page.next_cursor
+                pages.put((read_at, page))
         except BaseException as exc:  # handed to the caller, raised there
             pages.put(exc)
             return
