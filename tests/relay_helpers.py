@@ -206,7 +206,7 @@ def behind_the_back(sb: Sandbox, sku: str, **fields: Any) -> None:
 def acknowledged(db_url: str, sku: str) -> dict[str, Any]:
     """What skysync last saw SkyHub acknowledge for ``sku`` (empty: no item yet)."""
     with session_scope(db_url) as session:
-        item = session.get(Item, sku)
+        item = session.get(Item, ("default", sku))
         return dict(item.acknowledged) if item else {}
 
 

@@ -423,12 +423,18 @@ def test_migrate_fresh_sqlite_prints_the_revision(fresh_sqlite: str) -> None:
 def test_erp_role_prints_the_grants() -> None:
     result = run(["erp-role"])
     assert result.exit_code == 0, result.output
-    assert 'GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "skysync_erp";' in result.stdout
+    assert (
+        'GRANT INSERT (account, kind, ref, payload) ON skysync_outbox TO "skysync_erp";'
+        in result.stdout
+    )
     assert 'GRANT UPDATE (consumed_at) ON skysync_order_inbox TO "skysync_erp";' in result.stdout
 
     named = run(["erp-role", "erp_loja_1"])
     assert named.exit_code == 0, named.output
-    assert 'GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "erp_loja_1";' in named.stdout
+    assert (
+        'GRANT INSERT (account, kind, ref, payload) ON skysync_outbox TO "erp_loja_1";'
+        in named.stdout
+    )
     assert "skysync_erp" not in named.stdout
 
 
@@ -458,6 +464,7 @@ def test_erp_role_apply_creates_the_role(pg_url: str) -> None:
                 "ORDER BY column_name, privilege_type"
             ).all()
         assert [tuple(p) for p in privileges] == [
+            ("account", "INSERT"),
             ("kind", "INSERT"),
             ("payload", "INSERT"),
             ("ref", "INSERT"),

@@ -81,7 +81,7 @@ def db(pg_url: str) -> str:
 
 def item(db: str, sku: str) -> Item:
     with session_scope(db) as session:
-        found = session.get(Item, sku)
+        found = session.get(Item, ("default", sku))
         assert found is not None, sku
         session.expunge(found)
         return found
@@ -408,7 +408,7 @@ def test_worker_that_lost_its_claim_writes_no_order_status(db: str, sb: Sandbox)
         relay.run_batch()
     assert row(db, step).state == "in_flight"
     with session_scope(db) as session:
-        assert session.get(Order, code) is None
+        assert session.get(Order, ("default", code)) is None
 
 
 # -- Retry-After -------------------------------------------------------------------------------

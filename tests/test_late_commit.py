@@ -64,7 +64,7 @@ def test_the_transaction_that_commits_last_wins_on_postgresql(
     got = row(pg_url, late_row)
     assert got.state == "sent", got
     with session_scope(pg_url) as session:
-        item = session.get(Item, "CO")
+        item = session.get(Item, ("default", "CO"))
         assert item is not None and item.last_applied["qty"] == late_row
         assert item.acknowledged["qty"] == late_qty
 
@@ -103,7 +103,7 @@ def test_a_row_no_claim_had_read_wins_over_a_sent_row_with_a_higher_id(
     assert product(sb, "LC-1")["price"] == 30.0
     assert (row(db_url, sent).state, row(db_url, late).state) == ("sent", "sent")
     with session_scope(db_url) as session:
-        item = session.get(Item, "LC-1")
+        item = session.get(Item, ("default", "LC-1"))
         assert item is not None and item.last_applied["price"] == late
 
 

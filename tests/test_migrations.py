@@ -55,7 +55,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0010"
+    assert HEAD == "0011"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 
@@ -211,7 +211,7 @@ def test_sqlite_due_index_is_partial(sqlite_url: str) -> None:
         sql = conn.exec_driver_sql(
             "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'ix_skysync_outbox_due'"
         ).scalar_one()
-    assert "(available_at, id)" in sql
+    assert "(account, available_at, id)" in sql
     assert "WHERE state = 'pending'" in sql
 
 
@@ -233,7 +233,7 @@ def test_postgresql_payload_is_jsonb_and_due_index_is_partial(pg_url: str) -> No
     assert types["skysync_order_inbox.raw"] == "jsonb"
     assert types["skysync_item.acknowledged"] == "jsonb"
     assert types["skysync_outbox.created_at"] == "timestamp with time zone"
-    assert "(available_at, id)" in indexdef
+    assert "(account, available_at, id)" in indexdef
     assert "WHERE (state = 'pending'::text)" in indexdef
 
 

@@ -117,21 +117,28 @@ def test_metrics_report_the_data(db_url: str, sb: Sandbox) -> None:
         raise AssertionError(f"{line_start} not in metrics:\n{text}")
 
     # the product row folded into the newer price row of the same SKU: one POST carried both
-    assert value('skysync_outbox_rows{kind="product",state="superseded"}') == 1
-    assert value('skysync_outbox_rows{kind="price",state="sent"}') == 1
-    assert value('skysync_outbox_rows{kind="price",state="rejected"}') == 2
-    assert value('skysync_outbox_rows{kind="stock",state="pending"}') == 1
-    assert value("skysync_outbox_rejected_rows") == 2
-    assert value("skysync_outbox_dead_rows") == 0
-    assert value("skysync_outbox_oldest_due_pending_age_seconds") >= 0
-    assert value("skysync_last_relay_timestamp_seconds") > time.time() - 120
+    assert value('skysync_outbox_rows{account="default",kind="product",state="superseded"}') == 1
+    assert value('skysync_outbox_rows{account="default",kind="price",state="sent"}') == 1
+    assert value('skysync_outbox_rows{account="default",kind="price",state="rejected"}') == 2
+    assert value('skysync_outbox_rows{account="default",kind="stock",state="pending"}') == 1
+    assert value('skysync_outbox_rejected_rows{account="default"}') == 2
+    assert value('skysync_outbox_dead_rows{account="default"}') == 0
+    assert value('skysync_outbox_oldest_due_pending_age_seconds{account="default"}') >= 0
+    assert value('skysync_last_relay_timestamp_seconds{account="default"}') > time.time() - 120
     assert (
-        value('skysync_skyhub_requests_total{method="PUT",route="/products/{sku}",status="404"}')
+        value(
+            'skysync_skyhub_requests_total{account="default",method="PUT",route="/products/{sku}",status="404"}'
+        )
         == 1
     )
-    assert value('skysync_skyhub_requests_total{method="POST",route="/products",status="201"}') == 1
-    assert value("skysync_skyhub_rate_limited_total") == 0
-    assert value("skysync_orders_waiting_for_erp") == 0
+    assert (
+        value(
+            'skysync_skyhub_requests_total{account="default",method="POST",route="/products",status="201"}'
+        )
+        == 1
+    )
+    assert value('skysync_skyhub_rate_limited_total{account="default"}') == 0
+    assert value('skysync_orders_waiting_for_erp{account="default"}') == 0
 
 
 @pytest.mark.slow
@@ -157,7 +164,10 @@ def test_metrics_command_serves_prometheus_text(db_url: str, tmp_path: Path) -> 
                     raise
                 time.sleep(0.1)
         assert response.status_code == 200
-        assert 'skysync_outbox_rows{kind="price",state="pending"} 1.0' in response.text
+        assert (
+            'skysync_outbox_rows{account="default",kind="price",state="pending"} 1.0'
+            in response.text
+        )
         # `docker stop` sends SIGTERM: a clean exit 0, not death by the signal (143 in a shell)
         proc.terminate()
         assert proc.wait(timeout=10) == 0

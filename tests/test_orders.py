@@ -54,7 +54,7 @@ def inbox(db_url: str) -> list[OrderInbox]:
 
 def order_status(db_url: str, code: str) -> str | None:
     with session_scope(db_url, readonly=True) as session:
-        found = session.get(Order, code)
+        found = session.get(Order, ("default", code))
         return found.status if found else None
 
 

@@ -246,9 +246,9 @@ def test_the_run_goes_to_the_run_log_status_and_metrics(db_url: str, sb: Sandbox
     assert (last["drift"], last["orphans"], last["missing"]) == (1, 1, 0)
     assert last["drift_fields"] == {"price": 1}
     text = generate_latest(registry_for(Database.for_url(db_url))).decode()
-    assert 'skysync_drift_fields{field="price"} 1.0' in text
-    assert "skysync_orphan_skus 1.0" in text
-    assert "skysync_last_reconcile_timestamp_seconds 0.0" not in text
+    assert 'skysync_drift_fields{account="default",field="price"} 1.0' in text
+    assert 'skysync_orphan_skus{account="default"} 1.0' in text
+    assert 'skysync_last_reconcile_timestamp_seconds{account="default"} 0.0' not in text
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# The account of the single-account settings (SKYSYNC_SKYHUB_EMAIL, ...), and of every row that
+# names none (migration 0011).
+DEFAULT_ACCOUNT = "default"
+
 
 class Kind(StrEnum):
     """The ``kind`` column: what the ERP asks skysync to send."""

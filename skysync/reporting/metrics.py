@@ -6,162 +6,234 @@ database on every scrape, so one `skysync metrics` process sees what every worke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import RowState
+from skysync.domain.kinds import DEFAULT_ACCOUNT, Kind, RowState
 from skysync.store import runs
 from skysync.store.db import Database
 from skysync.store.models import utcnow
 from skysync.store.orders import inbox_counts
-from skysync.store.outbox_reads import count_by_state_and_kind, oldest_pending
+from skysync.store.outbox_reads import count_by_account_state_and_kind, oldest_pending
 from skysync.store.request_stats import request_counts
 from skysync.store.sync_errors import open_counts
 
+# The label of rows that name an account skysync is not configured for (rejected, each with
+# its reason): one label for all of them, so the metrics' cardinality stays that of the
+# configured accounts.
+UNCONFIGURED = "(unconfigured)"
+
 
 class DataCollector(Collector):
-    """Everything `skysync_*`, gathered in one read-only transaction per scrape."""
+    """Everything `skysync_*`, gathered in one read-only transaction per scrape. Every family
+    carries an ``account`` label: one value per configured account (``accounts()``, asked on
+    every scrape, so an account added to the accounts file shows at the next one), and
+    :data:`UNCONFIGURED` for rows naming any other."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, accounts: Callable[[], list[str]] | None = None):
         self.db = db
+        self.accounts = accounts or (lambda: [DEFAULT_ACCOUNT])
 
     def collect(self) -> Iterator[Metric]:
+        accounts = list(self.accounts())
         with self.db.scope(readonly=True) as session:
-            yield from _outbox_metrics(session, utcnow())
-            yield from _relay_metrics(session)
-            yield from _request_metrics(session)
-            yield from _order_metrics(session)
-            yield from _reconcile_metrics(session)
-            yield from _sync_error_metrics(session)
+            yield from _outbox_metrics(session, utcnow(), accounts)
+            yield from _relay_metrics(session, accounts)
+            yield from _request_metrics(session, accounts)
+            yield from _order_metrics(session, accounts)
+            yield from _reconcile_metrics(session, accounts)
+            yield from _sync_error_metrics(session, accounts)
 
 
-def _outbox_metrics(session: Session, now: datetime) -> Iterable[Metric]:
-    """Rows by state and kind (every pair, 0 included), dead and rejected totals, and the age
-    of the oldest due row: what tells ops whether the outbox keeps up."""
+def _label(account: str, accounts: list[str]) -> str:
+    return account if account in accounts else UNCONFIGURED
+
+
+def _outbox_metrics(session: Session, now: datetime, accounts: list[str]) -> Iterable[Metric]:
+    """Rows by account, state and kind (every pair of each account, 0 included), dead and
+    rejected totals, and the age of the oldest due row: what tells ops whether the outbox
+    keeps up."""
     rows = GaugeMetricFamily(
-        "skysync_outbox_rows", "Outbox rows by state and kind.", labels=["state", "kind"]
+        "skysync_outbox_rows",
+        "Outbox rows by account, state and kind.",
+        labels=["account", "state", "kind"],
     )
-    counts = count_by_state_and_kind(session)
-    for (state, kind), n in counts.items():
-        rows.add_metric([state, kind], n)
+    counts = {(a, str(s), str(k)): 0 for a in accounts for s in RowState for k in Kind}
+    for (account, state, kind), n in count_by_account_state_and_kind(session).items():
+        key = (_label(account, accounts), state, kind)
+        counts[key] = counts.get(key, 0) + n
+    for labels, n in counts.items():
+        rows.add_metric(list(labels), n)
     yield rows
     for state in (RowState.DEAD, RowState.REJECTED):
-        total = sum(n for (s, _k), n in counts.items() if s == state)
-        yield GaugeMetricFamily(
-            f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", value=total
+        family = GaugeMetricFamily(
+            f"skysync_outbox_{state}_rows", f"Outbox rows in state {state}.", labels=["account"]
         )
-    oldest = oldest_pending(session, due_only=True, now=now)
-    yield GaugeMetricFamily(
+        for account in dict.fromkeys(a for a, _s, _k in counts):
+            total = sum(n for (a, s, _k), n in counts.items() if a == account and s == state)
+            family.add_metric([account], total)
+        yield family
+    oldest = GaugeMetricFamily(
         "skysync_outbox_oldest_due_pending_age_seconds",
         "Age of the oldest pending row that is due (0 when none).",
-        value=(now - oldest).total_seconds() if oldest else 0.0,
+        labels=["account"],
     )
+    for account in accounts:
+        first = oldest_pending(session, due_only=True, now=now, account=account)
+        oldest.add_metric([account], (now - first).total_seconds() if first else 0.0)
+    yield oldest
 
 
-def _relay_metrics(session: Session) -> Iterable[Metric]:
-    """The last relay batch: when, how long, and whether SkyHub refused the credentials."""
-    last = runs.last(session, "relay")
-    started = last.started_at.timestamp() if last else 0.0
-    duration = (
-        (last.finished_at - last.started_at).total_seconds() if last and last.finished_at else 0.0
+def _relay_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
+    """Each account's last relay batch: when, how long, and whether SkyHub refused the
+    credentials."""
+    started = GaugeMetricFamily(
+        "skysync_last_relay_timestamp_seconds",
+        "When the last relay batch started.",
+        labels=["account"],
     )
-    yield GaugeMetricFamily(
-        "skysync_last_relay_timestamp_seconds", "When the last relay batch started.", started
+    took = GaugeMetricFamily(
+        "skysync_last_relay_duration_seconds",
+        "How long the last relay batch took.",
+        labels=["account"],
     )
-    yield GaugeMetricFamily(
-        "skysync_last_relay_duration_seconds", "How long the last relay batch took.", duration
-    )
-    yield GaugeMetricFamily(
+    refused = GaugeMetricFamily(
         "skysync_last_relay_auth_failed",
-        "1 when SkyHub refused the credentials in the last batch.",
-        value=1.0 if last is not None and runs.is_auth_stop(last.error) else 0.0,
+        "1 when SkyHub refused the account's credentials in its last batch.",
+        labels=["account"],
     )
+    for account in accounts:
+        last = runs.last(session, "relay", account=account)
+        started.add_metric([account], last.started_at.timestamp() if last else 0.0)
+        done = last is not None and last.finished_at is not None
+        took.add_metric(
+            [account], (last.finished_at - last.started_at).total_seconds() if done else 0.0
+        )
+        stopped = last is not None and runs.is_auth_stop(last.error)
+        refused.add_metric([account], 1.0 if stopped else 0.0)
+    yield from (started, took, refused)
 
 
-def _request_metrics(session: Session) -> Iterable[Metric]:
-    """Requests to SkyHub by method, endpoint and status, counted by every worker."""
+def _request_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
+    """Requests to SkyHub by account, method, endpoint and status, counted by every worker."""
     requests = CounterMetricFamily(
         "skysync_skyhub_requests",
-        "Requests to SkyHub by method, endpoint and status ('error': no answer).",
-        labels=["method", "route", "status"],
+        "Requests to SkyHub by account, method, endpoint and status ('error': no answer).",
+        labels=["account", "method", "route", "status"],
     )
-    limited = 0
-    for (method, route, status), n in request_counts(session).items():
-        requests.add_metric([method, route, status], n)
+    totals: dict[tuple[str, str, str, str], int] = {}
+    limited = dict.fromkeys(accounts, 0)
+    for (account, method, route, status), n in request_counts(session).items():
+        key = (_label(account, accounts), method, route, status)
+        totals[key] = totals.get(key, 0) + n
         if status == "429":
-            limited += n
+            limited[key[0]] = limited.get(key[0], 0) + n
+    for labels, n in totals.items():
+        requests.add_metric(list(labels), n)
     yield requests
-    yield CounterMetricFamily(
-        "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", value=limited
+    rate_limited = CounterMetricFamily(
+        "skysync_skyhub_rate_limited", "Requests SkyHub answered with 429.", labels=["account"]
     )
+    for account, n in limited.items():
+        rate_limited.add_metric([account], n)
+    yield rate_limited
 
 
-def _order_metrics(session: Session) -> Iterable[Metric]:
+def _order_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
     """Orders waiting for the ERP, and the malformed ones among them."""
-    inbox = inbox_counts(session)
-    yield GaugeMetricFamily(
-        "skysync_orders_waiting_for_erp", "Inbox rows the ERP has not consumed.", inbox.unconsumed
+    waiting = GaugeMetricFamily(
+        "skysync_orders_waiting_for_erp",
+        "Inbox rows the ERP has not consumed.",
+        labels=["account"],
     )
-    yield GaugeMetricFamily(
-        "skysync_orders_flagged", "Unconsumed inbox rows SkyHub sent malformed.", inbox.flagged
+    flagged = GaugeMetricFamily(
+        "skysync_orders_flagged",
+        "Unconsumed inbox rows SkyHub sent malformed.",
+        labels=["account"],
     )
+    for account in accounts:
+        inbox = inbox_counts(session, account=account)
+        waiting.add_metric([account], inbox.unconsumed)
+        flagged.add_metric([account], inbox.flagged)
+    yield from (waiting, flagged)
 
 
-def _reconcile_metrics(session: Session) -> Iterable[Metric]:
-    """What the last reconciliation found: drifted fields by name, orphans, missing SKUs, and
-    when it ran (0 when it never did)."""
-    last = runs.last(session, "reconcile")
-    summary = (last.summary or {}) if last is not None else {}
+_RECONCILE_COUNTS = (
+    ("skysync_orphan_skus", "orphans", "SKUs SkyHub has that the ERP never wrote."),
+    ("skysync_missing_skus", "missing", "SKUs the ERP wrote that SkyHub lacks."),
+    ("skysync_frozen_drift_fields", "frozen", "Frozen attributes SkyHub holds otherwise."),
+)
+
+
+def _reconcile_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
+    """What each account's last reconciliation found: drifted fields by name, orphans,
+    missing SKUs, and when it ran (0 when it never did)."""
     drift = GaugeMetricFamily(
         "skysync_drift_fields",
         "Fields where SkyHub differs from the ERP's latest accepted value (last reconciliation).",
-        labels=["field"],
+        labels=["account", "field"],
     )
-    for name, n in sorted((summary.get("drift_fields") or {}).items()):
-        drift.add_metric([name], n)
-    yield drift
-    for name, key, text in (
-        ("skysync_orphan_skus", "orphans", "SKUs SkyHub has that the ERP never wrote."),
-        ("skysync_missing_skus", "missing", "SKUs the ERP wrote that SkyHub lacks."),
-        ("skysync_frozen_drift_fields", "frozen", "Frozen attributes SkyHub holds otherwise."),
-    ):
-        yield GaugeMetricFamily(name, text + " (last reconciliation)", value=summary.get(key, 0))
-    yield GaugeMetricFamily(
+    counts = {
+        name: GaugeMetricFamily(name, text + " (last reconciliation)", labels=["account"])
+        for name, _key, text in _RECONCILE_COUNTS
+    }
+    when = GaugeMetricFamily(
         "skysync_last_reconcile_timestamp_seconds",
         "When the last reconciliation finished (0: never).",
-        value=last.finished_at.timestamp() if last is not None and last.finished_at else 0.0,
+        labels=["account"],
     )
+    for account in accounts:
+        last = runs.last(session, "reconcile", account=account)
+        summary = (last.summary or {}) if last is not None else {}
+        for name, n in sorted((summary.get("drift_fields") or {}).items()):
+            drift.add_metric([account, name], n)
+        for name, key, _text in _RECONCILE_COUNTS:
+            counts[name].add_metric([account], summary.get(key, 0))
+        finished = last.finished_at.timestamp() if last is not None and last.finished_at else 0.0
+        when.add_metric([account], finished)
+    yield drift
+    yield from counts.values()
+    yield when
 
 
-def _sync_error_metrics(session: Session) -> Iterable[Metric]:
+def _sync_error_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
     """SkyHub's own errors still open (neither resolved nor ignored), per entity type."""
     errors = GaugeMetricFamily(
         "skysync_skyhub_sync_errors",
         "SkyHub's own errors about accepted products and orders, still open.",
-        labels=["entity_type"],
+        labels=["account", "entity_type"],
     )
-    for entity_type, n in open_counts(session).items():
-        errors.add_metric([entity_type], n)
+    for account in accounts:
+        for entity_type, n in open_counts(session, account=account).items():
+            errors.add_metric([account, entity_type], n)
     yield errors
 
 
-def registry_for(db: Database) -> CollectorRegistry:
+def registry_for(
+    db: Database, accounts: Callable[[], list[str]] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DataCollector(db))
+    registry.register(DataCollector(db, accounts))
     return registry
 
 
-def serve(db: Database, port: int, address: str = "127.0.0.1") -> None:
+def serve(
+    db: Database,
+    port: int,
+    address: str = "127.0.0.1",
+    accounts: Callable[[], list[str]] | None = None,
+) -> None:
     """Serve /metrics until interrupted."""
     import threading
 
     from prometheus_client import start_http_server
 
-    server, thread = start_http_server(port, addr=address, registry=registry_for(db))
+    registry = registry_for(db, accounts)
+    server, thread = start_http_server(port, addr=address, registry=registry)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """Read-only views for the command line (and anything else that shows state to a person):
 plain dicts built from one session, and the lines that show some of them on a terminal, so
-the CLI only parses input, calls and prints."""
+the CLI only parses input, calls and prints. One SKU or order is the session's account's
+(db.account_of); lists take ``account`` (None: every account's)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.kinds import RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.store import outbox_reads, sync_errors
+from skysync.store.db import account_of
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow
 
 
@@ -24,6 +26,7 @@ def _iso(value: datetime | None) -> str | None:
 def row_dict(row: OutboxRow) -> dict[str, Any]:
     return {
         "id": row.id,
+        "account": row.account,
         "kind": row.kind,
         "ref": row.ref,
         "state": row.state,
@@ -45,16 +48,20 @@ def outbox_rows(
     kind: str | None = None,
     ref: str | None = None,
     limit: int = 50,
+    account: str | None = None,
 ) -> list[dict[str, Any]]:
     """Outbox rows, newest first."""
-    rows = outbox_reads.recent_rows(session, state=state, kind=kind, ref=ref, limit=limit)
+    rows = outbox_reads.recent_rows(
+        session, state=state, kind=kind, ref=ref, limit=limit, account=account
+    )
     return [row_dict(r) for r in rows]
 
 
 def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, Any]:
     """What SkyHub acknowledged for a SKU, its linked/frozen state, and its recent rows."""
-    found = session.get(Item, sku)
-    data: dict[str, Any] = {"sku": sku, "known": found is not None}
+    account = account_of(session)
+    found = session.get(Item, (account, sku))
+    data: dict[str, Any] = {"account": account, "sku": sku, "known": found is not None}
     if found is not None:
         data.update(
             in_skyhub=found.in_skyhub,
@@ -71,11 +78,16 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             # the quantity the ERP wrote, when SkyHub got less (SKYSYNC_STOCK_BUFFER)
             erp_values=_erp_values(session, sku, found),
         )
-    data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent)
+    data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent, account=account)
     data["sync_errors"] = [
         sync_errors.as_dict(e)
         for e in sync_errors.listed(
-            session, entity_id=sku, entity_type="products", include_closed=True, limit=recent
+            session,
+            entity_id=sku,
+            entity_type="products",
+            include_closed=True,
+            limit=recent,
+            account=account,
         )
     ]
     return data
@@ -100,21 +112,30 @@ def _erp_values(session: Session, sku: str, item: Item) -> dict[str, Any]:
 
 
 def orders(
-    session: Session, *, status: str | None = None, unconsumed: bool = False, limit: int = 50
+    session: Session,
+    *,
+    status: str | None = None,
+    unconsumed: bool = False,
+    limit: int = 50,
+    account: str | None = None,
 ) -> list[dict[str, Any]]:
     """Orders skysync knows, most recently changed first, with their unread inbox rows."""
     waiting = (
         sa.select(sa.func.count())
-        .where(OrderInbox.code == Order.code, OrderInbox.consumed_at.is_(None))
+        .where(OrderInbox.account == Order.account, OrderInbox.code == Order.code)
+        .where(OrderInbox.consumed_at.is_(None))
         .scalar_subquery()
     )
     query = sa.select(Order, waiting).order_by(Order.updated_at.desc()).limit(limit)
+    if account is not None:
+        query = query.where(Order.account == account)
     if status:
         query = query.where(Order.status == status)
     if unconsumed:
         query = query.where(waiting > 0)
     return [
         {
+            "account": order.account,
             "code": order.code,
             "status": order.status,
             "status_source": order.status_source,
@@ -128,14 +149,18 @@ def orders(
 
 def order_report(session: Session, code: str) -> dict[str, Any] | None:
     """One order's inbox history and the status steps sent back; None when unknown."""
-    order = session.get(Order, code)
+    account = account_of(session)
+    order = session.get(Order, (account, code))
     inbox = session.scalars(
-        sa.select(OrderInbox).where(OrderInbox.code == code).order_by(OrderInbox.id)
+        sa.select(OrderInbox)
+        .where(OrderInbox.account == account, OrderInbox.code == code)
+        .order_by(OrderInbox.id)
     ).all()
     steps = outbox_reads.order_rows(session, code)
     if order is None and not inbox and not steps:
         return None
     return {
+        "account": account,
         "code": code,
         "status": order.status if order else None,
         "status_source": order.status_source if order else None,

@@ -18,6 +18,7 @@ from sqlalchemy.orm.util import AliasedInsp
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
 from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, RowState
+from skysync.store.db import account_of
 from skysync.store.models import Counter, Item, OutboxRow, UTCDateTime, payload_text
 from skysync.store.slices import IN_CHUNK, in_slices
 
@@ -44,9 +45,11 @@ def try_lock_claimers(session: Session) -> bool:
 
 
 def reclaim_expired(session: Session, now: datetime) -> int:
-    """in_flight rows whose lease ran out (their worker died) go back to pending."""
+    """The account's in_flight rows whose lease ran out (their worker died) go back to
+    pending."""
     result = session.execute(
         sa.update(OutboxRow)
+        .where(OutboxRow.account == account_of(session))
         .where(OutboxRow.state == RowState.IN_FLIGHT, OutboxRow.lease_until < now)
         .values(
             state=RowState.PENDING,
@@ -62,21 +65,23 @@ def reclaim_expired(session: Session, now: datetime) -> int:
 def _family(row: type[OutboxRow]) -> sa.ColumnElement[str]:
     """The key a row is claimed under: a variation's SKU rows belong to their parent product's
     family (the parent's product row carries the variation's values too); anything else is its
-    own ref."""
+    own ref. Within the row's account: the same SKU in another account is another item."""
     parent = (
         sa.select(Item.parent_sku)
-        .where(Item.sku == row.ref, row.kind.in_(SKU_KINDS))
+        .where(Item.account == row.account, Item.sku == row.ref, row.kind.in_(SKU_KINDS))
         .correlate_except(Item)
         .scalar_subquery()
     )
     return sa.func.coalesce(parent, row.ref)
 
 
-def _busy() -> sa.Select[str]:
-    """The families with a row in flight: one uncorrelated subquery (evaluated once), not a
-    scan of the in-flight rows per row."""
+def _busy(account: str) -> sa.Select[str]:
+    """The account's families with a row in flight: one uncorrelated subquery (evaluated
+    once), not a scan of the in-flight rows per row."""
     in_flight = sa.orm.aliased(OutboxRow, name="f")
-    return sa.select(_family(in_flight)).where(in_flight.state == RowState.IN_FLIGHT)
+    return sa.select(_family(in_flight)).where(
+        in_flight.account == account, in_flight.state == RowState.IN_FLIGHT
+    )
 
 
 def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.ColumnElement[bool]:
@@ -127,10 +132,12 @@ def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | No
     are claimed whole as above, so the lane folds a SKU's older and newer rows like a batch
     and can never send a value that a newer row would overwrite."""
     _lock_claimers(session)
+    account = account_of(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     due = (
         sa.select(o.id, o.kind, _family(o))
-        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
+        .where(o.account == account, o.state == RowState.PENDING, o.available_at <= now)
+        .where(_family(o).not_in(_busy(account)))
         .order_by(o.id)
         .limit(limit)
     )
@@ -144,14 +151,21 @@ def pick_due(session: Session, *, now: datetime, limit: int, lane: LaneRule | No
     codes = list(dict.fromkeys(fam for _id, kind, fam in picked if kind in ORDER_KINDS))
     skus = list(heads)
     for part in in_slices(heads):  # stay under bound-parameter limits
-        skus += session.scalars(sa.select(Item.sku).where(Item.parent_sku.in_(part)))
+        skus += session.scalars(
+            sa.select(Item.sku).where(Item.account == account, Item.parent_sku.in_(part))
+        )
     return Due(skus=list(dict.fromkeys(skus)), codes=codes, full=len(picked) >= limit)
 
 
 def keys_in_flight(session: Session) -> int:
-    """How many keys (SKUs and order codes) have rows in flight: what the workers still have
-    to send. Read from the partial claim index (only rows in flight are in it)."""
-    refs = sa.select(OutboxRow.ref).where(OutboxRow.state == RowState.IN_FLIGHT).distinct()
+    """How many of the account's keys (SKUs and order codes) have rows in flight: what the
+    workers still have to send. Read from the partial claim index (only rows in flight are in
+    it)."""
+    refs = (
+        sa.select(OutboxRow.ref)
+        .where(OutboxRow.account == account_of(session), OutboxRow.state == RowState.IN_FLIGHT)
+        .distinct()
+    )
     return session.execute(sa.select(sa.func.count()).select_from(refs.subquery())).scalar_one()
 
 
@@ -161,7 +175,9 @@ def claim_orders(
     """Put the due steps of these orders in flight under ``token`` (read them back with
     :func:`iter_claimed`); an order's not-yet-due steps wait their turn."""
     claim = {"state": RowState.IN_FLIGHT, "claim_token": token, "lease_until": lease_until}
-    pending = sa.update(OutboxRow).where(OutboxRow.state == RowState.PENDING)
+    pending = sa.update(OutboxRow).where(
+        OutboxRow.account == account_of(session), OutboxRow.state == RowState.PENDING
+    )
     for part in in_slices(codes):
         session.execute(
             pending.where(OutboxRow.kind.in_(ORDER_KINDS), OutboxRow.ref.in_(part))
@@ -179,10 +195,13 @@ def claim_orders(
 REFS_PER_READ = 50
 
 
-def _pending_sku_rows(conn: sa.Connection) -> sa.Select[Any]:
-    payload = payload_text(OutboxRow.payload, conn.dialect.name)
+def _pending_sku_rows(session: Session) -> sa.Select[Any]:
+    """The pending product/price/stock rows of the session's account."""
+    payload = payload_text(OutboxRow.payload, session.connection().dialect.name)
     return sa.select(OutboxRow.id, OutboxRow.kind, OutboxRow.ref, payload).where(
-        OutboxRow.state == RowState.PENDING, OutboxRow.kind.in_(SKU_KINDS)
+        OutboxRow.account == account_of(session),
+        OutboxRow.state == RowState.PENDING,
+        OutboxRow.kind.in_(SKU_KINDS),
     )
 
 
@@ -195,7 +214,7 @@ def iter_pending_newest_first(session: Session, skus: Sequence[str]) -> Iterator
     next page. The rows an earlier claim gave back come after, from
     :func:`iter_pending_claimed_before`."""
     conn = session.connection()
-    columns = _pending_sku_rows(conn).where(OutboxRow.claim_epoch.is_(None))
+    columns = _pending_sku_rows(session).where(OutboxRow.claim_epoch.is_(None))
     todo = deque(skus)
     width = REFS_PER_READ
     while todo:
@@ -230,7 +249,7 @@ def iter_pending_claimed_before(
     :func:`iter_pending_newest_first`, and few (at most the rows a SKU's requests needed), so
     once the caller has ended those, this reads little more than these rows."""
     conn = session.connection()
-    columns = _pending_sku_rows(conn).where(OutboxRow.claim_epoch.is_not(None))
+    columns = _pending_sku_rows(session).where(OutboxRow.claim_epoch.is_not(None))
     order = (OutboxRow.ref, OutboxRow.claim_epoch.desc(), OutboxRow.id.desc())
     for part in in_slices(list(skus)):
         page: list[PendingRow] = list(
@@ -418,11 +437,13 @@ def lane_rows_due(session: Session, rule: LaneRule, now: datetime) -> bool:
     with no row in flight (what :func:`pick_due` with ``lane=rule`` would take)? One cheap query
     (the pending-due index, stopped at the first match): the lane's watcher asks it before it
     wakes a worker."""
+    account = account_of(session)
     o = sa.orm.aliased(OutboxRow, name="o")
     query = (
         sa.select(sa.literal(1))
         .select_from(o)
-        .where(o.state == RowState.PENDING, o.available_at <= now, _family(o).not_in(_busy()))
+        .where(o.account == account, o.state == RowState.PENDING, o.available_at <= now)
+        .where(_family(o).not_in(_busy(account)))
         .where(lane_filter(o, rule, session.get_bind().dialect.name))
         .limit(1)
     )

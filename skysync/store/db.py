@@ -6,7 +6,7 @@ from __future__ import annotations
 import select
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from skysync.config import mask_dsns_in, scrub_dsn_secret
+from skysync.domain.kinds import DEFAULT_ACCOUNT
 
 
 def _alembic_dir() -> Path:
@@ -126,6 +127,12 @@ class Database:
     url: str
     engine: sa.Engine
     sessions: sessionmaker[Session]
+    # the SkyHub account whose rows this handle's sessions read and write (account_of)
+    account: str = DEFAULT_ACCOUNT
+
+    def for_account(self, account: str) -> Database:
+        """This database, for ``account``'s rows: what its sessions' :func:`account_of` says."""
+        return self if account == self.account else replace(self, account=account)
 
     @classmethod
     def for_url(cls, url: str) -> Database:
@@ -166,7 +173,7 @@ class Database:
         unknown, so nothing is lost and no stale value wins. Never for anything the ERP or an
         operator wrote.
         """
-        session = self.sessions()
+        session = self.sessions(info={ACCOUNT_KEY: self.account})
         if readonly and self.url.startswith("sqlite"):
             session.connection(execution_options={"sqlite_readonly": True})
         if not flush_wal and self.url.startswith("postgresql"):
@@ -182,6 +189,14 @@ class Database:
 
 
 _DATABASES: dict[str, Database] = {}
+
+ACCOUNT_KEY = "skysync_account"  # Session.info: the account of the Database that opened it
+
+
+def account_of(session: Session) -> str:
+    """The SkyHub account ``session`` works for (:meth:`Database.for_account`): every store
+    function that reads or writes rows by SKU, order code or state keeps to its rows."""
+    return str(session.info.get(ACCOUNT_KEY, DEFAULT_ACCOUNT))
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -1,4 +1,5 @@
-"""The SQL on ``skysync_item``: what SkyHub last acknowledged per SKU, and its frozen state."""
+"""The SQL on ``skysync_item``: what SkyHub last acknowledged per SKU, and its frozen state.
+Every function keeps to the items of the session's account (db.account_of)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.planner import ItemView, newness, newness_in
 from skysync.domain.reconcile import ItemFacts as ReconcileFacts
+from skysync.store.db import account_of
 from skysync.store.models import Item
 from skysync.store.slices import in_slices
 
@@ -58,11 +60,17 @@ def _apply_newer(
 # time than PostgreSQL took to run them. Every other writer uses the ORM (get_or_create); a Core
 # write expires the ORM's copy of the row, so the two never disagree within a transaction.
 _ITEM = cast(sa.Table, Item.__table__)  # a mapped class's table, typed FromClause
-_SELECT = sa.select(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
+_THIS = sa.and_(_ITEM.c.account == sa.bindparam("b_account"), _ITEM.c.sku == sa.bindparam("b_sku"))
+_SELECT = sa.select(_ITEM).where(_THIS)
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
-_UPDATE = sa.update(_ITEM).where(_ITEM.c.sku == sa.bindparam("b_sku"))
+_UPDATE = sa.update(_ITEM).where(_THIS)
 _INSERT = sa.insert(_ITEM)
 LOCKED = "skysync_locked_items"  # Session.info: {sku: row or None} locked by this transaction
+
+
+def _key(session: Session, sku: str) -> dict[str, str]:
+    """The bound parameters of :data:`_THIS`: ``sku`` of the session's account."""
+    return {"b_account": account_of(session), "b_sku": sku}
 
 
 def lock(session: Session, sku: str) -> sa.Row[Any] | None:
@@ -74,7 +82,7 @@ def lock(session: Session, sku: str) -> sa.Row[Any] | None:
     if sku not in locked:
         pg = session.get_bind().dialect.name == "postgresql"
         query = _SELECT_FOR_UPDATE if pg else _SELECT
-        locked[sku] = session.execute(query, {"b_sku": sku}).first()
+        locked[sku] = session.execute(query, _key(session, sku)).first()
     return locked[sku]
 
 
@@ -88,12 +96,12 @@ def _write(session: Session, sku: str, row: sa.Row[Any] | None, values: dict[str
             "attempt": {},
             "in_skyhub": False,
         }
-        session.execute(_INSERT, {**defaults, **values, "sku": sku})
+        session.execute(_INSERT, {**defaults, **values, "account": account_of(session), "sku": sku})
     else:
-        session.execute(_UPDATE, {**values, "b_sku": sku})
+        session.execute(_UPDATE, {**values, **_key(session, sku)})
     # still locked, but the row changed: the next reader reads it again, ORM or not
     _unlock_cache(session, sku)
-    cached = session.identity_map.get(session.identity_key(Item, sku))
+    cached = session.identity_map.get(session.identity_key(Item, (account_of(session), sku)))
     if cached is not None:
         session.expire(cached)
 
@@ -105,19 +113,21 @@ def _unlock_cache(session: Session, sku: str) -> None:
 
 def _orm_get(session: Session, sku: str) -> Item | None:
     _unlock_cache(session, sku)
-    return session.get(Item, sku)
+    return session.get(Item, (account_of(session), sku))
 
 
 def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> Item:
     """``sku``'s row (locked with ``for_update``), created when missing. A new row is not flushed
     here: it goes with the transaction's other writes (a query in between flushes it first)."""
     _unlock_cache(session, sku)
-    query = sa.select(Item).where(Item.sku == sku)
+    account = account_of(session)
+    query = sa.select(Item).where(Item.account == account, Item.sku == sku)
     if for_update and session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     item = session.scalars(query).first()
     if item is None:
         item = Item(
+            account=account,
             sku=sku,
             acknowledged={},
             last_applied={},
@@ -137,7 +147,9 @@ def family_links(session: Session, skus: Iterable[str]) -> tuple[dict[str, str |
     skus = list(skus)
     parents: dict[str, str | None] = {}
     in_skyhub: set[str] = set()
-    query = sa.select(Item.sku, Item.parent_sku, Item.in_skyhub)
+    query = sa.select(Item.sku, Item.parent_sku, Item.in_skyhub).where(
+        Item.account == account_of(session)
+    )
     for part in in_slices(skus):
         for sku, parent, present in session.execute(query.where(Item.sku.in_(part))):
             parents[sku] = parent
@@ -170,6 +182,7 @@ def learn_listed(
         if sku not in known
     ]
     defaults: dict[str, Any] = {
+        "account": account_of(session),
         "acknowledged": {},
         "last_applied": {},
         "applied_epochs": {},
@@ -181,7 +194,9 @@ def learn_listed(
         )
     for sku, parent in listed.items():
         if parent is not None and sku in known and known[sku] is None:
-            session.execute(_UPDATE, {"b_sku": sku, "parent_sku": parent, "updated_at": now})
+            session.execute(
+                _UPDATE, {**_key(session, sku), "parent_sku": parent, "updated_at": now}
+            )
             _unlock_cache(session, sku)
 
 
@@ -317,11 +332,12 @@ def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, Reconcil
     parent's freeze (the marketplace freezes a product with its variations)."""
     items: dict[str, Item] = {}
     wanted = list(dict.fromkeys(skus))
+    mine = sa.select(Item).where(Item.account == account_of(session))
     for part in in_slices(wanted):
-        items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
+        items.update({i.sku: i for i in session.scalars(mine.where(Item.sku.in_(part)))})
     parents = sorted({i.parent_sku for i in items.values() if i.parent_sku} - set(items))
     for part in in_slices(parents):
-        items.update({i.sku: i for i in session.scalars(sa.select(Item).where(Item.sku.in_(part)))})
+        items.update({i.sku: i for i in session.scalars(mine.where(Item.sku.in_(part)))})
     facts = {}
     for sku in wanted:
         item = items.get(sku)
@@ -345,7 +361,9 @@ def reconcile_facts(session: Session, skus: Iterable[str]) -> dict[str, Reconcil
 
 def believed_in_skyhub(session: Session) -> Iterator[tuple[str, str | None]]:
     """(sku, parent_sku) of every SKU skysync believes SkyHub holds, streamed."""
-    query = sa.select(Item.sku, Item.parent_sku).where(Item.in_skyhub.is_(True))
+    query = sa.select(Item.sku, Item.parent_sku).where(
+        Item.account == account_of(session), Item.in_skyhub.is_(True)
+    )
     rows = session.execute(query.order_by(Item.sku).execution_options(yield_per=2000))
     yield from ((sku, parent) for sku, parent in rows)
 

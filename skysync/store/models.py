@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from skysync.domain.kinds import Kind, Origin, RowState, UnreadableJSON
+from skysync.domain.kinds import DEFAULT_ACCOUNT, Kind, Origin, RowState, UnreadableJSON
 
 
 def utcnow() -> datetime:
@@ -103,6 +103,13 @@ class Base(DeclarativeBase):
     pass
 
 
+def account_column(*, primary_key: bool = False) -> Mapped[str]:
+    """The SkyHub account a row belongs to (migration 0011): ``default`` unless written."""
+    return mapped_column(
+        sa.Text(), primary_key=primary_key, nullable=False, server_default=DEFAULT_ACCOUNT
+    )
+
+
 def _in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
@@ -118,6 +125,8 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
     )
+    # the SkyHub account the ERP names (migration 0011); a row without one is default's
+    account: Mapped[str] = account_column()
     kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     ref: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     payload: Mapped[Any] = mapped_column(LenientJSON(), nullable=True)
@@ -155,10 +164,11 @@ class OutboxRow(Base):
             name="ck_skysync_outbox_reason",
         ),
         sa.CheckConstraint("attempts >= 0", name="ck_skysync_outbox_attempts"),
-        sa.Index("ix_skysync_outbox_ref_state_id", "ref", "state", "id"),  # 0009
-        sa.Index("ix_skysync_outbox_state_id", "state", "id"),
+        sa.Index("ix_skysync_outbox_ref_state_id", "account", "ref", "state", "id"),  # 0011
+        sa.Index("ix_skysync_outbox_state_id", "state", "account", "id"),  # 0011
         sa.Index(
             "ix_skysync_outbox_due",
+            "account",
             "available_at",
             "id",
             postgresql_where=sa.text(f"state = '{RowState.PENDING}'"),
@@ -176,10 +186,11 @@ class OutboxRow(Base):
 
 
 class Item(Base):
-    """Per SKU: what SkyHub last acknowledged, and whether the marketplace froze it."""
+    """Per account and SKU: what SkyHub last acknowledged, and whether the marketplace froze it."""
 
     __tablename__ = "skysync_item"
 
+    account: Mapped[str] = account_column(primary_key=True)
     sku: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     parent_sku: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     in_skyhub: Mapped[bool] = mapped_column(sa.Boolean(), nullable=False, server_default=sa.false())
@@ -205,7 +216,7 @@ class Item(Base):
         sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False, server_default="{}"
     )
 
-    __table_args__ = (sa.Index("ix_skysync_item_parent", "parent_sku"),)
+    __table_args__ = (sa.Index("ix_skysync_item_parent", "account", "parent_sku"),)
 
 
 class Counter(Base):
@@ -225,6 +236,7 @@ class OrderInbox(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
+    account: Mapped[str] = account_column()  # whose queue the order came from
     code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     status: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     dedupe_key: Mapped[str] = mapped_column(sa.Text(), nullable=False)
@@ -236,8 +248,8 @@ class OrderInbox(Base):
     consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
-        sa.UniqueConstraint("dedupe_key", name="uq_skysync_order_inbox_dedupe_key"),
-        sa.Index("ix_skysync_order_inbox_code", "code"),
+        sa.UniqueConstraint("account", "dedupe_key", name="uq_skysync_order_inbox_dedupe_key"),
+        sa.Index("ix_skysync_order_inbox_code", "account", "code"),
         sa.Index(
             "ix_skysync_order_inbox_unconsumed",
             "id",
@@ -253,6 +265,7 @@ class Order(Base):
 
     __tablename__ = "skysync_order"
 
+    account: Mapped[str] = account_column(primary_key=True)
     code: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     status: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     status_source: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
@@ -269,6 +282,7 @@ class RunLog(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
+    account: Mapped[str] = account_column()
     kind: Mapped[str] = mapped_column(sa.Text(), nullable=False)
     claim_token: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
@@ -279,7 +293,7 @@ class RunLog(Base):
     error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
 
     __table_args__ = (
-        sa.Index("ix_skysync_run_kind_started", "kind", "started_at"),
+        sa.Index("ix_skysync_run_kind_started", "account", "kind", "started_at"),
         sa.Index("ix_skysync_run_claim_token", "claim_token"),
         {"sqlite_autoincrement": True},
     )
@@ -290,6 +304,7 @@ class RequestStat(Base):
 
     __tablename__ = "skysync_request_stat"
 
+    account: Mapped[str] = account_column(primary_key=True)
     method: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     route: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
     status: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
@@ -306,6 +321,7 @@ class SyncError(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
+    account: Mapped[str] = account_column()
     entity_type: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # products | orders
     entity_id: Mapped[str] = mapped_column(sa.Text(), nullable=False)  # SKU or order code
     error_category_code: Mapped[str] = mapped_column(sa.Text(), nullable=False)
@@ -325,12 +341,13 @@ class SyncError(Base):
             "entity_type IN ('products', 'orders')", name="ck_skysync_sync_error_entity_type"
         ),
         sa.UniqueConstraint(
+            "account",
             "entity_type",
             "entity_id",
             "error_category_code",
             "error_code",
             name="uq_skysync_sync_error_key",
         ),
-        sa.Index("ix_skysync_sync_error_entity", "entity_id"),
+        sa.Index("ix_skysync_sync_error_entity", "account", "entity_id"),
         {"sqlite_autoincrement": True},
     )

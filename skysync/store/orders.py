@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
 from skysync.store import outbox_reads
+from skysync.store.db import account_of
 from skysync.store.models import Order, OrderInbox
 
 
@@ -25,10 +26,13 @@ class InboxCounts:
     flagged: int
 
 
-def inbox_counts(session: Session) -> InboxCounts:
+def inbox_counts(session: Session, *, account: str | None = None) -> InboxCounts:
+    """Of ``account`` (None: of every account)."""
     waiting = (
         sa.select(sa.func.count()).select_from(OrderInbox).where(OrderInbox.consumed_at.is_(None))
     )
+    if account is not None:
+        waiting = waiting.where(OrderInbox.account == account)
     return InboxCounts(
         unconsumed=session.execute(waiting).scalar_one(),
         flagged=session.execute(waiting.where(OrderInbox.parse_error.is_not(None))).scalar_one(),
@@ -37,7 +41,9 @@ def inbox_counts(session: Session) -> InboxCounts:
 
 def inbox_id(session: Session, dedupe_key: str) -> int | None:
     """The inbox row of the order state ``dedupe_key``, if it is stored."""
-    query = sa.select(OrderInbox.id).where(OrderInbox.dedupe_key == dedupe_key)
+    query = sa.select(OrderInbox.id).where(
+        OrderInbox.account == account_of(session), OrderInbox.dedupe_key == dedupe_key
+    )
     return session.execute(query).scalar()
 
 
@@ -56,7 +62,9 @@ def store_received(
     this order state (``dedupe_key``) was stored already."""
     if inbox_id(session, dedupe_key) is not None:
         return False
+    account = account_of(session)
     row = OrderInbox(
+        account=account,
         code=code or "?",
         status=status,
         dedupe_key=dedupe_key,
@@ -67,9 +75,9 @@ def store_received(
     session.add(row)
     session.flush()
     if code:
-        order = session.get(Order, code)
+        order = session.get(Order, (account, code))
         if order is None:
-            order = Order(code=code)
+            order = Order(account=account, code=code)
             session.add(order)
         if status:
             order.status = status
@@ -88,14 +96,16 @@ class Step:
 
 
 def current_status(session: Session, code: str) -> str | None:
-    return session.execute(sa.select(Order.status).where(Order.code == code)).scalar()
+    query = sa.select(Order.status).where(Order.account == account_of(session), Order.code == code)
+    return session.execute(query).scalar()
 
 
 def record_status(session: Session, code: str, status: str, now: datetime) -> None:
     """A step of ours went out: the order now has ``status``."""
-    order = session.get(Order, code)
+    account = account_of(session)
+    order = session.get(Order, (account, code))
     if order is None:
-        order = Order(code=code)
+        order = Order(account=account, code=code)
         session.add(order)
     order.status = status
     order.status_source = "skysync"

@@ -1,6 +1,10 @@
 """Read-only queries on the outbox: counts and rows for ``skysync status``, the metrics and the
 reports, what a drain left and whose it is, and what the relay and reconciliation look up (rows
-still open, rows that got through)."""
+still open, rows that got through).
+
+What operators read (counts, lists) takes ``account``: one account's rows, or every account's
+(None). What the relay and reconciliation look up keeps to the session's account
+(db.account_of)."""
 
 from __future__ import annotations
 
@@ -13,27 +17,39 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import ORDER_KINDS, Kind, RowState
 from skysync.domain.reconcile import AcceptedRow
+from skysync.store.db import account_of
 from skysync.store.models import OutboxRow, utcnow
 from skysync.store.slices import in_slices
 
 
-def count_by_state(session: Session) -> dict[str, int]:
+def _of(account: str | None) -> sa.ColumnElement[bool]:
+    """Rows of ``account``; every row when None."""
+    return sa.true() if account is None else OutboxRow.account == account
+
+
+def count_by_state(session: Session, *, account: str | None = None) -> dict[str, int]:
     """Rows per state, every state present (0 when none)."""
     counts: dict[str, int] = dict.fromkeys(RowState, 0)
-    rows = session.execute(sa.select(OutboxRow.state, sa.func.count()).group_by(OutboxRow.state))
+    query = sa.select(OutboxRow.state, sa.func.count()).where(_of(account))
+    rows = session.execute(query.group_by(OutboxRow.state))
     for state, n in rows:
         counts[state] = n
     return counts
 
 
-def count_by_state_and_kind(session: Session) -> dict[tuple[str, str], int]:
-    """Rows per (state, kind), every pair present (0 when none): what the metrics export."""
-    counts = {(str(s), str(k)): 0 for s in RowState for k in Kind}
-    query = sa.select(OutboxRow.state, OutboxRow.kind, sa.func.count()).group_by(
-        OutboxRow.state, OutboxRow.kind
-    )
-    for state, kind, n in session.execute(query):
-        counts[(state, kind)] = n
+def count_by_account_state_and_kind(session: Session) -> dict[tuple[str, str, str], int]:
+    """Rows per (account, state, kind) present: what the metrics export."""
+    query = sa.select(OutboxRow.account, OutboxRow.state, OutboxRow.kind, sa.func.count())
+    query = query.group_by(OutboxRow.account, OutboxRow.state, OutboxRow.kind)
+    return {(a, s, k): n for a, s, k, n in session.execute(query)}
+
+
+def count_by_account_and_state(session: Session) -> dict[str, dict[str, int]]:
+    """Rows per account and state (every state present for each account that has rows)."""
+    counts: dict[str, dict[str, int]] = {}
+    query = sa.select(OutboxRow.account, OutboxRow.state, sa.func.count())
+    for account, state, n in session.execute(query.group_by(OutboxRow.account, OutboxRow.state)):
+        counts.setdefault(account, dict.fromkeys(RowState, 0))[state] = n
     return counts
 
 
@@ -41,35 +57,40 @@ def is_empty(session: Session) -> bool:
     return session.execute(sa.select(sa.literal(1)).select_from(OutboxRow).limit(1)).first() is None
 
 
-def count_due(session: Session, now: datetime) -> int:
+def count_due(session: Session, now: datetime, *, account: str | None = None) -> int:
     """Pending rows due by ``now`` (what another batch would find to claim)."""
     return session.execute(
         sa.select(sa.func.count())
         .select_from(OutboxRow)
         .where(OutboxRow.state == RowState.PENDING, OutboxRow.available_at <= now)
+        .where(_of(account))
     ).scalar_one()
 
 
 def oldest_pending(
-    session: Session, *, due_only: bool, now: datetime | None = None
+    session: Session, *, due_only: bool, now: datetime | None = None, account: str | None = None
 ) -> datetime | None:
     """created_at of the oldest pending row (only rows due now when ``due_only``): the first
     written, by id, found at the head of the ``(state, id)`` index. (``min(created_at)`` read
     every pending row, 95 ms a call on 666,667 of them; ids follow the order of the INSERTs,
     and a row keeps its id and created_at when it goes back to pending.)"""
     query = sa.select(OutboxRow.created_at).where(OutboxRow.state == RowState.PENDING)
+    query = query.where(_of(account))
     if due_only:
         query = query.where(OutboxRow.available_at <= (now or utcnow()))
     return session.execute(query.order_by(OutboxRow.id).limit(1)).scalar()
 
 
-def parked_by_skyhub(session: Session, now: datetime) -> tuple[int, datetime | None]:
+def parked_by_skyhub(
+    session: Session, now: datetime, *, account: str | None = None
+) -> tuple[int, datetime | None]:
     """Pending rows that a 429 from SkyHub put off and that are not due yet: how many, and
     the furthest due time among them (down the ``(available_at, id)`` index of pending rows)."""
     query = sa.select(sa.func.count(), sa.func.max(OutboxRow.available_at)).where(
         OutboxRow.state == RowState.PENDING,
         OutboxRow.available_at > now,
         OutboxRow.last_status == 429,
+        _of(account),
     )
     count, until = session.execute(query).one()
     return int(count or 0), until
@@ -82,9 +103,10 @@ def recent_rows(
     kind: str | None = None,
     ref: str | None = None,
     limit: int = 50,
+    account: str | None = None,
 ) -> list[OutboxRow]:
     """Rows newest first, filtered (what `skysync outbox list` and `item show` print)."""
-    query = sa.select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    query = sa.select(OutboxRow).where(_of(account)).order_by(OutboxRow.id.desc()).limit(limit)
     if state:
         query = query.where(OutboxRow.state == state)
     if kind:
@@ -95,10 +117,16 @@ def recent_rows(
 
 
 def order_rows(
-    session: Session, code: str, *, states: tuple[RowState, ...] | None = None
+    session: Session,
+    code: str,
+    *,
+    states: tuple[RowState, ...] | None = None,
+    account: str | None = None,
 ) -> list[OutboxRow]:
-    """The status-step rows of one order, oldest first (``states``: only those)."""
+    """The status-step rows of one order, oldest first (``states``: only those; ``account``:
+    of that account, else the session's)."""
     query = sa.select(OutboxRow).where(OutboxRow.ref == code, OutboxRow.kind.in_(ORDER_KINDS))
+    query = query.where(OutboxRow.account == (account or account_of(session)))
     if states is not None:
         query = query.where(OutboxRow.state.in_(states))
     return list(session.scalars(query.order_by(OutboxRow.id)))
@@ -141,8 +169,10 @@ def drain_account(
     # ones), then the drain's claim tokens in Python: never a scan of the table by token.
     mine = set(tokens)
     by_state: dict[str, list[int]] = {}
+    account = account_of(session)
     held = sa.select(OutboxRow.state, OutboxRow.id, OutboxRow.claim_token).where(
-        OutboxRow.state.in_([RowState.IN_FLIGHT, RowState.DEAD, RowState.REJECTED])
+        OutboxRow.account == account,
+        OutboxRow.state.in_([RowState.IN_FLIGHT, RowState.DEAD, RowState.REJECTED]),
     )
     in_flight = 0
     for state, i, token in session.execute(held):
@@ -156,7 +186,9 @@ def drain_account(
     retrying = sorted(i for i, state in states.items() if state == RowState.PENDING)
     not_due = session.execute(
         sa.select(sa.func.count()).where(
-            OutboxRow.state == RowState.PENDING, OutboxRow.available_at > now
+            OutboxRow.account == account,
+            OutboxRow.state == RowState.PENDING,
+            OutboxRow.available_at > now,
         )
     ).scalar_one()
     return DrainAccount(
@@ -172,6 +204,7 @@ def drain_account(
 def has_open_rows(session: Session, ref: str, kinds: tuple[str, ...]) -> bool:
     """Whether ``ref`` still has rows of ``kinds`` waiting or in flight."""
     query = sa.select(sa.literal(1)).where(
+        OutboxRow.account == account_of(session),
         OutboxRow.ref == ref,
         OutboxRow.kind.in_(kinds),
         OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
@@ -202,6 +235,7 @@ def product_rows_finished_since(
     columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.finished_at)
     for part in in_slices(sorted(set(refs))):
         query = sa.select(*columns).where(
+            OutboxRow.account == account_of(session),
             OutboxRow.ref.in_(part),
             OutboxRow.kind == Kind.PRODUCT,
             OutboxRow.state.in_(ACCEPTED_STATES),
@@ -220,6 +254,7 @@ def open_kinds(session: Session, refs: Iterable[str]) -> dict[str, set[str]]:
         query = (
             sa.select(OutboxRow.ref, OutboxRow.kind)
             .where(
+                OutboxRow.account == account_of(session),
                 OutboxRow.ref.in_(part),
                 OutboxRow.state.in_((RowState.PENDING, RowState.IN_FLIGHT)),
             )
@@ -234,6 +269,9 @@ def written_refs(session: Session, refs: Iterable[str]) -> set[str]:
     """Which of ``refs`` the outbox has any row for (the ERP wrote something for them)."""
     found: set[str] = set()
     for part in in_slices(sorted(set(refs))):
-        query = sa.select(OutboxRow.ref).where(OutboxRow.ref.in_(part)).distinct()
+        query = sa.select(OutboxRow.ref).where(
+            OutboxRow.account == account_of(session), OutboxRow.ref.in_(part)
+        )
+        query = query.distinct()
         found.update(session.scalars(query))
     return found

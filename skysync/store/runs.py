@@ -1,5 +1,6 @@
 """The relay's run log: one ``RunLog`` row per batch, with its summary and the error that
-stopped it (``skysync status`` and the metrics read it)."""
+stopped it (``skysync status`` and the metrics read it). A run is its account's (the session's,
+db.account_of)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.store.db import account_of
 from skysync.store.models import RunLog
 
 # How a run that SkyHub refused the credentials for says so. One definition: the relay and the
@@ -37,7 +39,13 @@ def start(
 ) -> int:
     """A new relay run (``fast_lane``: a run of the fast lane) for the batch claimed with
     ``token``, with its claim's ``summary`` when it is known already; returns its id."""
-    run = RunLog(kind=kind, claim_token=token, started_at=now, summary=summary or {})
+    run = RunLog(
+        account=account_of(session),
+        kind=kind,
+        claim_token=token,
+        started_at=now,
+        summary=summary or {},
+    )
     session.add(run)
     session.flush()
     return run.id
@@ -86,6 +94,7 @@ def add(
     """A finished run of ``kind`` (an order pull, a reconciliation) with its summary."""
     session.add(
         RunLog(
+            account=account_of(session),
             kind=kind,
             started_at=started_at,
             finished_at=finished_at,
@@ -95,7 +104,15 @@ def add(
     )
 
 
-def last(session: Session, kind: str) -> RunLog | None:
-    """The newest run of ``kind``."""
-    query = sa.select(RunLog).where(RunLog.kind == kind).order_by(RunLog.started_at.desc())
-    return session.scalars(query.limit(1)).first()
+def last(session: Session, kind: str, *, account: str | None = None) -> RunLog | None:
+    """The newest run of ``kind`` of ``account`` (else of the session's account)."""
+    query = sa.select(RunLog).where(
+        RunLog.account == (account or account_of(session)), RunLog.kind == kind
+    )
+    return session.scalars(query.order_by(RunLog.started_at.desc()).limit(1)).first()
+
+
+def last_of_each(session: Session, kind: str, accounts: list[str]) -> dict[str, RunLog]:
+    """The newest run of ``kind`` of each of ``accounts`` that has one."""
+    found = {account: last(session, kind, account=account) for account in accounts}
+    return {account: run for account, run in found.items() if run is not None}

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.planner import Row
+from skysync.store.db import account_of
 from skysync.store.models import OutboxRow
 from skysync.store.slices import in_slices
 
@@ -130,7 +131,8 @@ def held_rows(session: Session, ref: str) -> list[Row]:
         sa.select(
             OutboxRow.id, OutboxRow.kind, OutboxRow.ref, OutboxRow.payload, OutboxRow.claim_epoch
         )
-        .where(OutboxRow.ref == ref, OutboxRow.state == RowState.HELD)
+        .where(OutboxRow.account == account_of(session), OutboxRow.ref == ref)
+        .where(OutboxRow.state == RowState.HELD)
         .where(OutboxRow.kind.in_(SKU_KINDS))
         .order_by(OutboxRow.id)
     )
@@ -186,11 +188,16 @@ def release_held(session: Session, ids: Sequence[int], now: datetime) -> dict[in
 
 
 def requeue(
-    session: Session, *, ids: list[int] | None = None, state: RowState | None = None, now: datetime
+    session: Session,
+    *,
+    ids: list[int] | None = None,
+    state: RowState | None = None,
+    now: datetime,
+    account: str | None = None,
 ) -> int:
     """An operator's requeue: dead, rejected or withheld rows back to pending, attempts reset.
     Only the rows of ``ids`` when given (an empty list: none), only those in ``state`` when
-    given; neither: every such row."""
+    given, only ``account``'s when given; none of them: every such row."""
     if ids is not None and not ids:
         return 0
     requeueable = (RowState.DEAD, RowState.REJECTED, RowState.WITHHELD)
@@ -199,6 +206,8 @@ def requeue(
         query = query.where(OutboxRow.id.in_(ids))
     if state:
         query = query.where(OutboxRow.state == state)
+    if account is not None:
+        query = query.where(OutboxRow.account == account)
     result = session.execute(
         query.values(
             state=RowState.PENDING,

@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.store.db import account_of
 from skysync.store.models import SyncError
 
 KEY_FIELDS = ("entity_id", "error_category_code", "error_code")
@@ -26,10 +27,12 @@ def record_seen(
     again if it had been resolved). Returns (new, seen again). Entries without the three key
     fields are stored with "?" in place of what is missing, never dropped."""
     new = again = 0
+    account = account_of(session)
     for error in errors:
         key = {k: _text(error.get(k)) or "?" for k in KEY_FIELDS}
         found = session.scalars(
             sa.select(SyncError).where(
+                SyncError.account == account,
                 SyncError.entity_type == entity_type,
                 *(getattr(SyncError, k) == v for k, v in key.items()),
             )
@@ -37,6 +40,7 @@ def record_seen(
         if found is None:
             session.add(
                 SyncError(
+                    account=account,
                     entity_type=entity_type,
                     **key,
                     message=_text(error.get("message")),
@@ -68,6 +72,7 @@ def resolve_unseen(session: Session, entity_type: str, seen_since: datetime, now
     result = session.execute(
         sa.update(SyncError)
         .where(
+            SyncError.account == account_of(session),
             SyncError.entity_type == entity_type,
             SyncError.resolved_at.is_(None),
             SyncError.last_seen_at < seen_since,
@@ -92,10 +97,13 @@ def listed(
     entity_type: str | None = None,
     include_closed: bool = False,
     limit: int = 100,
+    account: str | None = None,
 ) -> list[SyncError]:
     """Errors, newest first: open ones only (neither resolved nor ignored) unless
-    ``include_closed``."""
+    ``include_closed``; ``account``'s only when given."""
     query = sa.select(SyncError).order_by(SyncError.id.desc()).limit(limit)
+    if account is not None:
+        query = query.where(SyncError.account == account)
     if entity_id is not None:
         query = query.where(SyncError.entity_id == entity_id)
     if entity_type is not None:
@@ -105,14 +113,16 @@ def listed(
     return list(session.scalars(query))
 
 
-def open_counts(session: Session) -> dict[str, int]:
-    """Open errors (neither resolved nor ignored) per entity type, both types present."""
+def open_counts(session: Session, *, account: str | None = None) -> dict[str, int]:
+    """Open errors (neither resolved nor ignored) per entity type, both types present;
+    ``account``'s only when given."""
     counts = {"products": 0, "orders": 0}
-    query = (
-        sa.select(SyncError.entity_type, sa.func.count())
-        .where(SyncError.resolved_at.is_(None), SyncError.ignored_at.is_(None))
-        .group_by(SyncError.entity_type)
+    query = sa.select(SyncError.entity_type, sa.func.count()).where(
+        SyncError.resolved_at.is_(None), SyncError.ignored_at.is_(None)
     )
+    if account is not None:
+        query = query.where(SyncError.account == account)
+    query = query.group_by(SyncError.entity_type)
     for entity_type, n in session.execute(query):
         counts[entity_type] = n
     return counts

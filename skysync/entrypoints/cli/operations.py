@@ -272,7 +272,7 @@ $$;
 {revoke}
 GRANT USAGE ON SCHEMA public TO "{role}";
 -- write changes: only the ERP's columns; id, created_at and the rest come from defaults
-GRANT INSERT (kind, ref, payload) ON skysync_outbox TO "{role}";
+GRANT INSERT (account, kind, ref, payload) ON skysync_outbox TO "{role}";
 GRANT USAGE ON SEQUENCE skysync_outbox_id_seq TO "{role}";
 -- read new orders and mark them consumed
 GRANT SELECT ON skysync_order_inbox TO "{role}";
