@@ -341,15 +341,15 @@ class _FileReader:
             self.fail(label, "must be a non-empty string")
             return None
         value = raw.strip()
-        if any(char.isspace() for char in value):
-            self.fail(label, "must not contain spaces or line breaks")
-            return None
         if self.real_skyhub and is_placeholder(value):
             self.fail(
                 label,
                 "is still a placeholder (as in .env.example); set the real value, or point "
                 "SKYSYNC_SKYHUB_URL at an emulator",
             )
+            return None
+        if any(char.isspace() for char in value):
+            self.fail(label, "must not contain spaces or line breaks")
             return None
         return SecretStr(value)
 
