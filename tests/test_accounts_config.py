@@ -579,3 +579,14 @@ def test_check_config_as_a_real_process(clean_env: Path) -> None:
     assert SUL_KEY not in good.stdout + good.stderr
     names = [a["name"] for a in json.loads(good.stdout)["accounts"]["accounts"]]
     assert names == [DEFAULT_ACCOUNT, "loja-sul"]
+
+
+def test_the_documented_example_file_loads(clean_env: Path) -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    section = docs.read_text(encoding="utf-8").split("## Several SkyHub accounts", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    write(clean_env, "sk-live-sul-1234\n", "loja-sul.key")
+    accounts = load_accounts(settings_for(write(clean_env, example)))
+    assert accounts.names() == [DEFAULT_ACCOUNT, "loja-sul", "loja-norte"]
+    assert accounts["loja-sul"].price_drop_guard == PRICE_GUARD_OFF
+    assert accounts["loja-norte"].price_drop_guard == 15
