@@ -8,6 +8,7 @@ message that names the variable and the problem, never the value.
 from __future__ import annotations
 
 import re
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ _PLACEHOLDER = re.compile(
     r"^(<.*>|x{3,}|\.{3,}|change[-_ ]?me.*|placeholder|secret|password|your[-_ ].*|todo|tbd)$",
     re.I,
 )
+
+
+def is_placeholder(value: str) -> bool:
+    """``value`` is a "fill me in" (CHANGE_ME, <your key>, xxx...), not a real secret."""
+    return bool(_PLACEHOLDER.match(value.strip()))
+
+
 # user:password@ after a scheme. The password runs to the LAST "@" (of the value, or of the
 # run of non-blank characters in a text): a password with an unescaped "@" (u:p@ss@host) is
 # then hidden whole, where a URL parser would take "p" for it and "ss@host" for the host.
@@ -108,6 +116,15 @@ class _SettingsFields(BaseSettings):
     skyhub_api_key: SecretStr | None = Field(default=None, description="X-Api-Key (secret).")
     skyhub_account_key: SecretStr | None = Field(
         default=None, description="X-Accountmanager-Key (secret)."
+    )
+    accounts_file: Path | None = Field(
+        default=None,
+        description=(
+            "A TOML file of several SkyHub accounts ([accounts.NAME] tables: email, api_key or "
+            "api_key_file, account_key, overrides), re-read when it changes "
+            "(docs/configuration.md, 'Several SkyHub accounts'). Unset: the one account of "
+            "SKYSYNC_SKYHUB_EMAIL/_API_KEY/_ACCOUNT_KEY."
+        ),
     )
     skyhub_request_deadline: float | None = Field(
         default=None,
@@ -265,6 +282,7 @@ class Settings(_SettingsFields):
         "redis_url",
         "price_drop_guard",
         "skyhub_request_deadline",
+        "accounts_file",
         mode="before",
     )
     @classmethod
@@ -351,12 +369,20 @@ class Settings(_SettingsFields):
         return self
 
     def secret_values(self) -> list[str]:
-        """The configured secrets themselves, for the log filter to mask wherever they appear."""
+        """The configured secrets themselves, for the log filter to mask wherever they appear:
+        those of the variables and the keys of SKYSYNC_ACCOUNTS_FILE's accounts (as the file
+        reads now; a file that does not load adds none, and its error is reported where it is
+        loaded)."""
         values = [
             getattr(self, name).get_secret_value()
             for name in sorted(_SECRET_FIELDS)
             if getattr(self, name) is not None
         ]
+        if self.accounts_file is not None:
+            from skysync.accounts import load_accounts
+
+            with suppress(ConfigError):
+                values += load_accounts(self).secret_values()
         for name in ("database_url", "broker_url", "redis_url"):
             password = dsn_password(getattr(self, name) or "")
             if password:
@@ -419,6 +445,8 @@ class Settings(_SettingsFields):
             value = getattr(self, name)
             if name in _SECRET_FIELDS:
                 shown[name] = "**********" if value else None
+            elif isinstance(value, Path):
+                shown[name] = str(value)
             elif isinstance(value, str):
                 shown[name] = mask_dsn(value)
             else:
@@ -440,11 +468,18 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment, ``.env`` and ``overrides``; raise ConfigError if bad."""
+    """Build Settings from the environment, ``.env`` and ``overrides``; raise ConfigError if bad,
+    the accounts file (SKYSYNC_ACCOUNTS_FILE, when set) included: a bad one stops every command
+    at start, as a bad variable does."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    if settings.accounts_file is not None:
+        from skysync.accounts import load_accounts
+
+        load_accounts(settings)
+    return settings
 
 
 @lru_cache(maxsize=1)

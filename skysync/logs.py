@@ -7,7 +7,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -65,15 +66,45 @@ def redact(text: str) -> str:
     return mask_dsns_in(text)
 
 
+# Secrets learnt after logging was set up (an accounts file re-read at runtime): every
+# RedactingFilter masks them too. Replaced whole, never changed in place, so that a filter can
+# tell by identity whether it has seen the current set.
+_added_secrets: tuple[str, ...] = ()
+_added_lock = threading.Lock()
+
+
+def add_secrets(values: Iterable[str]) -> int:
+    """Mask ``values`` (at least 4 characters each) in every record from now on, in every
+    :class:`RedactingFilter`, those already installed by :func:`configure_logging` included.
+    Returns how many were new. A secret once added stays masked for the life of the process."""
+    global _added_secrets
+    with _added_lock:
+        new = {value for value in values if len(value) >= 4} - set(_added_secrets)
+        if new:
+            _added_secrets = (*_added_secrets, *sorted(new))
+    return len(new)
+
+
 class RedactingFilter(logging.Filter):
     """Masks credentials in the final message (and exception text) of every record: anything
-    shaped like a key or a DSN password, and the configured secret values wherever they appear."""
+    shaped like a key or a DSN password, the configured secret values wherever they appear,
+    and those given to :func:`add_secrets` since."""
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         super().__init__()
-        self.secrets = sorted(set(secrets or []), key=len, reverse=True)
+        self._own = set(secrets or [])
+        self._added_seen: tuple[str, ...] | None = None
+        self.secrets: list[str] = []
+        self._refresh()
+
+    def _refresh(self) -> None:
+        added = _added_secrets
+        if added is not self._added_seen:
+            self.secrets = sorted(self._own | set(added), key=len, reverse=True)
+            self._added_seen = added
 
     def _clean(self, text: str) -> str:
+        self._refresh()
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return redact(text)

@@ -42,8 +42,18 @@ def migrate(ctx: Context) -> None:
 @click.command("check-config")
 @pass_ctx
 def check_config(ctx: Context) -> None:
-    """Print the effective settings (secrets masked) and exit 2 if any is invalid."""
-    echo_json(ctx.settings.masked())
+    """Print the effective settings (secrets masked) and the SkyHub accounts (names, e-mails,
+    overrides; never a key), and exit 2 if any is invalid, the accounts file included."""
+    from skysync.accounts import load_accounts
+    from skysync.config import ConfigError
+
+    settings = ctx.settings
+    try:
+        accounts = load_accounts(settings)
+    except ConfigError as exc:  # (load_settings checked it: the file changed since)
+        click.echo(f"skysync: {exc}", err=True)
+        sys.exit(2)
+    echo_json({**settings.masked(), "accounts": accounts.masked(settings)})
 
 
 @click.command()
