@@ -35,11 +35,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from skysync.config import DEFAULT_SKYHUB_URL, ConfigError, Settings, is_placeholder
+from skysync.domain.kinds import DEFAULT_ACCOUNT
 from skysync.logs import add_secrets
 
 log = logging.getLogger("skysync.accounts")
 
-DEFAULT_ACCOUNT = "default"
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # names as the ERP writes them
 SINGLE_ACCOUNT_SOURCE = "single-account settings"
 PRICE_GUARD_OFF = 0.0  # Account.price_drop_guard: explicitly off for this account

@@ -109,10 +109,10 @@ def _relay_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
     for account in accounts:
         last = runs.last(session, "relay", account=account)
         started.add_metric([account], last.started_at.timestamp() if last else 0.0)
-        done = last is not None and last.finished_at is not None
-        took.add_metric(
-            [account], (last.finished_at - last.started_at).total_seconds() if done else 0.0
-        )
+        seconds = 0.0
+        if last is not None and last.finished_at is not None:
+            seconds = (last.finished_at - last.started_at).total_seconds()
+        took.add_metric([account], seconds)
         stopped = last is not None and runs.is_auth_stop(last.error)
         refused.add_metric([account], 1.0 if stopped else 0.0)
     yield from (started, took, refused)
