@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from celery_helpers import Worker
@@ -175,6 +176,59 @@ def sandbox_fixture(
 
 
 sb = sandbox_fixture()
+
+
+class SandboxAdmin:
+    """The emulator's ``/_sandbox`` admin API over HTTP. Every call acts on ``account`` (the
+    one given here, ``default`` unless told) unless it names another; answers are returned as
+    they came, for the test to check."""
+
+    def __init__(self, base_url: str, account: str | None = None, timeout: float = 5.0) -> None:
+        self.base_url = base_url
+        self.account = account
+        self.timeout = timeout
+
+    def call(
+        self, method: str, path: str, json: Any = None, *, account: str | None = None
+    ) -> httpx.Response:
+        """``method /_sandbox/path`` with ``?account=`` (none when neither names one)."""
+        name = account if account is not None else self.account
+        params = {"account": name} if name is not None else None
+        return httpx.request(
+            method,
+            f"{self.base_url}/_sandbox/{path.lstrip('/')}",
+            json=json,
+            params=params,
+            timeout=self.timeout,
+        )
+
+    def state(self, *, account: str | None = None) -> dict[str, Any]:
+        answer = self.call("GET", "state", account=account)
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def seed_order(self, order: dict[str, Any], *, account: str | None = None) -> httpx.Response:
+        return self.call("POST", "orders", order, account=account)
+
+    def reset(self, *, account: str | None = None) -> httpx.Response:
+        return self.call("POST", "reset", account=account)
+
+    def add_account(self, name: str, email: str, api_key: str) -> httpx.Response:
+        body = {"name": name, "email": email, "api_key": api_key}
+        return self.call("POST", "accounts", body)
+
+    def accounts(self) -> list[dict[str, Any]]:
+        answer = self.call("GET", "accounts")
+        assert answer.status_code == 200, answer.text
+        listed: list[dict[str, Any]] = answer.json()["accounts"]
+        return listed
+
+    def revoke(self, name: str) -> httpx.Response:
+        return self.call("POST", f"accounts/{name}/revoke")
+
+    def restore(self, name: str) -> httpx.Response:
+        return self.call("POST", f"accounts/{name}/restore")
 
 
 @pytest.fixture

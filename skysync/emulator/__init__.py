@@ -9,10 +9,17 @@ documentation is silent it follows that file's section 9.
 It is standard library only (``ThreadingHTTPServer``) on purpose: the "lost answer" fault must
 close the socket without writing a single byte, which a framework would not let us do.
 
-Where things are (one shared :class:`~skysync.emulator.state.EmulatorState` and its lock):
+It serves several SkyHub accounts, as SkyHub does: a request goes to the registered account
+whose email its ``X-User-Email`` carries, else to ``default`` (the single account it always
+was); each account has its own catalogue, order queue, sync errors, request log, rate-limit
+windows and scripted faults (:mod:`~skysync.emulator.accounts`).
+
+Where things are (one :class:`~skysync.emulator.state.EmulatorState` per account, one lock):
 
 =====================  ==========================================================================
-``sandbox.py``         :class:`Sandbox`, the facade: lifecycle, seeding, state, configure, faults
+``sandbox.py``         :class:`Sandbox`, the facade: lifecycle, accounts, seeding, state,
+                       configure, faults
+``accounts.py``        accounts: who a request belongs to, its credentials, revoking, reset
 ``server.py``          the wire: connections, body reading, answer / drop / hang
 ``dispatch.py``        the steps a SkyHub request goes through (fault model below), the request log
 ``routes.py``          the route table, path matching, body unwrapping
@@ -22,12 +29,13 @@ Where things are (one shared :class:`~skysync.emulator.state.EmulatorState` and 
 ``sync_errors.py``     SkyHub's own errors about accepted products and orders, and ignoring them
 ``orders.py``          orders, status actions, the queue and its redelivery
 ``order_statuses.py``  the status codes and the transition table
-``admin.py``           the ``/_sandbox`` admin API
+``admin.py``           the ``/_sandbox`` admin API (``?account=NAME``)
+``admin_accounts.py``  ``/_sandbox/accounts``: register, list, revoke and restore accounts
 ``fixtures.py``        realistic default order data
-``config.py``          :class:`SandboxConfig` and which values it refuses
+``config.py``          :class:`SandboxConfig` and which values it refuses, :class:`SandboxAccount`
 ``paging.py``          page numbers, the 10,000-entry depth limit, cursor encoding
 ``replies.py``         :class:`~skysync.emulator.replies.ApiError` and the reply the socket acts on
-``state.py``           everything the emulator holds, behind one lock
+``state.py``           everything one account holds, behind the emulator's one lock
 =====================  ==========================================================================
 
 SkyHub endpoints (headers ``X-User-Email``, ``X-Api-Key``, ``X-Accountmanager-Key`` required;
@@ -69,19 +77,22 @@ PATCH    /sync_errors/{products,orders}       ``{"errors":[{"entity_id","error_c
 Order actions answer 201 with no body, move the order along the transition table (anything else,
 including a repeat of the current status, is 422) and re-enqueue the order.
 
-Admin endpoints (no auth, never rate-limited, never faulted, not in the request log):
+Admin endpoints (no auth, never rate-limited, never faulted, not in the request log; each
+takes ``?account=NAME``, ``default`` when absent):
 ``POST /_sandbox/orders`` (an order, or ``{"raw": {...}}`` stored unvalidated),
 ``POST /_sandbox/products/{sku}/link``, ``POST /_sandbox/products`` (a product SkyHub has that
 skysync never sent), ``PATCH|DELETE /_sandbox/products/{sku}`` (a change behind skysync's back,
 for reconciliation tests), ``POST /_sandbox/sync_errors`` (an error SkyHub noticed),
 ``GET /_sandbox/state``, ``GET /_sandbox/requests``,
-``POST /_sandbox/reset``, ``GET|POST /_sandbox/config``, ``POST /_sandbox/faults``.
+``POST /_sandbox/reset``, ``GET|POST /_sandbox/config``, ``POST /_sandbox/faults``;
+``GET|POST /_sandbox/accounts``, ``POST /_sandbox/accounts/{name}/revoke|restore``.
 
 Fault model, applied to SkyHub endpoints in this order:
 
 1. ``latency_ms`` is slept before anything else.
-2. Auth (401), then routing (404), then the per (bucket, method) sliding one-second rate limit
-   (429; a refused request does not use up the window).
+2. Auth (401: the account's credentials; a revoked key is a wrong one), then routing (404), then
+   the account's per (bucket, method) sliding one-second rate limit (429; a refused request
+   does not use up the window).
 3. A scripted fault (:meth:`Sandbox.script_fault`), else random ones drawn from ``Random(seed)``:
    ``fail_rate`` (500, 502 with an HTML page, or 503; not applied), ``timeout_rate`` (hang
    ``hang_seconds`` then close without answering; not applied), ``lost_answer_rate`` (writes only:
@@ -96,11 +107,21 @@ Fault model, applied to SkyHub endpoints in this order:
 price, promotional price or stock of a linked product or of its variations (SkyHub accepts it
 and the marketplace ignores it: skysync must never send one).
 
-The credential header values are never logged, stored or echoed.
+The credential header values are never logged, stored or echoed, nor is an account's api_key.
 """
 
+from skysync.emulator.accounts import AccountExistsError, UnknownAccountError
 from skysync.emulator.catalog import LINKED_DELETE_ERROR
-from skysync.emulator.config import SandboxConfig
+from skysync.emulator.config import DEFAULT_ACCOUNT, SandboxAccount, SandboxConfig
 from skysync.emulator.sandbox import Sandbox, main_sandbox
 
-__all__ = ["LINKED_DELETE_ERROR", "Sandbox", "SandboxConfig", "main_sandbox"]
+__all__ = [
+    "DEFAULT_ACCOUNT",
+    "LINKED_DELETE_ERROR",
+    "AccountExistsError",
+    "Sandbox",
+    "SandboxAccount",
+    "SandboxConfig",
+    "UnknownAccountError",
+    "main_sandbox",
+]

@@ -1,12 +1,84 @@
-"""What shapes the emulator's behaviour (`SandboxConfig`), and which values it refuses."""
+"""What shapes the emulator's behaviour (`SandboxConfig`), and which values it refuses; the
+accounts it serves besides ``default`` (`SandboxAccount`) and how one is written."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 _SECRET_FIELDS = frozenset({"api_key", "account_key"})
+
+#: The account every request goes to unless its X-User-Email names a registered one.
+DEFAULT_ACCOUNT = "default"
+
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ACCOUNT_FIELDS = ("name", "email", "api_key")
+
+
+@dataclass(frozen=True)
+class SandboxAccount:
+    """A seller's SkyHub account: requests carrying its email (and its api_key, with the
+    emulator-wide account key) see its own catalogue, orders, errors, limits and faults.
+    The api_key is never shown: not in the repr, not in an answer, not in a log."""
+
+    name: str
+    email: str
+    api_key: str = field(repr=False)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SandboxAccount:
+        """An account from ``{"name", "email", "api_key"}``; ValueError naming the bad field
+        (never repeating the api_key)."""
+        unknown = sorted(set(data) - set(_ACCOUNT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown account field(s): {', '.join(map(str, unknown))}")
+        name = data.get("name")
+        if not isinstance(name, str) or not _ACCOUNT_NAME.fullmatch(name):
+            raise ValueError(
+                "name is required: 1 to 64 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        for key in ("email", "api_key"):
+            value = data.get(key)
+            if not isinstance(value, str) or not _is_header_value(value):
+                raise ValueError(
+                    f"{key} is required: a non-empty printable ASCII string "
+                    "without spaces around it"
+                )
+        return cls(name, data["email"], data["api_key"])
+
+    @classmethod
+    def parse(cls, spec: str) -> SandboxAccount:
+        """``NAME=EMAIL:API_KEY`` (the ``--account`` option); ValueError that never repeats
+        the api_key."""
+        name, equals, rest = spec.partition("=")
+        email, colon, api_key = rest.partition(":")
+        if not equals or not colon:
+            raise ValueError("an account is written NAME=EMAIL:API_KEY")
+        return cls.from_mapping({"name": name, "email": email, "api_key": api_key})
+
+
+def _is_header_value(value: str) -> bool:
+    """Something a client can send as a header value and the emulator compare as it is."""
+    return bool(value) and value == value.strip() and value.isascii() and value.isprintable()
+
+
+def check_accounts(accounts: Iterable[SandboxAccount], default_email: str | None) -> None:
+    """ValueError when two accounts share a name or an email, one is named ``default``, or one
+    takes the default account's configured email."""
+    names: set[str] = {DEFAULT_ACCOUNT}
+    emails: set[str] = {default_email} if default_email is not None else set()
+    for account in accounts:
+        if not isinstance(account, SandboxAccount):
+            raise ValueError("accounts must be SandboxAccount values")
+        if account.name in names:
+            raise ValueError(f"account name {account.name!r} is already taken")
+        if account.email in emails:
+            raise ValueError(f"account email {account.email!r} is already taken")
+        names.add(account.name)
+        emails.add(account.email)
 
 
 @dataclass
@@ -17,8 +89,8 @@ class SandboxConfig:
     port: int = 0  # 0 = ephemeral
     # When all three credentials are None, any non-empty values are accepted.
     email: str | None = None
-    api_key: str | None = None
-    account_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    account_key: str | None = field(default=None, repr=False)
     # None = SkyHub's limits (9/s and 1/s buckets). R replaces every 9/s limit by R and scales
     # the 1/s ones by R/9.
     rate_limit: float | None = None
@@ -36,6 +108,9 @@ class SandboxConfig:
     visibility_timeout: float = 300.0
     link_delay: float | None = 0.0  # None = never linked automatically (only via admin)
     seed: int | None = None
+    # Accounts served besides "default" (set at construction; at runtime through
+    # Sandbox.add_account or POST /_sandbox/accounts).
+    accounts: list[SandboxAccount] = field(default_factory=list)
 
 
 def is_number(value: Any) -> bool:
@@ -57,11 +132,14 @@ def masked_config(config: SandboxConfig) -> dict[str, Any]:
     for name in _SECRET_FIELDS:
         if data[name] is not None:
             data[name] = "***"
+    data["accounts"] = [{"name": a.name, "email": a.email} for a in config.accounts]
     return data
 
 
 def validate_config_changes(changes: Mapping[str, Any]) -> None:
     """Reject values that would make the emulator misbehave in confusing ways."""
+    if "accounts" in changes:
+        raise ValueError("accounts cannot change through the config; add one as an account")
     for name in ("fail_rate", "timeout_rate", "lost_answer_rate"):
         if name in changes:
             value = changes[name]

@@ -36,11 +36,19 @@ Handler = Callable[[Request], tuple[int, Any]]
 
 
 class Dispatcher:
-    """Answers SkyHub requests: the pipeline above, over the rooms that hold the handlers."""
+    """Answers one account's SkyHub requests: the pipeline above, over the rooms that hold the
+    handlers, with that account's credential check."""
 
-    def __init__(self, state: EmulatorState, rooms: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        state: EmulatorState,
+        rooms: Mapping[str, object],
+        check_auth: Callable[[Message], None],
+    ) -> None:
         self.state = state
         self.rooms = rooms
+        # raises the 401 for a request the account refuses (see check_credentials)
+        self.check_auth = check_auth
 
     def answer(
         self, method: str, raw_path: str, target: Target, headers: Message, body: bytes
@@ -55,7 +63,7 @@ class Dispatcher:
         route_name = route.template if route is not None else target.decoded_path
         fault: str | None = None
         try:
-            self._check_auth(headers)
+            self.check_auth(headers)
             if route is None:
                 raise ApiError(404, f"Recurso não encontrado: {method} {target.decoded_path}")
             with st.lock:
@@ -86,22 +94,6 @@ class Dispatcher:
         )
         return reply
 
-    def _check_auth(self, headers: Message) -> None:
-        """401 naming the missing or wrong header; the value itself is never repeated."""
-        cfg = self.state.config
-        enforce = any(getattr(cfg, attr) is not None for _, attr in _AUTH_HEADERS)
-        for header, attr in _AUTH_HEADERS:
-            value = headers.get(header)
-            if value is None or not value.strip():
-                raise ApiError(401, f"Header {header} ausente ou vazio (missing credential)")
-            expected = getattr(cfg, attr)
-            if (
-                enforce
-                and expected is not None
-                and not hmac.compare_digest(value.encode("utf-8"), expected.encode("utf-8"))
-            ):
-                raise ApiError(401, f"Header {header} inválido (invalid credential)")
-
     def _run(
         self,
         route: Route,
@@ -123,6 +115,27 @@ class Dispatcher:
         with self.state.lock:
             self.state.log.append(entry)
             self.state.counts[key] = self.state.counts.get(key, 0) + 1
+
+
+def check_credentials(
+    headers: Message, expected: Mapping[str, str | None], revoked: bool = False
+) -> None:
+    """401 naming the missing or wrong header; the value itself is never repeated.
+
+    ``expected`` maps "email", "api_key" and "account_key" to the value required (None: any
+    non-empty one). A revoked key is refused as a wrong one is.
+    """
+    for header, attr in _AUTH_HEADERS:
+        value = headers.get(header)
+        if value is None or not value.strip():
+            raise ApiError(401, f"Header {header} ausente ou vazio (missing credential)")
+        wanted = expected.get(attr)
+        if wanted is not None and not hmac.compare_digest(
+            value.encode("utf-8"), wanted.encode("utf-8")
+        ):
+            raise ApiError(401, f"Header {header} inválido (invalid credential)")
+    if revoked:
+        raise ApiError(401, "Header X-Api-Key inválido (invalid credential)")
 
 
 def _json_or_none(body: bytes) -> Any:

@@ -1,4 +1,5 @@
-"""The one state object every room of the emulator shares, and the lock that guards it.
+"""The state object every room of one account shares, and the lock that guards it (one lock
+for the whole emulator: every account's state holds the same).
 
 The lock is never held while sleeping (latency, hangs), so a slow request never stalls the
 others.  Methods and functions whose name ends in ``_locked`` expect the caller to hold it.
@@ -17,13 +18,22 @@ _LOG_CAPACITY = 100_000  # keeps a long-running CLI emulator from growing withou
 
 
 class EmulatorState:
-    """Everything the emulator holds: catalogue, orders and queue, rate windows, faults, log."""
+    """Everything one account holds: catalogue, orders and queue, rate windows, faults, log.
 
-    def __init__(self, config: SandboxConfig) -> None:
+    Every account's state shares the emulator's config, lock and stopping event (given here);
+    a state made alone gets its own.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        lock: threading.Lock | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.config = config
-        self.lock = threading.Lock()
+        self.lock = lock if lock is not None else threading.Lock()
         # Set while stopping: sleeps (latency, hangs) end at once.
-        self.stopping = threading.Event()
+        self.stopping = stopping if stopping is not None else threading.Event()
         self.clear()
 
     def clear(self) -> None:

@@ -321,6 +321,13 @@ def erp_role(ctx: Context, role: str, apply: bool) -> None:
 @click.option("--lost-answer-rate", type=float, default=0.0, show_default=True)
 @click.option("--visibility-timeout", type=float, default=300.0, show_default=True)
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--account",
+    "accounts",
+    multiple=True,
+    metavar="NAME=EMAIL:API_KEY",
+    help="Serve this SkyHub account too (its own catalogue, orders, limits); repeatable.",
+)
 @pass_ctx
 def sandbox(
     ctx: Context,
@@ -333,9 +340,11 @@ def sandbox(
     lost_answer_rate: float,
     visibility_timeout: float,
     seed: int | None,
+    accounts: tuple[str, ...],
 ) -> None:
     """Run the SkyHub emulator: a local SkyHub for tests and ERP teams."""
-    from skysync.emulator import SandboxConfig, main_sandbox
+    from skysync.emulator import SandboxAccount, SandboxConfig, main_sandbox
+    from skysync.emulator.config import check_accounts
 
     for name, value in (
         ("--fail-rate", fail_rate),
@@ -355,10 +364,16 @@ def sandbox(
             "api_key": settings.skyhub_api_key.get_secret_value(),
             "account_key": settings.skyhub_account_key.get_secret_value(),
         }
+    try:  # the messages never repeat an api_key
+        registered = [SandboxAccount.parse(spec) for spec in accounts]
+        check_accounts(registered, credentials["email"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--account") from None
     stop_on_sigterm()
     main_sandbox(
         SandboxConfig(
             **credentials,
+            accounts=registered,
             host=host,
             port=port,
             rate_limit=rate_limit,
