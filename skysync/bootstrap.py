@@ -2,6 +2,10 @@
 from Settings, once per process. Entrypoints (Celery tasks, CLI) ask here; nothing else wires
 objects together.
 
+One relay per SkyHub account (``get_relay(name)``), built for the accounts of the accounts file
+(skysync/accounts.py) as they are now: an account added to the file gets its relay at its first
+task, a removed or changed one loses it, without a restart.
+
 Where requests go: the configured SkyHub when all three credentials are set. Without them, the
 emulator: the one this process started (``skysync run``), or the one SKYSYNC_SKYHUB_URL points at
 when that is not SkyHub's own address. Credentials never go to SkyHub empty.
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from skysync.accounts import Account, AccountRegistry, Accounts
 from skysync.config import DEFAULT_SKYHUB_URL, Settings, get_settings
+from skysync.domain.kinds import DEFAULT_ACCOUNT
 from skysync.relay import Relay
 from skysync.skyhub.buckets import bucket_rate
 from skysync.skyhub.client import SkyHubClient
@@ -35,11 +41,18 @@ class NoSkyHubTarget(RuntimeError):
     """No credentials and no emulator: refusing to send anonymous requests to SkyHub."""
 
 
+class UnknownAccount(LookupError):
+    """An account name that is not (or no longer) configured."""
+
+
 @dataclass
 class _State:
     emulator_url: str | None = None
-    relay: Relay | None = None
     settings: Settings | None = None
+    registry: AccountRegistry | None = None
+    # the relay of each account, built for these accounts (rebuilt when the file changes)
+    built_for: Accounts | None = None
+    relays: dict[str, Relay] = field(default_factory=dict)
 
 
 _state = _State()
@@ -51,12 +64,16 @@ def use_emulator(url: str) -> None:
     credentials)."""
     with _lock:
         _state.emulator_url = url
-        _state.relay = None
+        _close_relays()
 
 
-def skyhub_target(settings: Settings) -> tuple[str, bool]:
-    """(base URL, is it the emulator)."""
-    if settings.has_skyhub_credentials:
+def skyhub_target(settings: Settings, account: Account | None = None) -> tuple[str, bool]:
+    """(base URL, is it the emulator) for ``account`` (None: the single-account settings'). An
+    account with its credentials goes to SKYSYNC_SKYHUB_URL with them, whatever it is (SkyHub,
+    or an emulator that tells accounts apart by their credentials)."""
+    if account is not None and account.has_credentials:
+        return settings.skyhub_url, False
+    if account is None and settings.has_skyhub_credentials:
         return settings.skyhub_url, False
     if _state.emulator_url:
         return _state.emulator_url, True
@@ -69,24 +86,42 @@ def skyhub_target(settings: Settings) -> tuple[str, bool]:
     )
 
 
-def build_limiter(settings: Settings) -> RateLimiter:
+def build_limiter(settings: Settings, account: Account | None = None) -> RateLimiter:
+    """The shared limiter's view of ``account``'s buckets: SkyHub limits each account on its
+    own, so each has its own keys in Redis (by SkyHub URL and email, hashed)."""
+    email = account.email if account is not None else settings.skyhub_email
     return RateLimiter(
         settings.rate_limit,
         storage_url=settings.redis_url,
-        namespace=account_namespace(settings.skyhub_url, settings.skyhub_email),
+        namespace=account_namespace(settings.skyhub_url, email),
         rate_for=lambda bucket: bucket_rate(bucket, settings.rate_limit),
     )
 
 
-def build_client(settings: Settings, *, limiter: RateLimiter | None = None) -> SkyHubClient:
-    url, emulated = skyhub_target(settings)
+def build_client(
+    settings: Settings, *, limiter: RateLimiter | None = None, account: Account | None = None
+) -> SkyHubClient:
+    url, emulated = skyhub_target(settings, account)
     bounds: dict[str, Any] = {
         "deadline": settings.request_deadline,
         "retry_after_max": settings.skyhub_retry_after_max,
     }
     if emulated:
         return SkyHubClient(url, limiter=limiter, **EMULATOR_CREDENTIALS, **bounds)
-    return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter, **bounds)
+    if account is None:
+        return SkyHubClient.from_settings(settings, base_url=url, limiter=limiter, **bounds)
+    return SkyHubClient(
+        url,
+        email=account.email or "",
+        api_key=_secret(account.api_key),
+        account_key=_secret(account.account_key) or EMULATOR_CREDENTIALS["account_key"],
+        limiter=limiter,
+        **bounds,
+    )
+
+
+def _secret(value: Any) -> str:
+    return value.get_secret_value() if value is not None else ""
 
 
 def build_database(settings: Settings) -> Database:
@@ -94,27 +129,72 @@ def build_database(settings: Settings) -> Database:
     return Database.for_url(settings.database_url)
 
 
-def build_relay(settings: Settings) -> Relay:
+def build_relay(settings: Settings, account: Account | None = None) -> Relay:
+    """The relay of ``account`` (None: the single-account settings', as ``default``): its own
+    client, credentials and limiter buckets, the database seen as its rows, and its own
+    stock buffer and price drop guard when the accounts file overrides them."""
+    limiter = build_limiter(settings, account)
+    database = build_database(settings)
+    if account is None:
+        return Relay(settings, build_client(settings, limiter=limiter), database=database)
     return Relay(
         settings,
-        build_client(settings, limiter=build_limiter(settings)),
-        database=build_database(settings),
+        build_client(settings, limiter=limiter, account=account),
+        database=database.for_account(account.name),
+        account=account,
     )
 
 
-def get_relay() -> Relay:
-    """The process-wide relay (built on first use, after a fork too)."""
+def _registry() -> AccountRegistry:
+    if _state.registry is None:
+        _state.settings = _state.settings or get_settings()
+        _state.registry = AccountRegistry(_state.settings)
+    return _state.registry
+
+
+def get_accounts() -> Accounts:
+    """The configured accounts now (SKYSYNC_ACCOUNTS_FILE is re-read when it changed)."""
     with _lock:
-        if _state.relay is None:
-            _state.settings = _state.settings or get_settings()
-            _state.relay = build_relay(_state.settings)
-        return _state.relay
+        return _registry().current()
+
+
+def get_relay(account: str = DEFAULT_ACCOUNT) -> Relay:
+    """The process-wide relay of ``account`` (built on first use, after a fork too, and again
+    when the accounts file changed that account). UnknownAccount when it is not configured."""
+    with _lock:
+        accounts = _registry().current()
+        if accounts is not _state.built_for:
+            _rebuild(accounts)
+        relay = _state.relays.get(account)
+        if relay is None:
+            if account not in accounts:
+                raise UnknownAccount(f"SkyHub account {account!r} is not configured")
+            assert _state.settings is not None
+            relay = _state.relays[account] = build_relay(_state.settings, accounts[account])
+        return relay
+
+
+def _rebuild(accounts: Accounts) -> None:
+    """The accounts changed: drop the relays of accounts that are gone or whose settings
+    changed (each built again on first use); keep the others, and their connections."""
+    previous = _state.built_for
+    for name in list(_state.relays):
+        before = previous.by_name.get(name) if previous is not None else None
+        if before is None or accounts.by_name.get(name) != before:
+            _state.relays.pop(name).client.close()
+    _state.built_for = accounts
+
+
+def _close_relays() -> None:
+    for relay in _state.relays.values():
+        relay.client.close()
+    _state.relays.clear()
+    _state.built_for = None
 
 
 def reset() -> None:
     """Forget the built objects (after fork, in tests)."""
     with _lock:
-        if _state.relay is not None:
-            _state.relay.client.close()
-        _state.relay = None
+        _close_relays()
+        _state.registry = None
         _state.settings = None

@@ -90,8 +90,8 @@ def _warm_up() -> None:
     from skysync import bootstrap
 
     try:
-        relay = bootstrap.get_relay()
-        with relay.db.engine.connect():
+        relays = [bootstrap.get_relay(name) for name in bootstrap.get_accounts().names()]
+        with relays[0].db.engine.connect():
             pass
     except Exception:  # the first task meets the same problem, and reports it
         logging.getLogger("skysync").debug("worker warm-up failed", exc_info=True)
@@ -118,10 +118,11 @@ def _start_fast_lane(**_kwargs: object) -> None:
     settings = get_settings()
     if not settings.lane_rule.on:
         return
+    from skysync.bootstrap import get_accounts
     from skysync.relay.fast_lane import LaneWatcher
     from skysync.tasks import wake_fast_lane
 
-    watcher = LaneWatcher(settings, wake_fast_lane)
+    watcher = LaneWatcher(settings, wake_fast_lane, accounts=lambda: get_accounts().names())
     watcher.start()
     _lane_watcher.append(watcher)
 

@@ -174,6 +174,16 @@ class _SettingsFields(BaseSettings):
         default=8.5, gt=0, le=1000, allow_inf_nan=False, description="Requests/s per bucket."
     )
     batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows claimed per batch.")
+    chunks_per_account: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description=(
+            "Chunks of one account with the workers at once; the others wait their turn "
+            "(relay/handout.py), so one account's backlog never takes every worker. Two keep an "
+            "account's buckets busy."
+        ),
+    )
     max_attempts: int = Field(
         default=8, ge=1, le=100, description="Failed attempts before a row is dead."
     )

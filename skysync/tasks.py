@@ -1,21 +1,34 @@
-"""Celery tasks: thin. Ids and a claim token in, a service call, nothing else. Never a payload,
-never a secret in the arguments (they show in Flower and in the broker).
+"""Celery tasks: thin. Ids, a claim token and an account name in, a service call, nothing else.
+Never a payload, never a secret in the arguments (they show in Flower and in the broker).
+
+Each SkyHub account has its own relay (bootstrap.get_relay). The tasks beat starts take no
+account: each runs for every configured account, as one task per account (a batch, an order
+pull, a reconciliation, a pull of SkyHub's errors: each account's is its own, and its result in
+Flower names it) or in turn (the looks for a backlog and the fast lane, which are cheap when
+there is nothing to do). An account added to the accounts file is in the next one.
 
 What every task shares is in :class:`SkysyncTask`, the base of them all: the delivery contract,
-the task id on every log line, and the process's relay."""
+the task id on every log line, and the relay of an account."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Task
 
-from skysync.bootstrap import get_relay
+from skysync.bootstrap import UnknownAccount, get_accounts, get_relay
 from skysync.celery_app import app
+from skysync.domain.kinds import DEFAULT_ACCOUNT
 from skysync.logs import log_context
 from skysync.relay import Relay
+from skysync.relay.handout import Handout
+from skysync.store import settle
+from skysync.store.models import utcnow
+
+log = logging.getLogger("skysync")
 
 
 class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task is Any
@@ -25,7 +38,7 @@ class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task
     token, so it carries on where it stopped instead of leaving them to wait out their lease;
     what it already recorded is not sent again.
 
-    Each run's log lines carry its task id, and :attr:`relay` is the process's relay."""
+    Each run's log lines carry its task id (and its account, see :meth:`relay_of`)."""
 
     acks_late = True
     ignore_result = True
@@ -36,12 +49,13 @@ class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task
     max_retries = 40
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with log_context(task_id=self.request.id):
+        with log_context(task_id=self.request.id, account=kwargs.get("account")):
             return super().__call__(*args, **kwargs)
 
-    @property
-    def relay(self) -> Relay:
-        return get_relay()
+    @staticmethod
+    def relay_of(account: str) -> Relay:
+        """The relay of ``account``; UnknownAccount when it is no longer configured."""
+        return get_relay(account)
 
 
 def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -52,30 +66,83 @@ def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     return decorator
 
 
-def to_workers(token: str, row_ids: list[int]) -> None:
-    """How every claim here hands a chunk out: a deliver_chunk task (a token and ids only)."""
-    deliver_chunk.delay(token, row_ids)
+def handout(relay: Relay) -> Handout:
+    """How an account's claims hand chunks out: a deliver_chunk task each (a token, ids and the
+    account's name), a few of the account's at a time (relay/handout.py)."""
+    account = relay.account
+
+    def send(token: str, row_ids: list[int]) -> None:
+        deliver_chunk.delay(token, row_ids, account=account)
+
+    return Handout(relay.deps, send)
+
+
+def _for_each_account(task_: Any) -> dict[str, Any]:
+    """One ``task_`` per configured account; what Flower shows as this task's result."""
+    names = get_accounts().names()
+    for name in names:
+        task_.delay(account=name)
+    return {"accounts": names}
+
+
+def _gone(account: str, exc: UnknownAccount) -> dict[str, Any]:
+    """A task of an account removed from the accounts file since it was queued: nothing to do
+    (its rows in flight go back at their lease's end; pending ones are rejected, naming it)."""
+    log.warning("%s: skipped", exc)
+    return {"account": account, "skipped": str(exc)}
 
 
 @task("skysync.relay_batch")
-def relay_batch(self: SkysyncTask) -> dict[str, Any]:
-    """One batch: claim due rows and hand them to deliver_chunk in chunks by key."""
-    return self.relay.run_batch(dispatch=to_workers).as_dict()
+def relay_batch(self: SkysyncTask, account: str | None = None) -> dict[str, Any]:
+    """One batch of ``account``: claim due rows and hand them to deliver_chunk in chunks by
+    key. Without an account (beat): reject the pending rows of accounts that are not
+    configured, then one batch per configured account."""
+    if account is None:
+        configured = get_accounts().names()
+        with get_relay(configured[0]).db.scope() as session:
+            rejected = settle.reject_unconfigured(session, configured, utcnow())
+        if rejected:
+            log.warning("%s rows name an account that is not configured: rejected", rejected)
+        return {**_for_each_account(relay_batch), "rejected_unconfigured": rejected}
+    try:
+        relay = self.relay_of(account)
+    except UnknownAccount as exc:
+        return _gone(account, exc)
+    return {"account": account, **relay.run_batch(dispatch=handout(relay)).as_dict()}
 
 
 @task("skysync.relay_catch_up")
 def relay_catch_up(self: SkysyncTask) -> dict[str, Any]:
-    """Beat's look for a backlog (SKYSYNC_CATCH_UP_INTERVAL): a batch if the last one left one
-    and the workers are half done, else nothing (docs/relay.md, "Catching up")."""
-    summary = self.relay.run_catch_up(dispatch=to_workers)
-    return {"caught_up": False} if summary is None else {"caught_up": True, **summary.as_dict()}
+    """Beat's look for a backlog (SKYSYNC_CATCH_UP_INTERVAL), for each account in turn: hand
+    out its chunks whose turn came (one whose task was lost), then a batch if its last one
+    left a backlog and the workers are half done (docs/relay.md, "Catching up")."""
+    caught_up: dict[str, bool] = {}
+    for name in get_accounts().names():
+        try:
+            relay = self.relay_of(name)
+        except UnknownAccount:
+            continue
+        with log_context(account=name):
+            out = handout(relay)
+            out.next_turn()
+            caught_up[name] = relay.run_catch_up(dispatch=out) is not None
+    return {"caught_up": caught_up}
 
 
 @task("skysync.relay_fast")
 def relay_fast(self: SkysyncTask) -> dict[str, Any]:
-    """The fast lane (relay/fast_lane.py): claim the families of the due rows it picks and
-    hand them to deliver_chunk, like a batch; nothing while SKYSYNC_FAST_LANE is off."""
-    return self.relay.run_fast(dispatch=to_workers).as_dict()
+    """The fast lane (relay/fast_lane.py), for each account in turn: claim the families of the
+    due rows it picks and hand them to deliver_chunk, like a batch; nothing while
+    SKYSYNC_FAST_LANE is off."""
+    claimed: dict[str, int] = {}
+    for name in get_accounts().names():
+        try:
+            relay = self.relay_of(name)
+        except UnknownAccount:
+            continue
+        with log_context(account=name):
+            claimed[name] = relay.run_fast(dispatch=handout(relay)).claimed
+    return {"claimed": claimed}
 
 
 # A lane wake not run within this many seconds is dropped: the watcher wakes it again if its
@@ -89,23 +156,37 @@ def wake_fast_lane() -> None:
 
 
 @task("skysync.deliver_chunk")
-def deliver_chunk(self: SkysyncTask, token: str, row_ids: list[int]) -> dict[str, Any]:
+def deliver_chunk(
+    self: SkysyncTask, token: str, row_ids: list[int], account: str = DEFAULT_ACCOUNT
+) -> dict[str, Any]:
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops);
-    then, if the last batch left a backlog and half of it is sent, claim the next one
-    (catching up, docs/relay.md)."""
-    relay = self.relay
-    result = relay.deliver(token, [int(i) for i in row_ids]).as_dict()
-    relay.run_catch_up(dispatch=to_workers)
-    return result
+    hand out the account's next chunk; then, if its last batch left a backlog and half of it
+    is sent, claim the next one (catching up, docs/relay.md)."""
+    try:
+        relay = self.relay_of(account)
+    except UnknownAccount as exc:
+        return _gone(account, exc)
+    ids = [int(i) for i in row_ids]
+    result = relay.deliver(token, ids).as_dict()
+    out = handout(relay)
+    out.finished(token, ids)
+    relay.run_catch_up(dispatch=out)
+    return {"account": account, **result}
 
 
 @task("skysync.pull_orders")
-def pull_orders(self: SkysyncTask) -> dict[str, Any]:
-    """Drain SkyHub's order queue into the inbox; acknowledge each order after it is stored."""
+def pull_orders(self: SkysyncTask, account: str | None = None) -> dict[str, Any]:
+    """Drain ``account``'s order queue into the inbox; acknowledge each order after it is
+    stored. Without an account (beat): one pull per configured account."""
     from skysync.relay.pull_orders import pull_orders as pull
 
-    relay = self.relay
-    return pull(relay.db, relay.client).as_dict()
+    if account is None:
+        return _for_each_account(pull_orders)
+    try:
+        relay = self.relay_of(account)
+    except UnknownAccount as exc:
+        return _gone(account, exc)
+    return {"account": account, **pull(relay.db, relay.client).as_dict()}
 
 
 @task(
@@ -116,18 +197,34 @@ def pull_orders(self: SkysyncTask) -> dict[str, Any]:
     soft_time_limit=3000,
     time_limit=3300,
 )
-def reconcile(self: SkysyncTask) -> dict[str, Any]:
-    """Hold SkyHub's catalogue against the ERP's latest accepted values; repair only when
-    SKYSYNC_RECONCILE_REPAIR says so. No arguments: nothing to show in Flower."""
+def reconcile(self: SkysyncTask, account: str | None = None) -> dict[str, Any]:
+    """Hold ``account``'s SkyHub catalogue against the ERP's latest accepted values; repair
+    only when SKYSYNC_RECONCILE_REPAIR says so. Without an account (beat): one per configured
+    account."""
     from skysync.relay.reconcile import reconcile as run
 
-    relay = self.relay
-    return run(relay.deps, repair=relay.settings.reconcile_repair).summary(sample=0)
+    if account is None:
+        return _for_each_account(reconcile)
+    try:
+        relay = self.relay_of(account)
+    except UnknownAccount as exc:
+        return _gone(account, exc)
+    return {
+        "account": account,
+        **run(relay.deps, repair=relay.settings.reconcile_repair).summary(sample=0),
+    }
 
 
 @task("skysync.pull_sync_errors")
-def pull_sync_errors(self: SkysyncTask) -> dict[str, Any]:
-    """Store SkyHub's own errors about accepted products and orders (/sync_errors)."""
+def pull_sync_errors(self: SkysyncTask, account: str | None = None) -> dict[str, Any]:
+    """Store ``account``'s own errors from SkyHub (/sync_errors). Without an account (beat):
+    one pull per configured account."""
     from skysync.relay.sync_errors import pull_sync_errors as pull
 
-    return pull(self.relay.deps).as_dict()
+    if account is None:
+        return _for_each_account(pull_sync_errors)
+    try:
+        relay = self.relay_of(account)
+    except UnknownAccount as exc:
+        return _gone(account, exc)
+    return {"account": account, **pull(relay.deps).as_dict()}

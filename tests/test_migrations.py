@@ -377,7 +377,7 @@ def test_erp_role_sql_is_idempotent(pg_url: str, erp_role: str) -> None:
 
 
 def _revoked(sql: str) -> set[str]:
-    found = re.search(r"^REVOKE ALL ON (.*?) FROM ", sql, re.MULTILINE | re.DOTALL)
+    found = re.search(r"^REVOKE ALL ON (.*?)\s+FROM\s", sql, re.MULTILINE | re.DOTALL)
     assert found, sql
     return {name.strip() for name in found.group(1).split(",")}
 

@@ -9,6 +9,9 @@
 * ``skysync_item`` and ``skysync_order`` are keyed by (account, SKU) and (account, order code):
   the same SKU in two accounts is two items, each with its own acknowledged values, frozen
   state and attempt records.
+* ``skysync_chunk``: the chunks a claim handed out and those waiting their turn: an account has
+  at most SKYSYNC_CHUNKS_PER_ACCOUNT chunks with the workers at once (relay/handout.py), so one
+  account's backlog never takes every worker from the others.
 * ``skysync_order_inbox``, ``skysync_run``, ``skysync_request_stat`` and
   ``skysync_sync_error`` carry the account too; the inbox's dedupe key and a sync error's key
   are unique per account.
@@ -29,6 +32,9 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
+
+from skysync.store.models import UTCDateTime
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -36,6 +42,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 DEFAULT = "default"
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 def _account() -> sa.Column[str]:
@@ -83,6 +91,19 @@ def _reunique(table: str, name: str, columns: list[str], *, add_account: bool) -
 
 
 def upgrade() -> None:
+    op.create_table(
+        "skysync_chunk",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("account", sa.Text(), nullable=False),
+        sa.Column("token", sa.Text(), nullable=False),
+        sa.Column("first_id", sa.BigInteger(), nullable=False),
+        sa.Column("row_ids", Json, nullable=False),
+        sa.Column("queued_at", UTCDateTime(), nullable=False),
+        sa.Column("sent_at", UTCDateTime(), nullable=True),
+        sa.UniqueConstraint("token", "first_id", name="uq_skysync_chunk_token_first"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_skysync_chunk_account", "skysync_chunk", ["account", "sent_at", "id"])
     op.add_column("skysync_outbox", _account())
     op.drop_index("ix_skysync_outbox_due", table_name="skysync_outbox")
     op.create_index(
@@ -164,6 +185,7 @@ def _refuse_other_accounts() -> None:
 
 def downgrade() -> None:
     _refuse_other_accounts()
+    op.drop_table("skysync_chunk")
     op.drop_index("ix_skysync_run_kind_started", table_name="skysync_run")
     op.create_index("ix_skysync_run_kind_started", "skysync_run", ["kind", "started_at"])
     op.execute("ALTER TABLE skysync_run DROP COLUMN account")

@@ -15,8 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from skysync.config import Settings
+
+if TYPE_CHECKING:
+    from skysync.accounts import Account
 from skysync.domain.fast_lane import LaneRule
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import Database
@@ -45,6 +49,8 @@ class RelayDeps:
     price_drop_guard: float | None
     discovery_max_pages: int
     lane_rule: LaneRule
+    # chunks of this account with the workers at once (handout.py)
+    chunks_at_once: int
     clock: Callable[[], datetime] = utcnow
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
@@ -55,6 +61,11 @@ class RelayDeps:
     # per push thread: the open unit of work of the SKU it is pushing (unit_of_work.py)
     local: threading.local = field(default_factory=threading.local, compare=False)
     discovery: DiscoveryPause = field(default_factory=DiscoveryPause, compare=False)
+
+    @property
+    def account(self) -> str:
+        """The SkyHub account this relay works for: its client's credentials, its rows."""
+        return self.db.account
 
     @property
     def url(self) -> str:
@@ -75,10 +86,14 @@ class RelayDeps:
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        account: Account | None = None,
     ) -> RelayDeps:
+        """``account``: whose rows (the database seen as that account's), and its overrides of
+        the stock buffer and the price drop guard (None: the single-account settings')."""
+        db = database or Database.for_url(database_url or settings.database_url)
         return cls(
             client=client,
-            db=database or Database.for_url(database_url or settings.database_url),
+            db=db if account is None else db.for_account(account.name),
             clock=clock,
             rng=rng or random.Random(),
             sleep=sleep,
@@ -90,8 +105,17 @@ class RelayDeps:
             catch_up_interval=settings.catch_up_interval,
             max_attempts=settings.max_attempts,
             retry_after_max=settings.skyhub_retry_after_max,
-            stock_buffer=settings.stock_buffer,
-            price_drop_guard=settings.price_drop_guard,
+            stock_buffer=(
+                settings.stock_buffer
+                if account is None
+                else account.effective_stock_buffer(settings)
+            ),
+            price_drop_guard=(
+                settings.price_drop_guard
+                if account is None
+                else account.effective_price_drop_guard(settings)
+            ),
             discovery_max_pages=settings.discovery_max_pages,
+            chunks_at_once=settings.chunks_per_account,
             lane_rule=settings.lane_rule,
         )

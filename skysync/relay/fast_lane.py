@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skysync.config import Settings
+from skysync.domain.kinds import DEFAULT_ACCOUNT
 from skysync.relay import batch
 from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import BatchSummary
@@ -63,6 +64,7 @@ class LaneWatcher(threading.Thread):
         settings: Settings,
         wake: Callable[[], Any],
         *,
+        accounts: Callable[[], list[str]] | None = None,
         debounce: float = DEBOUNCE,
         min_gap: float = MIN_GAP,
         standby: float = STANDBY,
@@ -74,6 +76,8 @@ class LaneWatcher(threading.Thread):
         self.rule = settings.lane_rule
         self.db = Database.for_url(settings.database_url)
         self.wake = wake
+        # the accounts whose rows it watches, asked at each look (the accounts file may change)
+        self.accounts = accounts or (lambda: [DEFAULT_ACCOUNT])
         self.poll = settings.fast_lane_poll
         self.debounce = debounce
         self.min_gap = min_gap
@@ -156,5 +160,9 @@ class LaneWatcher(threading.Thread):
                 self.wake()
 
     def _due(self) -> bool:
-        with self.db.scope(readonly=True) as session:
-            return claims.lane_rows_due(session, self.rule, utcnow())
+        """Has any account a row for the lane (one cheap query per account)?"""
+        for account in self.accounts():
+            with self.db.for_account(account).scope(readonly=True) as session:
+                if claims.lane_rows_due(session, self.rule, utcnow()):
+                    return True
+        return False

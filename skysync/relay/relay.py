@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from skysync.accounts import Account
 from skysync.config import Settings
 from skysync.relay import batch, deliver, fast_lane
 from skysync.relay.deliver import PushSku
@@ -42,6 +43,7 @@ class Relay:
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        account: Account | None = None,
     ):
         self.settings = settings
         self.deps = RelayDeps.from_settings(
@@ -55,7 +57,13 @@ class Relay:
             rng=rng,
             clock=clock,
             sleep=sleep,
+            account=account,
         )
+
+    @property
+    def account(self) -> str:
+        """The name of the SkyHub account this relay works for."""
+        return self.deps.account
 
     @property
     def client(self) -> SkyHubClient:

@@ -228,6 +228,31 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, server_default="0")
 
 
+class Chunk(Base):
+    """A chunk of a claim (its rows by id) handed to the workers (``sent_at``) or waiting its
+    turn: an account has at most SKYSYNC_CHUNKS_PER_ACCOUNT out at once (relay/handout.py)."""
+
+    __tablename__ = "skysync_chunk"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    account: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    token: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    first_id: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False)
+    row_ids: Mapped[list[int]] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False
+    )
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("token", "first_id", name="uq_skysync_chunk_token_first"),
+        sa.Index("ix_skysync_chunk_account", "account", "sent_at", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
 class OrderInbox(Base):
     """One row per order state received from SkyHub's queue, for the ERP to read."""
 

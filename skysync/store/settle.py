@@ -222,3 +222,22 @@ def requeue(
         )
     )
     return cast(sa.CursorResult[Any], result).rowcount or 0
+
+
+def reject_unconfigured(session: Session, configured: Sequence[str], now: datetime) -> int:
+    """Pending rows naming an account that is not configured: ``rejected``, the reason naming
+    the account and the configured ones (an operator requeues them once the account is in the
+    accounts file). Down the (state, account, id) index."""
+    known = ", ".join(configured)
+    reason = (
+        sa.literal('account: "')
+        + OutboxRow.account
+        + sa.literal(f'" is not a configured SkyHub account (configured: {known})')
+    )
+    result = session.execute(
+        sa.update(OutboxRow)
+        .where(OutboxRow.state == RowState.PENDING, OutboxRow.account.not_in(list(configured)))
+        .values(state=RowState.REJECTED, reason=reason, finished_at=now, updated_at=now),
+        execution_options={"synchronize_session": False},
+    )
+    return cast(sa.CursorResult[Any], result).rowcount or 0
