@@ -41,6 +41,11 @@ class NoSkyHubTarget(RuntimeError):
     """No credentials and no emulator: refusing to send anonymous requests to SkyHub."""
 
 
+# Seconds between looks at the accounts file for a change (its stamp): an account added or
+# removed there takes effect within this, without a restart.
+ACCOUNTS_CHECK_EVERY = 5.0
+
+
 class UnknownAccount(LookupError):
     """An account name that is not (or no longer) configured."""
 
@@ -148,7 +153,7 @@ def build_relay(settings: Settings, account: Account | None = None) -> Relay:
 def _registry() -> AccountRegistry:
     if _state.registry is None:
         _state.settings = _state.settings or get_settings()
-        _state.registry = AccountRegistry(_state.settings)
+        _state.registry = AccountRegistry(_state.settings, check_every=ACCOUNTS_CHECK_EVERY)
     return _state.registry
 
 

@@ -10,8 +10,10 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.kinds import RowState
 from skysync.store.db import account_of
-from skysync.store.models import Chunk
+from skysync.store.models import Chunk, OutboxRow
+from skysync.store.slices import IN_CHUNK
 
 CHUNK_LOCK_ID = 0x5C75_C4A7  # arbitrary, fixed: "skysync chunks" (with the account's hash)
 
@@ -38,10 +40,11 @@ def take_turns(
     session: Session, *, at_once: int, now: datetime, lost_after: float
 ) -> list[tuple[str, list[int]]]:
     """The next chunks of the session's account to hand out, oldest first, so that at most
-    ``at_once`` are out; each marked out now. A chunk out for longer than ``lost_after``
-    seconds (its task was lost, or its worker killed: its rows' lease has run out, and the
-    next claim takes them) no longer counts. Serialized per account: two workers finishing at
-    once never hand out more than ``at_once`` between them."""
+    ``at_once`` are out; each marked out now. A chunk out whose rows are no longer in flight
+    under its claim (its worker was killed, its rows went back at their lease's end), or out
+    for longer than ``lost_after`` seconds (its task was lost), no longer counts. Serialized
+    per account: two workers finishing at once never hand out more than ``at_once`` between
+    them."""
     account = account_of(session)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
@@ -50,28 +53,51 @@ def take_turns(
         )
     mine = Chunk.account == account
     lost = now - timedelta(seconds=lost_after)
-    session.execute(
-        sa.delete(Chunk).where(mine, Chunk.sent_at.is_not(None), Chunk.sent_at < lost),
-        execution_options={"synchronize_session": False},
-    )
     out = session.execute(
-        sa.select(sa.func.count()).where(mine, Chunk.sent_at.is_not(None))
-    ).scalar_one()
-    free = at_once - out
-    if free <= 0:
-        return []
-    ready = session.execute(
-        sa.select(Chunk.id, Chunk.token, Chunk.row_ids)
-        .where(mine, Chunk.sent_at.is_(None))
-        .order_by(Chunk.id)
-        .limit(free)
+        sa.select(Chunk.id, Chunk.token, Chunk.row_ids, Chunk.sent_at).where(
+            mine, Chunk.sent_at.is_not(None)
+        )
     ).all()
-    if ready:
+    gone = [
+        c.id for c in out if c.sent_at < lost or not _still_claimed(session, c.token, c.row_ids)
+    ]
+    if gone:
         session.execute(
-            sa.update(Chunk).where(Chunk.id.in_([r.id for r in ready])).values(sent_at=now),
+            sa.delete(Chunk).where(Chunk.id.in_(gone)),
             execution_options={"synchronize_session": False},
         )
-    return [(token, [int(i) for i in ids]) for _id, token, ids in ready]
+    free = at_once - (len(out) - len(gone))
+    ready: list[tuple[str, list[int]]] = []
+    while len(ready) < free:
+        waiting_ = session.execute(
+            sa.select(Chunk.id, Chunk.token, Chunk.row_ids)
+            .where(mine, Chunk.sent_at.is_(None))
+            .order_by(Chunk.id)
+            .limit(free - len(ready))
+        ).all()
+        if not waiting_:
+            break
+        for chunk_id, token, row_ids in waiting_:
+            ids = [int(i) for i in row_ids]
+            if _still_claimed(session, token, ids):  # else its claim was reclaimed: dropped
+                session.execute(sa.update(Chunk).where(Chunk.id == chunk_id).values(sent_at=now))
+                ready.append((token, ids))
+            else:
+                session.execute(sa.delete(Chunk).where(Chunk.id == chunk_id))
+    return ready
+
+
+def _still_claimed(session: Session, token: str, row_ids: Sequence[int]) -> bool:
+    """Has the chunk a row still in flight under its claim? None when its worker was killed
+    and the rows went back at their lease's end (a later claim took them, under its own
+    token): the chunk no longer holds a turn."""
+    query = (
+        sa.select(sa.literal(1))
+        .where(OutboxRow.claim_token == token, OutboxRow.state == RowState.IN_FLIGHT)
+        .where(OutboxRow.id.in_([int(i) for i in row_ids][:IN_CHUNK]))
+        .limit(1)
+    )
+    return session.execute(query).first() is not None
 
 
 def finish(session: Session, token: str, row_ids: Sequence[int]) -> int:

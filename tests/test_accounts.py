@@ -1,0 +1,344 @@
+"""Several SkyHub accounts in one deployment (issue #21), on both databases, against the emulator
+over HTTP: each account's rows go with its own credentials to its own catalogue; the same SKU in
+two accounts is two items; one account's refused key stops only that account; a row naming an
+account that is not configured is rejected with its name; an account's override of the stock
+buffer is its own; its chunks go to the workers a few at a time; an account added to the
+accounts file is served without a restart; and the migration moves single-account data into
+``default`` without losing a row."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import create_pg_database, drop_pg_database, empty_tables
+from relay_helpers import rows, settings_for
+
+from skysync import bootstrap
+from skysync.accounts import load_accounts
+from skysync.emulator import Sandbox
+from skysync.relay import Relay, drain
+from skysync.relay.handout import Handout
+from skysync.store import chunks, runs, settle
+from skysync.store.db import dispose_engines, downgrade, get_engine, migrate, session_scope
+from skysync.store.models import Item, utcnow
+
+SUL, NORTE = "loja-sul", "loja-norte"
+CREDENTIALS = {
+    SUL: ("sul@lojas.test", "KEY-SUL-8d1c"),
+    NORTE: ("norte@lojas.test", "KEY-NORTE-2b7e"),
+}
+ACCOUNT_KEY = "ACCOUNT-MANAGER-KEY-4411"
+
+
+def accounts_toml(extra: str = "") -> str:
+    return "".join(
+        f'[accounts.{name}]\nemail = "{email}"\napi_key = "{key}"\n{extra if name == SUL else ""}\n'
+        for name, (email, key) in CREDENTIALS.items()
+    )
+
+
+def insert_for(db_url: str, account: str | None, kind: str, ref: str, payload: Any) -> int:
+    """One row as the ERP writes it, naming ``account`` (None: the column left out)."""
+    value = "CAST(:p AS jsonb)" if db_url.startswith("postgresql") else ":p"
+    columns, values = ("account, ", ":a, ") if account is not None else ("", "")
+    sql = sa.text(
+        f"INSERT INTO skysync_outbox ({columns}kind, ref, payload) "
+        f"VALUES ({values}:k, :r, {value}) RETURNING id"
+    )
+    params = {"a": account, "k": kind, "r": ref, "p": json.dumps(payload)}
+    with get_engine(db_url).begin() as conn:
+        return int(conn.execute(sql, params).scalar_one())
+
+
+@pytest.fixture
+def two_accounts(db_url: str, sb: Sandbox, tmp_path: Path) -> Iterator[dict[str, Relay]]:
+    """loja-sul and loja-norte, each its own account on the emulator and in an accounts file
+    (loja-sul keeps 2 units back), with the relay the workers would build for each."""
+    empty_tables(db_url)
+    for name, (email, key) in CREDENTIALS.items():
+        sb.add_account(name, email, key)
+    path = tmp_path / "accounts.toml"
+    path.write_text(accounts_toml("stock_buffer = 2\n"))
+    settings = settings_for(
+        db_url,
+        skyhub_url=sb.base_url,
+        skyhub_account_key=ACCOUNT_KEY,
+        accounts_file=str(path),
+        rate_limit=1000,  # the emulator's limits are off here: no pacing to wait for
+    )
+    accounts = load_accounts(settings)
+    relays = {name: bootstrap.build_relay(settings, accounts[name]) for name in CREDENTIALS}
+    try:
+        yield relays
+    finally:
+        for relay in relays.values():
+            relay.client.close()
+
+
+def test_the_same_sku_in_two_accounts_is_two_items_each_on_its_own_catalogue(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    for name in CREDENTIALS:
+        sb.seed_products([{"sku": "CAM-1", "name": f"Camisa {name}", "price": 50.0}], account=name)
+    insert_for(db_url, SUL, "stock", "CAM-1", {"qty": 10})
+    insert_for(db_url, NORTE, "stock", "CAM-1", {"qty": 7})
+    insert_for(db_url, SUL, "price", "CAM-1", {"price": 45.5})
+    for relay in two_accounts.values():
+        drain(relay.deps)
+
+    sul = sb.state(account=SUL)["products"]["CAM-1"]
+    norte = sb.state(account=NORTE)["products"]["CAM-1"]
+    assert (sul["qty"], sul["price"]) == (8, 45.5)  # loja-sul keeps 2 units back
+    assert (norte["qty"], norte["price"]) == (7, 50.0)  # loja-norte: its own, untouched price
+    assert sb.state()["products"] == {}  # nothing reached the default account
+    assert all(e["status"] != 401 for n in CREDENTIALS for e in sb.request_log(account=n))
+    with session_scope(db_url) as session:
+        items = {(i.account, i.sku): i.acknowledged for i in session.scalars(sa.select(Item))}
+    assert items == {
+        (SUL, "CAM-1"): {"qty": 8, "price": 45.5},
+        (NORTE, "CAM-1"): {"qty": 7},
+    }
+    # loja-sul's stock and price went out in one request: one row sent, the other folded in
+    assert sorted(r.state for r in rows(db_url).values()) == ["sent", "sent", "superseded"]
+
+
+def test_a_refused_key_stops_only_its_own_account(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    for name in CREDENTIALS:
+        sb.seed_products(
+            [{"sku": f"K-{i}", "name": "x", "price": 9.0} for i in range(3)], account=name
+        )
+    sb.revoke_account(NORTE)
+    sul_ids = [insert_for(db_url, SUL, "stock", f"K-{i}", {"qty": 20 + i}) for i in range(3)]
+    norte_ids = [insert_for(db_url, NORTE, "stock", f"K-{i}", {"qty": 30 + i}) for i in range(3)]
+
+    for relay in two_accounts.values():
+        relay.run_batch()
+
+    states = rows(db_url)
+    assert [states[i].state for i in sul_ids] == ["sent"] * 3
+    assert [sb.state(account=SUL)["products"][f"K-{i}"]["qty"] for i in range(3)] == [18, 19, 20]
+    for i in norte_ids:  # waiting, untouched, with the reason
+        assert states[i].state == "pending"
+        assert "refused the credentials" in (states[i].reason or "")
+    assert all(p.get("qty") in (None, 0) for p in sb.state(account=NORTE)["products"].values())
+    with session_scope(db_url) as session:
+        stopped = runs.last(session, "relay", account=NORTE)
+        fine = runs.last(session, "relay", account=SUL)
+        assert stopped is not None and runs.is_auth_stop(stopped.error)
+        assert fine is not None and not runs.is_auth_stop(fine.error)
+    # the key is fixed: loja-norte's rows go out at its next batch
+    sb.restore_account(NORTE)
+    with session_scope(db_url) as session:
+        session.execute(sa.text("UPDATE skysync_outbox SET available_at = :t"), {"t": utcnow()})
+    two_accounts[NORTE].run_batch()
+    assert [sb.state(account=NORTE)["products"][f"K-{i}"]["qty"] for i in range(3)] == [30, 31, 32]
+
+
+def test_a_row_naming_an_account_that_is_not_configured_is_rejected_with_its_name(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    sb.seed_products([{"sku": "U-1", "name": "x", "price": 9.0}], account=SUL)
+    stray = insert_for(db_url, "loja-leste", "stock", "U-1", {"qty": 4})
+    good = insert_for(db_url, SUL, "stock", "U-1", {"qty": 6})
+    legacy = insert_for(db_url, None, "stock", "U-1", {"qty": 2})  # no account: default's
+
+    with session_scope(db_url) as session:
+        assert settle.reject_unconfigured(session, ["default", SUL, NORTE], utcnow()) == 1
+    drain(two_accounts[SUL].deps)
+
+    states = rows(db_url)
+    assert states[stray].state == "rejected"
+    assert states[stray].reason == (
+        'account: "loja-leste" is not a configured SkyHub account '
+        "(configured: default, loja-sul, loja-norte)"
+    )
+    assert states[good].state == "sent"  # a bad row never blocks good ones
+    assert states[legacy].state == "pending"  # the default account's, untouched here
+    with session_scope(db_url) as session:
+        account = session.execute(
+            sa.text("SELECT account FROM skysync_outbox WHERE id = :i"), {"i": legacy}
+        ).scalar_one()
+    assert account == "default"
+
+
+def test_an_accounts_chunks_go_to_the_workers_two_at_a_time(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    """loja-sul's 130 keys make 5 or 6 chunks: 2 go out, the rest wait their turn, and each chunk
+    that finishes sends the next; loja-norte's chunks meanwhile take turns of their own."""
+    for name in CREDENTIALS:
+        sb.seed_products(
+            [{"sku": f"C-{i:03d}", "name": "x", "price": 9.0} for i in range(130)], account=name
+        )
+    for i in range(130):
+        insert_for(db_url, SUL, "stock", f"C-{i:03d}", {"qty": i})
+    for i in range(30):
+        insert_for(db_url, NORTE, "stock", f"C-{i:03d}", {"qty": i})
+    sent: dict[str, list[tuple[str, list[int]]]] = {SUL: [], NORTE: []}
+    handouts = {
+        name: Handout(relay.deps, lambda t, ids, n=name: sent[n].append((t, ids)))
+        for name, relay in two_accounts.items()
+    }
+    summary = two_accounts[SUL].run_batch(dispatch=handouts[SUL])
+    assert summary.chunks >= 5
+    assert len(sent[SUL]) == 2
+    two_accounts[NORTE].run_batch(dispatch=handouts[NORTE])
+    assert len(sent[NORTE]) == 2  # its own turns, whatever loja-sul has waiting
+    with session_scope(db_url) as session:
+        assert chunks.waiting(session, account=SUL) == summary.chunks - 2
+        assert chunks.waiting(session, account=NORTE) == 0
+
+    done = 0
+    while done < len(sent[SUL]):  # a worker finishes each chunk in turn
+        token, ids = sent[SUL][done]
+        two_accounts[SUL].deliver(token, ids)
+        handouts[SUL].finished(token, ids)
+        done += 1
+        assert len(sent[SUL]) - done <= 2  # never more than two out at once
+    assert done == summary.chunks
+    with session_scope(db_url) as session:
+        by_account = dict(
+            session.execute(
+                sa.text("SELECT account, state FROM skysync_outbox GROUP BY account, state")
+            ).all()
+        )
+    assert by_account == {SUL: "sent", NORTE: "in_flight"}  # loja-norte's workers: not here
+    assert all(
+        sb.state(account=SUL)["products"][f"C-{i:03d}"]["qty"] == max(i - 2, 0) for i in range(130)
+    )
+
+
+def test_a_chunk_of_a_killed_worker_gives_its_turn_back(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    """The worker holding a chunk died: at its lease's end its rows go back and a new claim
+    takes them; the dead chunk no longer counts as out, so the new ones are sent at once."""
+    sb.seed_products(
+        [{"sku": f"D-{i:03d}", "name": "x", "price": 9.0} for i in range(60)], account=SUL
+    )
+    for i in range(60):
+        insert_for(db_url, SUL, "stock", f"D-{i:03d}", {"qty": i})
+    relay = two_accounts[SUL]
+    sent: list[tuple[str, list[int]]] = []
+    handout = Handout(relay.deps, lambda t, ids: sent.append((t, ids)))
+    relay.run_batch(dispatch=handout)
+    assert len(sent) == 2  # of 3; the worker with them is killed
+    with session_scope(db_url) as session:
+        session.execute(sa.text("UPDATE skysync_outbox SET lease_until = :t"), {"t": utcnow()})
+    sent.clear()
+    relay.run_batch(dispatch=handout)  # reclaims the rows, claims them again: 3 new chunks
+    assert len(sent) == 2
+    for token, ids in list(sent):
+        relay.deliver(token, ids)
+        handout.finished(token, ids)
+    for token, ids in sent[2:]:
+        relay.deliver(token, ids)
+        handout.finished(token, ids)
+    assert len(sent) == 3
+    assert {r.state for r in rows(db_url).values()} == {"sent"}
+
+
+def test_an_account_added_to_the_file_is_served_without_a_restart(
+    db_url: str, sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text(accounts_toml().split("[accounts.loja-norte]")[0])  # loja-sul only
+    monkeypatch.setattr(bootstrap, "ACCOUNTS_CHECK_EVERY", 0.0)
+    monkeypatch.setattr(bootstrap, "get_settings", lambda: settings_for(
+        db_url, skyhub_url=sb.base_url, skyhub_account_key=ACCOUNT_KEY, accounts_file=str(path)
+    ))  # fmt: skip
+    bootstrap.reset()
+    try:
+        assert bootstrap.get_accounts().names() == ["default", SUL]
+        with pytest.raises(bootstrap.UnknownAccount, match="loja-norte"):
+            bootstrap.get_relay(NORTE)
+        sul = bootstrap.get_relay(SUL)
+        time.sleep(0.01)
+        path.write_text(accounts_toml())
+        assert bootstrap.get_accounts().names() == ["default", SUL, NORTE]
+        norte = bootstrap.get_relay(NORTE)
+        assert norte.account == NORTE and norte.client.email == "norte@lojas.test"
+        assert bootstrap.get_relay(SUL) is sul  # unchanged: kept, with its connections
+    finally:
+        bootstrap.reset()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'single.db'}"
+        dispose_engines()
+    else:
+        url = create_pg_database("skysync_acc_migr")
+        try:
+            yield url
+        finally:
+            drop_pg_database(url)
+
+
+SINGLE_ACCOUNT_DATA = [
+    "INSERT INTO skysync_outbox (kind, ref, payload, state) VALUES "
+    "('stock', 'M-1', '{\"qty\": 3}', 'sent'), ('stock', 'M-1', '{\"qty\": 4}', 'pending')",
+    "INSERT INTO skysync_item (sku, acknowledged) VALUES ('M-1', '{\"qty\": 3}')",
+    "INSERT INTO skysync_order (code, status) VALUES ('Loja-1', 'order_invoiced')",
+    "INSERT INTO skysync_order_inbox (code, status, dedupe_key, raw) "
+    "VALUES ('Loja-1', 'order_invoiced', 'Loja-1|order_invoiced', '{}')",
+    "INSERT INTO skysync_run (kind, started_at) VALUES ('relay', CURRENT_TIMESTAMP)",
+    "INSERT INTO skysync_request_stat (method, route, status, count) "
+    "VALUES ('PUT', '/products/{sku}', '204', 5)",
+    "INSERT INTO skysync_sync_error (entity_type, entity_id, error_category_code, error_code, "
+    "first_seen_at, last_seen_at) VALUES ('products', 'M-1', 'c', 'e', "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+]
+TABLES = [
+    "skysync_outbox",
+    "skysync_item",
+    "skysync_order",
+    "skysync_order_inbox",
+    "skysync_run",
+    "skysync_request_stat",
+    "skysync_sync_error",
+]
+
+
+def test_the_migration_moves_single_account_data_into_default(fresh_url: str) -> None:
+    migrate(fresh_url, "0010")
+    with get_engine(fresh_url).begin() as conn:
+        for sql in SINGLE_ACCOUNT_DATA:
+            conn.exec_driver_sql(sql)
+        before = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in TABLES}
+    migrate(fresh_url)
+    with get_engine(fresh_url).begin() as conn:
+        for table in TABLES:
+            accounts = conn.exec_driver_sql(
+                f"SELECT account, count(*) FROM {table} GROUP BY account"
+            ).all()
+            assert accounts == [("default", before[table])], table
+        # the ERP keeps writing as before, and the same SKU and order now fit another account
+        conn.exec_driver_sql(
+            "INSERT INTO skysync_outbox (kind, ref, payload) VALUES ('stock', 'M-1', '{\"qty\": 5}')"
+        )
+        conn.exec_driver_sql("INSERT INTO skysync_item (account, sku) VALUES ('loja-sul', 'M-1')")
+        conn.exec_driver_sql(
+            "INSERT INTO skysync_order_inbox (account, code, dedupe_key, raw) "
+            "VALUES ('loja-sul', 'Loja-1', 'Loja-1|order_invoiced', '{}')"
+        )
+    # a single-account schema cannot hold loja-sul's rows: refused, nothing dropped
+    with pytest.raises(RuntimeError, match="rows of accounts other than 'default'"):
+        downgrade(fresh_url, "0010")
+    with get_engine(fresh_url).begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM skysync_item").scalar_one() == 2
+        conn.exec_driver_sql("DELETE FROM skysync_item WHERE account = 'loja-sul'")
+        conn.exec_driver_sql("DELETE FROM skysync_order_inbox WHERE account = 'loja-sul'")
+    downgrade(fresh_url, "0010")
+    with get_engine(fresh_url).begin() as conn:
+        after = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in TABLES}
+    assert after == {**before, "skysync_outbox": before["skysync_outbox"] + 1}
