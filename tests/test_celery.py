@@ -379,10 +379,12 @@ def test_broker_flushed_after_claim_loses_nothing(
         ],
     )
 
-    # The relay_batch task body runs in another interpreter with no worker anywhere: it claims
-    # the rows and queues deliver_chunk tasks, which the flush below throws away.
+    # The relay_batch task body (the default account's batch) runs in another interpreter with
+    # no worker anywhere: it claims the rows and queues deliver_chunk tasks, which the flush
+    # below throws away.
     run_python(
-        "from skysync.tasks import relay_batch; print(relay_batch.apply().get())",
+        "from skysync.tasks import relay_batch; "
+        "print(relay_batch.apply(kwargs={'account': 'default'}).get())",
         env,
         tmp_path,
     )
@@ -397,7 +399,7 @@ def test_broker_flushed_after_claim_loses_nothing(
     assert len(messages) == 2
     chunk_ids: list[int] = []
     for message in messages:
-        assert message["kwargs"] == {}
+        assert message["kwargs"] == {"account": "default"}  # a name: what Flower shows
         assert len(message["args"]) == 2
         claim, row_ids = message["args"]
         assert claim == token
