@@ -8,6 +8,8 @@ SQLite and on PostgreSQL (``db_url``)."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,23 @@ SUL_EMAIL = "sul@loja.example"
 SUL_KEY = "sul-api-key-5e1f0a9b7c"
 SHARED_ACCOUNT_KEY = "acct-shared-3d2c1b0a"
 SECRETS = (SUL_KEY, SHARED_ACCOUNT_KEY)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_as_it_was() -> Iterator[None]:
+    """The CLI in this process installs skysync's log handler (configure_logging), whose
+    redacting filter rewrites records: put the root logger back, so that later tests (the
+    accounts file's, which read log messages) see their records as logged."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
