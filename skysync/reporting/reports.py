@@ -16,7 +16,7 @@ from skysync.domain.kinds import RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.store import outbox_reads, sync_errors
 from skysync.store.db import account_of
-from skysync.store.models import Item, Order, OrderInbox, OutboxRow
+from skysync.store.models import Item, Order, OrderInbox, OutboxRow, SyncError
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -55,6 +55,18 @@ def outbox_rows(
         session, state=state, kind=kind, ref=ref, limit=limit, account=account
     )
     return [row_dict(r) for r in rows]
+
+
+def accounts_of_rows(session: Session, ids: list[int]) -> dict[int, str]:
+    """The account of each outbox row of ``ids`` that exists."""
+    query = sa.select(OutboxRow.id, OutboxRow.account).where(OutboxRow.id.in_(ids))
+    return {row_id: account for row_id, account in session.execute(query)}
+
+
+def accounts_of_errors(session: Session, ids: list[int]) -> dict[int, str]:
+    """The account of each of SkyHub's errors of ``ids`` that is stored."""
+    query = sa.select(SyncError.id, SyncError.account).where(SyncError.id.in_(ids))
+    return {error_id: account for error_id, account in session.execute(query)}
 
 
 def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, Any]:

@@ -3,8 +3,9 @@ a service function; the work itself lives in the modules named by the commands, 
 terminal shows of a view in ``skysync/reporting/``.
 
 One module per group of commands: ``outbox`` (enqueue, outbox list/requeue/release), ``item``,
-``orders``, ``errors`` (SkyHub's own), ``reconcile``, ``operations`` (the daemon and its parts,
-status, the database); ``common`` holds what they share.
+``orders``, ``errors`` (SkyHub's own), ``reconcile``, ``accounts`` (the SkyHub accounts),
+``batches`` (relay and drain in this process), ``operations`` (the daemon and its parts,
+status, the database); ``common`` holds what they share, the ``--account`` option among it.
 
 Exit codes: 0 success; 1 the command ran and found a problem (invalid row, unhealthy status),
 or the database is not migrated or not reachable; 2 bad usage or bad configuration.
@@ -18,7 +19,16 @@ from typing import Any
 import click
 
 from skysync import __version__
-from skysync.entrypoints.cli import errors, item, operations, orders, outbox, reconcile
+from skysync.entrypoints.cli import (
+    accounts,
+    batches,
+    errors,
+    item,
+    operations,
+    orders,
+    outbox,
+    reconcile,
+)
 from skysync.entrypoints.cli.common import Context
 from skysync.entrypoints.cli.operations import erp_role_sql
 
@@ -59,6 +69,8 @@ for _command in (
     orders.orders,
     errors.errors,
     reconcile.reconcile,
+    accounts.accounts,
+    *batches.COMMANDS,
     *operations.COMMANDS,
 ):
     cli.add_command(_command)

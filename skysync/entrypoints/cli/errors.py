@@ -1,4 +1,6 @@
-"""`skysync errors ...`: SkyHub's own errors about what it accepted (/sync_errors)."""
+"""`skysync errors ...`: SkyHub's own errors about what it accepted (/sync_errors). pull and
+ignore talk to SkyHub as ``--account`` (default ``default``); list shows every account's
+errors without it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from contextlib import closing
 
 import click
 
-from skysync.entrypoints.cli.common import Context, echo_json, pass_ctx, relay_or_exit
+from skysync.entrypoints.cli.common import Context, account_option, echo_json, pass_ctx
 
 
 @click.group()
@@ -16,16 +18,17 @@ def errors() -> None:
 
 
 @errors.command("pull")
+@account_option(every=False)
 @pass_ctx
-def errors_pull(ctx: Context) -> None:
-    """Read SkyHub's errors now and store them (beat does it every
-    SKYSYNC_SYNC_ERRORS_INTERVAL)."""
+def errors_pull(ctx: Context, account: str) -> None:
+    """Read the account's SkyHub errors now and store them (beat does it every
+    SKYSYNC_SYNC_ERRORS_INTERVAL, for every account)."""
     from skysync.relay.sync_errors import pull_sync_errors
 
-    relay_ = relay_or_exit(ctx.settings)
+    relay_ = ctx.relay_of(account)
     with closing(relay_.client):
         summary = pull_sync_errors(relay_.deps)
-    echo_json(summary.as_dict())
+    echo_json({"account": account, **summary.as_dict()})
     if summary.stopped:
         sys.exit(1)
 
@@ -36,6 +39,7 @@ def errors_pull(ctx: Context) -> None:
 @click.option("--all", "include_closed", is_flag=True, help="Resolved and ignored ones too.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
+@account_option(every=True)
 @pass_ctx
 def errors_list(
     ctx: Context,
@@ -44,6 +48,7 @@ def errors_list(
     include_closed: bool,
     limit: int,
     as_json: bool,
+    account: str | None,
 ) -> None:
     """SkyHub's errors, newest first: open ones (neither resolved nor ignored) unless --all."""
     from skysync.reporting.reports import error_line
@@ -54,13 +59,14 @@ def errors_list(
     entity_type = "products" if sku else "orders" if order_code else None
     with ctx.db.scope(readonly=True) as session:
         found = [
-            sync_errors.as_dict(e)
+            {"account": e.account, **sync_errors.as_dict(e)}
             for e in sync_errors.listed(
                 session,
                 entity_id=sku or order_code,
                 entity_type=entity_type,
                 include_closed=include_closed,
                 limit=limit,
+                account=account,
             )
         ]
     if as_json:
@@ -68,23 +74,39 @@ def errors_list(
         return
     if not found:
         click.echo("no errors")
+    several = ctx.several_accounts
     for e in found:
-        click.echo(error_line(e))
+        click.echo((f"{e['account']:<16} " if several else "") + error_line(e))
 
 
 @errors.command("ignore")
 @click.argument("ids", nargs=-1, type=int, required=True)
+@account_option(every=False)
 @pass_ctx
-def errors_ignore(ctx: Context, ids: tuple[int, ...]) -> None:
-    """Ask SkyHub to ignore these errors (after fixing their cause): it stops listing them,
-    and they are kept here marked ignored."""
+def errors_ignore(ctx: Context, ids: tuple[int, ...], account: str) -> None:
+    """Ask SkyHub to ignore these errors of the account (after fixing their cause): it stops
+    listing them, and they are kept here marked ignored. Errors of another account are not
+    sent (exit 1, naming their account)."""
     from skysync.relay.sync_errors import ignore_sync_errors
+    from skysync.reporting.reports import accounts_of_errors
     from skysync.skyhub.errors import SkyHubError
 
-    relay_ = relay_or_exit(ctx.settings)
+    with ctx.db.scope(readonly=True) as session:
+        owners = accounts_of_errors(session, list(ids))
+    others = {i: owners[i] for i in ids if i in owners and owners[i] != account}
+    for error_id, owner in sorted(others.items()):
+        click.echo(
+            f"skysync: error {error_id} is account {owner}'s, not {account}'s: "
+            f"`skysync errors ignore {error_id} --account {owner}`",
+            err=True,
+        )
+    mine = [i for i in ids if i not in others]
+    if not mine:
+        sys.exit(1)
+    relay_ = ctx.relay_of(account)
     with closing(relay_.client):
         try:
-            ignored, unknown = ignore_sync_errors(relay_.deps, list(ids))
+            ignored, unknown = ignore_sync_errors(relay_.deps, mine)
         except SkyHubError as exc:
             click.echo(f"skysync: SkyHub did not take it: {exc}", err=True)
             sys.exit(1)
@@ -92,4 +114,5 @@ def errors_ignore(ctx: Context, ids: tuple[int, ...]) -> None:
         click.echo(f"ignored {len(ignored)} error(s): {', '.join(map(str, ignored))}")
     if unknown:
         click.echo(f"skysync: unknown error id(s): {', '.join(map(str, unknown))}", err=True)
+    if unknown or others:
         sys.exit(1)

@@ -1,13 +1,12 @@
-"""Running and looking after skysync: the daemon and its parts (run, relay, drain, trigger,
-flower, metrics, sandbox), its health (status, check-config) and its database (migrate,
-erp-role)."""
+"""Running and looking after skysync: the daemon and its parts (run, trigger, flower, metrics,
+sandbox; relay and drain are in batches.py), its health (status, check-config) and its
+database (migrate, erp-role)."""
 
 from __future__ import annotations
 
 import re
 import sys
 import textwrap
-from contextlib import closing
 from typing import Any
 
 import click
@@ -15,11 +14,9 @@ import click
 from skysync.config import mask_dsn
 from skysync.entrypoints.cli.common import (
     Context,
-    ProgressDisplay,
+    account_option,
     echo_json,
     pass_ctx,
-    progress_every_option,
-    relay_or_exit,
     stop_on_sigterm,
 )
 
@@ -64,19 +61,24 @@ def check_config(ctx: Context) -> None:
     default=None,
     help="Seconds a due row may wait before status exits 1 [default: 2 x SKYSYNC_SYNC_INTERVAL].",
 )
+@account_option(every=True)
 @pass_ctx
-def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
-    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP.
+def status(ctx: Context, as_json: bool, max_pending_age: float | None, account: str | None) -> None:
+    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP,
+    and each SkyHub account's rows, last batch and credentials: of every account, or of
+    --account only.
 
     Exits 1 when something needs an operator: the oldest due row is older than
     --max-pending-age, SkyHub's rate limit (a long Retry-After) parked rows past the next
-    batch, SkyHub refused the credentials in the last batch or pull, or no batch ran for two
+    batch, SkyHub refused an account's credentials in its last batch or pull (the problem
+    names the account), rows name an account that is not configured, or no batch ran for two
     intervals (beat is down). Cron or a monitor can alert on that."""
     from skysync.reporting.status import collect_status, health_problems, status_lines
 
     settings = ctx.settings
+    names = [account] if account else ctx.accounts.names()
     with ctx.db.scope(readonly=True) as session:
-        report = collect_status(session)
+        report = collect_status(session, account=account, accounts=names)
     problems = health_problems(
         report,
         sync_interval=settings.sync_interval,
@@ -94,94 +96,6 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None) -> None:
             click.echo(line)
     if problems:
         sys.exit(1)
-
-
-@click.command()
-@pass_ctx
-def relay(ctx: Context) -> None:
-    """Run one relay batch in this process and print its summary."""
-    relay_ = relay_or_exit(ctx.settings)
-    with closing(relay_.client):
-        summary = relay_.run_batch()
-    echo_json(summary.as_dict())
-
-
-@click.command()
-@click.option("--max-batches", default=1000, show_default=True, type=click.IntRange(1))
-@progress_every_option
-@pass_ctx
-def drain(ctx: Context, max_batches: int, progress_every: float) -> None:
-    """Run batches in this process until nothing is due, showing progress (rows left, rows/s,
-    requests sent, ETA). Exit 1 when this drain failed: rows it handled did not go out (dead,
-    or back to pending to retry), rows are still due after --max-batches, or SkyHub refused
-    the credentials. Exit 0 otherwise, also when what is left is in other hands (rows in
-    flight under other workers' claims, rows backing off from earlier attempts) or rows were
-    rejected (bad input, fixed at the source); stderr says what is left."""
-    from skysync.relay import drain as drain_outbox
-
-    relay_ = relay_or_exit(ctx.settings)
-    show = ProgressDisplay(terminal=sys.stderr.isatty(), every=progress_every)
-    with closing(relay_.client):
-        result = drain_outbox(relay_.deps, max_batches=max_batches, progress=show)
-    show.close()
-    account = result.account
-    echo_json(
-        {
-            "batches": result.batches,
-            "outbox": result.counts,
-            "this_drain": {
-                "failed": len(account.failed),
-                "dead": len(account.dead),
-                "retrying": len(account.retrying),
-                "rejected": account.rejected,
-                "stopped": result.stopped,
-                "still_due": result.due,
-            },
-            "left_in_other_hands": {
-                "in_flight": account.in_other_hands,
-                "pending_not_due": account.not_due,
-            },
-        }
-    )
-    for line in _drain_notes(result):
-        click.echo(f"skysync: {line}", err=True)
-    if result.failed:
-        sys.exit(1)
-
-
-def _drain_notes(result: Any) -> list[str]:
-    """What a drain leaves behind, in words: its own failures first, then the rest."""
-    account, notes = result.account, []
-    if result.stopped:
-        notes.append("stopped: SkyHub refused the credentials (see `skysync status`)")
-    if account.dead:
-        notes.append(
-            f"{len(account.dead)} row(s) this drain handled died (attempts used up): "
-            "`skysync outbox list --state dead`"
-        )
-    if account.retrying or account.still_claimed:
-        notes.append(
-            f"{len(account.retrying) + len(account.still_claimed)} row(s) this drain handled "
-            "did not go out and wait to be retried: `skysync outbox list --state pending`"
-        )
-    if result.due:
-        notes.append(f"{result.due} row(s) still due after --max-batches: run drain again")
-    if account.rejected:
-        notes.append(
-            f"{account.rejected} row(s) rejected (bad input, or refused by SkyHub for good; "
-            "not a failure of this drain): `skysync outbox list --state rejected`"
-        )
-    if account.in_other_hands:
-        notes.append(
-            f"{account.in_other_hands} in-flight row(s) are held by other workers' claims "
-            "(not this drain's)"
-        )
-    if account.not_due:
-        notes.append(
-            f"{account.not_due} pending row(s) not due yet, backing off from earlier attempts "
-            "(not this drain's)"
-        )
-    return notes
 
 
 @click.command()
@@ -247,12 +161,18 @@ def flower(click_ctx: click.Context, port: int, address: str) -> None:
 )
 @pass_ctx
 def metrics(ctx: Context, port: int, address: str) -> None:
-    """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics."""
+    """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics, each
+    with an ``account`` label: one value per configured account (the accounts file is read
+    again when it changes), rows of any other account under "(unconfigured)"."""
+    from skysync.accounts import AccountRegistry
     from skysync.reporting.metrics import serve
 
+    settings = ctx.settings
+    ctx.accounts  # noqa: B018 - refuse to start (exit 2) on an accounts file that does not load
+    registry = AccountRegistry(settings)  # re-read when the file changes: labels follow it
     click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
     stop_on_sigterm()
-    serve(ctx.db, port, address)
+    serve(ctx.db, port, address, accounts=lambda: registry.current().names())
 
 
 def erp_role_sql(role: str) -> str:
@@ -391,8 +311,6 @@ COMMANDS = (
     migrate,
     check_config,
     status,
-    relay,
-    drain,
     trigger,
     run,
     flower,

@@ -1,4 +1,6 @@
-"""`skysync orders ...`: SkyHub's order queue pulled into the inbox, and the orders known."""
+"""`skysync orders ...`: SkyHub's order queue pulled into the inbox, and the orders known. An
+order is its account's: pull and show act on ``--account`` (default ``default``), list shows
+every account's orders without it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from contextlib import closing
 
 import click
 
-from skysync.entrypoints.cli.common import Context, echo_json, pass_ctx, relay_or_exit
+from skysync.entrypoints.cli.common import Context, account_option, echo_json, pass_ctx
 
 
 @click.group()
@@ -17,15 +19,16 @@ def orders() -> None:
 
 @orders.command("pull")
 @click.option("--max-orders", default=500, show_default=True, type=click.IntRange(1))
+@account_option(every=False)
 @pass_ctx
-def orders_pull(ctx: Context, max_orders: int) -> None:
-    """Drain SkyHub's order queue into the inbox once, in this process."""
+def orders_pull(ctx: Context, max_orders: int, account: str) -> None:
+    """Drain the account's SkyHub order queue into the inbox once, in this process."""
     from skysync.relay.pull_orders import pull_orders
 
-    relay_ = relay_or_exit(ctx.settings)
+    relay_ = ctx.relay_of(account)
     with closing(relay_.client):
         summary = pull_orders(relay_.db, relay_.client, max_orders=max_orders)
-    echo_json(summary.as_dict())
+    echo_json({"account": account, **summary.as_dict()})
     if summary.stopped:
         sys.exit(1)
 
@@ -37,24 +40,35 @@ def orders_pull(ctx: Context, max_orders: int) -> None:
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
+@account_option(every=True)
 @pass_ctx
 def orders_list(
-    ctx: Context, status: str | None, unconsumed: bool, limit: int, as_json: bool
+    ctx: Context,
+    status: str | None,
+    unconsumed: bool,
+    limit: int,
+    as_json: bool,
+    account: str | None,
 ) -> None:
-    """Orders skysync knows, newest first, with their current status."""
+    """Orders skysync knows, newest first, with their current status (and their account, when
+    more than one is configured)."""
     from skysync.reporting import reports
 
     with ctx.db.scope(readonly=True) as session:
-        found = reports.orders(session, status=status, unconsumed=unconsumed, limit=limit)
+        found = reports.orders(
+            session, status=status, unconsumed=unconsumed, limit=limit, account=account
+        )
     if as_json:
         echo_json(found)
         return
     if not found:
         click.echo("no orders")
+    several = ctx.several_accounts
     for o in found:
         flag = f"  FLAGGED: {o['parse_error']}" if o["parse_error"] else ""
+        owner = f"{o['account']:<16} " if several else ""
         click.echo(
-            f"{o['code']:<40} {o['status'] or '?':<20} from {o['status_source'] or '?':<8} "
+            f"{owner}{o['code']:<40} {o['status'] or '?':<20} from {o['status_source'] or '?':<8} "
             f"unread={o['unconsumed_inbox_rows']}{flag}"
         )
 
@@ -62,19 +76,22 @@ def orders_list(
 @orders.command("show")
 @click.argument("code")
 @click.option("--json", "as_json", is_flag=True)
+@account_option(every=False)
 @pass_ctx
-def orders_show(ctx: Context, code: str, as_json: bool) -> None:
+def orders_show(ctx: Context, code: str, as_json: bool, account: str) -> None:
     """One order: its inbox history and the status steps sent back, with their states."""
     from skysync.reporting import reports
 
-    with ctx.db.scope(readonly=True) as session:
+    with ctx.db_of(account).scope(readonly=True) as session:
         data = reports.order_report(session, code)
     if data is None:
-        click.echo(f"skysync: unknown order {code!r}", err=True)
+        click.echo(f"skysync: unknown order {code!r} (account {account})", err=True)
         sys.exit(1)
     if as_json:
         echo_json(data)
         return
+    if ctx.several_accounts:
+        click.echo(f"account {account}:")
     click.echo(f"{code}: {data['status'] or 'status unknown'} (from {data['status_source']})")
     click.echo("  received from SkyHub:")
     for r in data["inbox"]:
