@@ -324,7 +324,8 @@ def test_the_migration_moves_single_account_data_into_default(fresh_url: str) ->
             assert accounts == [("default", before[table])], table
         # the ERP keeps writing as before, and the same SKU and order now fit another account
         conn.exec_driver_sql(
-            "INSERT INTO skysync_outbox (kind, ref, payload) VALUES ('stock', 'M-1', '{\"qty\": 5}')"
+            "INSERT INTO skysync_outbox (kind, ref, payload) "
+            "VALUES ('stock', 'M-1', '{\"qty\": 5}')"
         )
         conn.exec_driver_sql("INSERT INTO skysync_item (account, sku) VALUES ('loja-sul', 'M-1')")
         conn.exec_driver_sql(
