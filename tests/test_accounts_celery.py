@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
-from celery_helpers import Worker, clean_env, flush_redis, run_skysync, wait_for
+from celery_helpers import Worker, clean_env, flush_redis, run_python, run_skysync, wait_for
 from conftest import empty_tables, migrated_pg_database, sandbox_fixture
 
 from skysync.emulator import Sandbox, SandboxConfig
@@ -154,12 +154,7 @@ def test_the_broker_holds_two_chunks_of_an_account_at_most(
     )
     for i in range(150):
         insert(accounts_db, SUL[0], f"Q-{i:03d}", i)
-    code = (
-        "from skysync.tasks import relay_batch\n"
-        "print(relay_batch.run(account='loja-sul'))\n"
-    )
-    from celery_helpers import run_python
-
+    code = "from skysync.tasks import relay_batch; print(relay_batch.run(account='loja-sul'))"
     out = run_python(code, env, tmp_path)
     assert "'account': 'loja-sul'" in out
     broker = redis.Redis(host="127.0.0.1", port=6379, db=BROKER_DB)
