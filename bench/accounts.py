@@ -68,8 +68,10 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=200_000, help="account 7's backlog rows")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--rate-limit", type=float, default=8.5, help="SKYSYNC_RATE_LIMIT")
-    parser.add_argument("--concurrency", type=int, default=12, help="processes per worker")
+    parser.add_argument("--pool", choices=("threads", "prefork"), default="threads")
+    parser.add_argument("--concurrency", type=int, default=32, help="slots per worker")
     parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument("--phases", type=int, choices=(1, 2), default=2, help="1: phase 1 only")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     names = [name_of(k) for k in range(1, args.accounts + 1)]
@@ -113,7 +115,7 @@ def main() -> int:
         for i in (1, 2):
             command = [
                 str(bin_dir / "celery"), "-A", "skysync.celery_app", "worker",
-                f"--concurrency={args.concurrency}", "--loglevel=WARNING",
+                f"--pool={args.pool}", f"--concurrency={args.concurrency}", "--loglevel=WARNING",
                 "--without-gossip", "--without-mingle", f"--hostname=bench{i}@%h",
             ]  # fmt: skip
             workers.append(
@@ -132,10 +134,14 @@ def main() -> int:
             "accounts": len(names),
             "latency_ms": args.latency_ms,
             "configured_rate_limit": args.rate_limit,
-            "worker_processes": f"2 x {args.concurrency}",
+            "workers": f"2 processes, {args.pool} pool, {args.concurrency} slots each",
         }
+        # phase 0, not measured: each account's products become known to skysync, as after
+        # it created them (else phase 1 would also time each account's first read of its
+        # catalogue: relay/catalogue.py)
+        _phase(sandbox, db_url, env, bin_dir, workers, names, 0)
         result["phase_1"] = _phase(sandbox, db_url, env, bin_dir, workers, names, 1)
-        if args.accounts >= BACKLOGGED:
+        if args.accounts >= BACKLOGGED and args.phases == 2:
             sandbox.revoke_account(name_of(REVOKED))
             _backlog(db_url, sandbox, name_of(BACKLOGGED), args.backlog)
             result["phase_2"] = _phase(sandbox, db_url, env, bin_dir, workers, names, 2)
@@ -160,7 +166,7 @@ def main() -> int:
 
 
 def _qty(k: int, i: int, phase: int) -> int:
-    return k * 1000 + i + (500 if phase == 2 else 0)
+    return k * 1000 + i + {0: 200, 1: 0, 2: 500}[phase]
 
 
 def _phase(
@@ -192,11 +198,16 @@ def _phase(
     wall = time.monotonic() - started
     cpu = _cpu_seconds(workers) - cpu_before
     logs = {n: sandbox.request_log(account=n)[seen[n] :] for n in names}
+    if os.environ.get("BENCH_DUMP"):  # every account's request log, for a closer look
+        Path(f"{os.environ['BENCH_DUMP']}.phase{phase}.json").write_text(json.dumps(logs))
     per_account = {n: _account_rates(logs[n]) for n in names}
     writes = sum(a["accepted"] for a in per_account.values())
     firsts = [a["first_t"] for a in per_account.values() if a["first_t"] is not None]
     lasts = [a["last_ok_t"] for a in per_account.values() if a["last_ok_t"] is not None]
     span = max(lasts) - min(firsts) if firsts and lasts else float("nan")
+    for a in per_account.values():  # when each account's writes began and ended, in the span
+        for key, at in (("from_s", a["first_t"]), ("to_s", a["last_ok_t"])):
+            a[key] = round(at - min(firsts), 2) if at is not None and firsts else None
     intervals = sum(max(0, per_account[n]["accepted"] - 1) for n in measured)
     own = {n: _own_values(sandbox, n, k, phase) for k, n in enumerate(names, 1) if n in measured}
     out: dict[str, Any] = {

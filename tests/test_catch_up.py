@@ -129,7 +129,9 @@ def test_a_look_while_another_claim_holds_the_lock_claims_nothing_and_does_not_w
         assert first is not None and first.more_due
         relay.deliver(first.token, [i for chunk in chunks for i in chunk])
         with get_engine(pg_url).connect() as other, other.begin():
-            other.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_ID})
+            # the default account's claimers' lock (each account has its own)
+            lock = sa.text("SELECT pg_advisory_xact_lock(:k, hashtext('default'))")
+            other.execute(lock, {"k": CLAIM_LOCK_ID})
             assert claim(relay, catch_up=True)[0] is None  # at once, not after the lock
         second, _ = claim(relay, catch_up=True)  # the lock is free again
         assert second is not None and second.keys == 2

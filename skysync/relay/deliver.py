@@ -180,6 +180,14 @@ def _sku(ref: str) -> DeliveryKey:
     return DeliveryKey(KeyKind.SKU, ref)
 
 
+# Threads of a chunk per lane (bucket): SkyHub's 9/s at 200 ms a request needs 2 in flight, 4
+# still keep pace at 440 ms, and an account's two chunks at once (handout.py) double it. More
+# only sleep on the bucket's limiter: hundreds of them, with many accounts on one worker, cost
+# CPU and delay each other's requests past their slots (which SkyHub may then count 10 in a
+# second). A chunk with four buckets still gets SKYSYNC's 8.
+THREADS_PER_LANE = 4
+
+
 def _run_groups(
     groups: list[list[DeliveryKey]],
     lanes: list[str],
@@ -199,7 +207,7 @@ def _run_groups(
     queues: dict[str, deque[list[DeliveryKey]]] = {}
     for group, lane in zip(groups[first:], lanes[first:], strict=True):
         queues.setdefault(lane, deque()).append(group)
-    workers = max(1, min(concurrency, len(groups) - first))
+    workers = max(1, min(concurrency, len(groups) - first, THREADS_PER_LANE * len(queues)))
     homes = [
         lane
         for lane, n in threads_per_lane({k: len(q) for k, q in queues.items()}, workers).items()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import AliasedInsp
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
-from skysync.domain.kinds import ORDER_KINDS, SKU_KINDS, RowState
+from skysync.domain.kinds import DEFAULT_ACCOUNT, ORDER_KINDS, SKU_KINDS, RowState
 from skysync.store.db import account_of
 from skysync.store.models import Counter, Item, OutboxRow, UTCDateTime, payload_text
 from skysync.store.slices import IN_CHUNK, in_slices
@@ -29,19 +29,23 @@ PAGE_ROWS = 2000
 
 
 def _lock_claimers(session: Session) -> None:
-    """Serialize claimers: a transaction-scoped advisory lock on PostgreSQL. On SQLite the
-    transaction began with ``BEGIN IMMEDIATE`` (see db.Database.scope) and holds the write lock."""
+    """Serialize the claimers of the session's account: a transaction-scoped advisory lock on
+    PostgreSQL, one per account (two accounts never claim the same rows, so their claims run
+    side by side). On SQLite the transaction began with ``BEGIN IMMEDIATE`` (see
+    db.Database.scope) and holds the write lock."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_ID})
+        query = sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:a))")
+        session.execute(query, {"k": CLAIM_LOCK_ID, "a": account_of(session)})
 
 
 def try_lock_claimers(session: Session) -> bool:
-    """:func:`_lock_claimers` if no other claim holds it now; False (at once) if one does. On
-    SQLite the transaction already holds the write lock."""
+    """:func:`_lock_claimers` if no other claim of the account holds it now; False (at once)
+    if one does. On SQLite the transaction already holds the write lock."""
     if session.get_bind().dialect.name != "postgresql":
         return True
-    query = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
-    return bool(session.execute(query, {"k": CLAIM_LOCK_ID}).scalar_one())
+    query = sa.text("SELECT pg_try_advisory_xact_lock(:k, hashtext(:a))")
+    params = {"k": CLAIM_LOCK_ID, "a": account_of(session)}
+    return bool(session.execute(query, params).scalar_one())
 
 
 def reclaim_expired(session: Session, now: datetime) -> int:
@@ -334,19 +338,27 @@ def claim_rows(
 
 _NEXT_EPOCH = (
     sa.update(Counter)
-    .where(Counter.name == "claim_epoch")
+    .where(Counter.name == sa.bindparam("counter"))
     .values(value=Counter.value + 1)
     .returning(Counter.value)
 )
 
 
+def epoch_counter(account: str) -> str:
+    """The counter of ``account``'s claims: epochs order the rows of one key, and a key is one
+    account's, so each account numbers its claims on its own (``claim_epoch``: default's, the
+    counter from before accounts), and the claims of two accounts never wait on one row."""
+    return "claim_epoch" if account == DEFAULT_ACCOUNT else f"claim_epoch:{account}"
+
+
 def next_claim_epoch(session: Session) -> int:
-    """This claim's number: one more than the claim before (claims are serialized by the
-    claimers' lock, so they are numbered in the order they read the outbox). See
-    planner.newness for what it decides."""
-    epoch = session.execute(_NEXT_EPOCH).scalar()
-    if epoch is None:  # the counter row is gone (a hand-made database): start it again
-        session.add(Counter(name="claim_epoch", value=1))
+    """This claim's number: one more than the account's claim before (its claims are
+    serialized by the claimers' lock, so they are numbered in the order they read the outbox).
+    See planner.newness for what it decides."""
+    counter = epoch_counter(account_of(session))
+    epoch = session.execute(_NEXT_EPOCH, {"counter": counter}).scalar()
+    if epoch is None:  # the account's first claim (or a hand-made database): start it
+        session.add(Counter(name=counter, value=1))
         session.flush()
         epoch = 1
     return int(epoch)
