@@ -37,7 +37,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness
+## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness,
+## reconciliation, several accounts through two workers
 ## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
@@ -49,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.freshness
 	$(BIN)/python -m bench.reconcile
+	$(BIN)/python -m bench.accounts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -167,8 +167,10 @@ def deliver_chunk(
     except UnknownAccount as exc:
         return _gone(account, exc)
     ids = [int(i) for i in row_ids]
-    result = relay.deliver(token, ids).as_dict()
     out = handout(relay)
+    # the account's next chunk starts as soon as this one's last key is taken, so its set-up
+    # overlaps this one's last requests (and again here, for a chunk that ended early)
+    result = relay.deliver(token, ids, drained=lambda: out.finished(token, ids)).as_dict()
     out.finished(token, ids)
     relay.run_catch_up(dispatch=out)
     return {"account": account, **result}

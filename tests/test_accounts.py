@@ -343,3 +343,36 @@ def test_the_migration_moves_single_account_data_into_default(fresh_url: str) ->
     with get_engine(fresh_url).begin() as conn:
         after = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in TABLES}
     assert after == {**before, "skysync_outbox": before["skysync_outbox"] + 1}
+
+
+def test_a_chunk_hands_its_turn_on_once_its_last_key_is_taken(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    """The next chunk's set-up overlaps this one's last requests: ``drained`` is called once,
+    while the chunk still has requests in flight, before deliver returns."""
+    sb.seed_products(
+        [{"sku": f"T-{i:02d}", "name": "x", "price": 9.0} for i in range(20)], account=SUL
+    )
+    for i in range(20):
+        insert_for(db_url, SUL, "stock", f"T-{i:02d}", {"qty": i})
+    relay = two_accounts[SUL]
+    sent: list[tuple[str, list[int]]] = []
+    relay.run_batch(dispatch=lambda t, ids: sent.append((t, ids)))
+    (token, ids), *_ = sent
+    calls: list[int] = []
+
+    def drained() -> None:  # how many of the chunk's rows were still in flight then
+        with session_scope(db_url) as session:
+            calls.append(
+                session.execute(
+                    sa.text("SELECT count(*) FROM skysync_outbox WHERE state = 'in_flight'")
+                ).scalar_one()
+            )
+
+    summary = relay.deliver(token, ids, drained=drained)
+    assert summary.keys == len(ids)
+    assert len(calls) == 1
+    assert 0 < calls[0] <= 8  # its last keys were still going out
+    assert {r.state for r in rows(db_url).values()} == {"sent"}
+    assert relay.deliver(token, ids, drained=lambda: calls.append(-1)).keys == 0
+    assert calls[-1] == -1  # a repeat finds nothing, and hands the turn on at once

@@ -95,18 +95,27 @@ class _Claimed:
 
 
 def deliver(
-    deps: RelayDeps, token: str, row_ids: list[int], push: PushSku | None = None
+    deps: RelayDeps,
+    token: str,
+    row_ids: list[int],
+    push: PushSku | None = None,
+    *,
+    drained: Callable[[], object] | None = None,
 ) -> DeliverySummary:
     """Push the rows of ``row_ids`` still claimed by ``token``; a duplicate or redelivered
     task finds them already finished and does nothing. ``push`` sends one SKU's request
     (:func:`push_one_sku` unless a test injects another, to stall a worker between its claim
-    and its push)."""
+    and its push). ``drained`` is called once, when the chunk's last key has been taken (only
+    the requests in flight are left): the account's next chunk may start then
+    (handout.py), so its set-up overlaps this chunk's last requests."""
     push = push or push_one_sku
     summary = DeliverySummary()
     if not row_ids:
         return summary
     claimed = _load_claimed(deps, token, row_ids)
     if claimed is None:
+        if drained is not None:
+            drained()
         return summary
     stop = AuthStop(deps.db, token)
     lock = threading.Lock()
@@ -124,7 +133,9 @@ def deliver(
     # The credentials check (one request alone) is spent only where this process has not
     # seen them accepted lately: otherwise every chunk would start with one lane alone.
     check = not deps.client.accepted_within(CREDENTIALS_SEEN_FOR)
-    _run_groups(claimed.groups, claimed.lanes, run_family, deps.concurrency, check=check)
+    _run_groups(
+        claimed.groups, claimed.lanes, run_family, deps.concurrency, check=check, drained=drained
+    )
     summary.auth_failed = stop.tripped
     unit.save_client_counts(deps)
     return summary
@@ -195,6 +206,7 @@ def _run_groups(
     concurrency: int,
     *,
     check: bool = True,
+    drained: Callable[[], object] | None = None,
 ) -> None:
     """With ``check``, the first family goes alone: if SkyHub refuses the credentials, that
     one request is all the batch spends; the rest are released untouched. Then the others, on
@@ -213,16 +225,26 @@ def _run_groups(
         for lane, n in threads_per_lane({k: len(q) for k, q in queues.items()}, workers).items()
         for _ in range(n)
     ]
+    last = _Once(drained)
     if len(homes) <= 1:
-        for group in groups[first:]:
+        rest = groups[first:]
+        for i, group in enumerate(rest):
+            if i == len(rest) - 1:
+                last()
             run_family(group)
+        last()
         return
     lock = threading.Lock()
 
     def take(home: str) -> list[DeliveryKey] | None:
         with lock:
             queue = queues[home] if queues[home] else max(queues.values(), key=len)
-            return queue.popleft() if queue else None
+            group = queue.popleft() if queue else None
+            if not any(queues.values()):
+                last.ready = True  # called outside the lock, by the thread that took the last
+        if last.ready:
+            last()
+        return group
 
     def work(home: str) -> None:
         while (group := take(home)) is not None:
@@ -233,6 +255,21 @@ def _run_groups(
         jobs = [pool.submit(contextvars.copy_context().run, work, home) for home in homes]
         for future in jobs:
             future.result()
+
+
+class _Once:
+    """``callback`` at most once, whichever thread gets there first (None: nothing)."""
+
+    def __init__(self, callback: Callable[[], object] | None) -> None:
+        self.callback = callback
+        self.ready = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
 
 
 def deliver_key(

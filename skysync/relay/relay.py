@@ -108,7 +108,13 @@ class Relay:
         return fast_lane.run_fast(self.deps, dispatch)
 
     def deliver(
-        self, token: str, row_ids: list[int], push: PushSku | None = None
+        self,
+        token: str,
+        row_ids: list[int],
+        push: PushSku | None = None,
+        *,
+        drained: Callable[[], object] | None = None,
     ) -> DeliverySummary:
-        """Push the rows of ``row_ids`` still claimed by ``token`` (deliver.py)."""
-        return deliver.deliver(self.deps, token, row_ids, push)
+        """Push the rows of ``row_ids`` still claimed by ``token`` (deliver.py); ``drained``
+        once its last key is taken."""
+        return deliver.deliver(self.deps, token, row_ids, push, drained=drained)
