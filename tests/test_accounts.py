@@ -376,3 +376,70 @@ def test_a_chunk_hands_its_turn_on_once_its_last_key_is_taken(
     assert {r.state for r in rows(db_url).values()} == {"sent"}
     assert relay.deliver(token, ids, drained=lambda: calls.append(-1)).keys == 0
     assert calls[-1] == -1  # a repeat finds nothing, and hands the turn on at once
+
+
+def test_reconciliation_and_repair_keep_to_their_account(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay]
+) -> None:
+    """SkyHub changed loja-norte's R-1 behind skysync's back: loja-norte's reconciliation
+    finds it and its repair goes to loja-norte; loja-sul, with the same SKU, finds nothing."""
+    from skysync.relay.reconcile import reconcile
+
+    for name in CREDENTIALS:
+        sb.seed_products([{"sku": "R-1", "name": "x", "price": 9.0}], account=name)
+        insert_for(db_url, name, "price", "R-1", {"price": 20.0 if name == SUL else 30.0})
+        drain(two_accounts[name].deps)
+    sb.change_product("R-1", {"price": 31.5}, account=NORTE)
+
+    norte = reconcile(two_accounts[NORTE].deps, repair=True)
+    sul = reconcile(two_accounts[SUL].deps)
+    assert [(d.sku, d.field, d.erp, d.skyhub) for d in norte.drift] == [
+        ("R-1", "price", 30.0, 31.5)
+    ]
+    assert sul.drift == [] and sul.orphans == []
+    drain(two_accounts[NORTE].deps)
+    assert sb.state(account=NORTE)["products"]["R-1"]["price"] == 30.0
+    assert sb.state(account=SUL)["products"]["R-1"]["price"] == 20.0
+    with session_scope(db_url) as session:
+        corrections = session.execute(
+            sa.text("SELECT account FROM skysync_outbox WHERE origin = 'reconcile'")
+        ).all()
+    assert corrections == [(NORTE,)]
+
+
+def test_the_fast_lane_watches_and_claims_every_account(
+    db_url: str, sb: Sandbox, tmp_path: Path
+) -> None:
+    """A stock-out of loja-norte's wakes the lane's watcher, and loja-norte's lane run claims
+    it; loja-sul's lane run finds nothing of its own."""
+    from skysync.relay.fast_lane import LaneWatcher
+
+    empty_tables(db_url)
+    path = tmp_path / "accounts.toml"
+    path.write_text(accounts_toml())
+    settings = settings_for(
+        db_url,
+        skyhub_url=sb.base_url,
+        skyhub_account_key=ACCOUNT_KEY,
+        accounts_file=str(path),
+        fast_lane="stockouts",
+        rate_limit=1000,
+    )
+    accounts = load_accounts(settings)
+    for name, (email, key) in CREDENTIALS.items():
+        sb.add_account(name, email, key)
+        sb.seed_products([{"sku": "F-1", "name": "x", "price": 9.0, "qty": 5}], account=name)
+    watcher = LaneWatcher(settings, lambda: None, accounts=lambda: accounts.names())
+    assert not watcher._due()
+    insert_for(db_url, NORTE, "stock", "F-1", {"qty": 0})
+    assert watcher._due()
+    relays = {name: bootstrap.build_relay(settings, accounts[name]) for name in CREDENTIALS}
+    try:
+        assert relays[SUL].run_fast().claimed == 0
+        assert relays[NORTE].run_fast().claimed == 1
+    finally:
+        for relay in relays.values():
+            relay.client.close()
+    assert sb.state(account=NORTE)["products"]["F-1"]["qty"] == 0
+    assert sb.state(account=SUL)["products"]["F-1"]["qty"] == 5
+    assert not watcher._due()
