@@ -443,3 +443,33 @@ def test_the_fast_lane_watches_and_claims_every_account(
     assert sb.state(account=NORTE)["products"]["F-1"]["qty"] == 0
     assert sb.state(account=SUL)["products"]["F-1"]["qty"] == 5
     assert not watcher._due()
+
+
+@pytest.mark.parametrize("fault", ["503", "429"])
+def test_an_outage_or_a_429_storm_on_one_account_leaves_the_other_flowing(
+    db_url: str, sb: Sandbox, two_accounts: dict[str, Relay], fault: str
+) -> None:
+    """SkyHub answers every loja-norte write with 503 (an outage) or 429 (a storm): its rows
+    go back, each with the reason, while loja-sul's go out with nothing in between."""
+    for name in CREDENTIALS:
+        sb.seed_products(
+            [{"sku": f"O-{i}", "name": "x", "price": 9.0} for i in range(5)], account=name
+        )
+    sb.script_fault("PUT", "/products", fault, 100, account=NORTE)
+    norte = [insert_for(db_url, NORTE, "stock", f"O-{i}", {"qty": 10 + i}) for i in range(5)]
+    sul = [insert_for(db_url, SUL, "stock", f"O-{i}", {"qty": 20 + i}) for i in range(5)]
+
+    for relay in two_accounts.values():
+        relay.run_batch()
+
+    states = rows(db_url)
+    assert [states[i].state for i in sul] == ["sent"] * 5
+    assert [sb.state(account=SUL)["products"][f"O-{i}"]["qty"] for i in range(5)] == [
+        18 + i
+        for i in range(5)  # loja-sul keeps 2 units back
+    ]
+    for i in norte:
+        assert states[i].state == "pending" and states[i].last_status == int(fault)
+        assert states[i].reason
+    writes = [e for e in sb.request_log(account=NORTE) if e["method"] == "PUT"]
+    assert writes and all(e["status"] == int(fault) for e in writes)
