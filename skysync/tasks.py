@@ -13,7 +13,7 @@ the task id on every log line, and the relay of an account."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +38,7 @@ class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task
     token, so it carries on where it stopped instead of leaving them to wait out their lease;
     what it already recorded is not sent again.
 
-    Each run's log lines carry its task id (and its account, see :meth:`relay_of`)."""
+    Each run's log lines carry its task id, and its account when it has one."""
 
     acks_late = True
     ignore_result = True
@@ -51,11 +51,6 @@ class SkysyncTask(Task):  # type: ignore[misc]  # celery has no type hints: Task
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(task_id=self.request.id, account=kwargs.get("account")):
             return super().__call__(*args, **kwargs)
-
-    @staticmethod
-    def relay_of(account: str) -> Relay:
-        """The relay of ``account``; UnknownAccount when it is no longer configured."""
-        return get_relay(account)
 
 
 def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -85,11 +80,32 @@ def _for_each_account(task_: Any) -> dict[str, Any]:
     return {"accounts": names}
 
 
-def _gone(account: str, exc: UnknownAccount) -> dict[str, Any]:
-    """A task of an account removed from the accounts file since it was queued: nothing to do
-    (its rows in flight go back at their lease's end; pending ones are rejected, naming it)."""
-    log.warning("%s: skipped", exc)
-    return {"account": account, "skipped": str(exc)}
+def _for_account(
+    task_: Any, account: str | None, run: Callable[[Relay], dict[str, Any]]
+) -> dict[str, Any]:
+    """``run`` on ``account``'s relay, its result naming the account; without an account (beat),
+    one ``task_`` per configured account. An account removed from the accounts file since the
+    task was queued: nothing to do (its rows in flight go back at their lease's end; pending
+    ones are rejected, naming it)."""
+    if account is None:
+        return _for_each_account(task_)
+    try:
+        relay = get_relay(account)
+    except UnknownAccount as exc:
+        log.warning("%s: skipped", exc)
+        return {"account": account, "skipped": str(exc)}
+    return {"account": account, **run(relay)}
+
+
+def _in_turn() -> Iterator[Relay]:
+    """Each configured account's relay in turn, its name on the log lines meanwhile."""
+    for name in get_accounts().names():
+        try:
+            relay = get_relay(name)
+        except UnknownAccount:  # removed since the names were read
+            continue
+        with log_context(account=name):
+            yield relay
 
 
 @task("skysync.relay_batch")
@@ -104,11 +120,9 @@ def relay_batch(self: SkysyncTask, account: str | None = None) -> dict[str, Any]
         if rejected:
             log.warning("%s rows name an account that is not configured: rejected", rejected)
         return {**_for_each_account(relay_batch), "rejected_unconfigured": rejected}
-    try:
-        relay = self.relay_of(account)
-    except UnknownAccount as exc:
-        return _gone(account, exc)
-    return {"account": account, **relay.run_batch(dispatch=handout(relay)).as_dict()}
+    return _for_account(
+        relay_batch, account, lambda relay: relay.run_batch(dispatch=handout(relay)).as_dict()
+    )
 
 
 @task("skysync.relay_catch_up")
@@ -117,15 +131,10 @@ def relay_catch_up(self: SkysyncTask) -> dict[str, Any]:
     out its chunks whose turn came (one whose task was lost), then a batch if its last one
     left a backlog and the workers are half done (docs/relay.md, "Catching up")."""
     caught_up: dict[str, bool] = {}
-    for name in get_accounts().names():
-        try:
-            relay = self.relay_of(name)
-        except UnknownAccount:
-            continue
-        with log_context(account=name):
-            out = handout(relay)
-            out.next_turn()
-            caught_up[name] = relay.run_catch_up(dispatch=out) is not None
+    for relay in _in_turn():
+        out = handout(relay)
+        out.next_turn()
+        caught_up[relay.account] = relay.run_catch_up(dispatch=out) is not None
     return {"caught_up": caught_up}
 
 
@@ -134,14 +143,9 @@ def relay_fast(self: SkysyncTask) -> dict[str, Any]:
     """The fast lane (relay/fast_lane.py), for each account in turn: claim the families of the
     due rows it picks and hand them to deliver_chunk, like a batch; nothing while
     SKYSYNC_FAST_LANE is off."""
-    claimed: dict[str, int] = {}
-    for name in get_accounts().names():
-        try:
-            relay = self.relay_of(name)
-        except UnknownAccount:
-            continue
-        with log_context(account=name):
-            claimed[name] = relay.run_fast(dispatch=handout(relay)).claimed
+    claimed = {
+        relay.account: relay.run_fast(dispatch=handout(relay)).claimed for relay in _in_turn()
+    }
     return {"claimed": claimed}
 
 
@@ -162,18 +166,18 @@ def deliver_chunk(
     """Push the rows of one chunk still claimed by ``token`` (a repeat finds none and stops);
     hand out the account's next chunk; then, if its last batch left a backlog and half of it
     is sent, claim the next one (catching up, docs/relay.md)."""
-    try:
-        relay = self.relay_of(account)
-    except UnknownAccount as exc:
-        return _gone(account, exc)
     ids = [int(i) for i in row_ids]
-    out = handout(relay)
-    # the account's next chunk starts as soon as this one's last key is taken, so its set-up
-    # overlaps this one's last requests (and again here, for a chunk that ended early)
-    result = relay.deliver(token, ids, drained=lambda: out.finished(token, ids)).as_dict()
-    out.finished(token, ids)
-    relay.run_catch_up(dispatch=out)
-    return {"account": account, **result}
+
+    def run(relay: Relay) -> dict[str, Any]:
+        out = handout(relay)
+        # the account's next chunk starts as soon as this one's last key is taken, so its
+        # set-up overlaps this one's last requests (and again here, for a chunk that ended early)
+        result = relay.deliver(token, ids, drained=lambda: out.finished(token, ids)).as_dict()
+        out.finished(token, ids)
+        relay.run_catch_up(dispatch=out)
+        return result
+
+    return _for_account(deliver_chunk, account, run)
 
 
 @task("skysync.pull_orders")
@@ -182,13 +186,7 @@ def pull_orders(self: SkysyncTask, account: str | None = None) -> dict[str, Any]
     stored. Without an account (beat): one pull per configured account."""
     from skysync.relay.pull_orders import pull_orders as pull
 
-    if account is None:
-        return _for_each_account(pull_orders)
-    try:
-        relay = self.relay_of(account)
-    except UnknownAccount as exc:
-        return _gone(account, exc)
-    return {"account": account, **pull(relay.db, relay.client).as_dict()}
+    return _for_account(pull_orders, account, lambda relay: pull(relay.db, relay.client).as_dict())
 
 
 @task(
@@ -205,16 +203,11 @@ def reconcile(self: SkysyncTask, account: str | None = None) -> dict[str, Any]:
     account."""
     from skysync.relay.reconcile import reconcile as run
 
-    if account is None:
-        return _for_each_account(reconcile)
-    try:
-        relay = self.relay_of(account)
-    except UnknownAccount as exc:
-        return _gone(account, exc)
-    return {
-        "account": account,
-        **run(relay.deps, repair=relay.settings.reconcile_repair).summary(sample=0),
-    }
+    return _for_account(
+        reconcile,
+        account,
+        lambda relay: run(relay.deps, repair=relay.settings.reconcile_repair).summary(sample=0),
+    )
 
 
 @task("skysync.pull_sync_errors")
@@ -223,10 +216,4 @@ def pull_sync_errors(self: SkysyncTask, account: str | None = None) -> dict[str,
     one pull per configured account."""
     from skysync.relay.sync_errors import pull_sync_errors as pull
 
-    if account is None:
-        return _for_each_account(pull_sync_errors)
-    try:
-        relay = self.relay_of(account)
-    except UnknownAccount as exc:
-        return _gone(account, exc)
-    return {"account": account, **pull(relay.deps).as_dict()}
+    return _for_account(pull_sync_errors, account, lambda relay: pull(relay.deps).as_dict())

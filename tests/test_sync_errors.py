@@ -137,7 +137,7 @@ def test_item_show_errors_list_status_and_metrics(
     status = CliRunner().invoke(cli, ["status"], env=env)
     assert "SkyHub's own errors, open: 1 about products, 1 about orders" in status.stdout
     text = generate_latest(registry_for(Database.for_url(db_url))).decode()
-    assert 'skysync_skyhub_sync_errors{entity_type="products"} 1.0' in text
+    assert 'skysync_skyhub_sync_errors{account="default",entity_type="products"} 1.0' in text
 
     error_id = data[0]["id"]
     ignored = CliRunner().invoke(cli, ["errors", "ignore", str(error_id)], env=env)
