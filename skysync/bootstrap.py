@@ -74,9 +74,12 @@ def use_emulator(url: str) -> None:
 
 def skyhub_target(settings: Settings, account: Account | None = None) -> tuple[str, bool]:
     """(base URL, is it the emulator) for ``account`` (None: the single-account settings'). An
-    account with its credentials goes to SKYSYNC_SKYHUB_URL with them, whatever it is (SkyHub,
-    or an emulator that tells accounts apart by their credentials)."""
-    if account is not None and account.has_credentials:
+    account with its own email and key goes to SKYSYNC_SKYHUB_URL with them, whatever it is
+    (SkyHub, or an emulator that tells accounts apart by their credentials)."""
+    if account is not None and account.email and account.api_key:
+        # its own email and key, whether or not an account-manager key is set: with none
+        # (allowed only on an emulator, see accounts.py) it is sent the emulator's placeholder,
+        # never another account's credentials
         return settings.skyhub_url, False
     if account is None and settings.has_skyhub_credentials:
         return settings.skyhub_url, False

@@ -473,3 +473,21 @@ def test_an_outage_or_a_429_storm_on_one_account_leaves_the_other_flowing(
         assert states[i].reason
     writes = [e for e in sb.request_log(account=NORTE) if e["method"] == "PUT"]
     assert writes and all(e["status"] == int(fault) for e in writes)
+
+
+def test_an_account_without_an_account_manager_key_still_sends_its_own_credentials(
+    sb: Sandbox, tmp_path: Path, sqlite_url: str
+) -> None:
+    """On an emulator an account may leave account_key out (and SKYSYNC_SKYHUB_ACCOUNT_KEY
+    unset): its requests still carry its own email and key, never the emulator's default
+    ones, so they reach its own catalogue."""
+    path = tmp_path / "accounts.toml"
+    path.write_text(accounts_toml())
+    settings = settings_for(sqlite_url, skyhub_url=sb.base_url, accounts_file=str(path))
+    account = load_accounts(settings)[SUL]
+    assert account.account_key is None
+    client = bootstrap.build_client(settings, account=account)
+    try:
+        assert client.email == "sul@lojas.test"
+    finally:
+        client.close()
