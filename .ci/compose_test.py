@@ -2,9 +2,11 @@
 
 A real Docker engine; the image built from the project's own Dockerfile; `docker-compose
 --profile sandbox up -d` with the project's unmodified docker-compose.yml and a .env made from
-.env.example; rows INSERTed with psql exactly as docs/erp-contract.md tells the ERP; then
-operations: a worker stopped mid-batch, PostgreSQL and Redis restarted mid-batch, three workers
-under one rate limit, every service stopped by SIGTERM.
+.env.example; rows INSERTed with psql exactly as docs/erp-contract.md tells the ERP; a second
+SkyHub account (an accounts file mounted as compose's secret, rows for both accounts through
+psql, each ending in its own account of the emulator); then operations: a worker stopped
+mid-batch, PostgreSQL and Redis restarted mid-batch, three workers under one rate limit, every
+service stopped by SIGTERM.
 
 No image registry is reachable on our CI machines, so the official base images are replaced by
 local stand-ins built from Debian packages (.ci/standin-images/README.md says how and why). They
@@ -17,6 +19,7 @@ printing the services' logs. The engine and the stack are torn down in every cas
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -46,6 +49,10 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
 LEASE_SECONDS = 300  # the default; the worker-stop check must beat it by far
 RATE_BUCKET_LIMIT = 9  # SkyHub's (and the emulator's) limit per bucket and second
+SECOND_ACCOUNT = "loja-sul"  # the second SkyHub account: its own email and key, and its own rows
+SECOND_EMAIL = "sul@loja.example"
+ACCOUNTS_TARGET = "/run/secrets/accounts.toml"  # where docker-compose.yml mounts the secret
+IMAGE_UID = 10001  # the image's user (Dockerfile): the accounts file must be readable by it
 
 DOCKER_ENV = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "DOCKER_BUILDKIT": "0"}
 RESULTS: list[tuple[str, str, float]] = []
@@ -291,9 +298,12 @@ class Stack:
         self.env_file = workdir / ".env"
         self.password = "ci-" + secrets.token_hex(8)
         self.flower_auth = ("ops", "ci-" + secrets.token_hex(8))
+        self.second_key = "ci-sul-" + secrets.token_hex(12)
+        self.accounts_file = workdir / "accounts.toml"
 
-    def write_env(self) -> None:
-        """`cp .env.example .env`, then set what the README tells a new user to set."""
+    def write_env(self, **more: str) -> None:
+        """`cp .env.example .env`, then set what the README tells a new user to set (and
+        ``more``, as an operator would edit it later)."""
         text = (ROOT / ".env.example").read_text(encoding="utf-8")
         settings = {
             "POSTGRES_PASSWORD": self.password,
@@ -302,6 +312,7 @@ class Stack:
             # batches and polls every few seconds, so the run does not wait 15 minutes
             "SKYSYNC_SYNC_INTERVAL": "3",
             "SKYSYNC_ORDER_POLL_INTERVAL": "3",
+            **more,
         }
         for name, value in settings.items():
             # the line that is set, else the first commented-out one, as a user would edit it
@@ -360,6 +371,30 @@ class Stack:
     def sandbox(self, path: str) -> Any:
         return httpx.get(f"http://127.0.0.1:8710{path}", timeout=10).json()
 
+    def write_accounts_file(self) -> None:
+        """The second account, as docs/running.md tells an operator: TOML, the key inline,
+        readable by the image's user only. Its own account_key: without one (and with
+        SKYSYNC_SKYHUB_ACCOUNT_KEY unset, as here) skysync's Account.has_credentials is false
+        and bootstrap.skyhub_target sends the account with the emulator's default credentials,
+        into the emulator's `default` account (seen in this test; a bug of skysync's, not of
+        the compose file)."""
+        self.accounts_file.write_text(
+            f"[accounts.{SECOND_ACCOUNT}]\n"
+            f'email = "{SECOND_EMAIL}"\n'
+            f'api_key = "{self.second_key}"\n'
+            f'account_key = "{self.second_key}-manager"\n',
+            encoding="utf-8",
+        )
+        os.chown(self.accounts_file, IMAGE_UID, IMAGE_UID)
+        self.accounts_file.chmod(0o400)
+
+    def check_no_secret_in_logs(self) -> None:
+        """The second account's api_key is in the accounts file only: in no container's log."""
+        logs = self.compose("logs", "--no-color").stdout
+        check(logs.strip(), "no logs to look at")
+        check(self.second_key not in logs, f"{SECOND_ACCOUNT}'s api_key is in the services' logs")
+        check(self.flower_auth[1] not in logs, "Flower's password is in the services' logs")
+
     def ping_workers(self, seconds: int, **kw: Any) -> subprocess.CompletedProcess[str]:
         """`celery inspect ping` from inside a worker container: every worker answers "pong"."""
         command = ["exec", "-T", "worker", "celery", "-A", "skysync.celery_app", "inspect"]
@@ -392,11 +427,17 @@ def readme_sql(kinds: set[str]) -> list[str]:
     return statements
 
 
-def insert_products(stack: Stack, prefix: str, count: int) -> None:
+def insert_products(
+    stack: Stack, prefix: str, count: int, *, account: str | None = None, base: int = 0
+) -> None:
+    """``count`` products ``prefix-1``...: qty base + g, price base + 10 + g. Without
+    ``account`` the rows name none (the `default` account), as an ERP that never heard of
+    accounts writes them."""
+    column, value = ("account, ", f"'{account}', ") if account else ("", "")
     stack.psql(
-        "INSERT INTO skysync_outbox (kind, ref, payload) SELECT 'product', "
+        f"INSERT INTO skysync_outbox ({column}kind, ref, payload) SELECT {value}'product', "
         f"'{prefix}-' || g, json_build_object('name', 'Produto ' || g, 'status', 'enabled', "
-        "'qty', g, 'price', 10 + g, 'brand', 'Acme', 'images', "
+        f"'qty', {base} + g, 'price', {base} + 10 + g, 'brand', 'Acme', 'images', "
         "json_build_array('https://cdn.example.com/' || g || '.jpg')) "
         f"FROM generate_series(1, {count}) g;"
     )
@@ -486,6 +527,94 @@ def check_flower_and_metrics(stack: Stack) -> None:
     log(f"Flower 401 then 200; /metrics shows the {expected} sent rows")
 
 
+def add_second_account(stack: Stack) -> None:
+    """What an operator does: the accounts file on the host, two lines in .env, `up -d`. The
+    emulator is recreated first and told of the account, so that no worker ever sends
+    loja-sul's credentials to an emulator that does not know them."""
+    stack.write_accounts_file()
+    stack.write_env(
+        SKYSYNC_ACCOUNTS_FILE=ACCOUNTS_TARGET, SKYSYNC_ACCOUNTS_SECRET=str(stack.accounts_file)
+    )
+    stack.compose("up", "-d", "--no-build", "--no-deps", "sandbox")
+    wait_for("the recreated emulator", lambda: stack.sandbox("/_sandbox/accounts"), 60)
+    added = httpx.post(
+        "http://127.0.0.1:8710/_sandbox/accounts",
+        json={"name": SECOND_ACCOUNT, "email": SECOND_EMAIL, "api_key": stack.second_key},
+        timeout=10,
+    )
+    check(added.status_code == 201, f"registering {SECOND_ACCOUNT}: {added.status_code}")
+    emulator = stack.containers("sandbox")
+    up(stack)  # recreates every other skysync service: the new variable and the secret
+    check(stack.containers("sandbox") == emulator, "`up -d` recreated the emulator again")
+    known = [a["name"] for a in stack.sandbox("/_sandbox/accounts")["accounts"]]
+    check(known == ["default", SECOND_ACCOUNT], f"the emulator's accounts: {known}")
+    mounted = stack.compose("exec", "-T", "worker", "ls", "-l", ACCOUNTS_TARGET).stdout.strip()
+    listed = json.loads(
+        stack.compose("exec", "-T", "worker", "skysync", "accounts", "list", "--json").stdout
+    )
+    names = [a["name"] for a in listed["accounts"]]
+    log(f"worker: {mounted}; {listed['source']}: {names}")
+    check(names == ["default", SECOND_ACCOUNT], f"the worker's accounts: {names}")
+
+
+def check_two_accounts(stack: Stack) -> None:
+    """The ERP writes the same SKUs for both accounts through psql, different values in each;
+    each row ends sent, and each account of the emulator holds its own values only."""
+    prefix, count, sul_base = "CI-ACCT", 20, 100
+    insert_products(stack, prefix, count)  # no account: `default`
+    insert_products(stack, prefix, count, account=SECOND_ACCOUNT, base=sul_base)
+
+    def by_account() -> dict[str, dict[str, int]]:
+        out = stack.psql(
+            "SELECT account, state, count(*) FROM skysync_outbox "
+            f"WHERE ref LIKE '{prefix}-%' GROUP BY 1, 2;"
+        )
+        found: dict[str, dict[str, int]] = {}
+        for line in out.splitlines():
+            account, state, n = line.split("|")
+            found.setdefault(account, {})[state] = int(n)
+        return found
+
+    def all_sent() -> bool:
+        found = by_account()
+        for states in found.values():
+            bad = {s: n for s, n in states.items() if s in ("rejected", "dead", "withheld")}
+            check(not bad, f"{prefix} rows ended {found}")
+        return found == {"default": {"sent": count}, SECOND_ACCOUNT: {"sent": count}}
+
+    started = time.monotonic()
+    wait_for(f"both accounts' {prefix} rows sent", all_sent, 120)
+    log(f"rows by account: {by_account()} ({time.monotonic() - started:.1f} s)")
+    skus = {f"{prefix}-{g}" for g in range(1, count + 1)}
+    for account in ("default", SECOND_ACCOUNT):
+        entries = stack.sandbox(f"/_sandbox/requests?account={account}")["log"]
+        log(f"the emulator's account {account} was sent {len(entries)} requests")
+        check(entries, f"the emulator's account {account} was sent no request")
+    for account, base in (("default", 0), (SECOND_ACCOUNT, sul_base)):
+        products = stack.sandbox(f"/_sandbox/state?account={account}")["products"]
+        check(skus <= set(products), f"{account}: SkyHub lacks {sorted(skus - set(products))}")
+        for g in range(1, count + 1):
+            product = products[f"{prefix}-{g}"]
+            got = (product.get("qty"), product.get("price"))
+            want = (base + g, base + 10 + g)
+            check(got == want, f"{account}: {prefix}-{g} in SkyHub is {got}, not {want}")
+        sample = products[f"{prefix}-7"]
+        log(
+            f"SkyHub account {account}: {len(skus)} {prefix} products, each its own values "
+            f"({prefix}-7 qty {sample['qty']}, price {sample['price']})"
+        )
+    sul = stack.sandbox(f"/_sandbox/state?account={SECOND_ACCOUNT}")["products"]
+    check(set(sul) == skus, f"{SECOND_ACCOUNT} holds other products: {sorted(set(sul) - skus)}")
+    refused = [
+        e
+        for e in stack.sandbox(f"/_sandbox/requests?account={SECOND_ACCOUNT}")["log"]
+        if e["status"] in (401, 403)
+    ]
+    check(not refused, f"the emulator refused {SECOND_ACCOUNT}'s credentials {len(refused)} times")
+    stack.check_no_secret_in_logs()
+    log(f"neither {SECOND_ACCOUNT}'s api_key nor Flower's password is in the services' logs")
+
+
 def check_worker_stop(stack: Stack) -> None:
     prefix, count = "CI-STOP", 150
     insert_products(stack, prefix, count)
@@ -565,6 +694,7 @@ def check_sigterm(stack: Stack) -> None:
             codes.setdefault(service, set()).add(stack.inspect(container, "{{.State.ExitCode}}"))
     log(f"exit codes after `docker-compose stop`: {codes}")
     check(all(c == {"0"} for c in codes.values()), f"services did not exit 0 on SIGTERM: {codes}")
+    stack.check_no_secret_in_logs()
 
 
 def up(stack: Stack) -> None:
@@ -618,6 +748,10 @@ def main() -> int:
             check_basic_flow(stack)
         with step("Flower 401/200, /metrics shows the rows"):
             check_flower_and_metrics(stack)
+        with step(f"a second account: {SECOND_ACCOUNT} in an accounts file, compose's secret"):
+            add_second_account(stack)
+        with step("rows of both accounts via psql end sent, each in its own SkyHub account"):
+            check_two_accounts(stack)
         with step("docker-compose stop worker mid-batch"):
             check_worker_stop(stack)
         with step("docker-compose restart postgres mid-batch"):
