@@ -373,16 +373,14 @@ class Stack:
 
     def write_accounts_file(self) -> None:
         """The second account, as docs/running.md tells an operator: TOML, the key inline,
-        readable by the image's user only. Its own account_key: without one (and with
-        SKYSYNC_SKYHUB_ACCOUNT_KEY unset, as here) skysync's Account.has_credentials is false
-        and bootstrap.skyhub_target sends the account with the emulator's default credentials,
-        into the emulator's `default` account (seen in this test; a bug of skysync's, not of
-        the compose file)."""
+        readable by the image's user only. No account_key, and SKYSYNC_SKYHUB_ACCOUNT_KEY is
+        unset here: on the emulator the account still goes with its own email and key, to its
+        own account there (an earlier skysync sent it with the emulator's default
+        credentials, into `default`)."""
         self.accounts_file.write_text(
             f"[accounts.{SECOND_ACCOUNT}]\n"
             f'email = "{SECOND_EMAIL}"\n'
-            f'api_key = "{self.second_key}"\n'
-            f'account_key = "{self.second_key}-manager"\n',
+            f'api_key = "{self.second_key}"\n',
             encoding="utf-8",
         )
         os.chown(self.accounts_file, IMAGE_UID, IMAGE_UID)
