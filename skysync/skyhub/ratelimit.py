@@ -39,11 +39,9 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return 0
 """
 
-# The same, reserving: a request that may not go now takes the next free slot anyway and learns
-# how long to wait for it (-1, nothing taken, when that is longer than ARGV[3] microseconds).
-# One call per request however many wait on the bucket: with "ask, sleep, ask again", every
-# slot woke every waiter and all but one asked in vain (16 threads on a bucket made 15 wasted
-# calls per request).
+# The same, reserving: the next free place whether due now or not, and how long to wait for it
+# (-1, nothing taken, when that is longer than ARGV[3] microseconds): the tickets of
+# RateLimiter.acquire.
 _GCRA_RESERVE_LUA = """
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -147,12 +145,6 @@ class _RedisStore:
             raise RateLimiterUnavailable(f"rate limiter storage: {type(exc).__name__}") from exc
 
 
-# A sleeper woken later than this share of the interval after its slot takes another slot
-# (RateLimiter.acquire); at most MAX_LATE_RETRIES times, then it goes.
-LATE = 0.3
-MAX_LATE_RETRIES = 3
-
-
 class RateLimiter:
     """``acquire(bucket)`` blocks until a request to that bucket may go out.
 
@@ -170,7 +162,6 @@ class RateLimiter:
         rate_for: Callable[[str], float] | None = None,
         burst: int = 1,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ):
         if rate <= 0:
             raise ValueError("rate must be > 0")
@@ -181,7 +172,6 @@ class RateLimiter:
         self._store: _Store = _RedisStore(storage_url) if self.shared else _MemoryStore()  # type: ignore[arg-type]
         self._rate_for = rate_for or (lambda _bucket: rate)
         self._sleep = sleep
-        self._clock = clock
 
     def _params(self, bucket: str) -> tuple[int, int]:
         interval = round(1_000_000 / self._rate_for(bucket))
@@ -193,31 +183,33 @@ class RateLimiter:
         return self._store.take(f"{self.namespace}:{bucket}", interval, tolerance)
 
     def acquire(self, bucket: str, *, max_wait: float = 120.0) -> float:
-        """Take the next free slot of ``bucket`` (one call to the store, whoever else waits)
-        and sleep until it; return the seconds spent waiting. RateLimitTimeout, with nothing
-        taken, when that slot is more than ``max_wait`` seconds away.
+        """Block until a slot for ``bucket`` is taken; return the seconds spent waiting.
+        RateLimitTimeout when none comes within ``max_wait`` seconds.
 
-        A sleeper woken well after its slot (a busy process: another thread held the
-        interpreter) does not go then: the request of the next slot may be leaving on time, and
-        SkyHub would get the two closer together than the pace, ten in one second at 8.5/s. It
-        takes the next free slot instead (:data:`LATE`), and the slot it missed stays empty."""
+        Two steps. A ticket first: the next place in the bucket's queue, reserved in one call
+        (a second GCRA key, ``:queue``), says when to wake. Then the slot itself, taken by the
+        GCRA check as before (granted only once ``1/rate`` has passed since the last grant,
+        from the time it is granted). The ticket spares the waiters a stampede: without it every
+        slot woke every waiter and all but one asked in vain (16 threads on a bucket made 15
+        wasted calls a request). The check keeps the grants apart however late a sleeper
+        wakes: a late one pushes the next grant back instead of going right before it."""
         interval, tolerance = self._params(bucket)
         key = f"{self.namespace}:{bucket}"
-        waited = 0.0
-        for _ in range(MAX_LATE_RETRIES + 1):
-            left = max_wait - waited
-            delay = self._store.reserve(key, interval, tolerance, round(left * 1_000_000))
-            if delay < 0:
+        budget = round(max_wait * 1_000_000)
+        ticket = self._store.reserve(f"{key}:queue", interval, tolerance, budget)
+        if ticket < 0:
+            raise RateLimitTimeout(f"no request slot for {bucket} within {max_wait:.0f} s")
+        waited = ticket
+        if ticket > 0:
+            self._sleep(ticket)
+        while True:
+            delay = self._store.take(key, interval, tolerance)
+            if delay <= 0.0:
+                return waited
+            if waited + delay > max_wait:
                 raise RateLimitTimeout(f"no request slot for {bucket} within {max_wait:.0f} s")
-            if delay <= 0:
-                return waited
-            woke = self._clock() + delay
             self._sleep(delay)
-            late = self._clock() - woke
-            waited += delay + max(0.0, late)
-            if late <= LATE * interval / 1e6:
-                return waited
-        return waited
+            waited += delay
 
     def reset(self) -> None:
         """Forget every bucket of this namespace (tests, benchmarks)."""
