@@ -160,6 +160,14 @@ def test_latest_price_and_stock_reach_skyhub_whatever_happens(pg_url: str, sb: S
                         if name != "promotional_price":
                             self.last = (sku, name)
 
+        @initialize(sku=st.sampled_from(ALL_SKUS), price=st.none() | PRICES, qty=QTYS)
+        def a_transaction_is_open_from_the_start(
+            self, sku: str, price: float | None, qty: int
+        ) -> None:
+            """Every example has an ERP transaction that commits late (by a rule, or at the
+            end): the case the property is about is never left to the draw of rules."""
+            self.transaction_takes_an_id(sku, price, qty)
+
         @rule(sku=st.sampled_from(ALL_SKUS), price=st.none() | PRICES, qty=QTYS)
         def transaction_takes_an_id(self, sku: str, price: float | None, qty: int) -> None:
             """An ERP transaction inserts a price or stock row (its id is taken now) and stays
