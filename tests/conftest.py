@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -253,6 +255,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_for_sandbox(base: str, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Until the `skysync sandbox` process ``proc`` answers at ``base`` (raise if it exits or
+    ``timeout`` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{base}/_sandbox/state", timeout=2)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import free_port
+from conftest import free_port, wait_for_sandbox
 from prometheus_client import generate_latest
 from relay_helpers import cli_status, insert, relay_for, sandbox_config
 
@@ -266,15 +266,7 @@ def test_sandbox_command_enforces_the_configured_credentials(tmp_path: Path) -> 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/_sandbox/state", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        wait_for_sandbox(base, proc)
         headers = {"X-User-Email": "ops@x", "X-Accountmanager-Key": "right-acct-1"}
         wrong = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "wrong"})
         right = httpx.get(f"{base}/products/X", headers={**headers, "X-Api-Key": "right-key-1"})

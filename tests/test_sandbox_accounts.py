@@ -12,7 +12,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import SandboxAdmin, free_port
+from conftest import SandboxAdmin, free_port, wait_for_sandbox
 
 from skysync.emulator import (
     AccountExistsError,
@@ -425,15 +424,7 @@ def test_sandbox_command_serves_each_account_its_own_catalogue(tmp_path: Path) -
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/_sandbox/state", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        wait_for_sandbox(base, proc)
         product = {"product": {"sku": "CLI-1", "name": "x", "price": 1.0, "qty": 1}}
         made = httpx.post(f"{base}/products", json=product, headers=CREDS_A)
         on_b = httpx.get(f"{base}/products/CLI-1", headers=CREDS_B)
