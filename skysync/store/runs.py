@@ -110,9 +110,3 @@ def last(session: Session, kind: str, *, account: str | None = None) -> RunLog |
         RunLog.account == (account or account_of(session)), RunLog.kind == kind
     )
     return session.scalars(query.order_by(RunLog.started_at.desc()).limit(1)).first()
-
-
-def last_of_each(session: Session, kind: str, accounts: list[str]) -> dict[str, RunLog]:
-    """The newest run of ``kind`` of each of ``accounts`` that has one."""
-    found = {account: last(session, kind, account=account) for account in accounts}
-    return {account: run for account, run in found.items() if run is not None}
