@@ -76,12 +76,15 @@ def skyhub_target(settings: Settings, account: Account | None = None) -> tuple[s
     """(base URL, is it the emulator) for ``account`` (None: the single-account settings'). An
     account with its own email and key goes to SKYSYNC_SKYHUB_URL with them, whatever it is
     (SkyHub, or an emulator that tells accounts apart by their credentials)."""
-    if account is not None and account.email and account.api_key:
-        # its own email and key, whether or not an account-manager key is set: with none
-        # (allowed only on an emulator, see accounts.py) it is sent the emulator's placeholder,
-        # never another account's credentials
-        return settings.skyhub_url, False
-    if account is None and settings.has_skyhub_credentials:
+    if account is None:
+        own = settings.has_skyhub_credentials
+    else:
+        # its own email and key; without an account-manager key (only on an emulator) it is
+        # sent the emulator's placeholder, never another account's credentials, and never to
+        # SkyHub's own address
+        keyed = account.account_key is not None or settings.skyhub_url != DEFAULT_SKYHUB_URL
+        own = bool(account.email and account.api_key) and keyed
+    if own:
         return settings.skyhub_url, False
     if _state.emulator_url:
         return _state.emulator_url, True

@@ -56,6 +56,18 @@ def insert_for(db_url: str, account: str | None, kind: str, ref: str, payload: A
         return int(conn.execute(sql, params).scalar_one())
 
 
+def accounts_settings(db_url: str, sb: Sandbox, path: Path, **values: Any) -> Any:
+    """Settings with the accounts file ``path``, sending to ``sb``."""
+    return settings_for(
+        db_url,
+        skyhub_url=sb.base_url,
+        skyhub_account_key=ACCOUNT_KEY,
+        accounts_file=str(path),
+        rate_limit=1000,  # the emulator's limits are off here: no pacing to wait for
+        **values,
+    )
+
+
 @pytest.fixture
 def two_accounts(db_url: str, sb: Sandbox, tmp_path: Path) -> Iterator[dict[str, Relay]]:
     """loja-sul and loja-norte, each its own account on the emulator and in an accounts file
@@ -65,13 +77,7 @@ def two_accounts(db_url: str, sb: Sandbox, tmp_path: Path) -> Iterator[dict[str,
         sb.add_account(name, email, key)
     path = tmp_path / "accounts.toml"
     path.write_text(accounts_toml("stock_buffer = 2\n"))
-    settings = settings_for(
-        db_url,
-        skyhub_url=sb.base_url,
-        skyhub_account_key=ACCOUNT_KEY,
-        accounts_file=str(path),
-        rate_limit=1000,  # the emulator's limits are off here: no pacing to wait for
-    )
+    settings = accounts_settings(db_url, sb, path)
     accounts = load_accounts(settings)
     relays = {name: bootstrap.build_relay(settings, accounts[name]) for name in CREDENTIALS}
     try:
@@ -417,14 +423,7 @@ def test_the_fast_lane_watches_and_claims_every_account(
     empty_tables(db_url)
     path = tmp_path / "accounts.toml"
     path.write_text(accounts_toml())
-    settings = settings_for(
-        db_url,
-        skyhub_url=sb.base_url,
-        skyhub_account_key=ACCOUNT_KEY,
-        accounts_file=str(path),
-        fast_lane="stockouts",
-        rate_limit=1000,
-    )
+    settings = accounts_settings(db_url, sb, path, fast_lane="stockouts")
     accounts = load_accounts(settings)
     for name, (email, key) in CREDENTIALS.items():
         sb.add_account(name, email, key)
@@ -491,3 +490,16 @@ def test_an_account_without_an_account_manager_key_still_sends_its_own_credentia
         assert client.email == "sul@lojas.test"
     finally:
         client.close()
+
+
+def test_credentials_without_an_account_manager_key_never_go_to_skyhub(sqlite_url: str) -> None:
+    """The same account pointed at SkyHub's own address is not sent at all (no emulator
+    placeholder for SkyHub): skysync says what is missing instead."""
+    settings = settings_for(
+        sqlite_url, skyhub_email="loja@lojas.test", skyhub_api_key="KEY-LOJA-77aa"
+    )
+    account = load_accounts(settings)["default"]
+    assert account.account_key is None and settings.skyhub_url == "https://api.skyhub.com.br"
+    assert bootstrap._state.emulator_url is None
+    with pytest.raises(bootstrap.NoSkyHubTarget, match="SKYSYNC_SKYHUB_ACCOUNT_KEY"):
+        bootstrap.build_client(settings, account=account)

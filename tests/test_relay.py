@@ -55,8 +55,8 @@ def cli_relays(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Relay]]:
     built: list[Relay] = []
     real = bootstrap.build_relay
 
-    def build_relay(settings: Any) -> Relay:
-        relay = real(settings)
+    def build_relay(settings: Any, account: Any = None) -> Relay:
+        relay = real(settings, account)
         built.append(relay)
         return relay
 

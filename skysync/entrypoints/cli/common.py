@@ -76,17 +76,12 @@ class Context:
         return self.db.for_account(account)
 
     def relay_of(self, account: str) -> Relay:
-        """A relay for ``account`` in this process (exit 2 when there is no SkyHub to send to).
-        The default account as the single-account settings define it gets
-        ``build_relay(settings)``, as before accounts existed; any other its own."""
-        from skysync.accounts import settings_default
+        """A relay for ``account`` in this process, built as the workers build it (exit 2 when
+        there is no SkyHub to send to)."""
         from skysync.bootstrap import NoSkyHubTarget, build_relay
 
-        settings, found = self.settings, self.accounts[account]
         try:
-            if found == settings_default(settings):
-                return build_relay(settings)
-            return build_relay(settings, found)
+            return build_relay(self.settings, self.accounts[account])
         except NoSkyHubTarget as exc:
             click.echo(f"skysync: {exc}", err=True)
             sys.exit(2)
