@@ -240,9 +240,8 @@ def _run_groups(
         with lock:
             queue = queues[home] if queues[home] else max(queues.values(), key=len)
             group = queue.popleft() if queue else None
-            if not any(queues.values()):
-                last.ready = True  # called outside the lock, by the thread that took the last
-        if last.ready:
+            drained_now = not any(queues.values())
+        if drained_now:  # outside the lock; once, whichever thread gets there first
             last()
         return group
 
@@ -262,7 +261,6 @@ class _Once:
 
     def __init__(self, callback: Callable[[], object] | None) -> None:
         self.callback = callback
-        self.ready = False
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
