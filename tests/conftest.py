@@ -35,6 +35,7 @@ TABLES = (
     "skysync_item",
     "skysync_order_inbox",
     "skysync_order",
+    "skysync_order_line",
     "skysync_run",
     "skysync_request_stat",
     "skysync_sync_error",

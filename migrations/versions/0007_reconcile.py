@@ -67,6 +67,23 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS skysync_outbox_origin_fixed ON skysync_outbox")
         op.execute("DROP FUNCTION IF EXISTS skysync_outbox_origin_fixed()")
-    else:
-        op.execute("DROP TRIGGER IF EXISTS skysync_outbox_origin_fixed")
-    op.execute("ALTER TABLE skysync_outbox DROP COLUMN origin")
+        op.execute("ALTER TABLE skysync_outbox DROP COLUMN origin")
+        return
+    op.execute("DROP TRIGGER IF EXISTS skysync_outbox_origin_fixed")
+    # SQLite: the CHECK on origin is the column's own, or, once 0012 rebuilt the table, the
+    # table's; a rebuild without both works either way (AUTOINCREMENT and its sequence kept)
+    seq = (
+        op.get_bind()
+        .exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'skysync_outbox'")
+        .scalar()
+    )
+    with op.batch_alter_table(
+        "skysync_outbox", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch:
+        batch.drop_constraint("ck_skysync_outbox_origin", type_="check")
+        batch.drop_column("origin")
+    if seq is not None:
+        op.execute("DELETE FROM sqlite_sequence WHERE name = 'skysync_outbox'")
+        op.get_bind().exec_driver_sql(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('skysync_outbox', ?)", (seq,)
+        )

@@ -50,11 +50,13 @@ class RowState(StrEnum):
 
 
 class Origin(StrEnum):
-    """The ``origin`` column: who wrote the row. The ERP's rows get the default; only
-    skysync's reconciliation writes the other value (the ERP's role cannot set the column)."""
+    """The ``origin`` column: who wrote the row. The ERP's rows get the default; skysync writes
+    the others, a reconciliation's correction or an order's reservation (the ERP's role cannot
+    set the column)."""
 
     ERP = "erp"
     RECONCILE = "reconcile"
+    RESERVATION = "reservation"  # an order changed what a SKU may offer (docs/orders.md)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ SkyHub would answer with 422 (skyhub-api.md §4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 from skysync.domain.kinds import Kind
 
@@ -57,3 +59,38 @@ def check_step(kind: str, current: str | None) -> StepCheck:
         "refuse",
         f"order is {current}; cannot move it to {target} ({kind}); possible next: {nexts}",
     )
+
+
+#: SkyHub's dates are Brasília time; one without an offset is read as such.
+BRASILIA = timezone(timedelta(hours=-3))
+
+#: The order's dates skysync keeps (skysync_order's columns <- SkyHub's fields).
+ORDER_DATES = {
+    "placed_at": "placed_at",
+    "approved_at": "approved_date",
+    "expedition_limit_at": "expedition_limit_date",
+    "estimated_delivery_at": "estimated_delivery",
+}
+
+
+def parse_when(value: Any) -> datetime | None:
+    """One of SkyHub's order dates as an aware datetime: ISO-8601 with or without an offset
+    (without: Brasília time), or a bare date (its midnight in Brasília). None when absent or
+    unreadable: a date skysync cannot read never stops an order from being stored."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            stamp = datetime.combine(date.fromisoformat(text[:10]), time())
+        except ValueError:
+            return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=BRASILIA)
+
+
+def order_dates(raw: Any) -> dict[str, datetime | None]:
+    """skysync_order's date columns from an order as SkyHub sent it."""
+    data = raw if isinstance(raw, dict) else {}
+    return {column: parse_when(data.get(name)) for column, name in ORDER_DATES.items()}

@@ -122,6 +122,7 @@ class OutboxRow(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
+    # the database's time of the ERP's write; milliseconds on SQLite (migration 0012)
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=sa.func.current_timestamp()
     )
@@ -153,6 +154,9 @@ class OutboxRow(Base):
     # the first claim that put the row in flight (migration 0010): a key's rows are ordered by
     # (claim_epoch, id), a row no claim has read yet (NULL) after all of them
     claim_epoch: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
+    # on a row skysync writes (origin reconcile or reservation): the ERP row whose quantity it
+    # repeats; a reservation counts from that row's created_at (migration 0012)
+    basis_id: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
 
     __table_args__ = (
         sa.CheckConstraint(_in("kind", Kind), name="ck_skysync_outbox_kind"),
@@ -297,6 +301,28 @@ class Order(Base):
     last_inbox_id: Mapped[int | None] = mapped_column(sa.BigInteger(), nullable=True)
     parse_error: Mapped[str | None] = mapped_column(sa.Text(), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # SkyHub's dates of the order (migration 0012), from its latest parsed state
+    placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expedition_limit_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    estimated_delivery_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OrderLine(Base):
+    """The units of one SKU an order holds (its items of that SKU summed), from the order as
+    SkyHub last delivered it: what the stock reservation counts (migration 0012)."""
+
+    __tablename__ = "skysync_order_line"
+
+    account: Mapped[str] = account_column(primary_key=True)
+    code: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    sku: Mapped[str] = mapped_column(sa.Text(), primary_key=True)
+    qty: Mapped[int] = mapped_column(sa.Integer(), nullable=False)
+
+    __table_args__ = (
+        sa.CheckConstraint("qty >= 0", name="ck_skysync_order_line_qty"),
+        sa.Index("ix_skysync_order_line_sku", "account", "sku"),
+    )
 
 
 class RunLog(Base):

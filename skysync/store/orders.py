@@ -4,6 +4,7 @@ the order's last known status, and the earlier steps still open in the outbox.""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,9 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
+from skysync.domain.order_flow import order_dates
+from skysync.domain.reservation import CANCELLED, OpenLine, order_lines
 from skysync.store import outbox_reads
 from skysync.store.db import account_of
-from skysync.store.models import Order, OrderInbox
+from skysync.store.models import Order, OrderInbox, OrderLine
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,23 @@ def store_received(
         order.parse_error = problem
         order.last_inbox_id = row.id
         order.updated_at = now
+        if problem is None:
+            for column, value in order_dates(raw).items():
+                if value is not None:
+                    setattr(order, column, value)
+            items = raw.get("items") if isinstance(raw, dict) else None
+            if items is not None:
+                _store_lines(session, account, code, order_lines(items))
     return True
+
+
+def _store_lines(session: Session, account: str, code: str, lines: dict[str, int]) -> None:
+    """The order's units per SKU, as its latest parsed state lists them."""
+    session.execute(
+        sa.delete(OrderLine).where(OrderLine.account == account, OrderLine.code == code)
+    )
+    for sku, qty in lines.items():
+        session.add(OrderLine(account=account, code=code, sku=sku, qty=qty))
 
 
 @dataclass(frozen=True)
@@ -135,3 +154,32 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
             continue  # a newer row of the same kind went out: resolved
         steps.append(Step(row_id, kind, state))
     return steps
+
+
+def open_lines(session: Session, skus: Iterable[str]) -> list[OpenLine]:
+    """The lines of ``skus`` in the session account's orders that are not cancelled, each with
+    the earliest time the ERP consumed one of its order's inbox rows (None: not yet). What the
+    reservation decides from (domain/reservation.py)."""
+    wanted = sorted(set(skus))
+    if not wanted:
+        return []
+    account = account_of(session)
+    consumed = (
+        sa.select(sa.func.min(OrderInbox.consumed_at))
+        .where(OrderInbox.account == OrderLine.account, OrderInbox.code == OrderLine.code)
+        .scalar_subquery()
+    )
+    query = (
+        sa.select(OrderLine.code, OrderLine.sku, OrderLine.qty, Order.status, consumed)
+        .join(Order, sa.and_(Order.account == OrderLine.account, Order.code == OrderLine.code))
+        .where(
+            OrderLine.account == account,
+            OrderLine.sku.in_(wanted),
+            sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))),
+        )
+    )
+    # min() keeps its argument's type: the consumed time comes back aware, on both databases
+    return [
+        OpenLine(code=code, sku=sku, qty=qty, status=status, consumed_at=when)
+        for code, sku, qty, status, when in session.execute(query)
+    ]
