@@ -210,6 +210,13 @@ class _SettingsFields(BaseSettings):
         le=1_000_000,
         description="Units kept back from every quantity: SkyHub gets max(qty - buffer, 0).",
     )
+    reserve_open_orders: bool = Field(
+        default=False,
+        description=(
+            "Hold back the units of marketplace orders the ERP has not consumed yet: SkyHub "
+            "gets the ERP's quantity less those units (docs/orders.md)."
+        ),
+    )
     reconcile_interval: float = Field(
         default=86400.0,
         ge=60,

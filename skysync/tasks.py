@@ -186,7 +186,11 @@ def pull_orders(self: SkysyncTask, account: str | None = None) -> dict[str, Any]
     stored. Without an account (beat): one pull per configured account."""
     from skysync.relay.pull_orders import pull_orders as pull
 
-    return _for_account(pull_orders, account, lambda relay: pull(relay.db, relay.client).as_dict())
+    return _for_account(
+        pull_orders,
+        account,
+        lambda relay: pull(relay.db, relay.client, reserving=relay.deps.reserving).as_dict(),
+    )
 
 
 @task(

@@ -83,6 +83,15 @@ def test_sql_rule_picks_exactly_what_the_pure_rule_picks(db_url: str) -> None:
            for i, (kind, payload) in enumerate(payloads)}  # fmt: skip
     if not is_pg(db_url):  # only SQLite lets an ERP write text that is not JSON
         ids[insert_raw(db_url, "stock", "GARBAGE", "{qty: 0")] = ("stock", "garbage")
+    origins = dict.fromkeys(ids, "erp")
+    # reservation rows (an order took units): the lane takes them whatever quantity they carry
+    for i, (kind, payload) in enumerate([("stock", {"qty": 7}), ("stock", {"qty": 0})]):
+        with session_scope(db_url) as session:
+            row = OutboxRow(kind=kind, ref=f"R{i}", payload=payload, origin="reservation")
+            session.add(row)
+            session.flush()
+            row_id = row.id
+        ids[row_id], origins[row_id] = (kind, payload), "reservation"
     for rule in (
         LaneRule(LaneMode.STOCKOUTS),
         LaneRule(LaneMode.STOCKOUTS, 5),
@@ -95,9 +104,13 @@ def test_sql_rule_picks_exactly_what_the_pure_rule_picks(db_url: str) -> None:
             found = set(session.scalars(
                 sa.select(o.id).where(claims.lane_filter(o, rule, dialect))
             ))  # fmt: skip
-        expected = {i for i, (kind, payload) in ids.items() if rule.picks(kind, payload)}
+        expected = {
+            i for i, (kind, payload) in ids.items() if rule.picks(kind, payload, origins[i])
+        }
         assert found == expected, rule
-    assert len({i for i, (k, p) in ids.items() if LaneRule(LaneMode.STOCKOUTS).picks(k, p)}) == 2
+    stockouts = LaneRule(LaneMode.STOCKOUTS)
+    assert len({i for i, (k, p) in ids.items() if stockouts.picks(k, p, origins[i])}) == 4
+    assert len({i for i, (k, p) in ids.items() if stockouts.picks(k, p)}) == 3
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from skysync.domain.kinds import Kind
+from skysync.domain.kinds import Kind, Origin
 
 
 class LaneMode(StrEnum):
@@ -41,12 +41,14 @@ class LaneRule:
             return (Kind.STOCK,)
         return ()
 
-    def picks(self, kind: str, payload: Any) -> bool:
+    def picks(self, kind: str, payload: Any, origin: str = Origin.ERP) -> bool:
         """Does the lane take this row? (A stock row whose qty is not a number is not a
-        stock-out: the batch rejects it with its reason.)"""
+        stock-out: the batch rejects it with its reason.) A reservation row (an order took
+        units the marketplace may still offer: docs/orders.md) is taken in either mode: the
+        quantity it sends is the ERP's less the order's units, not the one it carries."""
         if kind not in self.kinds:
             return False
-        if self.mode is LaneMode.ALL:
+        if self.mode is LaneMode.ALL or origin == Origin.RESERVATION:
             return True
         qty = payload.get("qty") if isinstance(payload, dict) else None
         if isinstance(qty, bool) or not isinstance(qty, int | float):

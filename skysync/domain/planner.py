@@ -40,6 +40,10 @@ class Row:
     released: bool = False  # an operator released it from the price guard (outbox release)
     # the first claim that put it in flight (see :func:`newness`); 0 in pure tests
     epoch: int = 0
+    # when the database wrote it (the stock reservation counts from it: domain/reservation.py)
+    written_at: datetime | None = None
+    # who wrote it: the ERP, or skysync (a correction or a reservation row: origin)
+    origin: str = "erp"
 
     @property
     def order(self) -> tuple[int, int]:
@@ -103,6 +107,8 @@ class SkuRequest:
     variation_sources: dict[str, dict[str, int]] = field(default_factory=dict)
     released: frozenset[int] = frozenset()  # rows the price guard lets through (released)
     epochs: dict[int, int] = field(default_factory=dict)  # row id -> its claim epoch
+    written_at: dict[int, datetime] = field(default_factory=dict)  # row id -> written when
+    made_by_skysync: frozenset[int] = frozenset()  # rows not the ERP's (Row.origin)
 
     def order_of(self, row_id: int) -> tuple[int, int]:
         """:func:`newness` of one of the request's rows."""
@@ -133,6 +139,8 @@ def coalesce(rows: Sequence[Row], sku: str | None = None) -> SkuRequest:
         has_product_row=any(r.kind == "product" and r.ref == sku for r in ordered),
         released=frozenset(r.id for r in ordered if r.released),
         epochs={r.id: r.epoch for r in ordered},
+        written_at={r.id: r.written_at for r in ordered if r.written_at is not None},
+        made_by_skysync=frozenset(r.id for r in ordered if r.origin != "erp"),
     )
     for row in ordered:
         if row.ref != sku:
@@ -322,6 +330,8 @@ def variation_request(parent: SkuRequest, variation: Mapping[str, Any]) -> SkuRe
         has_product_row=True,
         released=parent.released,
         epochs=parent.epochs,
+        written_at=parent.written_at,
+        made_by_skysync=parent.made_by_skysync,
     )
 
 

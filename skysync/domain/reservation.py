@@ -17,7 +17,7 @@ quantity cannot know of, never below 0:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -102,9 +102,17 @@ def order_lines(items: Any) -> dict[str, int]:
     return lines
 
 
-@dataclass
-class ReservedRequest:
-    """What the reservation took off one request: per SKU (the request's own and its
-    variations'), the reservation applied."""
+@dataclass(frozen=True)
+class Reserving:
+    """The reservation is on (SKYSYNC_RESERVE_OPEN_ORDERS), with the account's stock buffer:
+    what the order pull needs to tell whether an order changed what SkyHub should offer."""
 
-    applied: dict[str, Reservation] = field(default_factory=dict)
+    stock_buffer: int = 0
+
+    def offered(self, qty: Any, reservation: Reservation | None) -> Any:
+        """What SkyHub should hold for the ERP's ``qty``: less the reservation, less the stock
+        buffer, never below 0 (the relay's order: relay/reserve.py, then guards.buffer_stock)."""
+        lowered = reserved_qty(qty, reservation)
+        if not is_number(lowered):
+            return lowered
+        return max(int(lowered) - self.stock_buffer, 0)

@@ -39,6 +39,7 @@ from skysync.relay.outcome import (
 )
 from skysync.relay.products import push_product
 from skysync.relay.record import record_outcome
+from skysync.relay.reserve import reserve_request
 from skysync.relay.variations import push_variation
 from skysync.skyhub.errors import AuthenticationError, PermanentError, RateLimited, RetryableError
 from skysync.store import claims, runs, settle
@@ -158,6 +159,8 @@ def _load_claimed(deps: RelayDeps, token: str, row_ids: list[int]) -> _Claimed |
                 r.attempts,
                 r.released_at is not None,
                 epoch=r.claim_epoch or 0,
+                written_at=r.created_at,
+                origin=r.origin,
             )
             key = key_of(row)
             by_key.setdefault(key, []).append(row)
@@ -348,9 +351,10 @@ def _renew_lease(deps: RelayDeps, token: str, rows: list[Row], lease_until: date
 
 def push_one_sku(deps: RelayDeps, request: SkuRequest) -> Outcome:
     """One SKU's request, a variation's or a product's, and what a SkyHub error means for it.
-    The guards come first: the stock buffer, then the price drop guard (rows it holds back go
-    to ``held``; the rest of the request goes on). Its reads and attempt records share one
-    transaction per request (unit_of_work.request_scope)."""
+    The quantities come first: the reservation for orders the ERP has not consumed
+    (relay/reserve.py, when SKYSYNC_RESERVE_OPEN_ORDERS is on), then the stock buffer; then the
+    price drop guard (rows it holds back go to ``held``; the rest of the request goes on). Its
+    reads and attempt records share one transaction per request (unit_of_work.request_scope)."""
     with unit.request_scope(deps):
         return _guard_and_push(deps, request)
 
@@ -358,6 +362,7 @@ def push_one_sku(deps: RelayDeps, request: SkuRequest) -> Outcome:
 def _guard_and_push(deps: RelayDeps, request: SkuRequest) -> Outcome:
     item = unit.load_item(deps, request.sku)
     learned = Learned()
+    request, learned.notes = reserve_request(deps, request, item)
     request = buffer_stock(request, deps.stock_buffer)
     learned.note_prices(request)
     request, held = hold_price_drops(request, item, deps.price_drop_guard)

@@ -22,6 +22,7 @@ from skysync.config import Settings
 if TYPE_CHECKING:
     from skysync.accounts import Account
 from skysync.domain.fast_lane import LaneRule
+from skysync.domain.reservation import Reserving
 from skysync.skyhub.client import SkyHubClient
 from skysync.store.db import Database
 from skysync.store.models import utcnow
@@ -47,6 +48,8 @@ class RelayDeps:
     retry_after_max: float
     stock_buffer: int
     price_drop_guard: float | None
+    # SKYSYNC_RESERVE_OPEN_ORDERS: quantities less the units of unconsumed orders
+    reserve_open_orders: bool
     discovery_max_pages: int
     lane_rule: LaneRule
     # chunks of this account with the workers at once (handout.py)
@@ -66,6 +69,13 @@ class RelayDeps:
     def account(self) -> str:
         """The SkyHub account this relay works for: its client's credentials, its rows."""
         return self.db.account
+
+    @property
+    def reserving(self) -> Reserving | None:
+        """The stock reservation with this account's buffer; None when it is off."""
+        if not self.reserve_open_orders:
+            return None
+        return Reserving(stock_buffer=self.stock_buffer)
 
     @property
     def url(self) -> str:
@@ -115,6 +125,7 @@ class RelayDeps:
                 if account is None
                 else account.effective_price_drop_guard(settings)
             ),
+            reserve_open_orders=settings.reserve_open_orders,
             discovery_max_pages=settings.discovery_max_pages,
             chunks_at_once=settings.chunks_per_account,
             lane_rule=settings.lane_rule,

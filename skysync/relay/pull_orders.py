@@ -26,11 +26,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from skysync.domain.reservation import Reserving
 from skysync.skyhub.client import SkyHubClient
 from skysync.skyhub.errors import AuthenticationError, SkyHubError
 from skysync.skyhub.payloads import QueuedOrder
 from skysync.store import orders as order_store
-from skysync.store import runs
+from skysync.store import reservations, runs
 from skysync.store.db import Database
 from skysync.store.models import utcnow
 from skysync.store.request_stats import save_request_counts
@@ -55,6 +56,7 @@ class PullSummary:
     ack_failed: int = 0
     unacknowledgeable: int = 0
     unacknowledgeable_rows: list[int] = field(default_factory=list)  # their inbox rows
+    reservation_rows: int = 0  # stock rows the orders' reservations wrote
     stopped: str | None = None
     codes: list[str] = field(default_factory=list)
 
@@ -91,14 +93,21 @@ def store_order(session: Session, queued: QueuedOrder, now: datetime) -> bool:
 
 
 def pull_orders(
-    db: Database, client: SkyHubClient, *, max_orders: int = MAX_ORDERS_PER_RUN
+    db: Database,
+    client: SkyHubClient,
+    *,
+    max_orders: int = MAX_ORDERS_PER_RUN,
+    reserving: Reserving | None = None,
 ) -> PullSummary:
-    """Drain SkyHub's order queue into the inbox (one run). Records the run for `status`."""
+    """Drain SkyHub's order queue into the inbox (one run). Records the run for `status`.
+    With ``reserving`` (SKYSYNC_RESERVE_OPEN_ORDERS), an order that changes what its SKUs may
+    offer writes their reservation rows in the transaction that stores it
+    (store/reservations.py)."""
     summary = PullSummary()
     started = utcnow()
     error: str | None = None
     try:
-        _pull(db, client, summary, max_orders)
+        _pull(db, client, summary, max_orders, reserving)
     except AuthenticationError as exc:
         error = runs.auth_stop_reason(exc)
         summary.stopped = error
@@ -119,7 +128,13 @@ def pull_orders(
     return summary
 
 
-def _pull(db: Database, client: SkyHubClient, summary: PullSummary, max_orders: int) -> None:
+def _pull(
+    db: Database,
+    client: SkyHubClient,
+    summary: PullSummary,
+    max_orders: int,
+    reserving: Reserving | None,
+) -> None:
     seen_unackable: set[str] = set()
     while summary.received < max_orders:
         queued = client.next_queued_order()
@@ -129,6 +144,11 @@ def _pull(db: Database, client: SkyHubClient, summary: PullSummary, max_orders: 
         try:
             with db.scope() as session:
                 stored = store_order(session, queued, utcnow())
+                if stored and reserving is not None and queued.code:
+                    skus = order_store.line_skus(session, queued.code)
+                    summary.reservation_rows += len(
+                        reservations.enqueue_corrections(session, skus, reserving)
+                    )
         except sa.exc.IntegrityError:
             stored = False  # another puller stored this same order state a moment ago
         if stored:

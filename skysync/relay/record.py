@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session
 from skysync.domain.guards import replaced_held
 from skysync.domain.kinds import RowState
 from skysync.domain.planner import Row, backoff_delay
+from skysync.domain.reservation import CANCELLED, Reserving
 from skysync.relay.deps import RelayDeps
 from skysync.relay.outcome import SETTLED_AS, DeliveryState, Learned, Outcome
 from skysync.skyhub.retry_after import bounded_wait
 from skysync.store import items as item_store
 from skysync.store import orders as order_store
-from skysync.store import settle
+from skysync.store import reservations, settle
 from skysync.store.db import Database
 
 log = logging.getLogger("skysync.relay")
@@ -39,6 +40,7 @@ def record_outcome(deps: RelayDeps, token: str, rows: list[Row], outcome: Outcom
         max_attempts=deps.max_attempts,
         max_wait=deps.retry_after_max,
         rng=deps.rng,
+        reserving=deps.reserving,
     )
 
 
@@ -52,6 +54,7 @@ def record(
     max_attempts: int,
     rng: random.Random,
     max_wait: float,
+    reserving: Reserving | None = None,
 ) -> None:
     """Write the rows' new state and everything learned about the items, in one transaction,
     and only while this claim still holds every one of the rows: a worker whose lease ran
@@ -66,7 +69,10 @@ def record(
 
     ``max_wait`` bounds how far the outcome may put rows off without counting an attempt
     (SKYSYNC_SKYHUB_RETRY_AFTER_MAX): the client already keeps SkyHub's Retry-After within
-    it; here it is the last guard before a wait becomes a date."""
+    it; here it is the last guard before a wait becomes a date.
+
+    With ``reserving``, a cancellation skysync sent frees its order's units: their SKUs get
+    their reservation rows in the same transaction (store/reservations.py)."""
     ids = [r.id for r in rows]
     try:
         # not flushed: the attempt record before the request was (see Database.scope)
@@ -78,6 +84,10 @@ def record(
             _record_learned(session, outcome, now, epochs)
             if outcome.order_status is not None:
                 order_store.record_status(session, *outcome.order_status, now)
+                code, status = outcome.order_status
+                if reserving is not None and status in CANCELLED:
+                    skus = order_store.line_skus(session, code)
+                    reservations.enqueue_corrections(session, skus, reserving)
             if outcome.state in (DeliveryState.SENT, DeliveryState.WITHHELD):
                 _replace_held(session, outcome.learned.prices, now, epochs)
     except _ClaimLost:

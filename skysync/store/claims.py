@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import AliasedInsp
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
-from skysync.domain.kinds import DEFAULT_ACCOUNT, ORDER_KINDS, SKU_KINDS, RowState
+from skysync.domain.kinds import DEFAULT_ACCOUNT, ORDER_KINDS, SKU_KINDS, Origin, RowState
 from skysync.store.db import account_of
 from skysync.store.models import Counter, Item, OutboxRow, UTCDateTime, payload_text
 from skysync.store.slices import IN_CHUNK, in_slices
@@ -110,7 +110,8 @@ def lane_filter(row: type[OutboxRow], rule: LaneRule, dialect: str) -> sa.Column
             f"IN ('integer', 'real') THEN json_extract({o}.payload, '$.qty') <= :lane_threshold "
             "ELSE 0 END"
         )
-    return sa.and_(kind, stockout.bindparams(lane_threshold=rule.threshold))
+    reserving = row.origin == Origin.RESERVATION.value
+    return sa.and_(kind, sa.or_(reserving, stockout.bindparams(lane_threshold=rule.threshold)))
 
 
 @dataclass(frozen=True)

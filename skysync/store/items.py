@@ -116,6 +116,12 @@ def _orm_get(session: Session, sku: str) -> Item | None:
     return session.get(Item, (account_of(session), sku))
 
 
+def read(session: Session, sku: str) -> ItemView:
+    """What skysync knows of ``sku``, read without a lock (an operator's or the order pull's
+    look; the relay's own reads lock: :func:`lock`)."""
+    return view(_orm_get(session, sku), sku)
+
+
 def get_or_create(session: Session, sku: str, *, for_update: bool = False) -> Item:
     """``sku``'s row (locked with ``for_update``), created when missing. A new row is not flushed
     here: it goes with the transaction's other writes (a query in between flushes it first)."""

@@ -183,3 +183,11 @@ def open_lines(session: Session, skus: Iterable[str]) -> list[OpenLine]:
         OpenLine(code=code, sku=sku, qty=qty, status=status, consumed_at=when)
         for code, sku, qty, status, when in session.execute(query)
     ]
+
+
+def line_skus(session: Session, code: str) -> list[str]:
+    """The SKUs the order ``code`` of the session's account holds units of."""
+    query = sa.select(OrderLine.sku).where(
+        OrderLine.account == account_of(session), OrderLine.code == code
+    )
+    return sorted(session.scalars(query))

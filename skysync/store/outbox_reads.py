@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from skysync.domain.kinds import ORDER_KINDS, Kind, RowState
-from skysync.domain.reconcile import AcceptedRow
+from skysync.domain.kinds import ORDER_KINDS, Kind, Origin, RowState
+from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.store.db import account_of
 from skysync.store.models import OutboxRow, utcnow
 from skysync.store.slices import in_slices
@@ -275,3 +276,58 @@ def written_refs(session: Session, refs: Iterable[str]) -> set[str]:
         query = query.distinct()
         found.update(session.scalars(query))
     return found
+
+
+# -- the ERP's quantity (stock reservation) -----------------------------------------------
+#: The states of a row a claim took and did not refuse: its values went out, or were folded
+#: into a request that did, or were already SkyHub's (withheld), or are going out now.
+TAKEN_STATES = (
+    RowState.SENT,
+    RowState.SUPERSEDED,
+    RowState.WITHHELD,
+    RowState.HELD,
+    RowState.IN_FLIGHT,
+)
+
+
+@dataclass(frozen=True)
+class ErpQuantity:
+    """The ERP's latest quantity of a SKU that a claim has taken, and the row that wrote it."""
+
+    row_id: int
+    qty: Any
+    written_at: datetime
+
+
+def latest_erp_qty(
+    session: Session, sku: str, parent_sku: str | None = None, *, page: int = 50
+) -> ErpQuantity | None:
+    """The newest row the ERP wrote (``origin = 'erp'``) carrying a quantity of ``sku``, its
+    own stock or product row or its parent's product row, that a claim took (TAKEN_STATES): the
+    quantity a row skysync writes (a correction, a reservation) repeats. None if there is none.
+    Newest by id: rows a claim took were all committed before it read them."""
+    refs = [sku] if not parent_sku else [sku, parent_sku]
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.created_at)
+    query = (
+        sa.select(*columns)
+        .where(
+            OutboxRow.account == account_of(session),
+            OutboxRow.ref.in_(refs),
+            OutboxRow.kind.in_((Kind.STOCK, Kind.PRODUCT)),
+            OutboxRow.origin == Origin.ERP,
+            OutboxRow.state.in_(TAKEN_STATES),
+        )
+        .order_by(OutboxRow.id.desc())
+        .limit(page)
+    )
+    before: int | None = None
+    while True:
+        paged = query if before is None else query.where(OutboxRow.id < before)
+        rows = session.execute(paged).all()
+        for row in rows:
+            present, qty = value_in(AcceptedRow(row.id, row.ref, row.payload, None), sku, "qty")
+            if present:
+                return ErpQuantity(row.id, qty, row.created_at)
+        if len(rows) < page:
+            return None
+        before = rows[-1].id

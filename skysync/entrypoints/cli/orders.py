@@ -27,7 +27,9 @@ def orders_pull(ctx: Context, max_orders: int, account: str) -> None:
 
     relay_ = ctx.relay_of(account)
     with closing(relay_.client):
-        summary = pull_orders(relay_.db, relay_.client, max_orders=max_orders)
+        summary = pull_orders(
+            relay_.db, relay_.client, max_orders=max_orders, reserving=relay_.deps.reserving
+        )
     echo_json({"account": account, **summary.as_dict()})
     if summary.stopped:
         sys.exit(1)
