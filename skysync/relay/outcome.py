@@ -169,6 +169,15 @@ def sent_outcome(learned: Learned, decision: Decision) -> Outcome:
     return learned.ending(Outcome(state=DeliveryState.SENT, reason=reason))
 
 
+def withheld_outcome(learned: Learned, reason: str | None) -> Outcome:
+    """Nothing went out: ``withheld`` with ``reason``, and what the values were made of
+    (``learned.notes``: a quantity the reservation lowered, say)."""
+    parts = [reason] if reason else []
+    return learned.ending(
+        Outcome(state=DeliveryState.WITHHELD, reason="; ".join(parts + learned.notes) or None)
+    )
+
+
 #: Key outcomes that leave the rows not delivered: back to pending (or dead) by this claim.
 UNSETTLED = frozenset({DeliveryState.RETRY, DeliveryState.WAIT, DeliveryState.AUTH})
 

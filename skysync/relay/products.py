@@ -17,7 +17,13 @@ from skysync.domain.planner import (
 from skysync.domain.promotions import fit_promotion
 from skysync.relay import unit_of_work as unit
 from skysync.relay.deps import RelayDeps
-from skysync.relay.outcome import Ack, DeliveryState, Learned, Outcome, sent_outcome
+from skysync.relay.outcome import (
+    Ack,
+    Learned,
+    Outcome,
+    sent_outcome,
+    withheld_outcome,
+)
 from skysync.relay.variations import push_unknown_as_variation, push_variation_entry
 from skysync.skyhub.errors import NotFound, Unprocessable
 
@@ -32,7 +38,7 @@ def push_product(deps: RelayDeps, request: SkuRequest, item: ItemView, learned: 
     learned.note_unchanged(sku, decision.unchanged)
     learned.notes += decision.notes
     if decision.nothing_to_send:
-        return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=decision.reason()))
+        return withheld_outcome(learned, decision.reason())
     send = dict(decision.send)
     variations = send.pop("variations", None)
     creating = not item.in_skyhub and request.has_product_row
@@ -52,7 +58,7 @@ def push_product(deps: RelayDeps, request: SkuRequest, item: ItemView, learned: 
             elif not variations:
                 reason = decision.reason() if decision.withheld else None
                 reason = reason or "nothing left to send once SkyHub refused the rest"
-                return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=reason))
+                return withheld_outcome(learned, reason)
         if send:
             learned.acks.append(Ack(sku, send, request.sources))
     for v in variations or []:

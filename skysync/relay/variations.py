@@ -12,7 +12,14 @@ from skysync.domain.planner import Decision, ItemView, SkuRequest, decide
 from skysync.domain.promotions import fit_promotion
 from skysync.relay import unit_of_work as unit
 from skysync.relay.deps import RelayDeps
-from skysync.relay.outcome import Ack, DeliveryState, Learned, Outcome, sent_outcome
+from skysync.relay.outcome import (
+    Ack,
+    DeliveryState,
+    Learned,
+    Outcome,
+    sent_outcome,
+    withheld_outcome,
+)
 from skysync.skyhub.errors import NotFound, Unprocessable
 from skysync.store import outbox_reads
 
@@ -32,7 +39,7 @@ def push_variation(
     learned.note_unchanged(request.sku, decision.unchanged)
     learned.notes += decision.notes
     if decision.nothing_to_send:
-        return learned.ending(Outcome(state=DeliveryState.WITHHELD, reason=decision.reason()))
+        return withheld_outcome(learned, decision.reason())
     send = {k: v for k, v in decision.send.items() if k != "variations"}
     if not parent.in_skyhub and _parent_on_its_way(deps, parent_sku):
         return learned.ending(_waiting_for_parent(parent_sku))

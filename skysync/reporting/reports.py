@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
+from skysync.domain.reservation import Reserving, reserve
+from skysync.store import orders as order_store
 from skysync.store import outbox_reads, sync_errors
 from skysync.store.db import account_of
 from skysync.store.models import Item, Order, OrderInbox, OutboxRow, SyncError
@@ -69,8 +71,12 @@ def accounts_of_errors(session: Session, ids: list[int]) -> dict[int, str]:
     return {error_id: account for error_id, account in session.execute(query)}
 
 
-def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, Any]:
-    """What SkyHub acknowledged for a SKU, its linked/frozen state, and its recent rows."""
+def item_report(
+    session: Session, sku: str, *, recent: int = 10, reserving: Reserving | None = None
+) -> dict[str, Any]:
+    """What SkyHub acknowledged for a SKU, its linked/frozen state, and its recent rows; with
+    ``reserving`` (SKYSYNC_RESERVE_OPEN_ORDERS), the quantity's arithmetic: the ERP's less the
+    units of the orders it has not consumed, less the stock buffer."""
     account = account_of(session)
     found = session.get(Item, (account, sku))
     data: dict[str, Any] = {"account": account, "sku": sku, "known": found is not None}
@@ -89,6 +95,9 @@ def item_report(session: Session, sku: str, *, recent: int = 10) -> dict[str, An
             unknown=sorted(found.attempt or {}),
             # the quantity the ERP wrote, when SkyHub got less (SKYSYNC_STOCK_BUFFER)
             erp_values=_erp_values(session, sku, found),
+            reservation=(
+                None if reserving is None else _reservation(session, sku, found, reserving)
+            ),
         )
     data["recent_rows"] = outbox_rows(session, ref=sku, limit=recent, account=account)
     data["sync_errors"] = [
@@ -121,6 +130,32 @@ def _erp_values(session: Session, sku: str, item: Item) -> dict[str, Any]:
         if present and value != (item.acknowledged or {}).get(name):
             found[name] = value
     return found
+
+
+def _reservation(
+    session: Session, sku: str, item: Item, reserving: Reserving
+) -> dict[str, Any] | None:
+    """The quantity SkyHub should hold now: the ERP's newest (the row that wrote it), the
+    orders that hold units back from it, the stock buffer; None when the ERP wrote none."""
+    erp = outbox_reads.latest_erp_qty(session, sku, item.parent_sku)
+    if erp is None:
+        return None
+    reservation = reserve(sku, order_store.open_lines(session, [sku]), erp.written_at)
+    qty = reserving.offered(erp.qty, reservation)
+    explained = f"qty {qty} = ERP {erp.qty}"
+    if reservation.units:
+        explained += f" − {reservation.explain()}"
+    if reserving.stock_buffer:
+        explained += f" − {reserving.stock_buffer} stock buffer"
+    return {
+        "qty": qty,
+        "erp_qty": erp.qty,
+        "erp_row": erp.row_id,
+        "reserved": reservation.units,
+        "orders": [{"code": code, "units": units} for code, units in reservation.orders],
+        "stock_buffer": reserving.stock_buffer,
+        "explained": explained,
+    }
 
 
 def orders(
@@ -232,8 +267,13 @@ def _item_state_lines(data: dict[str, Any]) -> list[str]:
         line = f"    {name} = {json.dumps(value, ensure_ascii=False)[:100]}"
         if name in data["erp_values"]:
             why = _ERP_VALUE_WHY.get(name, "")
+            if name == "qty" and (data.get("reservation") or {}).get("reserved"):
+                why = "; open orders hold units back, below"
             line += f"  (the ERP wrote {data['erp_values'][name]}{why})"
         lines.append(line)
+    reservation = data.get("reservation")
+    if reservation and reservation["reserved"]:
+        lines.append(f"  held for orders: {reservation['explained']}")
     if data["unknown"]:
         names = ", ".join(data["unknown"])
         lines.append(f"  unknown (sent, no answer recorded; resent with the next value): {names}")

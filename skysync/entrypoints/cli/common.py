@@ -19,6 +19,7 @@ from skysync.domain.kinds import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from skysync.accounts import Accounts
+    from skysync.domain.reservation import Reserving
     from skysync.relay import Relay
     from skysync.store.db import Database
 
@@ -74,6 +75,15 @@ class Context:
     def db_of(self, account: str) -> Database:
         """The database as ``account``'s rows (its sessions' db.account_of)."""
         return self.db.for_account(account)
+
+    def reserving_of(self, account: str) -> Reserving | None:
+        """SKYSYNC_RESERVE_OPEN_ORDERS with ``account``'s stock buffer; None when it is off."""
+        if not self.settings.reserve_open_orders:
+            return None
+        from skysync.domain.reservation import Reserving
+
+        buffer = self.accounts[account].effective_stock_buffer(self.settings)
+        return Reserving(stock_buffer=buffer)
 
     def relay_of(self, account: str) -> Relay:
         """A relay for ``account`` in this process, built as the workers build it (exit 2 when
