@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import SandboxAdmin
+from prometheus_client import generate_latest
 from relay_helpers import (
     acknowledged,
     create_product,
@@ -28,8 +29,10 @@ from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.relay import drain
 from skysync.relay.pull_orders import PullSummary, pull_orders
+from skysync.relay.reconcile import reconcile
 from skysync.relay.relay import Relay
-from skysync.store.db import get_engine, session_scope
+from skysync.reporting.metrics import registry_for
+from skysync.store.db import Database, get_engine, session_scope
 from skysync.store.models import OutboxRow
 
 RESERVE = {"reserve_open_orders": True}
@@ -271,3 +274,56 @@ def test_an_order_for_a_sku_skyhub_does_not_have_writes_nothing(db_url: str, sb:
         # its first quantity goes out reserved
         create_product(db_url, relay, "NOVO-1", qty=4)
     assert product(sb, "NOVO-1")["qty"] == 3
+
+
+def test_reconciliation_expects_the_reserved_quantity_with_the_buffer(
+    db_url: str, sb: Sandbox
+) -> None:
+    """SkyHub holding the ERP's quantity less the open orders' units (and the buffer) is no
+    drift; SkyHub showing the ERP's full quantity is, and its repair goes out reserved."""
+    with relay_for(db_url, sb, settings_kw={**RESERVE, "stock_buffer": 1}) as relay:
+        create_product(db_url, relay, "REC-1", qty=6, price=20.0)
+        queue_order(sb, "A-REC", [("REC-1", 2)])
+        pull(relay)
+        drain(relay.deps)
+        assert product(sb, "REC-1")["qty"] == 3
+        assert not reconcile(relay.deps).has_drift
+        sb.change_product("REC-1", {"qty": 6})  # someone "fixed" it in SkyHub's panel
+        report = reconcile(relay.deps, repair=True)
+        [drift] = report.drift
+        assert (drift.field, drift.erp, drift.skyhub) == ("qty", 6, 6)
+        assert (
+            drift.note
+            == "SkyHub should hold 3: 2 reserved by order A-REC (not yet consumed by the ERP)"
+        )
+        drain(relay.deps)
+        assert product(sb, "REC-1")["qty"] == 3
+        # the ERP books the order (consumed with its new count): expected 4 - 1 = 3, no drift
+        consume(db_url, "A-REC", stock=("REC-1", 4))
+        drain(relay.deps)
+        assert product(sb, "REC-1")["qty"] == 3
+        assert not reconcile(relay.deps).has_drift
+
+
+def test_metrics_show_the_units_reserved(db_url: str, sb: Sandbox) -> None:
+    with relay_for(db_url, sb, settings_kw=RESERVE) as relay:
+        create_product(db_url, relay, "MET-1", qty=9)
+        create_product(db_url, relay, "MET-2", qty=9)
+        queue_order(sb, "A-MET-1", [("MET-1", 2), ("MET-2", 1)])
+        queue_order(sb, "A-MET-2", [("MET-1", 3)])
+        queue_order(sb, "A-MET-3", [("MET-2", 4)])
+        pull(relay)
+        consume(db_url, "A-MET-2")  # the ERP has it: no longer held for it
+        SandboxAdmin(sb.base_url).seed_order({"code": "A-MET-3", "status": "order_canceled"})
+        pull(relay)
+    text = generate_latest(registry_for(Database.for_url(db_url))).decode()
+    values = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("skysync_reserved_")
+    }
+    assert values == {
+        'skysync_reserved_units{account="default"}': 3.0,
+        'skysync_reserved_skus{account="default"}': 2.0,
+        'skysync_reserved_orders{account="default"}': 1.0,
+    }

@@ -22,6 +22,7 @@ from typing import Any
 
 from skysync.domain.planner import FLOWING_FIELDS
 from skysync.domain.promotions import PRICE, PROMO, capped
+from skysync.domain.reservation import Reservation
 from skysync.domain.validation import is_number
 
 # What SkyHub shows that the ERP never writes: never compared.
@@ -130,12 +131,20 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> list[Difference]:
+def compare(
+    expected: Expected,
+    listed: Listed,
+    *,
+    stock_buffer: int = 0,
+    reservation: Reservation | None = None,
+) -> list[Difference]:
     """Every field of ``expected`` whose value SkyHub does not hold, busy fields left out.
     Attributes of a frozen product (skysync froze it, or SkyHub shows it linked and no operator
     unfroze it) come back marked ``frozen``. With a stock buffer (SKYSYNC_STOCK_BUFFER) SkyHub
     should hold the ERP's quantity less the buffer; the difference still names the ERP's own
-    value (a repair row carries it, and the relay takes the buffer off again).
+    value (a repair row carries it, and the relay takes the buffer off again). So with the
+    units of open orders the ERP has not consumed (``reservation``, SKYSYNC_RESERVE_OPEN_ORDERS:
+    skysync/domain/reservation.py), taken off before the buffer.
 
     Never a promotional price above the price (skysync/domain/promotions.py): SkyHub should
     hold the ERP's promotional price capped at its price, so a promotion the ERP's newer price
@@ -163,8 +172,12 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
             continue
         remote = listed.fields.get(name)
         wanted = believed.value
-        if name == "qty" and stock_buffer and is_number(wanted):
-            wanted = max(int(wanted) - stock_buffer, 0)
+        reserved_note = None
+        if name == "qty" and is_number(wanted):
+            units = reservation.units if reservation is not None else 0
+            wanted = max(int(wanted) - units - stock_buffer, 0)
+            if units and reservation is not None:
+                reserved_note = f"SkyHub should hold {wanted}: {reservation.explain()}"
         if same(wanted, remote):
             continue
         is_capped = name == PROMO and capped_note is not None
@@ -177,7 +190,7 @@ def compare(expected: Expected, listed: Listed, *, stock_buffer: int = 0) -> lis
                 since=believed.since,
                 row_id=believed.row_id,
                 frozen=frozen and name not in FLOWING_FIELDS,
-                note=capped_note if is_capped else None,
+                note=capped_note if is_capped else reserved_note,
                 repair={PRICE: believed.value} if is_capped else None,
             )
         )

@@ -40,6 +40,7 @@ from skysync.domain.reconcile import (
     corrections,
     listed_skus,
 )
+from skysync.domain.reservation import Reservation, reserve
 from skysync.domain.validation import ValidationFailed
 from skysync.relay import unit_of_work as unit
 from skysync.relay.catalogue import listing_pages
@@ -47,6 +48,7 @@ from skysync.relay.deps import RelayDeps
 from skysync.skyhub.client import ProductPage
 from skysync.skyhub.errors import AuthenticationError, NotFound, SkyHubError
 from skysync.store import items as item_store
+from skysync.store import orders as order_store
 from skysync.store import outbox, outbox_reads, runs
 from skysync.store.request_stats import save_request_counts
 
@@ -81,6 +83,7 @@ class _Run:
             # (relay/catalogue.py) without the ERP ever writing a value for it
             unknown = {e.sku for e in fresh if e.sku not in expected or not expected[e.sku].fields}
             written = outbox_reads.written_refs(session, unknown) if unknown else set()
+            reserved = self._reservations(session, expected)
             now = self.deps.clock()
             for entry in fresh:
                 wanted = expected.get(entry.sku)
@@ -92,12 +95,33 @@ class _Run:
                     continue
                 report.skus_compared += 1
                 report.busy_fields += len(wanted.busy & set(wanted.fields))
-                differences = compare(wanted, entry, stock_buffer=self.deps.stock_buffer)
+                differences = compare(
+                    wanted,
+                    entry,
+                    stock_buffer=self.deps.stock_buffer,
+                    reservation=reserved.get(entry.sku),
+                )
                 report.add(differences)
                 drifted = [d.field for d in differences if not d.frozen]
                 if drifted:
                     self.kept[entry.sku] = wanted
                     item_store.forget(session, entry.sku, drifted, now)
+
+    def _reservations(
+        self, session: Session, expected: Mapping[str, Expected]
+    ) -> dict[str, Reservation]:
+        """With SKYSYNC_RESERVE_OPEN_ORDERS: the units open orders hold back from each expected
+        quantity, counted from when the ERP wrote it (as the relay counts them). One read of
+        the page's order lines; the ERP's row only for the SKUs some order holds."""
+        if not self.deps.reserve_open_orders:
+            return {}
+        skus = [sku for sku, e in expected.items() if "qty" in e.fields]
+        lines = order_store.open_lines(session, skus)
+        found: dict[str, Reservation] = {}
+        for sku in sorted({line.sku for line in lines}):
+            erp = outbox_reads.latest_erp_qty(session, sku, expected[sku].parent_sku)
+            found[sku] = reserve(sku, lines, erp.written_at if erp is not None else None)
+        return found
 
 
 def _expectations(session: Session, skus: list[str], read_at: datetime) -> dict[str, Expected]:

@@ -17,7 +17,7 @@ from skysync.domain.kinds import DEFAULT_ACCOUNT, Kind, RowState
 from skysync.store import runs
 from skysync.store.db import Database
 from skysync.store.models import utcnow
-from skysync.store.orders import inbox_counts
+from skysync.store.orders import inbox_counts, reserved_totals
 from skysync.store.outbox_reads import count_by_account_state_and_kind, oldest_pending
 from skysync.store.request_stats import request_counts
 from skysync.store.sync_errors import open_counts
@@ -47,6 +47,7 @@ class DataCollector(Collector):
             yield from _order_metrics(session, accounts)
             yield from _reconcile_metrics(session, accounts)
             yield from _sync_error_metrics(session, accounts)
+            yield from _reservation_metrics(session, accounts)
 
 
 def _label(account: str, accounts: list[str]) -> str:
@@ -241,3 +242,30 @@ def serve(
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def _reservation_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
+    """The stock reservation (SKYSYNC_RESERVE_OPEN_ORDERS): units held back for orders the ERP
+    has not consumed, and the SKUs and orders holding them. Counted whether the reservation
+    is on or not: the units an ERP that has not read its orders still offers."""
+    units = GaugeMetricFamily(
+        "skysync_reserved_units",
+        "Units of orders the ERP has not consumed (held back with SKYSYNC_RESERVE_OPEN_ORDERS).",
+        labels=["account"],
+    )
+    skus = GaugeMetricFamily(
+        "skysync_reserved_skus",
+        "SKUs with units in orders the ERP has not consumed.",
+        labels=["account"],
+    )
+    orders = GaugeMetricFamily(
+        "skysync_reserved_orders",
+        "Orders with units the ERP has not consumed.",
+        labels=["account"],
+    )
+    for account in accounts:
+        totals = reserved_totals(session, account=account)
+        units.add_metric([account], totals.units)
+        skus.add_metric([account], totals.skus)
+        orders.add_metric([account], totals.orders)
+    yield from (units, skus, orders)

@@ -191,3 +191,38 @@ def line_skus(session: Session, code: str) -> list[str]:
         OrderLine.account == account_of(session), OrderLine.code == code
     )
     return sorted(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class ReservedTotals:
+    """Units held back for orders the ERP has not consumed yet (none of their inbox rows),
+    cancelled orders aside, and how many SKUs and orders hold them: what the metrics show of
+    the stock reservation (domain/reservation.py)."""
+
+    units: int
+    skus: int
+    orders: int
+
+
+def reserved_totals(session: Session, *, account: str) -> ReservedTotals:
+    consumed = (
+        sa.select(sa.literal(1))
+        .where(
+            OrderInbox.account == OrderLine.account,
+            OrderInbox.code == OrderLine.code,
+            OrderInbox.consumed_at.is_not(None),
+        )
+        .exists()
+    )
+    query = (
+        sa.select(
+            sa.func.coalesce(sa.func.sum(OrderLine.qty), 0),
+            sa.func.count(sa.distinct(OrderLine.sku)),
+            sa.func.count(sa.distinct(OrderLine.code)),
+        )
+        .join(Order, sa.and_(Order.account == OrderLine.account, Order.code == OrderLine.code))
+        .where(OrderLine.account == account, OrderLine.qty > 0, ~consumed)
+        .where(sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))))
+    )
+    units, skus, orders = session.execute(query).one()
+    return ReservedTotals(units=int(units), skus=int(skus), orders=int(orders))
