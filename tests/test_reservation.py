@@ -32,6 +32,7 @@ from skysync.relay.pull_orders import PullSummary, pull_orders
 from skysync.relay.reconcile import reconcile
 from skysync.relay.relay import Relay
 from skysync.reporting.metrics import registry_for
+from skysync.store import outbox_reads
 from skysync.store.db import Database, get_engine, session_scope
 from skysync.store.models import OutboxRow
 
@@ -327,3 +328,51 @@ def test_metrics_show_the_units_reserved(db_url: str, sb: Sandbox) -> None:
         'skysync_reserved_skus{account="default"}': 2.0,
         'skysync_reserved_orders{account="default"}': 1.0,
     }
+
+
+# -- the ERP's quantity that a reservation row repeats --------------------------------------------
+
+
+def _taken(db_url: str, kind: str, ref: str, payload: Any, *, epoch: int, state: str) -> int:
+    with session_scope(db_url) as session:
+        written = OutboxRow(kind=kind, ref=ref, payload=payload)
+        session.add(written)
+        session.flush()
+        written.state, written.claim_epoch = state, epoch
+        if state != "sent":
+            written.reason = "test"
+        return written.id
+
+
+def test_the_erps_newest_quantity_follows_the_claims_order_not_the_ids(db_url: str) -> None:
+    """Two ERP transactions: id 1 (qty 5) commits after id 2 (qty 3) was claimed: the later
+    claim read id 1, so 5 is the ERP's last word (docs/erp-contract.md, "Which row is newer");
+    a parent's product rows without a quantity for the variation are passed over, page after
+    page; rows a claim refused, skysync's own and those still waiting are not the ERP's."""
+    first = _taken(db_url, "stock", "V-1", {"qty": 5}, epoch=2, state="sent")
+    _taken(db_url, "stock", "V-1", {"qty": 3}, epoch=1, state="sent")
+    with session_scope(db_url, readonly=True) as session:
+        found = outbox_reads.latest_erp_qty(session, "V-1", "P-1", page=3)
+    assert found is not None and (found.row_id, found.qty) == (first, 5)
+
+    for _ in range(7):  # newer product rows of the parent, none with V-1's quantity
+        _taken(db_url, "product", "P-1", {"name": "x"}, epoch=3, state="sent")
+    carried = _taken(
+        db_url,
+        "product",
+        "P-1",
+        {"variations": [{"sku": "V-1", "qty": 8}]},
+        epoch=4,
+        state="superseded",
+    )
+    for _ in range(7):
+        _taken(db_url, "product", "P-1", {"name": "y"}, epoch=5, state="withheld")
+    _taken(db_url, "stock", "V-1", {"qty": 1}, epoch=6, state="rejected")
+    insert(db_url, "stock", "V-1", {"qty": 2})  # pending
+    with session_scope(db_url) as session:
+        session.add(OutboxRow(kind="stock", ref="V-1", payload={"qty": 9}, origin="reservation"))
+    with session_scope(db_url, readonly=True) as session:
+        found = outbox_reads.latest_erp_qty(session, "V-1", "P-1", page=3)
+        assert found is not None and (found.row_id, found.qty) == (carried, 8)
+        assert outbox_reads.latest_erp_qty(session, "V-1") is not None
+        assert outbox_reads.latest_erp_qty(session, "OTHER") is None

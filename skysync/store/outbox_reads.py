@@ -305,9 +305,10 @@ def latest_erp_qty(
     """The newest row the ERP wrote (``origin = 'erp'``) carrying a quantity of ``sku``, its
     own stock or product row or its parent's product row, that a claim took (TAKEN_STATES): the
     quantity a row skysync writes (a correction, a reservation) repeats. None if there is none.
-    Newest by id: rows a claim took were all committed before it read them."""
+    Newest as the relay orders a SKU's rows (planner.newness): by claim epoch, then id."""
     refs = [sku] if not parent_sku else [sku, parent_sku]
-    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.created_at)
+    epoch = sa.func.coalesce(OutboxRow.claim_epoch, 0)
+    columns = (OutboxRow.id, OutboxRow.ref, OutboxRow.payload, OutboxRow.created_at, epoch)
     query = (
         sa.select(*columns)
         .where(
@@ -317,12 +318,12 @@ def latest_erp_qty(
             OutboxRow.origin == Origin.ERP,
             OutboxRow.state.in_(TAKEN_STATES),
         )
-        .order_by(OutboxRow.id.desc())
+        .order_by(epoch.desc(), OutboxRow.id.desc())
         .limit(page)
     )
-    before: int | None = None
+    after: tuple[int, int] | None = None
     while True:
-        paged = query if before is None else query.where(OutboxRow.id < before)
+        paged = query if after is None else query.where(sa.tuple_(epoch, OutboxRow.id) < after)
         rows = session.execute(paged).all()
         for row in rows:
             present, qty = value_in(AcceptedRow(row.id, row.ref, row.payload, None), sku, "qty")
@@ -330,4 +331,4 @@ def latest_erp_qty(
                 return ErpQuantity(row.id, qty, row.created_at)
         if len(rows) < page:
             return None
-        before = rows[-1].id
+        after = (rows[-1][4], rows[-1].id)
