@@ -8,11 +8,14 @@ variation's SKU, a cancellation before the ERP consumed the order."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import SandboxAdmin
+from conftest import SandboxAdmin, create_pg_database, drop_pg_database
 from prometheus_client import generate_latest
 from relay_helpers import (
     acknowledged,
@@ -33,8 +36,8 @@ from skysync.relay.reconcile import reconcile
 from skysync.relay.relay import Relay
 from skysync.reporting.metrics import registry_for
 from skysync.store import outbox_reads
-from skysync.store.db import Database, get_engine, session_scope
-from skysync.store.models import OutboxRow
+from skysync.store.db import Database, dispose_engines, get_engine, migrate, session_scope
+from skysync.store.models import Order, OutboxRow
 
 RESERVE = {"reserve_open_orders": True}
 
@@ -376,3 +379,57 @@ def test_the_erps_newest_quantity_follows_the_claims_order_not_the_ids(db_url: s
         assert found is not None and (found.row_id, found.qty) == (carried, 8)
         assert outbox_reads.latest_erp_qty(session, "V-1") is not None
         assert outbox_reads.latest_erp_qty(session, "OTHER") is None
+
+
+# -- the migration ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'reserve.db'}"
+        dispose_engines()
+    else:
+        url = create_pg_database("skysync_res_migr")
+        try:
+            yield url
+        finally:
+            drop_pg_database(url)
+
+
+def test_the_migration_gives_orders_already_pulled_their_lines_and_dates(fresh_url: str) -> None:
+    migrate(fresh_url, "0011")
+    old = {"code": "A-OLD", "status": {"code": "book_product"}, "items": [{"id": "S", "qty": 1}]}
+    new = {
+        **old,
+        "status": {"code": "payment_received"},
+        "items": [{"id": "S", "qty": 1}, {"id": "S", "qty": 1}, {"id": "S-P", "qty": 3}],
+        "expedition_limit_date": "2026-12-08T10:00:00-03:00",
+        "approved_date": "2026-12-06T09:00:00",
+    }
+    with get_engine(fresh_url).begin() as conn:
+        for n, raw in enumerate((old, new, {"code": "A-BAD", "items": "x"})):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO skysync_order_inbox (code, status, dedupe_key, raw, parse_error) "
+                    "VALUES (:c, 's', :k, :r, :p)"
+                ),
+                {
+                    "c": raw["code"],
+                    "k": f"k{n}",
+                    "r": json.dumps(raw),
+                    "p": "bad" if n == 2 else None,
+                },
+            )
+        conn.exec_driver_sql("INSERT INTO skysync_order (code, status) VALUES ('A-OLD', 's')")
+    migrate(fresh_url)
+    with session_scope(fresh_url, readonly=True) as session:
+        lines = session.execute(
+            sa.text("SELECT code, sku, qty FROM skysync_order_line ORDER BY sku")
+        ).all()
+        assert [tuple(r) for r in lines] == [("A-OLD", "S", 2), ("A-OLD", "S-P", 3)]
+        order = session.get(Order, ("default", "A-OLD"))
+        assert order is not None and order.expedition_limit_at is not None
+        assert order.expedition_limit_at.isoformat() == "2026-12-08T13:00:00+00:00"
+        assert order.approved_at is not None  # naive: Brasília time
+        assert order.approved_at.isoformat() == "2026-12-06T12:00:00+00:00"

@@ -3,7 +3,8 @@
 * ``skysync_order_line``: the units of each SKU an order holds (summed over its lines), from the
   ``items`` of the order as SkyHub delivered it. With ``SKYSYNC_RESERVE_OPEN_ORDERS`` the
   quantity sent for a SKU is the ERP's less the units of the orders the ERP has not reflected
-  yet (docs/orders.md).
+  yet (docs/orders.md). Orders already in the inbox get their lines (and dates) from their
+  latest parsed state.
 * ``skysync_order`` gets the order's dates: placed, approved, the expedition limit (the date by
   which the seller must ship) and the estimated delivery, for ``skysync orders late``.
 * ``skysync_outbox.origin`` may be ``reservation`` too: a stock row skysync writes when an order
@@ -22,12 +23,15 @@ Revises: 0011
 Create Date: 2026-12-06
 """
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
+from skysync.domain.order_flow import ORDER_DATES, order_dates
+from skysync.domain.reservation import order_lines
 from skysync.store.models import UTCDateTime
 
 revision: str = "0012"
@@ -118,6 +122,58 @@ def upgrade() -> None:
         sa.CheckConstraint("qty >= 0", name="ck_skysync_order_line_qty"),
     )
     op.create_index("ix_skysync_order_line_sku", "skysync_order_line", ["account", "sku"])
+    _backfill()
+
+
+def _backfill() -> None:
+    """Orders pulled before this migration: their lines and dates from the latest parsed state
+    in the inbox, as the pull now stores them (so switching the reservation on counts them)."""
+    bind = op.get_bind()
+    inbox = sa.table(
+        "skysync_order_inbox",
+        sa.column("id"),
+        sa.column("account"),
+        sa.column("code"),
+        sa.column("raw", sa.JSON()),
+        sa.column("parse_error"),
+    )
+    latest: dict[tuple[str, str], Any] = {}
+    query = (
+        sa.select(inbox.c.account, inbox.c.code, inbox.c.raw)
+        .where(inbox.c.parse_error.is_(None), inbox.c.code != "?")
+        .order_by(inbox.c.id)
+    )
+    for account, code, raw in bind.execute(query):
+        latest[(account, code)] = json.loads(raw) if isinstance(raw, str) else raw
+    line = sa.table(
+        "skysync_order_line",
+        sa.column("account"),
+        sa.column("code"),
+        sa.column("sku"),
+        sa.column("qty"),
+    )
+    order = sa.table(
+        "skysync_order",
+        sa.column("account"),
+        sa.column("code"),
+        *(sa.column(name, UTCDateTime()) for name in ORDER_DATES),
+    )
+    for (account, code), raw in latest.items():
+        if not isinstance(raw, dict):
+            continue
+        lines = order_lines(raw.get("items"))
+        if lines:
+            bind.execute(
+                line.insert(),
+                [{"account": account, "code": code, "sku": k, "qty": v} for k, v in lines.items()],
+            )
+        dates = {k: v for k, v in order_dates(raw).items() if v is not None}
+        if dates:
+            bind.execute(
+                order.update()
+                .where(order.c.account == account, order.c.code == code)
+                .values(**dates)
+            )
 
 
 def downgrade() -> None:
