@@ -11,6 +11,7 @@ never from the time skysync repeated it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -44,13 +45,17 @@ def reserve_request(
     quantities: dict[str, Any] = {}
     notes: list[str] = []
     with unit.session(deps) as session:
-        lines = order_store.open_lines(session, targets)
+        # sku -> (the ERP's quantity, when the ERP wrote it)
+        erp_values: dict[str, tuple[Any, datetime | None]] = {}
         for sku, (value, source, parent) in targets.items():
-            written: datetime | None = request.written_at.get(source)
+            written = request.written_at.get(source)
             if source in request.made_by_skysync:
                 erp = outbox_reads.latest_erp_qty(session, sku, parent)
                 if erp is not None:
                     value, written = erp.qty, erp.written_at
+            erp_values[sku] = (value, written)
+        lines = order_store.open_lines(session, targets, since=_earliest(erp_values.values()))
+        for sku, (value, written) in erp_values.items():
             reservation = reserve(sku, lines, written)
             quantities[sku] = reserved_qty(value, reservation)
             if reservation.units:
@@ -64,3 +69,12 @@ def reserve_request(
         for vsku, v in request.variations.items()
     }
     return replace(request, fields=fields, variations=variations), notes
+
+
+def _earliest(values: Iterable[tuple[Any, datetime | None]]) -> datetime | None:
+    """The earliest write time among the quantities (None when one is of unknown age: then
+    every open order may count)."""
+    times = [written for _value, written in values]
+    if not times or any(t is None for t in times):
+        return None
+    return min(t for t in times if t is not None)

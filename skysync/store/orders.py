@@ -156,10 +156,14 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     return steps
 
 
-def open_lines(session: Session, skus: Iterable[str]) -> list[OpenLine]:
+def open_lines(
+    session: Session, skus: Iterable[str], *, since: datetime | None = None
+) -> list[OpenLine]:
     """The lines of ``skus`` in the session account's orders that are not cancelled, each with
     the earliest time the ERP consumed one of its order's inbox rows (None: not yet). What the
-    reservation decides from (domain/reservation.py)."""
+    reservation decides from (domain/reservation.py). With ``since`` (the earliest time the
+    quantities in question were written), orders the ERP consumed by then are left out: they
+    count against none of them, and a SKU's long history of booked orders is not read."""
     wanted = sorted(set(skus))
     if not wanted:
         return []
@@ -178,6 +182,8 @@ def open_lines(session: Session, skus: Iterable[str]) -> list[OpenLine]:
             sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))),
         )
     )
+    if since is not None:
+        query = query.where(sa.or_(consumed.is_(None), consumed > since))
     # min() keeps its argument's type: the consumed time comes back aware, on both databases
     return [
         OpenLine(code=code, sku=sku, qty=qty, status=status, consumed_at=when)
