@@ -119,9 +119,11 @@ def test_late_to_ship_is_exactly_the_cutoff_the_store_filters_by(
         (timedelta(seconds=42), "42 s"),
         (12 * MIN + timedelta(seconds=59), "12 min"),
         (3 * H + 12 * MIN, "3 h 12 min"),
-        (24 * H, "1 d"),
+        (24 * H, "24 h"),
         (-(2 * H + 5 * MIN), "2 h 5 min"),
-        (30 * H, "1 d 6 h"),
+        (26 * H + 3 * MIN, "26 h 3 min"),
+        (50 * H + 59 * MIN, "2 d 2 h"),
+        (72 * H, "3 d"),
         (4 * H, "4 h"),
     ],
 )

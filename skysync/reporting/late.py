@@ -26,8 +26,9 @@ LABELS = {
 
 
 def span(delta: timedelta) -> str:
-    """A duration as an operator reads it: ``45 s``, ``12 min``, ``3 h 12 min``, ``2 d 5 h``
-    (its size: the sign is the caller's to say)."""
+    """A duration as an operator reads it: ``45 s``, ``12 min``, ``3 h 12 min``, ``26 h 3 min``
+    (hours up to two days, as thresholds such as 24 h are set), then ``2 d 5 h`` (its size:
+    the sign is the caller's to say)."""
     seconds = int(abs(delta.total_seconds()))
     if seconds < 60:
         return f"{seconds} s"
@@ -35,7 +36,7 @@ def span(delta: timedelta) -> str:
     if minutes < 60:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
-    if hours < 24:
+    if hours < 48:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
