@@ -14,7 +14,7 @@ from skysync.entrypoints.cli.common import Context, account_option, echo_json, p
 
 @click.group()
 def orders() -> None:
-    """Orders from SkyHub's queue, and the status steps sent back."""
+    """Orders from SkyHub's queue, the status steps sent back, and what is late."""
 
 
 @orders.command("pull")
@@ -115,11 +115,13 @@ def orders_show(ctx: Context, code: str, as_json: bool, account: str) -> None:
 @account_option(every=True)
 @pass_ctx
 def orders_late(ctx: Context, as_json: bool, limit: int, account: str | None) -> None:
-    """What is late, one line each, with the order code, its account, its status and how late:
-    orders paid and not shipped whose expedition limit has passed (LATE TO SHIP) or is within
+    """Orders late to ship or to invoice, and orders the ERP has not read in time.
+
+    One line each, with the order code, its account, its status and how late: orders paid and
+    not shipped whose expedition limit has passed (LATE TO SHIP) or is within
     SKYSYNC_LATE_SHIP_MARGIN_HOURS (DUE TO SHIP), approved orders not invoiced after
     SKYSYNC_LATE_INVOICE_HOURS (NOT INVOICED), and inbox rows the ERP has not consumed after
-    SKYSYNC_LATE_INBOX_MINUTES (NOT CONSUMED).
+    SKYSYNC_LATE_INBOX_MINUTES (NOT CONSUMED); times in Brasília time.
 
     Exits 0 when nothing is late, 1 otherwise: cron or a monitor can run it."""
     from skysync.reporting.late import collect_late, late_lines
