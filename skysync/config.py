@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from contextlib import suppress
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skysync.domain.fast_lane import LaneMode, LaneRule
+from skysync.domain.late import LateRules
 
 DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
@@ -268,6 +270,37 @@ class _SettingsFields(BaseSettings):
         default=None,
         description='Flower\'s "user:password" (secret); Flower refuses to start without.',
     )
+    late_ship_margin_hours: float = Field(
+        default=4.0,
+        ge=0,
+        le=720,
+        allow_inf_nan=False,
+        description=(
+            "Hours before its expedition limit at which an order paid and not shipped counts "
+            "as late (`skysync orders late`, `skysync status`, the metrics); 0: only once the "
+            "limit has passed."
+        ),
+    )
+    late_invoice_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=720,
+        allow_inf_nan=False,
+        description=(
+            "Hours an approved order (payment_received) may wait for its invoice before it "
+            "counts as late."
+        ),
+    )
+    late_inbox_minutes: float = Field(
+        default=30.0,
+        gt=0,
+        le=10080,
+        allow_inf_nan=False,
+        description=(
+            "Minutes an order stored in the inbox may wait for the ERP to consume it before it "
+            "counts as late: an ERP that stopped reading orders."
+        ),
+    )
 
 
 class Settings(_SettingsFields):
@@ -434,6 +467,15 @@ class Settings(_SettingsFields):
     def lane_rule(self) -> LaneRule:
         """The fast lane's choice of rows (mode off: the lane does nothing)."""
         return LaneRule(self.fast_lane, self.fast_lane_stock_threshold)
+
+    @property
+    def late_rules(self) -> LateRules:
+        """When an order or an inbox row counts as late (domain/late.py)."""
+        return LateRules(
+            ship_margin=timedelta(hours=self.late_ship_margin_hours),
+            invoice_after=timedelta(hours=self.late_invoice_hours),
+            inbox_after=timedelta(minutes=self.late_inbox_minutes),
+        )
 
     @property
     def is_sqlite(self) -> bool:

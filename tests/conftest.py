@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -213,6 +214,13 @@ class SandboxAdmin:
 
     def seed_order(self, order: dict[str, Any], *, account: str | None = None) -> httpx.Response:
         return self.call("POST", "orders", order, account=account)
+
+    def move_order_dates(
+        self, code: str, dates: dict[str, Any], *, account: str | None = None
+    ) -> httpx.Response:
+        """``POST /_sandbox/orders/{code}/dates``: the order's dates moved, the order queued
+        again (the code percent-encoded: order codes hold spaces)."""
+        return self.call("POST", f"orders/{quote(code, safe='')}/dates", dates, account=account)
 
     def reset(self, *, account: str | None = None) -> httpx.Response:
         return self.call("POST", "reset", account=account)

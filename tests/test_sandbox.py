@@ -495,6 +495,98 @@ def test_marketplace_change_by_reseeding_requeues_the_order(
     assert redelivered["status"]["code"] == "order_canceled"
 
 
+def test_an_order_created_through_the_api_keeps_its_items_and_dates(
+    free_client: httpx.Client,
+) -> None:
+    """POST /orders takes the order's items, expedition limit and estimated delivery as given
+    (the realistic defaults fill the rest) and queues it with them."""
+    items = [
+        {"id": "SKU-1", "product_id": "P-1", "name": "Camiseta", "qty": 2, "special_price": 49.9}
+    ]
+    order = {
+        "code": "Lojas Americanas-77-01",
+        "status": "payment_received",
+        "items": items,
+        "expedition_limit_date": "2026-12-08T10:00:00-03:00",
+        "estimated_delivery": "2026-12-15",
+        "approved_date": "2026-12-07T09:00:00-03:00",
+    }
+    created = free_client.post("/orders", json={"order": order})
+    assert created.status_code == 201, created.text
+    queued = free_client.get("/queues/orders").json()
+    for name in ("items", "expedition_limit_date", "estimated_delivery", "approved_date"):
+        assert queued[name] == order[name], name
+    assert queued["status"]["code"] == "payment_received"
+    assert queued["total_ordered"] == 99.8  # follows the items
+    assert queued["customer"]["name"] and queued["shipping_address"]["city"]
+
+
+def test_admin_moves_an_order_s_dates_and_queues_it_again(
+    sb: Sandbox, client: httpx.Client
+) -> None:
+    """POST /_sandbox/orders/{code}/dates: the marketplace reschedules an order. The dates
+    change, updated_at moves past the one before (a client tells an update from a
+    redelivery by it), and the order is queued again with them; ?account= names the account."""
+    code = sb.seed_order({"code": SPACED_CODE, "status": "payment_received"})["code"]
+    first = client.get("/queues/orders").json()
+    client.delete(f"/queues/orders/{_seg(code)}")
+    assert sb.state()["queue"] == []
+    dates = {
+        "expedition_limit_date": "2026-12-01T10:00:00-03:00",
+        "estimated_delivery": "2026-12-05",
+        "approved_date": "2026-11-30T08:00:00",
+        "placed_at": "2026-11-30T07:59:00-03:00",
+    }
+    moved = httpx.post(f"{sb.base_url}/_sandbox/orders/{_seg(code)}/dates", json=dates)
+    assert moved.status_code == 200, moved.text
+    assert {name: moved.json()[name] for name in dates} == dates
+    assert sb.state()["queue"] == [code]
+    again = client.get("/queues/orders").json()
+    assert {name: again[name] for name in dates} == dates
+    assert again["updated_at"] > first["updated_at"]  # same offset: the text orders as the time
+    assert again["status"] == first["status"] and again["items"] == first["items"]
+    cleared = httpx.post(
+        f"{sb.base_url}/_sandbox/orders/{_seg(code)}/dates", json={"approved_date": None}
+    )
+    assert cleared.status_code == 200 and cleared.json()["approved_date"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"expedition_limit_date": "amanhã"}, 422, "expedition_limit_date: must be an ISO-8601"),
+        ({"estimated_delivery": 20261215}, 422, "estimated_delivery: must be an ISO-8601"),
+        ({"placed_at": "  "}, 422, "placed_at: must be"),
+        ({"shipped_date": "2026-12-01"}, 422, "shipped_date: not a date that can be moved"),
+        ({}, 400, "Envie as datas"),
+        (["2026-12-01"], 400, "Envie as datas"),
+    ],
+)
+def test_moving_dates_refuses_a_bad_field_naming_it_and_changes_nothing(
+    sb: Sandbox, body: Any, status: int, needle: str
+) -> None:
+    order = sb.seed_order({"code": "Submarino-5-01", "status": "payment_received"})
+    before = sb.state()["orders"]["Submarino-5-01"]
+    answer = httpx.post(
+        f"{sb.base_url}/_sandbox/orders/Submarino-5-01/dates",
+        json={**body, "approved_date": "2026-12-01"} if isinstance(body, dict) and body else body,
+    )
+    assert answer.status_code == status, answer.text
+    assert needle in answer.json()["error"]
+    assert sb.state()["orders"]["Submarino-5-01"] == before == order
+
+
+def test_moving_dates_of_an_unknown_order_or_account_is_404(sb: Sandbox) -> None:
+    body = {"expedition_limit_date": "2026-12-01"}
+    unknown = httpx.post(f"{sb.base_url}/_sandbox/orders/NOPE-1/dates", json=body)
+    assert unknown.status_code == 404 and "NOPE-1" in unknown.json()["error"]
+    sb.seed_order({"code": "Submarino-6-01"})
+    elsewhere = httpx.post(
+        f"{sb.base_url}/_sandbox/orders/Submarino-6-01/dates?account=loja-x", json=body
+    )
+    assert elsewhere.status_code == 404 and "loja-x" in elsewhere.json()["error"]
+
+
 def test_sync_errors_is_a_list(client: httpx.Client) -> None:
     assert client.get("/sync_errors/products").json() == {"error_qty": 0, "errors": []}
 

@@ -80,6 +80,8 @@ including a repeat of the current status, is 422) and re-enqueue the order.
 Admin endpoints (no auth, never rate-limited, never faulted, not in the request log; each
 takes ``?account=NAME``, ``default`` when absent):
 ``POST /_sandbox/orders`` (an order, or ``{"raw": {...}}`` stored unvalidated),
+``POST /_sandbox/orders/{code}/dates`` (move its expedition limit, estimated delivery, approval
+or placing date, and queue it again: a test makes an order late),
 ``POST /_sandbox/products/{sku}/link``, ``POST /_sandbox/products`` (a product SkyHub has that
 skysync never sent), ``PATCH|DELETE /_sandbox/products/{sku}`` (a change behind skysync's back,
 for reconciliation tests), ``POST /_sandbox/sync_errors`` (an error SkyHub noticed),

@@ -7,6 +7,11 @@ without ``?account=`` resets every account.
 
 ====  =========================  ==============================================================
 POST  /_sandbox/orders           an order (realistic defaults), or ``{"raw": {...}}`` as given
+POST  /_sandbox/orders/{code}/dates  ``{"expedition_limit_date": "2026-12-08T10:00:00-03:00",
+                             ...}``: the order's dates moved (``estimated_delivery``,
+                             ``approved_date``, ``placed_at`` too; null clears one), its
+                             ``updated_at`` with them, and the order queued again (200 + the
+                             order; 404 unknown code; 422 naming the bad field)
 POST  /_sandbox/products/{sku}/link  the product (or a variation's parent) is linked now
 POST  /_sandbox/products     ``{"product": {...}, "linked": false}``: SkyHub has it, made
                              outside skysync (an orphan); or ``{"products": [...]}``: a
@@ -95,6 +100,8 @@ def _route_admin(sandbox: Sandbox, route: tuple[str, ...], data: Any, account: s
         return Reply(204)
     if len(route) == 3 and route[0] in ("PATCH", "DELETE") and route[1] == "products":
         return _behind_the_back(sandbox, route[0], route[2], data, account)
+    if len(route) == 4 and route[:2] == ("POST", "orders") and route[3] == "dates":
+        return _move_order_dates(sandbox, route[2], data, account)
     method, *segments = route
     raise ApiError(
         404,
@@ -176,6 +183,20 @@ def _seed_order(sandbox: Sandbox, data: Any, account: str) -> Reply:
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     return json_reply(201, order)
+
+
+def _move_order_dates(sandbox: Sandbox, code: str, data: Any, account: str) -> Reply:
+    """POST /_sandbox/orders/{code}/dates: 400 unless a non-empty object, 404 for an unknown
+    order, 422 naming a bad field."""
+    if not isinstance(data, dict) or not data:
+        raise ApiError(400, 'Envie as datas a mudar: {"expedition_limit_date": "...", ...}')
+    try:
+        order = sandbox.move_order_dates(code, data, account=account)
+    except KeyError:
+        raise ApiError(404, f"Pedido '{code}' não encontrado") from None
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    return json_reply(200, order)
 
 
 def _seed_products(sandbox: Sandbox, data: Any, account: str) -> Reply:

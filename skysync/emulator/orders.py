@@ -11,6 +11,7 @@ import copy
 import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from skysync.emulator.fixtures import demo_order, now_iso
@@ -27,6 +28,9 @@ from skysync.emulator.routes import Request
 from skysync.emulator.state import EmulatorState
 
 _NFE_KEY = re.compile(r"\d{44}")
+
+#: The dates of an order a test may move (POST /_sandbox/orders/{code}/dates): SkyHub's fields.
+ORDER_DATE_FIELDS = ("placed_at", "approved_date", "expedition_limit_date", "estimated_delivery")
 
 Answer = tuple[int, Any]
 
@@ -72,6 +76,28 @@ class Orders:
             st.orders[stored["code"]] = stored
         self._enqueue_locked(stored["code"])
         return stored
+
+    def move_dates_locked(self, code: str, dates: Mapping[str, Any]) -> dict[str, Any]:
+        """Set some of an order's dates (:data:`ORDER_DATE_FIELDS`: an ISO-8601 date or date
+        and time, as SkyHub writes them, or None to clear one), as the marketplace does when it
+        reschedules an order; the order's ``updated_at`` moves and it is queued again, so the
+        next read of the queue delivers the new dates. KeyError for an unknown code;
+        ValueError naming the first bad field, before anything changes."""
+        order = self.state.orders.get(code)
+        if order is None:
+            raise KeyError(code)
+        unknown = sorted(str(name) for name in dates if name not in ORDER_DATE_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]}: not a date that can be moved "
+                f"(one of {', '.join(ORDER_DATE_FIELDS)})"
+            )
+        for name, value in dates.items():
+            check_order_date(name, value)
+        order.update(copy.deepcopy(dict(dates)))
+        order["updated_at"] = _after(order.get("updated_at"))
+        self._enqueue_locked(code)
+        return order
 
     def _new_code_locked(self) -> str:
         """A fresh marketplace-style order code."""
@@ -191,6 +217,39 @@ class Orders:
             raise ApiError(404, f"Pedido '{code}' não está na fila")
         del self.state.queue[code]
         return 204, None
+
+
+def _after(previous: Any) -> str:
+    """Now as SkyHub stamps it, or a second after ``previous`` when that is not earlier: an
+    update always carries a later ``updated_at`` (whole seconds), which is how a client tells
+    it from a redelivery of the state before."""
+    stamp = now_iso()
+    try:
+        last = datetime.fromisoformat(previous)
+        if datetime.fromisoformat(stamp) <= last:
+            stamp = (last + timedelta(seconds=1)).isoformat(timespec="seconds")
+    except (TypeError, ValueError):  # none before, or not a date and time with an offset
+        pass
+    return stamp
+
+
+def check_order_date(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless ``value`` is None or an ISO-8601 date
+    (``2026-12-08``) or date and time (``2026-12-08T10:00:00-03:00``; without an offset it is
+    Brasília time, as on SkyHub)."""
+    if value is None:
+        return
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if isinstance(value, str) and value.strip():
+        try:
+            datetime.fromisoformat(value.strip())
+            return
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{name}: must be an ISO-8601 date (2026-12-08) or date and time "
+        f"(2026-12-08T10:00:00-03:00), or null; got {shown}"
+    )
 
 
 # --------------------------------------------------------------------- what each action records

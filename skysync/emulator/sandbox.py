@@ -115,6 +115,20 @@ class Sandbox:
             stored = orders.store_locked(order, raw=raw, allow_existing=True)
             return copy.deepcopy(stored)
 
+    def move_order_dates(
+        self, code: str, dates: Mapping[str, Any], *, account: str = DEFAULT_ACCOUNT
+    ) -> dict[str, Any]:
+        """Move some of an order's dates (``expedition_limit_date``, ``estimated_delivery``,
+        ``approved_date``, ``placed_at``: ISO-8601, or None), as the marketplace reschedules
+        an order, so that a test can make it late: its ``updated_at`` moves and it is queued
+        again. Answers the order; KeyError for an unknown code, ValueError naming a bad
+        field (nothing changes then)."""
+        orders = self._account(account).orders
+        if not isinstance(dates, Mapping):
+            raise ValueError("the dates must be a JSON object")
+        with self._state.lock:
+            return copy.deepcopy(orders.move_dates_locked(code, dates))
+
     def seed_products(self, products: list[Any], *, account: str = DEFAULT_ACCOUNT) -> int:
         """Store products (and the variations they carry) as if created through the API, with
         no requests: set-up for large catalogues. All or nothing; ValueError names the bad one."""

@@ -14,8 +14,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import DEFAULT_ACCOUNT, Kind, RowState
+from skysync.domain.late import LateRules, Reason
 from skysync.store import runs
 from skysync.store.db import Database
+from skysync.store.late import LateCounts, late_counts, total
 from skysync.store.models import utcnow
 from skysync.store.orders import inbox_counts, reserved_totals
 from skysync.store.outbox_reads import count_by_account_state_and_kind, oldest_pending
@@ -32,11 +34,18 @@ class DataCollector(Collector):
     """Everything `skysync_*`, gathered in one read-only transaction per scrape. Every family
     carries an ``account`` label: one value per configured account (``accounts()``, asked on
     every scrape, so an account added to the accounts file shows at the next one), and
-    :data:`UNCONFIGURED` for rows naming any other."""
+    :data:`UNCONFIGURED` for rows naming any other. ``late_rules``: when an order counts as
+    late (SKYSYNC_LATE_*; default: the settings' defaults)."""
 
-    def __init__(self, db: Database, accounts: Callable[[], list[str]] | None = None):
+    def __init__(
+        self,
+        db: Database,
+        accounts: Callable[[], list[str]] | None = None,
+        late_rules: LateRules | None = None,
+    ):
         self.db = db
         self.accounts = accounts or (lambda: [DEFAULT_ACCOUNT])
+        self.late_rules = late_rules or LateRules()
 
     def collect(self) -> Iterator[Metric]:
         accounts = list(self.accounts())
@@ -45,6 +54,7 @@ class DataCollector(Collector):
             yield from _relay_metrics(session, accounts)
             yield from _request_metrics(session, accounts)
             yield from _order_metrics(session, accounts)
+            yield from _late_metrics(session, utcnow(), accounts, self.late_rules)
             yield from _reconcile_metrics(session, accounts)
             yield from _sync_error_metrics(session, accounts)
             yield from _reservation_metrics(session, accounts)
@@ -163,6 +173,42 @@ def _order_metrics(session: Session, accounts: list[str]) -> Iterable[Metric]:
     yield from (waiting, flagged)
 
 
+def _late_metrics(
+    session: Session, now: datetime, accounts: list[str], rules: LateRules
+) -> Iterable[Metric]:
+    """Late orders by reason (every reason of each account, 0 included), those past their
+    expedition limit, and the age of the oldest inbox row the ERP has not consumed: an ERP
+    that stopped reading orders shows as that age growing."""
+    late = GaugeMetricFamily(
+        "skysync_orders_late",
+        "Late orders by reason: ship (paid, not shipped, the expedition limit within the "
+        "margin or past), invoice (approved, not invoiced in time), inbox (inbox rows the ERP "
+        "has not consumed in time).",
+        labels=["account", "reason"],
+    )
+    past = GaugeMetricFamily(
+        "skysync_orders_past_expedition_limit",
+        "Orders paid and not shipped whose expedition limit has passed (of reason ship).",
+        labels=["account"],
+    )
+    oldest = GaugeMetricFamily(
+        "skysync_inbox_oldest_unconsumed_age_seconds",
+        "Age of the oldest inbox row the ERP has not consumed (0 when none).",
+        labels=["account"],
+    )
+    found: dict[str, list[LateCounts]] = {account: [] for account in accounts}
+    for account, counts in late_counts(session, now, rules).items():
+        found.setdefault(_label(account, accounts), []).append(counts)
+    for account, parts in found.items():
+        part = total(parts)
+        for reason in Reason:
+            late.add_metric([account, str(reason)], getattr(part, reason.value))
+        past.add_metric([account], part.ship_past_limit)
+        first = part.oldest_unconsumed_at
+        oldest.add_metric([account], (now - first).total_seconds() if first else 0.0)
+    yield from (late, past, oldest)
+
+
 _RECONCILE_COUNTS = (
     ("skysync_orphan_skus", "orphans", "SKUs SkyHub has that the ERP never wrote."),
     ("skysync_missing_skus", "missing", "SKUs the ERP wrote that SkyHub lacks."),
@@ -215,10 +261,12 @@ def _sync_error_metrics(session: Session, accounts: list[str]) -> Iterable[Metri
 
 
 def registry_for(
-    db: Database, accounts: Callable[[], list[str]] | None = None
+    db: Database,
+    accounts: Callable[[], list[str]] | None = None,
+    late_rules: LateRules | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DataCollector(db, accounts))
+    registry.register(DataCollector(db, accounts, late_rules))
     return registry
 
 
@@ -227,13 +275,14 @@ def serve(
     port: int,
     address: str = "127.0.0.1",
     accounts: Callable[[], list[str]] | None = None,
+    late_rules: LateRules | None = None,
 ) -> None:
     """Serve /metrics until interrupted."""
     import threading
 
     from prometheus_client import start_http_server
 
-    registry = registry_for(db, accounts)
+    registry = registry_for(db, accounts, late_rules)
     server, thread = start_http_server(port, addr=address, registry=registry)
     try:
         threading.Event().wait()

@@ -1,9 +1,9 @@
 """What `skysync status` reports: outbox counts, the oldest due row, the rows SkyHub's rate limit
-parked, the last runs, the orders waiting for the ERP; and for each SkyHub account its rows,
-its last batch and whether SkyHub refused its credentials, and the rows rejected because they
-name an account that is not configured. Of one account, or of every account (``account``
-None). Read-only queries, gathered into one plain dict, and that dict in words for a
-terminal."""
+parked, the last runs, the orders waiting for the ERP and those late (domain/late.py); and for
+each SkyHub account its rows, its last batch, its late orders and whether SkyHub refused its
+credentials, and the rows rejected because they name an account that is not configured. Of one
+account, or of every account (``account`` None). Read-only queries, gathered into one plain
+dict, and that dict in words for a terminal."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import DEFAULT_ACCOUNT, RowState
+from skysync.domain.late import LateRules
 from skysync.reporting.accounts import CREDENTIAL_RUNS, counts_text, run_dict
+from skysync.reporting.late import counts_dict, late_problems, span
 from skysync.skyhub.payloads import QUEUE_VISIBILITY_SECONDS
 from skysync.store import runs
+from skysync.store.late import LateCounts, late_counts, total
 from skysync.store.models import OutboxRow, RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox_reads import (
@@ -86,13 +89,16 @@ def collect_status(
     *,
     account: str | None = None,
     accounts: list[str] | None = None,
+    late_rules: LateRules | None = None,
 ) -> dict[str, Any]:
     """The status of ``account`` (None: of every account together), with a part for each of
-    ``accounts`` (default: ``account``, else the default account) under ``"accounts"``."""
+    ``accounts`` (default: ``account``, else the default account) under ``"accounts"``.
+    ``late_rules``: when an order counts as late (default: the settings' defaults)."""
     now = now or utcnow()
     parked, parked_until = parked_by_skyhub(session, now, account=account)
     inbox = inbox_counts(session, account=account)
     names = accounts if accounts is not None else [account or DEFAULT_ACCOUNT]
+    late = late_counts(session, now, late_rules or LateRules(), account=account)
     return {
         "account": account,
         "outbox": count_by_state(session, account=account),
@@ -116,14 +122,17 @@ def collect_status(
             "flagged": inbox.flagged,
             "unacknowledgeable": _unacknowledgeable_orders(session, now, account),
         },
-        "accounts": _accounts(session, names, now),
+        "late": counts_dict(total(late.values()), now),
+        "accounts": _accounts(session, names, now, late),
         "unconfigured_accounts": _unconfigured(session, account),
     }
 
 
-def _accounts(session: Session, names: list[str], now: datetime) -> dict[str, Any]:
+def _accounts(
+    session: Session, names: list[str], now: datetime, late: dict[str, LateCounts]
+) -> dict[str, Any]:
     """Each account's rows by state, its oldest due row, its last relay batch and order pull,
-    and whether SkyHub refused its credentials in either."""
+    whether SkyHub refused its credentials in either, and its late orders."""
     counts = count_by_account_and_state(session)
     found: dict[str, Any] = {}
     for name in names:
@@ -137,6 +146,7 @@ def _accounts(session: Session, names: list[str], now: datetime) -> dict[str, An
             "credentials_refused": any(
                 run is not None and runs.is_auth_stop(run["error"]) for run in last.values()
             ),
+            "late": counts_dict(late.get(name, LateCounts()), now),
         }
     return found
 
@@ -161,13 +171,16 @@ def health_problems(
     order_poll_interval: float,
     max_pending_age: float,
     now: datetime | None = None,
+    late_rules: LateRules | None = None,
 ) -> list[str]:
-    """Why an operator should look now (empty when healthy): what `skysync status` exits 1 on."""
+    """Why an operator should look now (empty when healthy): what `skysync status` exits 1 on.
+    ``late_rules``: those collect_status counted with (their thresholds are named)."""
     now = now or utcnow()
     return [
         *_held_and_parked(report, now, sync_interval),
         *_account_problems(report),
         *_order_problems(report),
+        *late_problems(report, late_rules or LateRules()),
         *_age_problems(report, max_pending_age),
         *_beat_problems(report, now, sync_interval, order_poll_interval),
     ]
@@ -282,6 +295,7 @@ def status_lines(report: dict[str, Any], *, database: str) -> list[str]:
     lines.append(
         f"orders waiting for the ERP: {orders['unconsumed']} ({orders['flagged']} flagged)"
     )
+    lines.append(f"late: {_late_text(report['late'])}")
     lines.extend(_reconcile_lines(report["last_reconcile"]))
     errors = report["sync_errors"]
     lines.append(
@@ -310,8 +324,23 @@ def _account_lines(accounts: dict[str, Any]) -> list[str]:
         )
         if part["credentials_refused"]:
             line += "; STOPPED: SkyHub refused its credentials, its rows wait"
+        if any(part["late"][reason] for reason in ("ship", "invoice", "inbox")):
+            line += f"; late: {_late_text(part['late'])}"
         lines.append(line)
     return lines
+
+
+def _late_text(late: dict[str, Any]) -> str:
+    """``2 to ship (1 past the expedition limit), 0 not invoiced, 1 inbox row(s) not consumed;
+    the oldest unconsumed inbox row 45 min old``."""
+    text = (
+        f"{late['ship']} to ship ({late['ship_past_limit']} past the expedition limit), "
+        f"{late['invoice']} not invoiced, {late['inbox']} inbox row(s) not consumed"
+    )
+    age = late["oldest_unconsumed_age_s"]
+    if age is not None:
+        text += f"; the oldest unconsumed inbox row {span(timedelta(seconds=age))} old"
+    return text
 
 
 def _reconcile_lines(rec: dict[str, Any] | None) -> list[str]:

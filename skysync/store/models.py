@@ -307,6 +307,10 @@ class Order(Base):
     expedition_limit_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     estimated_delivery_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
+    __table_args__ = (  # the orders still open, for `skysync orders late` (migration 0013)
+        sa.Index("ix_skysync_order_status_limit", "status", "account", "expedition_limit_at"),
+    )
+
 
 class OrderLine(Base):
     """The units of one SKU an order holds (its items of that SKU summed), from the order as

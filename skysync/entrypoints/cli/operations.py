@@ -64,21 +64,24 @@ def check_config(ctx: Context) -> None:
 @account_option(every=True)
 @pass_ctx
 def status(ctx: Context, as_json: bool, max_pending_age: float | None, account: str | None) -> None:
-    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP,
-    and each SkyHub account's rows, last batch and credentials: of every account, or of
-    --account only.
+    """Outbox rows by state, the oldest due row, the last runs, orders waiting for the ERP and
+    those late, and each SkyHub account's rows, last batch, late orders and credentials: of
+    every account, or of --account only.
 
     Exits 1 when something needs an operator: the oldest due row is older than
     --max-pending-age, SkyHub's rate limit (a long Retry-After) parked rows past the next
     batch, SkyHub refused an account's credentials in its last batch or pull (the problem
-    names the account), rows name an account that is not configured, or no batch ran for two
-    intervals (beat is down). Cron or a monitor can alert on that."""
+    names the account), rows name an account that is not configured, no batch ran for two
+    intervals (beat is down), or orders are late (to ship, to invoice, or waiting for the ERP
+    to consume them: `skysync orders late` lists them). Cron or a monitor can alert on that."""
     from skysync.reporting.status import collect_status, health_problems, status_lines
 
     settings = ctx.settings
     names = [account] if account else ctx.accounts.names()
     with ctx.db.scope(readonly=True) as session:
-        report = collect_status(session, account=account, accounts=names)
+        report = collect_status(
+            session, account=account, accounts=names, late_rules=settings.late_rules
+        )
     problems = health_problems(
         report,
         sync_interval=settings.sync_interval,
@@ -86,6 +89,7 @@ def status(ctx: Context, as_json: bool, max_pending_age: float | None, account: 
         max_pending_age=max_pending_age
         if max_pending_age is not None
         else 2 * settings.sync_interval,
+        late_rules=settings.late_rules,
     )
     report["healthy"] = not problems
     report["problems"] = problems
@@ -161,9 +165,10 @@ def flower(click_ctx: click.Context, port: int, address: str) -> None:
 )
 @pass_ctx
 def metrics(ctx: Context, port: int, address: str) -> None:
-    """Serve Prometheus metrics about the outbox, SkyHub requests and orders at /metrics, each
-    with an ``account`` label: one value per configured account (the accounts file is read
-    again when it changes), rows of any other account under "(unconfigured)"."""
+    """Serve Prometheus metrics about the outbox, SkyHub requests and orders (late ones
+    included, by SKYSYNC_LATE_*) at /metrics, each with an ``account`` label: one value per
+    configured account (the accounts file is read again when it changes), rows of any other
+    account under "(unconfigured)"."""
     from skysync.accounts import AccountRegistry
     from skysync.reporting.metrics import serve
 
@@ -172,7 +177,13 @@ def metrics(ctx: Context, port: int, address: str) -> None:
     registry = AccountRegistry(settings)  # re-read when the file changes: labels follow it
     click.echo(f"serving metrics on http://{address}:{port}/metrics", err=True)
     stop_on_sigterm()
-    serve(ctx.db, port, address, accounts=lambda: registry.current().names())
+    serve(
+        ctx.db,
+        port,
+        address,
+        accounts=lambda: registry.current().names(),
+        late_rules=settings.late_rules,
+    )
 
 
 def erp_role_sql(role: str) -> str:

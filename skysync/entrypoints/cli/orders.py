@@ -1,6 +1,6 @@
-"""`skysync orders ...`: SkyHub's order queue pulled into the inbox, and the orders known. An
-order is its account's: pull and show act on ``--account`` (default ``default``), list shows
-every account's orders without it."""
+"""`skysync orders ...`: SkyHub's order queue pulled into the inbox, the orders known, and those
+late. An order is its account's: pull and show act on ``--account`` (default ``default``), list
+and late show every account's orders without it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from skysync.entrypoints.cli.common import Context, account_option, echo_json, p
 
 @click.group()
 def orders() -> None:
-    """Orders from SkyHub's queue, and the status steps sent back."""
+    """Orders from SkyHub's queue, the status steps sent back, and what is late."""
 
 
 @orders.command("pull")
@@ -103,3 +103,38 @@ def orders_show(ctx: Context, code: str, as_json: bool, account: str) -> None:
     click.echo("  steps sent back:")
     for r in data["steps"]:
         click.echo(f"    {r['id']:>8} {r['kind']:<26} {r['state']:<10} {r['reason'] or ''}")
+
+
+@orders.command("late")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--limit",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="The most lines of each reason (the counts are always complete).",
+)
+@account_option(every=True)
+@pass_ctx
+def orders_late(ctx: Context, as_json: bool, limit: int, account: str | None) -> None:
+    """Orders late to ship or to invoice, and orders the ERP has not read in time.
+
+    One line each, with the order code, its account, its status and how late: orders paid and
+    not shipped whose expedition limit has passed (LATE TO SHIP) or is within
+    SKYSYNC_LATE_SHIP_MARGIN_HOURS (DUE TO SHIP), approved orders not invoiced after
+    SKYSYNC_LATE_INVOICE_HOURS (NOT INVOICED), and inbox rows the ERP has not consumed after
+    SKYSYNC_LATE_INBOX_MINUTES (NOT CONSUMED); times in Brasília time.
+
+    Exits 0 when nothing is late, 1 otherwise: cron or a monitor can run it."""
+    from skysync.reporting.late import collect_late, late_lines
+
+    rules = ctx.settings.late_rules
+    with ctx.db.scope(readonly=True) as session:
+        report = collect_late(session, rules, account=account, limit=limit)
+    if as_json:
+        echo_json(report)
+    else:
+        for line in late_lines(report, rules):
+            click.echo(line)
+    if report["late"]:
+        sys.exit(1)
