@@ -123,6 +123,28 @@ def _sequences(conn: sa.Connection) -> list[str]:
     return list(conn.exec_driver_sql(query).scalars())
 
 
+def fresh_database_fixture(prefix: str) -> Any:
+    """A fixture ``fresh_url``: a brand-new, empty database (no migrations applied), SQLite
+    and PostgreSQL (created with ``prefix``, dropped afterwards), for the migrations' tests.
+    A module says ``fresh_url = fresh_database_fixture("skysync_migr")``."""
+
+    @pytest.fixture(name="fresh_url", params=["sqlite", "postgresql"])
+    def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+        from skysync.store.db import dispose_engines
+
+        if request.param == "sqlite":
+            yield f"sqlite:///{tmp_path / 'fresh.db'}"
+            dispose_engines()
+        else:
+            url = create_pg_database(prefix)
+            try:
+                yield url
+            finally:
+                drop_pg_database(url)
+
+    return fresh
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """A migrated, empty database: each test using it runs once on SQLite, once on PostgreSQL."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import create_pg_database, drop_pg_database, empty_tables
+from conftest import empty_tables, fresh_database_fixture
 from relay_helpers import rows, settings_for
 
 from skysync import bootstrap
@@ -25,7 +25,7 @@ from skysync.emulator import Sandbox
 from skysync.relay import Relay, drain
 from skysync.relay.handout import Handout
 from skysync.store import chunks, runs, settle
-from skysync.store.db import dispose_engines, downgrade, get_engine, migrate, session_scope
+from skysync.store.db import downgrade, get_engine, migrate, session_scope
 from skysync.store.models import Item, utcnow
 
 SUL, NORTE = "loja-sul", "loja-norte"
@@ -277,17 +277,7 @@ def test_an_account_added_to_the_file_is_served_without_a_restart(
         bootstrap.reset()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'single.db'}"
-        dispose_engines()
-    else:
-        url = create_pg_database("skysync_acc_migr")
-        try:
-            yield url
-        finally:
-            drop_pg_database(url)
+fresh_url = fresh_database_fixture("skysync_acc_migr")
 
 
 SINGLE_ACCOUNT_DATA = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,9 +14,8 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from conftest import (
     TABLES,
-    create_pg_database,
-    drop_pg_database,
     empty_tables,
+    fresh_database_fixture,
     migrated_pg_database,
 )
 
@@ -25,7 +23,6 @@ from skysync.entrypoints.cli import erp_role_sql
 from skysync.store.db import (
     alembic_config,
     current_revision,
-    dispose_engines,
     downgrade,
     get_engine,
     migrate,
@@ -39,18 +36,7 @@ def _tables(url: str) -> set[str]:
     return set(sa.inspect(get_engine(url)).get_table_names())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A brand-new, empty database (no migrations applied)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        dispose_engines()
-    else:
-        url = create_pg_database("skysync_migr")
-        try:
-            yield url
-        finally:
-            drop_pg_database(url)
+fresh_url = fresh_database_fixture("skysync_migr")
 
 
 @pytest.mark.slow

@@ -8,14 +8,11 @@ variation's SKU, a cancellation before the ERP consumed the order."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import SandboxAdmin, create_pg_database, drop_pg_database
+from conftest import SandboxAdmin, fresh_database_fixture
 from prometheus_client import generate_latest
 from relay_helpers import (
     acknowledged,
@@ -36,7 +33,7 @@ from skysync.relay.reconcile import reconcile
 from skysync.relay.relay import Relay
 from skysync.reporting.metrics import registry_for
 from skysync.store import outbox_reads
-from skysync.store.db import Database, dispose_engines, get_engine, migrate, session_scope
+from skysync.store.db import Database, get_engine, migrate, session_scope
 from skysync.store.models import Order, OutboxRow
 
 RESERVE = {"reserve_open_orders": True}
@@ -384,17 +381,7 @@ def test_the_erps_newest_quantity_follows_the_claims_order_not_the_ids(db_url: s
 # -- the migration ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'reserve.db'}"
-        dispose_engines()
-    else:
-        url = create_pg_database("skysync_res_migr")
-        try:
-            yield url
-        finally:
-            drop_pg_database(url)
+fresh_url = fresh_database_fixture("skysync_res_migr")
 
 
 def test_the_migration_gives_orders_already_pulled_their_lines_and_dates(fresh_url: str) -> None:
