@@ -55,7 +55,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0012"
+    assert HEAD == "0014"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 

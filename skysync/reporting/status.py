@@ -7,6 +7,7 @@ terminal."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,10 +21,10 @@ from skysync.store import runs
 from skysync.store.models import OutboxRow, RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox_reads import (
-    count_by_account_and_state,
-    count_by_state,
+    count_by_account_state_and_kind,
     oldest_pending,
     parked_by_skyhub,
+    states_of,
 )
 from skysync.store.sync_errors import open_counts
 
@@ -86,16 +87,21 @@ def collect_status(
     *,
     account: str | None = None,
     accounts: list[str] | None = None,
+    counts: Mapping[tuple[str, str, str], int] | None = None,
 ) -> dict[str, Any]:
     """The status of ``account`` (None: of every account together), with a part for each of
-    ``accounts`` (default: ``account``, else the default account) under ``"accounts"``."""
+    ``accounts`` (default: ``account``, else the default account) under ``"accounts"``.
+    ``counts``: the outbox's rows per (account, state, kind) when the caller read them already
+    (count_by_account_state_and_kind); else they are read here, in one scan for every figure."""
     now = now or utcnow()
+    if counts is None:
+        counts = count_by_account_state_and_kind(session)
     parked, parked_until = parked_by_skyhub(session, now, account=account)
     inbox = inbox_counts(session, account=account)
     names = accounts if accounts is not None else [account or DEFAULT_ACCOUNT]
     return {
         "account": account,
-        "outbox": count_by_state(session, account=account),
+        "outbox": states_of(counts, account),
         "oldest_pending_age_s": _age(
             now, oldest_pending(session, due_only=True, now=now, account=account)
         ),
@@ -116,20 +122,21 @@ def collect_status(
             "flagged": inbox.flagged,
             "unacknowledgeable": _unacknowledgeable_orders(session, now, account),
         },
-        "accounts": _accounts(session, names, now),
+        "accounts": _accounts(session, names, now, counts),
         "unconfigured_accounts": _unconfigured(session, account),
     }
 
 
-def _accounts(session: Session, names: list[str], now: datetime) -> dict[str, Any]:
+def _accounts(
+    session: Session, names: list[str], now: datetime, counts: Mapping[tuple[str, str, str], int]
+) -> dict[str, Any]:
     """Each account's rows by state, its oldest due row, its last relay batch and order pull,
     and whether SkyHub refused its credentials in either."""
-    counts = count_by_account_and_state(session)
     found: dict[str, Any] = {}
     for name in names:
         last = {key: _last_run(session, kind, name) for kind, key in _RUN_KEYS.items()}
         found[name] = {
-            "outbox": counts.get(name, dict.fromkeys(RowState, 0)),
+            "outbox": states_of(counts, name),
             "oldest_pending_age_s": _age(
                 now, oldest_pending(session, due_only=True, now=now, account=name)
             ),
