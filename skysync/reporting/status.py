@@ -103,10 +103,10 @@ def collect_status(
         "account": account,
         "outbox": states_of(counts, account),
         "oldest_pending_age_s": _age(
-            now, oldest_pending(session, due_only=True, now=now, account=account)
+            now, _oldest_pending(session, counts, due_only=True, now=now, account=account)
         ),
         "oldest_pending_any_age_s": _age(
-            now, oldest_pending(session, due_only=False, account=account)
+            now, _oldest_pending(session, counts, due_only=False, now=now, account=account)
         ),
         "parked_by_skyhub": {
             "rows": parked,
@@ -125,6 +125,26 @@ def collect_status(
         "accounts": _accounts(session, names, now, counts),
         "unconfigured_accounts": _unconfigured(session, account),
     }
+
+
+def _oldest_pending(
+    session: Session,
+    counts: Mapping[tuple[str, str, str], int],
+    *,
+    due_only: bool,
+    now: datetime,
+    account: str | None,
+) -> datetime | None:
+    """The oldest pending row's created_at, of ``account`` or of every account: then the
+    oldest of each account that has pending rows (``counts`` says which), each found at the
+    head of its (state, account, id) index. Asked of every account at once, PostgreSQL walked
+    the primary key from the oldest row looking for a pending one: 250 ms on a 1,000,000-row
+    outbox whose pending rows are its newest, as they usually are."""
+    if account is not None:
+        return oldest_pending(session, due_only=due_only, now=now, account=account)
+    pending = sorted({a for (a, state, _kind), n in counts.items() if state == "pending" and n})
+    found = [oldest_pending(session, due_only=due_only, now=now, account=a) for a in pending]
+    return min((when for when in found if when is not None), default=None)
 
 
 def _accounts(
