@@ -4,6 +4,7 @@ database (migrate, erp-role)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import textwrap
@@ -202,9 +203,13 @@ def console(ctx: Context, host: str, port: int) -> None:
     import uvicorn
 
     click.echo(f"serving the console on http://{host}:{port}/", err=True)
-    # log_config=None: uvicorn's lines go through skysync's logging (its secret masking, JSON
-    # off a terminal); uvicorn stops cleanly on SIGTERM by itself.
-    uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
+    # uvicorn shuts down gracefully on SIGTERM (`docker stop`) or Ctrl-C, then raises the signal
+    # again for the handler it found: ours turns it into KeyboardInterrupt, so the process
+    # exits 0 instead of dying by the signal. log_config=None: uvicorn's lines go through
+    # skysync's logging (its secret masking, JSON off a terminal).
+    stop_on_sigterm()
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
 
 
 def erp_role_sql(role: str) -> str:
