@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml setup.py
 run: $(STAMP)
 	$(BIN)/skysync run --demo
 
-## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable)
+## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable);
+## the console's browser tests need Debian's chromium and chromium-driver, installed first when
+## they are missing (.ci/ensure-browser: as root, or with sudo)
 test: $(STAMP)
+	bash .ci/ensure-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-fast: the developer's loop (under a minute): the same suite without the tiers marked
@@ -39,7 +42,8 @@ lint: $(STAMP)
 
 ## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness,
 ## reconciliation, several accounts through two workers
-## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)
+## with the fast lane on and off, reconciliation, the console's pages on a 1,000,000-row outbox
+## (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
 	$(BIN)/python -m bench.relay_throughput --rows 600 --batch-size 100
@@ -51,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.freshness
 	$(BIN)/python -m bench.reconcile
 	$(BIN)/python -m bench.accounts
+	$(BIN)/python -m bench.console
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
