@@ -5,16 +5,16 @@ data ``bench/console.py`` times the console's pages on (and the README's screens
 
 * ``rows`` outbox rows (1,000,000 by default) written over the last 30 days, ids in the order of
   ``created_at``; 80 % of account ``default``, 20 % of ``loja-sul``; kinds 55 % stock, 30 % price,
-  10 % product, 5 % order steps; over 20,000 SKUs and 5,000 orders. The newest 1 % are pending
-  or in flight (what the next batches take); the others ended ``sent`` (80 %), ``superseded``
-  (14.6 %) or in trouble: ``rejected`` 1.4 %, ``dead`` 0.5 %, ``withheld`` 1 %, ``held`` 0.5 %,
-  each with a reason as the relay writes them (about 34,000 rows in trouble).
+  10 % product, 5 % order steps; over 20,000 SKUs and 5,000 orders. The newest 500 are pending
+  or in flight (what the next batch takes); the others ended ``sent`` (83.5 %), ``superseded``
+  (14.6 %) or in trouble: ``rejected`` 1 %, ``dead`` 0.3 %, ``withheld`` 0.6 %, ``held``
+  0.05 %, each with a reason as the relay writes them (about 19,500 rows in trouble).
 * the items of those SKUs (what SkyHub acknowledged), a few frozen;
 * 5,000 orders per account with their inbox rows (300 not consumed yet) and lines;
 * (the rows' times follow days and nights: most are written in the afternoon)
-* the run log of a month: a relay batch every 15 minutes and an order pull every minute per
-  account, a daily reconciliation (the last with drift, orphans and missing SKUs) and an
-  hourly pull of SkyHub's errors;
+* the run log of a month: a relay batch every 15 minutes, an order pull every minute and a pull
+  of SkyHub's errors every hour per account, a daily reconciliation (the last with drift,
+  orphans and missing SKUs) and a few operators' actions in the console;
 * 300 of SkyHub's own errors about products.
 
 Every INSERT is one statement over ``generate_series``: 1,000,000 rows take about a minute here.
@@ -84,13 +84,13 @@ FROM (
              WHEN (g * 7919) % 1000 < 950 THEN 'product'
              ELSE (ARRAY['order_invoice', 'order_shipment', 'order_delivery', 'order_cancel',
                          'order_shipment_exception'])[(1 + g % 5)::int] END AS kind,
-        CASE WHEN g > :rows * 0.99 THEN
+        CASE WHEN g > :rows * 0.9995 THEN
                 CASE WHEN g % 5 = 0 THEN 'in_flight' ELSE 'pending' END
-             WHEN (g * 40503) % 1000 < 14 THEN 'rejected'
-             WHEN (g * 40503) % 1000 < 19 THEN 'dead'
-             WHEN (g * 40503) % 1000 < 29 THEN 'withheld'
-             WHEN (g * 40503) % 1000 < 34 THEN 'held'
-             WHEN (g * 40503) % 1000 < 180 THEN 'superseded'
+             WHEN (g * 40503) % 10000 < 100 THEN 'rejected'
+             WHEN (g * 40503) % 10000 < 130 THEN 'dead'
+             WHEN (g * 40503) % 10000 < 190 THEN 'withheld'
+             WHEN (g * 40503) % 10000 < 195 THEN 'held'
+             WHEN (g * 40503) % 10000 < 1650 THEN 'superseded'
              ELSE 'sent' END AS state
     FROM generate_series(1, CAST(:rows AS bigint)) g,
         LATERAL (SELECT g::float8 / :rows * :days * 86400 AS x) AS t
@@ -149,12 +149,14 @@ SELECT a, k, t, t + interval '2 seconds',
                 'rejected', 4, 'more_due', false,
                 'delivery', jsonb_build_object('keys', 120, 'sent', 118, 'withheld', 1,
                                                'rejected', 1, 'auth_failed', false))
-           ELSE jsonb_build_object('received', extract(epoch FROM t)::int % 3,
-                                   'stored', extract(epoch FROM t)::int % 3) END,
+           WHEN 'pull_orders' THEN jsonb_build_object('received', extract(epoch FROM t)::int % 3,
+                                                      'stored', extract(epoch FROM t)::int % 3)
+           ELSE jsonb_build_object('listed', jsonb_build_object('products', 150, 'orders', 0),
+                                   'new', extract(epoch FROM t)::int % 2, 'resolved', 0) END,
     NULL
 FROM unnest(CAST(:accounts AS text[])) a,
-    LATERAL (VALUES ('relay', interval '15 minutes'),
-                    ('pull_orders', interval '1 minute')) v(k, step),
+    LATERAL (VALUES ('relay', interval '15 minutes'), ('pull_orders', interval '1 minute'),
+                    ('pull_sync_errors', interval '1 hour')) v(k, step),
     LATERAL generate_series(now() - interval '1 day' * :days, now(), step) t
 """
 
@@ -167,6 +169,13 @@ SELECT 'default', 'products', 'SKU-' || lpad(((e * 61) % :skus)::text, 5, '0'), 
     now() - interval '1 hour' * e, now() - interval '1 hour'
 FROM generate_series(1, 300) e
 """
+
+
+_CONSOLE_ACTIONS = (
+    (2.5, "ana", "requeued 214 rows (account default, state dead, kind stock)"),
+    (26, "rui", "released 1 row (account default, row 912004): it goes out with the next batch"),
+    (50, "ana", "asked SkyHub to ignore 3 errors: 12, 14, 15"),
+)
 
 
 def _reconcile_summary(drift: int) -> dict[str, Any]:
@@ -244,6 +253,15 @@ def fill(db_url: str, rows: int = 1_000_000) -> dict[str, float]:
                     "minutes', CAST(:s AS jsonb))"
                 ),
                 {"d": day, "s": json.dumps(_reconcile_summary(37 if day == 0 else 3))},
+            )
+        for hours, user, message in _CONSOLE_ACTIONS:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO skysync_run (account, kind, started_at, finished_at, summary) "
+                    "VALUES ('default', 'console_action', now() - interval '1 hour' * :h, "
+                    "now() - interval '1 hour' * :h, CAST(:s AS jsonb))"
+                ),
+                {"h": hours, "s": json.dumps({"user": user, "message": message})},
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE"))

@@ -12,6 +12,11 @@ is about, so neither the ERP's INSERT nor the relay's UPDATE to most states pays
 
 Building them on an outbox of 1,000,000 rows took 0.15 s and 0.7 s on PostgreSQL here.
 
+And ``ix_skysync_run_kind_started_at`` (kind, started_at) on the run log: the newest run of a
+kind of any account (`skysync status` without ``--account``, the console's overview) was a sort
+of every run of that kind (an order pull a minute per account: 90,000 rows in two accounts'
+month, 21 ms, four of them per status); now the end of an index.
+
 (Numbered 0014 after the 0013 of another branch: its ``down_revision`` is the chain's head
 when the two meet.)
 
@@ -51,6 +56,10 @@ def upgrade() -> None:
     )
 
 
+    op.create_index("ix_skysync_run_kind_started_at", "skysync_run", ["kind", "started_at"])
+
+
 def downgrade() -> None:
+    op.drop_index("ix_skysync_run_kind_started_at", table_name="skysync_run")
     op.drop_index("ix_skysync_outbox_sent_at", table_name="skysync_outbox")
     op.drop_index("ix_skysync_outbox_trouble", table_name="skysync_outbox")

@@ -360,6 +360,8 @@ class RunLog(Base):
 
     __table_args__ = (
         sa.Index("ix_skysync_run_kind_started", "account", "kind", "started_at"),
+        # the newest run of a kind of any account (status of every account; migration 0014)
+        sa.Index("ix_skysync_run_kind_started_at", "kind", "started_at"),
         sa.Index("ix_skysync_run_claim_token", "claim_token"),
         {"sqlite_autoincrement": True},
     )
