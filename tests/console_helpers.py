@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 import uvicorn
-from relay_helpers import behind_the_back, insert, make_client, relay_for, row
+from relay_helpers import behind_the_back, insert, make_client, notice, relay_for, row
 
 import skysync.config
 from skysync.emulator import Sandbox
@@ -115,18 +114,6 @@ def _end_as(db_url: str, ids: list[int], state: str, reason: str, attempts: int 
         )
 
 
-def notice(sb: Sandbox, entity_type: str, entity_id: str, code: str) -> None:
-    body = {
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        "error_category_code": "link_b2w_products" if entity_type == "products" else "sync",
-        "error_code": code,
-        "message": f"Marketplace recusou: {code}",
-    }
-    answer = httpx.post(f"{sb.base_url}/_sandbox/sync_errors", json=body, timeout=5)
-    assert answer.status_code == 201, answer.text
-
-
 def seed(db_url: str, sb: Sandbox, *, dead: int = 3) -> Story:
     """A day of skysync on ``db_url`` against ``sb``."""
     skus = ["CANECA-AZUL", "PRATO-FUNDO", "TACA-VINHO"]
@@ -141,8 +128,8 @@ def seed(db_url: str, sb: Sandbox, *, dead: int = 3) -> Story:
         assert row(db_url, held).state == "held", row(db_url, held)
         assert row(db_url, rejected).state == "rejected", row(db_url, rejected)
 
-        notice(sb, "products", "TACA-VINHO", "ean_null")
-        notice(sb, "products", "CANECA-AZUL", "bad_image")
+        for sku, code in (("TACA-VINHO", "ean_null"), ("CANECA-AZUL", "bad_image")):
+            notice(sb, "products", sku, code, message=f"Marketplace recusou: {code}")
         pull_sync_errors(relay.deps)
 
         sb.seed_order({"code": ORDER_CODE, "status": "payment_received"})

@@ -35,6 +35,8 @@ from relay_helpers import insert, requests, row
 from skysync.config import ConfigError, load_settings
 from skysync.console.app import NoUsers, create_app
 from skysync.console.auth import TOKEN_LIFETIME, Csrf, User, Users
+from skysync.domain.kinds import RowState
+from skysync.domain.selection import RELEASABLE, REQUEUEABLE, RowSelection
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.store.db import session_scope
@@ -201,6 +203,25 @@ def test_bad_input_is_a_400_that_names_the_parameter(client: httpx.Client, story
         page = client.get(path, auth=OPERATOR)
         assert page.status_code == 400, path
         assert says in html.unescape(page.text), (path, page.text)
+
+
+def test_a_selection_says_what_it_holds_and_what_an_action_may_take() -> None:
+    chosen = RowSelection(account="default", states=(RowState.DEAD,), kind="stock", ref="S-1")
+    assert chosen.describe() == "account default, state dead, kind stock, ref S-1"
+    assert chosen.for_action(RELEASABLE) is None  # release never takes a dead row
+    every = RowSelection(account="loja-sul")
+    taken = every.for_action(REQUEUEABLE)
+    assert taken is not None and set(taken.states) == set(REQUEUEABLE)
+    assert every.up_to(None).upto == 0  # nothing was counted: nothing is touched
+    assert "rows 1, 2" in RowSelection(account="default", ids=(1, 2)).describe()
+    with pytest.raises(ValueError, match="states must be some of"):
+        RowSelection(account="default", states=(RowState.SENT,))
+
+
+def test_unknown_routes_and_methods(client: httpx.Client) -> None:
+    assert client.get("/nowhere", auth=VIEWER).status_code == 404
+    assert post(client, "/trouble/delete", OPERATOR, {}).status_code == 404
+    assert client.get("/trouble/requeue", auth=OPERATOR).status_code == 405
 
 
 # -- authentication, roles, CSRF -------------------------------------------------------------

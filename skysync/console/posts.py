@@ -13,16 +13,18 @@ trigger)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from skysync.console import actions, forms
-from skysync.console.context import console_of, render, user_of
+from skysync.console.auth import User
+from skysync.console.context import Console, console_of, render, user_of
 from skysync.console.pages import doctor
 from skysync.reporting import reconcile as reconcile_view
 
@@ -44,6 +46,32 @@ def _refused(request: Request, form: FormData, *, changes: bool) -> Response | N
     if reason is None:
         return None
     return render(request, "refused.html", reason=reason, status_code=403)
+
+
+@dataclass(frozen=True)
+class _Post:
+    """An accepted POST: its form, who sent it, for which account, where to go back."""
+
+    form: FormData
+    console: Console
+    user: User
+    account: str
+    back: str
+
+    @property
+    def confirmed(self) -> bool:
+        return self.form.get("confirm") == "yes"
+
+
+async def _accepted(request: Request, *, changes: bool, back: str) -> _Post | Response:
+    """The POST's form if its user may send it (``changes``: operators only) with their own
+    token; else the 403 page to answer with."""
+    form = await request.form()
+    refused = _refused(request, form, changes=changes)
+    if refused is not None:
+        return refused
+    console = console_of(request)
+    return _Post(form, console, user_of(request), console.account(form), forms.back_to(form, back))
 
 
 def _done(back: str, done: actions.Done) -> Response:
@@ -76,13 +104,13 @@ def _confirm(
 async def row_action(request: Request) -> Response:
     """Requeue (dead, rejected, withheld) or release (held) rows in trouble: one row
     (``row``), the checked ones (``scope=checked``, ``id``...) or the filter's."""
-    action = actions.ROW_ACTIONS[request.path_params["action"]]
-    form = await request.form()
-    refused = _refused(request, form, changes=True)
-    if refused is not None:
-        return refused
-    console, user = console_of(request), user_of(request)
-    account = console.account(form)
+    action = actions.ROW_ACTIONS.get(request.path_params["action"])
+    if action is None:
+        raise HTTPException(404, f"no action {request.path_params['action']!r} on rows")
+    post = await _accepted(request, changes=True, back="/trouble")
+    if isinstance(post, Response):
+        return post
+    form, account = post.form, post.account
     chosen = forms.selection(form, account)
     one = forms.row_id(form, "row")
     fields: list[tuple[str, Any]] = list(forms.filter_params(chosen).items())
@@ -95,39 +123,36 @@ async def row_action(request: Request) -> Response:
             raise forms.BadInput("id: check at least one row, or act on every row that matches")
         chosen = replace(chosen, ids=tuple(ids))
         fields += [("scope", "checked"), *(("id", i) for i in ids)]
-    back = forms.back_to(form, "/trouble")
-    if form.get("confirm") != "yes":
-        preview = await run_in_threadpool(actions.preview_rows, console.db, action, chosen)
+    db = post.console.db
+    if not post.confirmed:
+        preview = await run_in_threadpool(actions.preview_rows, db, action, chosen)
         fields.append(("upto", preview.upto))
-        return _confirm(request, preview, account=account, fields=fields, back=back)
+        return _confirm(request, preview, account=account, fields=fields, back=post.back)
     bounded = chosen.up_to(forms.row_id(form, "upto"))
     done = await run_in_threadpool(
-        actions.run_rows, console.db, action, bounded, user, clock=console.clock
+        actions.run_rows, db, action, bounded, post.user, clock=post.console.clock
     )
-    return _done(back, done)
+    return _done(post.back, done)
 
 
 async def ignore_errors(request: Request) -> Response:
     """Ask SkyHub to ignore its errors: one (``error_row``), the checked ones
     (``scope=checked``, ``error``...) or every open one of the filter's ref and account."""
-    form = await request.form()
-    refused = _refused(request, form, changes=True)
-    if refused is not None:
-        return refused
-    console, user = console_of(request), user_of(request)
-    account = console.account(form)
-    back = forms.back_to(form, "/trouble")
-    if form.get("confirm") == "yes":
+    post = await _accepted(request, changes=True, back="/trouble")
+    if isinstance(post, Response):
+        return post
+    form, console, account = post.form, post.console, post.account
+    if post.confirmed:
         done = await run_in_threadpool(
             actions.run_ignore,
             console.settings,
             console.db,
             console.accounts[account],
             forms.row_ids(form, "ids"),
-            user,
+            post.user,
             clock=console.clock,
         )
-        return _done(back, done)
+        return _done(post.back, done)
     one = forms.row_id(form, "error_row")
     ids: list[int] | None = None
     if one is not None:
@@ -141,19 +166,16 @@ async def ignore_errors(request: Request) -> Response:
         actions.preview_ignore, console.db, account, ids=ids, entity_id=ref
     )
     fields = [("ids", i) for i in preview.ids]
-    return _confirm(request, preview, account=account, fields=fields, back=back)
+    return _confirm(request, preview, account=account, fields=fields, back=post.back)
 
 
 async def repair(request: Request) -> Response:
     """Reconcile the account with repair (as `skysync reconcile --repair`)."""
-    form = await request.form()
-    refused = _refused(request, form, changes=True)
-    if refused is not None:
-        return refused
-    console, user = console_of(request), user_of(request)
-    account = console.account(form)
-    back = forms.back_to(form, "/reconcile")
-    if form.get("confirm") != "yes":
+    post = await _accepted(request, changes=True, back="/reconcile")
+    if isinstance(post, Response):
+        return post
+    console, account = post.console, post.account
+    if not post.confirmed:
 
         def preview() -> actions.Preview:
             with console.db.scope(readonly=True) as session:
@@ -161,16 +183,16 @@ async def repair(request: Request) -> Response:
             return actions.preview_repair(last, account)
 
         shown = await run_in_threadpool(preview)
-        return _confirm(request, shown, account=account, fields=[], back=back)
+        return _confirm(request, shown, account=account, fields=[], back=post.back)
     done = await run_in_threadpool(
         actions.run_repair,
         console.settings,
         console.db,
         console.accounts[account],
-        user,
+        post.user,
         clock=console.clock,
     )
-    return _done(back, done)
+    return _done(post.back, done)
 
 
 async def read_from_skyhub(request: Request) -> Response:
@@ -179,13 +201,11 @@ async def read_from_skyhub(request: Request) -> Response:
     from skysync.bootstrap import NoSkyHubTarget, build_relay
     from skysync.relay.reconcile import read_now
 
-    form = await request.form()
-    refused = _refused(request, form, changes=False)
-    if refused is not None:
-        return refused
-    console = console_of(request)
-    account = console.account(form)
-    sku = forms.text(form, "sku")
+    post = await _accepted(request, changes=False, back="/sku")
+    if isinstance(post, Response):
+        return post
+    console, account = post.console, post.account
+    sku = forms.text(post.form, "sku")
     if sku is None:
         raise forms.BadInput("sku: which SKU to read from SkyHub")
 
