@@ -55,7 +55,6 @@ def upgrade() -> None:
         sqlite_where=sa.text(SENT),
     )
 
-
     op.create_index("ix_skysync_run_kind_started_at", "skysync_run", ["kind", "started_at"])
 
 
