@@ -20,8 +20,11 @@ run: $(STAMP)
 	$(BIN)/skysync run --demo
 
 ## test: the whole suite, on SQLite and on PostgreSQL (PostgreSQL and Redis must be reachable);
-## promtool first, for the alerting rules' tests
+## promtool first, for the alerting rules' tests, and Debian's chromium and chromium-driver for
+## the console's browser tests, each installed when missing (.ci/install-promtool,
+## .ci/ensure-browser: as root, or with sudo)
 test: $(STAMP) promtool
+	bash .ci/ensure-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## promtool: install Debian's prometheus package when promtool is not on PATH (root or sudo;
@@ -46,7 +49,8 @@ lint: $(STAMP)
 
 ## bench: relay throughput through a real Celery worker, limiter accuracy, backlog drain, freshness,
 ## reconciliation, several accounts through two workers
-## with the fast lane on and off, reconciliation (needs PostgreSQL, Redis)
+## with the fast lane on and off, reconciliation, the console's pages on a 1,000,000-row outbox
+## (needs PostgreSQL, Redis)
 bench: $(STAMP)
 	$(BIN)/python -m bench.relay_throughput
 	$(BIN)/python -m bench.relay_throughput --rows 600 --batch-size 100
@@ -58,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.freshness
 	$(BIN)/python -m bench.reconcile
 	$(BIN)/python -m bench.accounts
+	$(BIN)/python -m bench.console
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

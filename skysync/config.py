@@ -24,7 +24,20 @@ DEFAULT_SQLITE_FILE = "skysync.db"
 DEFAULT_SKYHUB_URL = "https://api.skyhub.com.br"
 DEFAULT_REQUEST_DEADLINE = 30.0  # seconds (SKYSYNC_SKYHUB_REQUEST_DEADLINE unset)
 
-_SECRET_FIELDS = frozenset({"skyhub_api_key", "skyhub_account_key", "flower_basic_auth"})
+_SECRET_FIELDS = frozenset(
+    {
+        "skyhub_api_key",
+        "skyhub_account_key",
+        "flower_basic_auth",
+        "console_viewers",
+        "console_operators",
+    }
+)
+# The secrets that hold "user:password" (the console's: several, comma-separated): only the
+# passwords are held to the placeholder check.
+_USER_PASSWORD_FIELDS = frozenset({"flower_basic_auth", "console_viewers", "console_operators"})
+# A console user's name: what a browser's login box accepts and a log line can show.
+_CONSOLE_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # Values that mean "fill me in": .env.example's placeholders and their usual cousins.
 _PLACEHOLDER = re.compile(
     r"^(<.*>|x{3,}|\.{3,}|change[-_ ]?me.*|placeholder|secret|password|your[-_ ].*|todo|tbd)$",
@@ -49,6 +62,30 @@ def dsn_password(url: str) -> str | None:
     """The password of a database or broker URL, whatever its characters (None: none)."""
     found = _DSN_PASSWORD.match(url.strip())
     return found["pw"] if found and found["pw"] else None
+
+
+def user_passwords(value: str) -> list[tuple[str, str]]:
+    """``user:password`` entries, comma-separated (blank entries skipped): the console's users.
+    The password runs from the first ":" to the next ","; a ValueError names the entry by its
+    position, never by its text."""
+    found = []
+    entries = [entry.strip() for entry in value.split(",")]
+    for position, entry in enumerate((e for e in entries if e), start=1):
+        user, sep, password = entry.partition(":")
+        if not (sep and password.strip()):
+            raise ValueError(
+                f'entry {position} must be "user:password" with both parts non-empty '
+                '(entries are comma-separated: "ana:pw1,rui:pw2")'
+            )
+        if not _CONSOLE_USER.fullmatch(user):
+            raise ValueError(
+                f"entry {position}: the user name must be letters, digits, '.', '_', '@' or '-' "
+                "(at most 64, starting with a letter or a digit)"
+            )
+        found.append((user, password.strip()))
+    if not found:
+        raise ValueError('must hold at least one "user:password" entry')
+    return found
 
 
 def mask_dsn(url: str) -> str:
@@ -301,6 +338,21 @@ class _SettingsFields(BaseSettings):
             "counts as late: an ERP that stopped reading orders."
         ),
     )
+    console_viewers: SecretStr | None = Field(
+        default=None,
+        description=(
+            'The operator console\'s read-only users: "user:password" entries, comma-separated '
+            "(secret). They see every page and change nothing (docs/console.md)."
+        ),
+    )
+    console_operators: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The operator console's users who may act (requeue, release, ignore, repair): "
+            '"user:password" entries, comma-separated (secret). `skysync console` refuses to '
+            "start with neither set."
+        ),
+    )
 
 
 class Settings(_SettingsFields):
@@ -341,7 +393,14 @@ class Settings(_SettingsFields):
             return None
         return value
 
-    @field_validator("skyhub_api_key", "skyhub_account_key", "flower_basic_auth", mode="before")
+    @field_validator(
+        "skyhub_api_key",
+        "skyhub_account_key",
+        "flower_basic_auth",
+        "console_viewers",
+        "console_operators",
+        mode="before",
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -356,6 +415,27 @@ class Settings(_SettingsFields):
             if not (user and sep and password):
                 raise ValueError('must be "user:password" with both parts non-empty')
         return value
+
+    @field_validator("console_viewers", "console_operators")
+    @classmethod
+    def _console_users(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user_passwords(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _console_users_once(self) -> Settings:
+        """One name, one password and one role: a user listed twice (in one variable, or as
+        a viewer and an operator) would leave which of them holds to chance."""
+        seen: dict[str, str] = {}
+        for name in ("console_viewers", "console_operators"):
+            for user, _password in self.console_users(name):
+                variable = f"SKYSYNC_{name.upper()}"
+                if user in seen:
+                    where = variable if seen[user] == variable else f"{seen[user]} and {variable}"
+                    raise ValueError(f'{where}: the user "{user}" is listed twice')
+                seen[user] = variable
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -394,8 +474,8 @@ class Settings(_SettingsFields):
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
         """A secret still set to a placeholder (CHANGE_ME...) would send garbage to SkyHub or
-        leave Flower guarded by a published password: refuse it, unless the target is an
-        emulator (SKYSYNC_SKYHUB_URL is not SkyHub's own address)."""
+        leave Flower or the console guarded by a published password: refuse it, unless the
+        target is an emulator (SKYSYNC_SKYHUB_URL is not SkyHub's own address)."""
         if self.skyhub_url != DEFAULT_SKYHUB_URL:
             return self
         for name in sorted(_SECRET_FIELDS):
@@ -403,7 +483,11 @@ class Settings(_SettingsFields):
             if secret is None:
                 continue
             value = secret.get_secret_value()
-            parts = value.split(":", 1)[1:] if name == "flower_basic_auth" else [value]
+            parts = [value]
+            if name == "flower_basic_auth":
+                parts = value.split(":", 1)[1:]
+            elif name in _USER_PASSWORD_FIELDS:
+                parts = [password for _user, password in user_passwords(value)]
             if any(_PLACEHOLDER.match(part.strip()) for part in parts):
                 raise ValueError(
                     f"SKYSYNC_{name.upper()}: is still a placeholder (as in .env.example); "
@@ -428,6 +512,8 @@ class Settings(_SettingsFields):
             for name in sorted(_SECRET_FIELDS)
             if getattr(self, name) is not None
         ]
+        for name in ("console_viewers", "console_operators"):  # each password on its own
+            values += [password for _user, password in self.console_users(name)]
         if self.accounts_file is not None:
             from skysync.accounts import load_accounts
 
@@ -442,6 +528,12 @@ class Settings(_SettingsFields):
         return [v for v in values if len(v) >= 4]
 
     # -- derived values -------------------------------------------------------------------
+    def console_users(self, name: str) -> list[tuple[str, str]]:
+        """The (user, password) entries of ``console_viewers`` or ``console_operators``
+        (empty when unset)."""
+        secret = getattr(self, name)
+        return [] if secret is None else user_passwords(secret.get_secret_value())
+
     @property
     def has_skyhub_credentials(self) -> bool:
         """All three SkyHub credentials are set: talk to the configured SkyHub."""

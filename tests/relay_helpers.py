@@ -231,3 +231,17 @@ def create_product(db_url: str, relay: Relay, sku: str, **fields: Any) -> int:
     drain(relay.deps)
     assert row(db_url, row_id).state == "sent", row(db_url, row_id)
     return row_id
+
+
+def notice(sb: Sandbox, entity_type: str, entity_id: str, code: str, **extra: Any) -> None:
+    """SkyHub notices an error: the emulator's admin API, over HTTP."""
+    body = {
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "error_category_code": "link_b2w_products" if entity_type == "products" else "sync",
+        "error_code": code,
+        "message": f"problem {code}",
+        **extra,
+    }
+    answer = httpx.post(f"{sb.base_url}/_sandbox/sync_errors", json=body, timeout=5)
+    assert answer.status_code == 201, answer.text

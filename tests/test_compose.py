@@ -59,17 +59,19 @@ from skysync.emulator import Sandbox, SandboxConfig
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 VENV_BIN = Path(sys.executable).parent
-SKYSYNC_SERVICES = ("migrate", "worker", "beat", "flower", "metrics", "sandbox")
-LONG_RUNNING = ("worker", "beat", "flower", "sandbox")
+SKYSYNC_SERVICES = ("migrate", "worker", "beat", "flower", "console", "metrics", "sandbox")
+LONG_RUNNING = ("worker", "beat", "flower", "console", "sandbox")
 REDIS_DBS = {0: 14, 1: 15}  # compose's broker and limiter databases -> this machine's
 POLL = 0.1  # seconds between looks at a process started here
 
 # The environment `docker compose --profile sandbox up` would be run with (shell or .env).
 FLOWER_USER, FLOWER_PASSWORD = "admin", "compose-test-secret"
+CONSOLE_USER, CONSOLE_PASSWORD = "ops", "compose-console-secret"
 COMPOSE_ENV = {
     "POSTGRES_PASSWORD": "compose-test-password",
     "SKYSYNC_SKYHUB_URL": "http://sandbox:8710",
     "SKYSYNC_FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+    "SKYSYNC_CONSOLE_OPERATORS": f"{CONSOLE_USER}:{CONSOLE_PASSWORD}",
 }
 REQUIRED_ENV = {
     "SKYSYNC_DATABASE_URL",
@@ -225,10 +227,10 @@ def test_env_example_documents_every_compose_variable() -> None:
 
 
 def test_published_ports_stay_on_localhost_unless_told() -> None:
-    """flower, metrics (no auth) and the sandbox publish on 127.0.0.1 by default;
+    """flower, the console, metrics (no auth) and the sandbox publish on 127.0.0.1 by default;
     SKYSYNC_PUBLISH_ADDRESS (in .env) opens them wider."""
     services = interpolate(load_compose(), COMPOSE_ENV)["services"]
-    for name, port in (("flower", 5555), ("metrics", 9108), ("sandbox", 8710)):
+    for name, port in (("flower", 5555), ("console", 8720), ("metrics", 9108), ("sandbox", 8710)):
         assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
     everywhere = "0.0.0.0"  # noqa: S104 - what an operator may choose
     wide = interpolate(load_compose(), {**COMPOSE_ENV, "SKYSYNC_PUBLISH_ADDRESS": everywhere})
@@ -243,6 +245,8 @@ def test_flower_and_metrics_listen_on_every_interface_inside_their_container() -
     for name in ("flower", "metrics"):
         command = " ".join(service_command(services[name], COMPOSE_ENV)).replace("=", " ")
         assert "--address 0.0.0.0" in command, (name, command)
+    console = " ".join(service_command(services["console"], COMPOSE_ENV))
+    assert "--host 0.0.0.0" in console, console
 
 
 def test_services_and_their_order() -> None:
@@ -265,6 +269,7 @@ def test_services_and_their_order() -> None:
     assert depends("worker")["migrate"] == "service_completed_successfully"
     assert depends("worker")["redis"] == "service_healthy"
     assert depends("metrics")["migrate"] == "service_completed_successfully"
+    assert depends("console")["migrate"] == "service_completed_successfully"
     assert services["migrate"]["restart"] == "no", "a one-shot"
 
     beat = services["beat"]
@@ -281,13 +286,18 @@ def test_services_and_their_order() -> None:
     assert service_environment(services["worker"], COMPOSE_ENV)["SKYSYNC_FAST_LANE"] == "off"
     lane_on = {**COMPOSE_ENV, "SKYSYNC_FAST_LANE": "stockouts"}
     assert service_environment(services["worker"], lane_on)["SKYSYNC_FAST_LANE"] == "stockouts"
-    # The Flower password goes to Flower only.
-    assert "SKYSYNC_FLOWER_BASIC_AUTH" in service_environment(services["flower"], COMPOSE_ENV)
-    for name in set(SKYSYNC_SERVICES) - {"flower"}:
-        assert "SKYSYNC_FLOWER_BASIC_AUTH" not in service_environment(services[name], COMPOSE_ENV)
+    # The Flower password goes to Flower only, the console's users to the console only.
+    for secret, owner in (
+        ("SKYSYNC_FLOWER_BASIC_AUTH", "flower"),
+        ("SKYSYNC_CONSOLE_OPERATORS", "console"),
+        ("SKYSYNC_CONSOLE_VIEWERS", "console"),
+    ):
+        assert secret in service_environment(services[owner], COMPOSE_ENV)
+        for name in set(SKYSYNC_SERVICES) - {owner}:
+            assert secret not in service_environment(services[name], COMPOSE_ENV), (secret, name)
 
     # The published ports are the ones the commands listen on.
-    for name, port in (("flower", 5555), ("metrics", 9108), ("sandbox", 8710)):
+    for name, port in (("flower", 5555), ("console", 8720), ("metrics", 9108), ("sandbox", 8710)):
         assert str(port) in " ".join(service_command(services[name], COMPOSE_ENV))
         published = interpolate(services[name]["ports"], COMPOSE_ENV)
         assert [p.rsplit(":", 2)[1:] for p in published] == [[str(port), str(port)]]
@@ -449,7 +459,9 @@ class Stack:
         test = interpolate(self.compose["services"][name]["healthcheck"]["test"], {})
         kind, rest = test[0], test[1:]
         if name in self.ports:
-            rest = [re.sub(r":(5555|9108|8710)\b", f":{self.ports[name]}", part) for part in rest]
+            rest = [
+                re.sub(r":(5555|8720|9108|8710)\b", f":{self.ports[name]}", part) for part in rest
+            ]
         if kind == "CMD-SHELL":
             return ["/bin/sh", "-c", rest[0]]
         assert kind == "CMD", test
@@ -642,12 +654,45 @@ def test_an_outbox_row_written_by_sql_goes_through_to_the_emulator(started: Stac
 
 
 @pytest.mark.compose
-def test_worker_and_flower_healthchecks_pass(started: Stack) -> None:
+def test_console_answers_401_without_credentials_200_with(started: Stack) -> None:
+    console = started.processes["console"]
+    url = f"http://127.0.0.1:{started.port('console')}"
+    console.wait_for_http(f"{url}/")
+    assert httpx.get(f"{url}/", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/", auth=(CONSOLE_USER, "wrong"), timeout=10).status_code == 401
+    for path in ("/", "/trouble", "/reconcile", "/static/console.css"):
+        answer = httpx.get(f"{url}{path}", auth=(CONSOLE_USER, CONSOLE_PASSWORD), timeout=30)
+        assert answer.status_code == 200, (path, answer.text[:300])
+    assert CONSOLE_PASSWORD not in console.output and CONSOLE_PASSWORD not in " ".join(console.argv)
+
+
+@pytest.mark.compose
+def test_console_refuses_to_start_without_users(stack: Stack) -> None:
+    compose_env = {k: v for k, v in COMPOSE_ENV.items() if not k.startswith("SKYSYNC_CONSOLE_")}
+    env = stack.env("console", compose_env)
+    assert env["SKYSYNC_CONSOLE_OPERATORS"] == env["SKYSYNC_CONSOLE_VIEWERS"] == ""
+    stack.require_migrated()
+    done = subprocess.run(
+        stack.argv("console"),
+        env=env,
+        cwd=stack.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
+    assert "SKYSYNC_CONSOLE_OPERATORS" in done.stderr
+
+
+@pytest.mark.compose
+def test_worker_flower_and_console_healthchecks_pass(started: Stack) -> None:
     started.processes["worker"].wait_for_output(" ready.")
     started.processes["flower"].wait_for_http(
         f"http://127.0.0.1:{started.port('flower')}/healthcheck"
     )
-    for name in ("worker", "flower"):
+    started.processes["console"].wait_for_http(f"http://127.0.0.1:{started.port('console')}/")
+    for name in ("worker", "flower", "console"):
         env = started.env(name)
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env["HOSTNAME"] = socket.gethostname()  # Docker sets it to the container's hostname

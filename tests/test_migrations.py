@@ -41,7 +41,7 @@ fresh_url = fresh_database_fixture("skysync_migr")
 
 @pytest.mark.slow
 def test_upgrade_downgrade_upgrade(fresh_url: str) -> None:
-    assert HEAD == "0013"
+    assert HEAD == "0014"
     assert current_revision(fresh_url) is None
     assert not _tables(fresh_url) & set(TABLES)
 

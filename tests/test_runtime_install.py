@@ -218,3 +218,60 @@ def _get_ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_console_serves_its_pages_from_a_runtime_install(
+    runtime_bin: Path, pg_database: str, tmp_path: Path
+) -> None:
+    """`skysync console` from the runtime-only venv: its templates and stylesheet come from
+    the installed package (the source tree is gone), behind its authentication; SIGTERM stops
+    it with exit 0."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SKYSYNC_")},
+        "SKYSYNC_DATABASE_URL": pg_database,
+        "SKYSYNC_SKYHUB_URL": "http://127.0.0.1:9",  # an emulator's address: no SkyHub call here
+        "SKYSYNC_CONSOLE_OPERATORS": "ops:runtime-console-pw",
+    }
+    skysync = str(runtime_bin / "skysync")
+    done = _run([skysync, "migrate"], env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = open(tmp_path / "console.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [skysync, "console", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait("the console", lambda: _answers(f"{base}/"), 60)
+        assert httpx.get(f"{base}/", timeout=10).status_code == 401
+        auth = ("ops", "runtime-console-pw")
+        for path in ("/", "/trouble", "/sku?sku=X", "/orders", "/reconcile"):
+            page = httpx.get(f"{base}{path}", auth=auth, timeout=30)
+            assert page.status_code == 200, (path, page.text[:300])
+            assert "skysync console" in page.text
+        css = httpx.get(f"{base}/static/console.css", auth=auth, timeout=10)
+        assert css.status_code == 200 and "hand-written" in css.text
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    except BaseException:
+        log.flush()
+        print((tmp_path / "console.log").read_text()[-4000:])
+        raise
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.TransportError:
+        return False
+    return True

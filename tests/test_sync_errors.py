@@ -13,7 +13,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
-from relay_helpers import relay_for, requests
+from relay_helpers import notice, relay_for, requests
 
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
@@ -22,20 +22,6 @@ from skysync.reporting.metrics import registry_for
 from skysync.reporting.status import collect_status
 from skysync.store import sync_errors
 from skysync.store.db import Database, session_scope
-
-
-def notice(sb: Sandbox, entity_type: str, entity_id: str, code: str, **extra: Any) -> None:
-    """SkyHub notices an error: the emulator's admin API, over HTTP."""
-    body = {
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        "error_category_code": "link_b2w_products" if entity_type == "products" else "sync",
-        "error_code": code,
-        "message": f"problem {code}",
-        **extra,
-    }
-    answer = httpx.post(f"{sb.base_url}/_sandbox/sync_errors", json=body, timeout=5)
-    assert answer.status_code == 201, answer.text
 
 
 def stored(db_url: str, **kw: Any) -> list[dict[str, Any]]:

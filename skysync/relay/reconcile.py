@@ -29,6 +29,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from skysync.domain.reconcile import (
+    REMOTE_ONLY,
+    Difference,
     Expected,
     ItemFacts,
     Listed,
@@ -83,7 +85,7 @@ class _Run:
             # (relay/catalogue.py) without the ERP ever writing a value for it
             unknown = {e.sku for e in fresh if e.sku not in expected or not expected[e.sku].fields}
             written = outbox_reads.written_refs(session, unknown) if unknown else set()
-            reserved = self._reservations(session, expected)
+            reserved = _reservations(self.deps, session, expected)
             now = self.deps.clock()
             for entry in fresh:
                 wanted = expected.get(entry.sku)
@@ -107,21 +109,22 @@ class _Run:
                     self.kept[entry.sku] = wanted
                     item_store.forget(session, entry.sku, drifted, now)
 
-    def _reservations(
-        self, session: Session, expected: Mapping[str, Expected]
-    ) -> dict[str, Reservation]:
-        """With SKYSYNC_RESERVE_OPEN_ORDERS: the units open orders hold back from each expected
-        quantity, counted from when the ERP wrote it (as the relay counts them). One read of
-        the page's order lines; the ERP's row only for the SKUs some order holds."""
-        if not self.deps.reserve_open_orders:
-            return {}
-        skus = [sku for sku, e in expected.items() if "qty" in e.fields]
-        lines = order_store.open_lines(session, skus)
-        found: dict[str, Reservation] = {}
-        for sku in sorted({line.sku for line in lines}):
-            erp = outbox_reads.latest_erp_qty(session, sku, expected[sku].parent_sku)
-            found[sku] = reserve(sku, lines, erp.written_at if erp is not None else None)
-        return found
+
+def _reservations(
+    deps: RelayDeps, session: Session, expected: Mapping[str, Expected]
+) -> dict[str, Reservation]:
+    """With SKYSYNC_RESERVE_OPEN_ORDERS: the units open orders hold back from each expected
+    quantity, counted from when the ERP wrote it (as the relay counts them). One read of the
+    page's order lines; the ERP's row only for the SKUs some order holds."""
+    if not deps.reserve_open_orders:
+        return {}
+    skus = [sku for sku, e in expected.items() if "qty" in e.fields]
+    lines = order_store.open_lines(session, skus)
+    found: dict[str, Reservation] = {}
+    for sku in sorted({line.sku for line in lines}):
+        erp = outbox_reads.latest_erp_qty(session, sku, expected[sku].parent_sku)
+        found[sku] = reserve(sku, lines, erp.written_at if erp is not None else None)
+    return found
 
 
 def _expectations(session: Session, skus: list[str], read_at: datetime) -> dict[str, Expected]:
@@ -348,3 +351,72 @@ def _repair(run: _Run) -> None:
             report.repaired.append(
                 {"row_id": row.id, "kind": fix.kind, "ref": fix.ref, "fields": dict(fix.fields)}
             )
+
+
+def read_now(deps: RelayDeps, sku: str) -> dict[str, Any]:
+    """One SKU as SkyHub holds it now, beside what skysync expects it to hold: one GET
+    /products/{sku} (a variation: its parent's) through the shared rate limiter, compared as
+    reconciliation compares (the same expectations, stock buffer and open orders), and nothing
+    written but the request count: no run, no belief forgotten, no correction. For an operator
+    asking "why does SkyHub still show the old price?" (the console's SKU doctor).
+
+    Returns ``{"sku", "read_at", "in_skyhub", "parent_sku", "fields": [{"name", "erp",
+    "acknowledged", "skyhub", "differs", "frozen", "note"}], "error"}``; ``error`` says why
+    SkyHub could not be read (the rest is then empty)."""
+    read_at = deps.clock()
+    with deps.db.scope(readonly=True) as session:
+        facts = item_store.reconcile_facts(session, [sku]).get(sku)
+        acknowledged = dict(facts.acknowledged) if facts is not None else {}
+    parent = facts.parent_sku if facts is not None else None
+    found: dict[str, Any] = {
+        "sku": sku,
+        "read_at": read_at.isoformat(),
+        "parent_sku": parent,
+        "in_skyhub": False,
+        "fields": [],
+        "error": None,
+    }
+    try:
+        product = deps.client.get_product(parent or sku)
+    except NotFound:
+        product = None
+    except SkyHubError as exc:
+        found["error"] = str(exc)
+        product = None
+    finally:
+        with deps.db.scope() as session:
+            save_request_counts(session, deps.client.counter.take())
+    listed = next((e for e in listed_skus(product or {}) if e.sku == sku), None)
+    if listed is None:
+        return found
+    with deps.db.scope(readonly=True) as session:
+        wanted = _expectations(session, [sku], read_at).get(sku)
+        reserved = _reservations(deps, session, {sku: wanted} if wanted is not None else {})
+    differences: dict[str, Difference] = {}
+    if wanted is not None:
+        for d in compare(
+            wanted, listed, stock_buffer=deps.stock_buffer, reservation=reserved.get(sku)
+        ):
+            differences[d.field] = d
+    expected = dict(wanted.fields) if wanted is not None else {}
+    names = sorted(
+        (set(expected) | set(acknowledged) | set(listed.fields) | set(differences)) - REMOTE_ONLY
+    )
+    found["in_skyhub"] = True
+    found["parent_sku"] = listed.parent_sku
+    found["linked"] = listed.linked
+    found["fields"] = [
+        {
+            "name": name,
+            "erp": expected[name].value if name in expected else None,
+            "erp_row": expected[name].row_id if name in expected else None,
+            "acknowledged": acknowledged.get(name),
+            "skyhub": listed.fields.get(name),
+            "differs": name in differences,
+            "frozen": name in differences and differences[name].frozen,
+            "note": differences[name].note if name in differences else None,
+            "busy": wanted is not None and name in wanted.busy,
+        }
+        for name in names
+    ]
+    return found

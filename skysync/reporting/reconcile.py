@@ -1,12 +1,18 @@
 """What `skysync reconcile` prints on a terminal: a ReconcileReport in words (its JSON is the
-report's own ``as_dict()``)."""
+report's own ``as_dict()``); and the last run as the run log keeps it (the console's
+reconciliation page and SKU doctor)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from skysync.domain.reconcile import Difference, ReconcileReport
+from skysync.store import runs
+
+RUN_KIND = "reconcile"  # relay/reconcile.py writes it (relay/ imports no reporting/)
 
 
 def reconcile_lines(report: ReconcileReport) -> list[str]:
@@ -50,3 +56,39 @@ def _difference_lines(d: Difference) -> list[str]:
 
 def _value(v: Any) -> str:
     return "(none)" if v is None else json.dumps(v, ensure_ascii=False)[:60]
+
+
+def last_run(session: Session, account: str) -> dict[str, Any] | None:
+    """The account's last reconciliation as the run log keeps it: when, the error that stopped
+    it, its counts and the first of its drift, orphans and missing SKUs (the run log keeps 50
+    of each: ``ReconcileReport.summary``). None: it never ran."""
+    run = runs.last(session, RUN_KIND, account=account)
+    if run is None:
+        return None
+    summary = dict(run.summary or {})
+    return {
+        "id": run.id,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error": run.error,
+        "sku": summary.get("sku"),
+        "pages": summary.get("pages", 0),
+        "skus_compared": summary.get("skus_compared", 0),
+        "drift": summary.get("drift", 0),
+        "drift_fields": summary.get("drift_fields", {}),
+        "frozen": summary.get("frozen", 0),
+        "orphans": summary.get("orphans", 0),
+        "missing": summary.get("missing", 0),
+        "busy_fields": summary.get("busy_fields", 0),
+        "repair": summary.get("repair", False),
+        "repaired_rows": summary.get("repaired_rows", 0),
+        "not_repaired": summary.get("not_repaired", 0),
+        "drift_sample": summary.get("drift_sample", []),
+        "orphan_sample": summary.get("orphan_sample", []),
+        "missing_sample": summary.get("missing_sample", []),
+    }
+
+
+def drift_of(last: dict[str, Any] | None, sku: str) -> list[dict[str, Any]]:
+    """The drift ``last`` (a last_run()) found on ``sku``, as far as the run log kept it."""
+    return [d for d in (last or {}).get("drift_sample", []) if d.get("sku") == sku]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from skysync.domain.kinds import RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
 from skysync.domain.reservation import Reserving, reserve
+from skysync.domain.selection import RowSelection
 from skysync.store import orders as order_store
 from skysync.store import outbox_reads, sync_errors
 from skysync.store.db import account_of
@@ -57,6 +58,37 @@ def outbox_rows(
         session, state=state, kind=kind, ref=ref, limit=limit, account=account
     )
     return [row_dict(r) for r in rows]
+
+
+def rows_in_trouble(
+    session: Session,
+    selection: RowSelection,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """One page of the rows ``selection`` holds (newest first, by keyset: ``before``/``after``
+    an id), how many it holds in all, and whether there are newer and older pages."""
+    page = outbox_reads.selected_page(session, selection, before=before, after=after, limit=limit)
+    return {
+        "rows": [row_dict(r) for r in page.rows],
+        "total": outbox_reads.count_selected(session, selection),
+        "newer": page.newer,
+        "older": page.older,
+    }
+
+
+def open_sync_errors(
+    session: Session, *, account: str, entity_id: str | None = None, limit: int = 100
+) -> dict[str, Any]:
+    """SkyHub's open errors of ``account`` (of one SKU or order: ``entity_id``), newest first:
+    the first ``limit``, and how many there are."""
+    found = sync_errors.listed(session, entity_id=entity_id, limit=limit, account=account)
+    return {
+        "errors": [sync_errors.as_dict(e) for e in found],
+        "total": sync_errors.count_open(session, account=account, entity_id=entity_id),
+    }
 
 
 def accounts_of_rows(session: Session, ids: list[int]) -> dict[int, str]:
@@ -192,6 +224,30 @@ def orders(
         }
         for order, n in session.execute(query)
     ]
+
+
+def order_flow(session: Session, *, account: str, limit: int = 50) -> dict[str, Any]:
+    """The account's orders at a glance: how many per status, the inbox rows the ERP has not
+    consumed (the oldest first: what it should pick up next) and the orders changed last."""
+    waiting = order_store.inbox_counts(session, account=account)
+    return {
+        "by_status": order_store.count_by_status(session, account=account),
+        "unconsumed": {
+            "total": waiting.unconsumed,
+            "flagged": waiting.flagged,
+            "rows": [
+                {
+                    "id": r.id,
+                    "code": r.code,
+                    "status": r.status,
+                    "received_at": _iso(r.received_at),
+                    "parse_error": r.parse_error,
+                }
+                for r in order_store.unconsumed_inbox(session, account=account, limit=limit)
+            ],
+        },
+        "recent": orders(session, limit=limit, account=account),
+    }
 
 
 def order_report(session: Session, code: str) -> dict[str, Any] | None:

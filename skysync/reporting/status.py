@@ -7,6 +7,7 @@ dict, and that dict in words for a terminal."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,10 +24,10 @@ from skysync.store.late import LateCounts, late_counts, total
 from skysync.store.models import OutboxRow, RunLog, utcnow
 from skysync.store.orders import inbox_counts
 from skysync.store.outbox_reads import (
-    count_by_account_and_state,
-    count_by_state,
+    count_by_account_state_and_kind,
     oldest_pending,
     parked_by_skyhub,
+    states_of,
 )
 from skysync.store.sync_errors import open_counts
 
@@ -90,23 +91,28 @@ def collect_status(
     account: str | None = None,
     accounts: list[str] | None = None,
     late_rules: LateRules | None = None,
+    counts: Mapping[tuple[str, str, str], int] | None = None,
 ) -> dict[str, Any]:
     """The status of ``account`` (None: of every account together), with a part for each of
     ``accounts`` (default: ``account``, else the default account) under ``"accounts"``.
-    ``late_rules``: when an order counts as late (default: the settings' defaults)."""
+    ``late_rules``: when an order counts as late (default: the settings' defaults).
+    ``counts``: the outbox's rows per (account, state, kind) when the caller read them already
+    (count_by_account_state_and_kind); else they are read here, in one scan for every figure."""
     now = now or utcnow()
+    if counts is None:
+        counts = count_by_account_state_and_kind(session)
     parked, parked_until = parked_by_skyhub(session, now, account=account)
     inbox = inbox_counts(session, account=account)
     names = accounts if accounts is not None else [account or DEFAULT_ACCOUNT]
     late = late_counts(session, now, late_rules or LateRules(), account=account)
     return {
         "account": account,
-        "outbox": count_by_state(session, account=account),
+        "outbox": states_of(counts, account),
         "oldest_pending_age_s": _age(
-            now, oldest_pending(session, due_only=True, now=now, account=account)
+            now, _oldest_pending(session, counts, due_only=True, now=now, account=account)
         ),
         "oldest_pending_any_age_s": _age(
-            now, oldest_pending(session, due_only=False, account=account)
+            now, _oldest_pending(session, counts, due_only=False, now=now, account=account)
         ),
         "parked_by_skyhub": {
             "rows": parked,
@@ -123,22 +129,45 @@ def collect_status(
             "unacknowledgeable": _unacknowledgeable_orders(session, now, account),
         },
         "late": counts_dict(total(late.values()), now),
-        "accounts": _accounts(session, names, now, late),
+        "accounts": _accounts(session, names, now, counts, late),
         "unconfigured_accounts": _unconfigured(session, account),
     }
 
 
+def _oldest_pending(
+    session: Session,
+    counts: Mapping[tuple[str, str, str], int],
+    *,
+    due_only: bool,
+    now: datetime,
+    account: str | None,
+) -> datetime | None:
+    """The oldest pending row's created_at, of ``account`` or of every account: then the
+    oldest of each account that has pending rows (``counts`` says which), each found at the
+    head of its (state, account, id) index. Asked of every account at once, PostgreSQL walked
+    the primary key from the oldest row looking for a pending one: 250 ms on a 1,000,000-row
+    outbox whose pending rows are its newest, as they usually are."""
+    if account is not None:
+        return oldest_pending(session, due_only=due_only, now=now, account=account)
+    pending = sorted({a for (a, state, _kind), n in counts.items() if state == "pending" and n})
+    found = [oldest_pending(session, due_only=due_only, now=now, account=a) for a in pending]
+    return min((when for when in found if when is not None), default=None)
+
+
 def _accounts(
-    session: Session, names: list[str], now: datetime, late: dict[str, LateCounts]
+    session: Session,
+    names: list[str],
+    now: datetime,
+    counts: Mapping[tuple[str, str, str], int],
+    late: dict[str, LateCounts],
 ) -> dict[str, Any]:
     """Each account's rows by state, its oldest due row, its last relay batch and order pull,
     whether SkyHub refused its credentials in either, and its late orders."""
-    counts = count_by_account_and_state(session)
     found: dict[str, Any] = {}
     for name in names:
         last = {key: _last_run(session, kind, name) for kind, key in _RUN_KEYS.items()}
         found[name] = {
-            "outbox": counts.get(name, dict.fromkeys(RowState, 0)),
+            "outbox": states_of(counts, name),
             "oldest_pending_age_s": _age(
                 now, oldest_pending(session, due_only=True, now=now, account=name)
             ),

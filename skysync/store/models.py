@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from skysync.domain.kinds import DEFAULT_ACCOUNT, Kind, Origin, RowState, UnreadableJSON
+from skysync.domain.selection import TROUBLE_STATES
 
 
 def utcnow() -> datetime:
@@ -177,6 +178,20 @@ class OutboxRow(Base):
             "id",
             postgresql_where=sa.text(f"state = '{RowState.PENDING}'"),
             sqlite_where=sa.text(f"state = '{RowState.PENDING}'"),
+        ),
+        sa.Index(  # the console's rows in trouble, by keyset (migration 0014)
+            "ix_skysync_outbox_trouble",
+            "account",
+            "id",
+            postgresql_where=sa.text(_in("state", TROUBLE_STATES)),
+            sqlite_where=sa.text(_in("state", TROUBLE_STATES)),
+        ),
+        sa.Index(  # the console's rows sent per minute (migration 0014)
+            "ix_skysync_outbox_sent_at",
+            "account",
+            "finished_at",
+            postgresql_where=sa.text(f"state = '{RowState.SENT}'"),
+            sqlite_where=sa.text(f"state = '{RowState.SENT}'"),
         ),
         sa.Index(  # the relay's updates under a claim, by token and SKU (migration 0004)
             "ix_skysync_outbox_claim",
@@ -349,6 +364,8 @@ class RunLog(Base):
 
     __table_args__ = (
         sa.Index("ix_skysync_run_kind_started", "account", "kind", "started_at"),
+        # the newest run of a kind of any account (status of every account; migration 0014)
+        sa.Index("ix_skysync_run_kind_started_at", "kind", "started_at"),
         sa.Index("ix_skysync_run_claim_token", "claim_token"),
         {"sqlite_autoincrement": True},
     )

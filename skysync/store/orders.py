@@ -232,3 +232,26 @@ def reserved_totals(session: Session, *, account: str) -> ReservedTotals:
     )
     units, skus, orders = session.execute(query).one()
     return ReservedTotals(units=int(units), skus=int(skus), orders=int(orders))
+
+
+def count_by_status(session: Session, *, account: str) -> dict[str | None, int]:
+    """The account's orders per current status (None: not known yet), most first."""
+    query = (
+        sa.select(Order.status, sa.func.count())
+        .where(Order.account == account)
+        .group_by(Order.status)
+        .order_by(sa.func.count().desc())
+    )
+    return {status: n for status, n in session.execute(query)}
+
+
+def unconsumed_inbox(session: Session, *, account: str, limit: int = 50) -> list[OrderInbox]:
+    """The account's inbox rows the ERP has not consumed yet, oldest first (down the partial
+    index of unconsumed rows): what the ERP should pick up next."""
+    query = (
+        sa.select(OrderInbox)
+        .where(OrderInbox.consumed_at.is_(None), OrderInbox.account == account)
+        .order_by(OrderInbox.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

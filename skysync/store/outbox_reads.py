@@ -8,9 +8,9 @@ What operators read (counts, lists) takes ``account``: one account's rows, or ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import ORDER_KINDS, Kind, Origin, RowState
 from skysync.domain.reconcile import AcceptedRow, value_in
+from skysync.domain.selection import RowSelection
 from skysync.store.db import account_of
 from skysync.store.models import OutboxRow, utcnow
 from skysync.store.slices import in_slices
@@ -43,6 +44,19 @@ def count_by_account_state_and_kind(session: Session) -> dict[tuple[str, str, st
     query = sa.select(OutboxRow.account, OutboxRow.state, OutboxRow.kind, sa.func.count())
     query = query.group_by(OutboxRow.account, OutboxRow.state, OutboxRow.kind)
     return {(a, s, k): n for a, s, k, n in session.execute(query)}
+
+
+def states_of(
+    counts: Mapping[tuple[str, str, str], int], account: str | None = None
+) -> dict[str, int]:
+    """Rows per state (every state present) out of count_by_account_state_and_kind()'s counts:
+    of ``account``, or of every account (None). One scan of the outbox serves every figure
+    `skysync status` and the console show."""
+    found: dict[str, int] = dict.fromkeys(RowState, 0)
+    for (owner, state, _kind), n in counts.items():
+        if account is None or owner == account:
+            found[state] = found.get(state, 0) + n
+    return found
 
 
 def count_by_account_and_state(session: Session) -> dict[str, dict[str, int]]:
@@ -115,6 +129,151 @@ def recent_rows(
     if ref:
         query = query.where(OutboxRow.ref == ref)
     return list(session.scalars(query))
+
+
+# -- an operator's selection of rows in trouble (the console) ---------------------------------
+def _fixed_in(column: Any, values: Iterable[str]) -> sa.ColumnElement[bool]:
+    """``column IN (values)`` with the values written into the SQL: fixed names (states), so
+    that PostgreSQL sees them when it plans and picks the partial indexes they match (a bound
+    parameter would hide them from a generic plan)."""
+    fixed: sa.BindParameter[list[str]] = sa.bindparam(
+        None, list(values), expanding=True, literal_execute=True
+    )
+    found: sa.ColumnElement[bool] = column.in_(fixed)
+    return found
+
+
+def _selected(selection: RowSelection) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clauses of ``selection``: down ``ix_skysync_outbox_trouble`` (account, id,
+    rows in trouble only: migration 0014), or ``(account, ref, state, id)`` with a ref."""
+    clauses = [
+        OutboxRow.account == selection.account,
+        _fixed_in(OutboxRow.state, selection.states),
+    ]
+    if selection.kind:
+        clauses.append(OutboxRow.kind == selection.kind)
+    if selection.ref:
+        clauses.append(OutboxRow.ref == selection.ref)
+    if selection.since is not None:
+        clauses.append(OutboxRow.finished_at >= selection.since)
+    if selection.until is not None:
+        clauses.append(OutboxRow.finished_at < selection.until)
+    if selection.ids is not None:
+        clauses.append(OutboxRow.id.in_(list(selection.ids)))
+    if selection.upto is not None:
+        clauses.append(OutboxRow.id <= selection.upto)
+    return clauses
+
+
+@dataclass(frozen=True)
+class RowsPage:
+    """One page of selected rows, newest first, and whether there are newer and older ones."""
+
+    rows: list[OutboxRow]
+    newer: bool
+    older: bool
+
+
+def selected_page(
+    session: Session,
+    selection: RowSelection,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> RowsPage:
+    """The selected rows by keyset, newest first: those with an id below ``before`` (the next
+    older page), or the ``limit`` just above ``after`` (the next newer page), or the newest.
+    Never OFFSET: each page is one walk down an index from its key, however deep it is."""
+    where = _selected(selection)
+    if after is not None:
+        query = sa.select(OutboxRow).where(*where, OutboxRow.id > after)
+        found = list(session.scalars(query.order_by(OutboxRow.id).limit(limit + 1)))
+        newer = len(found) > limit
+        rows = list(reversed(found[:limit]))
+    else:
+        query = sa.select(OutboxRow).where(*where)
+        if before is not None:
+            query = query.where(OutboxRow.id < before)
+        rows = list(session.scalars(query.order_by(OutboxRow.id.desc()).limit(limit + 1)))
+        newer = False
+        older = len(rows) > limit
+        rows = rows[:limit]
+    if rows:
+        if after is None:
+            newer = _any(session, where, OutboxRow.id > rows[0].id)
+        else:
+            older = _any(session, where, OutboxRow.id < rows[-1].id)
+    else:
+        older = after is not None and _any(session, where, OutboxRow.id <= after)
+        newer = newer or (before is not None and _any(session, where, OutboxRow.id >= before))
+    return RowsPage(rows, newer=newer, older=older)
+
+
+def _any(session: Session, where: list[sa.ColumnElement[bool]], *more: Any) -> bool:
+    query = sa.select(sa.literal(1)).select_from(OutboxRow).where(*where, *more).limit(1)
+    return session.execute(query).first() is not None
+
+
+def count_selected(session: Session, selection: RowSelection) -> int:
+    """How many rows ``selection`` holds (what an action on it would touch)."""
+    query = sa.select(sa.func.count()).select_from(OutboxRow).where(*_selected(selection))
+    return int(session.execute(query).scalar_one())
+
+
+def newest_selected(session: Session, selection: RowSelection) -> int | None:
+    """The highest id ``selection`` holds (None: it holds none): an action confirmed now goes
+    no further (RowSelection.upto)."""
+    query = sa.select(sa.func.max(OutboxRow.id)).where(*_selected(selection))
+    return session.execute(query).scalar()
+
+
+def selected_ids(session: Session, selection: RowSelection) -> list[int]:
+    """The ids ``selection`` holds, oldest first."""
+    query = sa.select(OutboxRow.id).where(*_selected(selection)).order_by(OutboxRow.id)
+    return list(session.scalars(query))
+
+
+def selection_clauses(selection: RowSelection) -> list[sa.ColumnElement[bool]]:
+    """``selection`` as WHERE clauses, for an operator's UPDATE (store/settle.py)."""
+    return _selected(selection)
+
+
+# -- rows SkyHub accepted, per minute (the console's chart) ------------------------------------
+def sent_per_minute(
+    session: Session, account: str, since: datetime, minutes: int = 24 * 60
+) -> list[int]:
+    """Rows of ``account`` that ended ``sent`` in each minute from ``since`` on (``minutes``
+    of them, the first counting from ``since``). Down ``ix_skysync_outbox_sent_at``
+    (account, finished_at, sent rows only: migration 0014), reading only the period's entries,
+    never the whole outbox: 15,000 sent rows in a day take 9 ms of 1,000,000."""
+    until = since + timedelta(minutes=minutes)
+    if session.get_bind().dialect.name == "postgresql":
+        offset = sa.func.extract("epoch", OutboxRow.finished_at - since) / 60
+        minute: Any = sa.cast(sa.func.floor(offset), sa.Integer)
+    else:  # SQLite stores naive UTC text, which julianday() reads
+        start = sa.func.julianday(sa.literal(_sqlite_text(since)))
+        minute = sa.cast((sa.func.julianday(OutboxRow.finished_at) - start) * 1440, sa.Integer)
+    query = (
+        sa.select(minute.label("minute"), sa.func.count())
+        .where(
+            OutboxRow.account == account,
+            _fixed_in(OutboxRow.state, [RowState.SENT]),
+            OutboxRow.finished_at >= since,
+            OutboxRow.finished_at < until,
+        )
+        .group_by(minute)
+    )
+    counts = [0] * minutes
+    for at, n in session.execute(query):
+        if at is not None and 0 <= int(at) < minutes:
+            counts[int(at)] += n
+    return counts
+
+
+def _sqlite_text(when: datetime) -> str:
+    """``when`` as SQLite holds a UTC time (naive text)."""
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def order_rows(

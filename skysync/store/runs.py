@@ -17,6 +17,8 @@ from skysync.store.models import RunLog
 # order pull write it (auth_stop_reason), `skysync status` and the metrics read it
 # (is_auth_stop), so the two sides cannot drift apart.
 AUTH_STOP = "stopped: SkyHub refused the credentials"
+# What an operator did in the console (skysync/console/actions.py): who, what, on which rows.
+CONSOLE_ACTION = "console_action"
 
 
 def auth_stop_reason(detail: object) -> str:
@@ -90,18 +92,20 @@ def add(
     finished_at: datetime,
     summary: dict[str, Any],
     error: str | None,
-) -> None:
-    """A finished run of ``kind`` (an order pull, a reconciliation) with its summary."""
-    session.add(
-        RunLog(
-            account=account_of(session),
-            kind=kind,
-            started_at=started_at,
-            finished_at=finished_at,
-            summary=summary,
-            error=error,
-        )
+) -> int:
+    """A finished run of ``kind`` (an order pull, a reconciliation, an operator's action in
+    the console) with its summary; returns its id."""
+    run = RunLog(
+        account=account_of(session),
+        kind=kind,
+        started_at=started_at,
+        finished_at=finished_at,
+        summary=summary,
+        error=error,
     )
+    session.add(run)
+    session.flush()
+    return run.id
 
 
 def last(session: Session, kind: str, *, account: str | None = None) -> RunLog | None:
@@ -110,3 +114,21 @@ def last(session: Session, kind: str, *, account: str | None = None) -> RunLog |
         RunLog.account == (account or account_of(session)), RunLog.kind == kind
     )
     return session.scalars(query.order_by(RunLog.started_at.desc()).limit(1)).first()
+
+
+def recent(
+    session: Session, kinds: tuple[str, ...], *, account: str, limit: int = 10
+) -> list[RunLog]:
+    """The newest runs of ``kinds`` of ``account``, newest first (down the (account, kind,
+    started_at) index, one walk per kind)."""
+    found: list[RunLog] = []
+    for kind in kinds:
+        query = sa.select(RunLog).where(RunLog.account == account, RunLog.kind == kind)
+        found += session.scalars(query.order_by(RunLog.started_at.desc()).limit(limit))
+    return sorted(found, key=lambda run: run.started_at, reverse=True)[:limit]
+
+
+def by_id(session: Session, run_id: int, *, kind: str) -> RunLog | None:
+    """The run ``run_id`` if it is of ``kind``."""
+    run = session.get(RunLog, run_id)
+    return run if run is not None and run.kind == kind else None

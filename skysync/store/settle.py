@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 
 from skysync.domain.kinds import SKU_KINDS, RowState
 from skysync.domain.planner import Row
+from skysync.domain.selection import REQUEUEABLE, RowSelection
 from skysync.store.db import account_of
 from skysync.store.models import OutboxRow
+from skysync.store.outbox_reads import selection_clauses
 from skysync.store.slices import in_slices
 
 _OUTBOX = cast(sa.Table, OutboxRow.__table__)  # a mapped class's table, typed FromClause
@@ -194,14 +196,17 @@ def requeue(
     state: RowState | None = None,
     now: datetime,
     account: str | None = None,
+    selection: RowSelection | None = None,
 ) -> int:
     """An operator's requeue: dead, rejected or withheld rows back to pending, attempts reset.
     Only the rows of ``ids`` when given (an empty list: none), only those in ``state`` when
-    given, only ``account``'s when given; none of them: every such row."""
+    given, only ``account``'s when given, only those ``selection`` holds when given (the
+    console's filter); none of them: every such row."""
     if ids is not None and not ids:
         return 0
-    requeueable = (RowState.DEAD, RowState.REJECTED, RowState.WITHHELD)
-    query = sa.update(OutboxRow).where(OutboxRow.state.in_(requeueable))
+    query = sa.update(OutboxRow).where(OutboxRow.state.in_(REQUEUEABLE))
+    if selection is not None:
+        query = query.where(*selection_clauses(selection))
     if ids is not None:
         query = query.where(OutboxRow.id.in_(ids))
     if state:
@@ -219,7 +224,8 @@ def requeue(
             updated_at=now,
             # a claim read it before (planner.newness): it is no newer than what came after
             claim_epoch=sa.func.coalesce(OutboxRow.claim_epoch, 0),
-        )
+        ),
+        execution_options={"synchronize_session": False},
     )
     return cast(sa.CursorResult[Any], result).rowcount or 0
 

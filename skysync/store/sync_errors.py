@@ -113,6 +113,28 @@ def listed(
     return list(session.scalars(query))
 
 
+def count_open(session: Session, *, account: str, entity_id: str | None = None) -> int:
+    """How many of ``account``'s errors are open (of one SKU or order: ``entity_id``)."""
+    query = sa.select(sa.func.count()).select_from(SyncError)
+    query = query.where(SyncError.account == account, *_open())
+    if entity_id is not None:
+        query = query.where(SyncError.entity_id == entity_id)
+    return int(session.execute(query).scalar_one())
+
+
+def open_ids(session: Session, *, account: str, entity_id: str | None = None) -> list[int]:
+    """The ids of ``account``'s open errors (of one SKU or order: ``entity_id``), oldest first."""
+    query = sa.select(SyncError.id).where(SyncError.account == account, *_open())
+    if entity_id is not None:
+        query = query.where(SyncError.entity_id == entity_id)
+    return list(session.scalars(query.order_by(SyncError.id)))
+
+
+def _open() -> tuple[sa.ColumnElement[bool], ...]:
+    """Neither resolved (SkyHub stopped listing it) nor ignored (an operator asked it to)."""
+    return (SyncError.resolved_at.is_(None), SyncError.ignored_at.is_(None))
+
+
 def open_counts(session: Session, *, account: str | None = None) -> dict[str, int]:
     """Open errors (neither resolved nor ignored) per entity type, both types present;
     ``account``'s only when given."""

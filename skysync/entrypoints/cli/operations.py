@@ -1,9 +1,10 @@
 """Running and looking after skysync: the daemon and its parts (run, trigger, flower, metrics,
-sandbox; relay and drain are in batches.py), its health (status, check-config) and its
+console, sandbox; relay and drain are in batches.py), its health (status, check-config) and its
 database (migrate, erp-role)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import textwrap
@@ -186,6 +187,42 @@ def metrics(ctx: Context, port: int, address: str) -> None:
     )
 
 
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for every one (compose does, inside its container).",
+)
+@click.option("--port", default=8720, show_default=True, type=click.IntRange(0, 65535))
+@pass_ctx
+def console(ctx: Context, host: str, port: int) -> None:
+    """The operator's console in a browser: what is stuck and why, what SkyHub holds, and the
+    fix a click away (docs/console.md). Every page needs a user of SKYSYNC_CONSOLE_VIEWERS
+    (read-only) or SKYSYNC_CONSOLE_OPERATORS (who may act); it refuses to start (exit 2)
+    with neither set."""
+    from skysync.accounts import AccountRegistry
+    from skysync.console.app import NoUsers, create_app
+
+    settings = ctx.settings
+    ctx.accounts  # noqa: B018 - refuse to start (exit 2) on an accounts file that does not load
+    try:
+        app = create_app(settings, registry=AccountRegistry(settings))
+    except NoUsers as exc:
+        click.echo(f"skysync: refusing to start the console: {exc}", err=True)
+        sys.exit(2)
+    import uvicorn
+
+    click.echo(f"serving the console on http://{host}:{port}/", err=True)
+    # uvicorn shuts down gracefully on SIGTERM (`docker stop`) or Ctrl-C, then raises the signal
+    # again for the handler it found: ours turns it into KeyboardInterrupt, so the process
+    # exits 0 instead of dying by the signal. log_config=None: uvicorn's lines go through
+    # skysync's logging (its secret masking, JSON off a terminal).
+    stop_on_sigterm()
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_config=None, server_header=False)
+
+
 def erp_role_sql(role: str) -> str:
     """The least-privilege grants for the ERP's database role (PostgreSQL). Everything is revoked
     on every table skysync makes (read from its metadata, so a new table is never left out) and
@@ -326,6 +363,7 @@ COMMANDS = (
     run,
     flower,
     metrics,
+    console,
     erp_role,
     sandbox,
 )
