@@ -40,7 +40,7 @@ from skysync.domain.selection import RELEASABLE, REQUEUEABLE, RowSelection
 from skysync.emulator import Sandbox
 from skysync.entrypoints.cli import cli
 from skysync.store.db import session_scope
-from skysync.store.models import OutboxRow, RunLog, SyncError, utcnow
+from skysync.store.models import Order, OutboxRow, RunLog, SyncError, utcnow
 
 PAGES = (
     "/",
@@ -170,7 +170,7 @@ def test_every_page_renders_with_data(client: httpx.Client, story: Story) -> Non
 
     orders = pages["/orders"].text
     assert "Americanas-1001" in orders and "payment_received" in orders
-    assert 'id="late"' in orders  # the place the late orders go
+    assert 'id="late-orders"' in orders
     order = pages["/orders/Americanas-1001"].text
     assert 'id="inbox"' in order and "payment_received" in order
     assert "order_invoice" in order and "sent" in order
@@ -181,6 +181,27 @@ def test_every_page_renders_with_data(client: httpx.Client, story: Story) -> Non
 
     assert pages["/static/console.css"].headers["content-type"].startswith("text/css")
     assert client.get("/orders/NO-SUCH-ORDER", auth=OPERATOR).status_code == 404
+
+
+def test_the_orders_page_lists_what_is_late(
+    client: httpx.Client, db_url: str, story: Story
+) -> None:
+    """What `skysync orders late` lists: an order past its expedition limit, an approved one not
+    invoiced in time, an inbox row the ERP has not consumed (the thresholds: SKYSYNC_LATE_*)."""
+    before = client.get("/orders", auth=VIEWER).text
+    assert "LATE TO SHIP" not in before
+    with session_scope(db_url) as session:
+        session.execute(
+            sa.update(Order)
+            .where(Order.code == "Americanas-1001")
+            .values(expedition_limit_at=utcnow() - timedelta(hours=3))
+        )
+    page = client.get("/orders", auth=VIEWER)
+    assert page.status_code == 200
+    late = page.text.split('id="late-orders"', 1)[1].split("</table>", 1)[0]
+    assert "LATE TO SHIP" in late and "Americanas-1001" in late
+    assert "passed 3 h" in late  # how late, as the command line says it
+    assert "to ship (1 past the expedition limit" in page.text
 
 
 def test_pages_carry_security_headers(client: httpx.Client, story: Story) -> None:

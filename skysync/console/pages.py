@@ -19,8 +19,12 @@ from skysync.domain.reservation import Reserving
 from skysync.domain.selection import RELEASABLE, REQUEUEABLE, TROUBLE_STATES
 from skysync.reporting import reconcile as reconcile_view
 from skysync.reporting import reports
+from skysync.reporting.late import collect_late, late_lines
 from skysync.reporting.overview import overview
 from skysync.store import runs
+
+#: Late orders listed on the orders page, of each reason (the counts are always whole).
+LATE_SHOWN = 100
 
 
 def overview_page(request: Request) -> Response:
@@ -118,19 +122,27 @@ def _reserving(console: Console, account: str) -> Reserving | None:
 
 
 def orders_page(request: Request) -> Response:
-    """The order flow: orders by status, inbox rows the ERP has not consumed, the orders
-    changed last."""
+    """The order flow: orders by status, what is late (`skysync orders late`: to ship, to
+    invoice, inbox rows the ERP has not consumed in time), inbox rows the ERP has not consumed,
+    the orders changed last."""
     console = console_of(request)
     account = console.account(request.query_params)
     code = forms.text(request.query_params, "code")
     if code is not None:  # the page's "show its history" box
         return _order(request, account, code)
+    rules = console.settings.late_rules
     with console.db.scope(readonly=True) as session:
         flow = reports.order_flow(session, account=account)
-        # LATE ORDERS: `skysync orders late`'s view goes here (its rows for the template's
-        # "Late orders" section, which shows `late` when it is not None).
-        late = None
-    return render(request, "orders.html", account=account, flow=flow, late=late, page="orders")
+        late = collect_late(session, rules, account=account, limit=LATE_SHOWN)
+    return render(
+        request,
+        "orders.html",
+        account=account,
+        flow=flow,
+        late=late,
+        late_summary=late_lines(late, rules)[0],
+        page="orders",
+    )
 
 
 def order_page(request: Request) -> Response:
