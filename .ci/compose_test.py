@@ -298,6 +298,8 @@ class Stack:
         self.env_file = workdir / ".env"
         self.password = "ci-" + secrets.token_hex(8)
         self.flower_auth = ("ops", "ci-" + secrets.token_hex(8))
+        self.console_operator = ("ops", "ci-console-" + secrets.token_hex(8))
+        self.console_viewer = ("watch", "ci-viewer-" + secrets.token_hex(8))
         self.second_key = "ci-sul-" + secrets.token_hex(12)
         self.accounts_file = workdir / "accounts.toml"
 
@@ -308,6 +310,8 @@ class Stack:
         settings = {
             "POSTGRES_PASSWORD": self.password,
             "SKYSYNC_FLOWER_BASIC_AUTH": ":".join(self.flower_auth),
+            "SKYSYNC_CONSOLE_OPERATORS": ":".join(self.console_operator),
+            "SKYSYNC_CONSOLE_VIEWERS": ":".join(self.console_viewer),
             "SKYSYNC_SKYHUB_URL": "http://sandbox:8710",
             # batches and polls every few seconds, so the run does not wait 15 minutes
             "SKYSYNC_SYNC_INTERVAL": "3",
@@ -392,6 +396,8 @@ class Stack:
         check(logs.strip(), "no logs to look at")
         check(self.second_key not in logs, f"{SECOND_ACCOUNT}'s api_key is in the services' logs")
         check(self.flower_auth[1] not in logs, "Flower's password is in the services' logs")
+        for _user, password in (self.console_operator, self.console_viewer):
+            check(password not in logs, "a console password is in the services' logs")
 
     def ping_workers(self, seconds: int, **kw: Any) -> subprocess.CompletedProcess[str]:
         """`celery inspect ping` from inside a worker container: every worker answers "pong"."""
@@ -523,6 +529,39 @@ def check_flower_and_metrics(stack: Stack) -> None:
     expected = int(stack.psql("SELECT count(*) FROM skysync_outbox WHERE state = 'sent';"))
     check(total == expected, f"/metrics shows {total} sent rows, the table has {expected}")
     log(f"Flower 401 then 200; /metrics shows the {expected} sent rows")
+
+
+def check_console(stack: Stack) -> None:
+    """The console answers behind its authentication: 401 without credentials or with a wrong
+    password, every page with an operator's, the rows the table holds on its overview; a
+    viewer's action refused; no console password on any page."""
+    base = "http://127.0.0.1:8720"
+    wait_for("the console to answer", lambda: _answers(f"{base}/"), 60)
+    bare = httpx.get(f"{base}/", timeout=10)
+    check(bare.status_code == 401, f"console without credentials: {bare.status_code}")
+    check("Basic" in bare.headers.get("www-authenticate", ""), "no WWW-Authenticate: Basic")
+    wrong = httpx.get(f"{base}/", auth=(stack.console_operator[0], "wrong"), timeout=10)
+    check(wrong.status_code == 401, f"console with a wrong password: {wrong.status_code}")
+    pages = {}
+    for path in ("/", "/trouble", "/sku?sku=SKU-123", "/orders", "/reconcile"):
+        page = httpx.get(f"{base}{path}", auth=stack.console_operator, timeout=30)
+        check(page.status_code == 200, f"console {path} with credentials: {page.status_code}")
+        pages[path] = page.text
+    check("SKU-123" in pages["/sku?sku=SKU-123"], "the SKU doctor does not show SKU-123")
+    for _user, password in (stack.console_operator, stack.console_viewer):
+        check(all(password not in text for text in pages.values()), "a password on a page")
+    refused = httpx.post(
+        f"{base}/trouble/requeue", auth=stack.console_viewer, data={"state": "dead"}, timeout=10
+    )
+    check(refused.status_code == 403, f"a viewer's action: {refused.status_code}")
+    log(f"console: 401 without and with a wrong password, {len(pages)} pages 200, viewer 403")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 401
+    except httpx.HTTPError:
+        return False
 
 
 def add_second_account(stack: Stack) -> None:
@@ -687,7 +726,7 @@ def check_scaled_workers(stack: Stack) -> None:
 def check_sigterm(stack: Stack) -> None:
     stack.compose("stop")
     codes = {}
-    for service in ("worker", "beat", "flower", "metrics", "sandbox"):
+    for service in ("worker", "beat", "flower", "console", "metrics", "sandbox"):
         for container in stack.containers(service):
             codes.setdefault(service, set()).add(stack.inspect(container, "{{.State.ExitCode}}"))
     log(f"exit codes after `docker-compose stop`: {codes}")
@@ -715,7 +754,12 @@ def up(stack: Stack) -> None:
     )
     ports = {
         s: stack.compose("port", s, p).stdout.strip()
-        for s, p in (("flower", "5555"), ("metrics", "9108"), ("sandbox", "8710"))
+        for s, p in (
+            ("flower", "5555"),
+            ("console", "8720"),
+            ("metrics", "9108"),
+            ("sandbox", "8710"),
+        )
     }
     log(f"published: {ports}")
     check(all(v.startswith("127.0.0.1:") for v in ports.values()), f"not on 127.0.0.1: {ports}")
@@ -746,6 +790,8 @@ def main() -> int:
             check_basic_flow(stack)
         with step("Flower 401/200, /metrics shows the rows"):
             check_flower_and_metrics(stack)
+        with step("the console answers behind its authentication"):
+            check_console(stack)
         with step(f"a second account: {SECOND_ACCOUNT} in an accounts file, compose's secret"):
             add_second_account(stack)
         with step("rows of both accounts via psql end sent, each in its own SkyHub account"):
