@@ -39,7 +39,8 @@ COPY skysync /tmp/src/skysync
 RUN pip install --no-deps --no-build-isolation /tmp/src \
     && rm -rf /tmp/src \
     && skysync --version \
-    && python -c 'from skysync.store.db import ALEMBIC_DIR; print("migrations:", ALEMBIC_DIR)'
+    && python -c 'from skysync.store.db import ALEMBIC_DIR; print("migrations:", ALEMBIC_DIR)' \
+    && python -c 'from skysync.console.context import HERE; assert (HERE / "templates" / "base.html").is_file() and (HERE / "static" / "console.css").is_file(); print("console:", HERE)'
 
 # The service's own, writable working directory (for a SQLite file if one is ever configured;
 # compose's beat keeps its schedule in /tmp). skysync reads an optional .env from here: the image
@@ -47,8 +48,8 @@ RUN pip install --no-deps --no-build-isolation /tmp/src \
 WORKDIR /var/lib/skysync
 USER 10001:10001
 
-# flower, metrics, the SkyHub emulator (sandbox profile).
-EXPOSE 5555 9108 8710
+# flower, the console, metrics, the SkyHub emulator (sandbox profile).
+EXPOSE 5555 8720 9108 8710
 
 # The program is part of the command because one image runs both `skysync ...` and
 # `celery -A skysync.celery_app ...` (see docker-compose.yml); health checks are per role there,
