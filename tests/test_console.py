@@ -2,7 +2,8 @@
 serves it) in a thread, an httpx client, on both databases; the SkyHub emulator over HTTP for
 what the console asks SkyHub (a SKU read now, ignoring SkyHub's errors, a repair). The data
 comes from console_helpers.seed (the real relay, mostly). The browser's side is
-tests/test_console_browser.py."""
+tests/test_console_browser.py. The seven tests marked slow (the other actions, keyset pages,
+filters, secrets: about 14 s of the module's 26) stay out of `make test-fast`."""
 
 from __future__ import annotations
 
@@ -366,6 +367,7 @@ def test_requeue_by_filter_confirms_the_count_then_requeues_and_records_who(
     assert "requeued 3 rows" in flash and "otto" in flash
 
 
+@pytest.mark.slow
 def test_requeue_checked_rows_and_release_a_held_row(
     client: httpx.Client, db_url: str, story: Story
 ) -> None:
@@ -397,6 +399,7 @@ def test_requeue_checked_rows_and_release_a_held_row(
     assert "Nothing to release" in shown and 'id="confirm"' not in shown
 
 
+@pytest.mark.slow
 def test_ignore_asks_skyhub_and_marks_the_error_ignored(
     client: httpx.Client, db_url: str, sb: Sandbox, story: Story
 ) -> None:
@@ -417,6 +420,7 @@ def test_ignore_asks_skyhub_and_marks_the_error_ignored(
     assert open_errors(db_url) == []
 
 
+@pytest.mark.slow
 def test_repair_reconciles_with_repair_and_records_it(
     client: httpx.Client, db_url: str, sb: Sandbox, story: Story
 ) -> None:
@@ -437,6 +441,7 @@ def test_repair_reconciles_with_repair_and_records_it(
     assert "enqueued 1 correction row" in client.get(answer.headers["location"], auth=OPERATOR).text
 
 
+@pytest.mark.slow
 def test_read_from_skyhub_shows_it_beside_the_erp(
     client: httpx.Client, db_url: str, sb: Sandbox, story: Story
 ) -> None:
@@ -466,6 +471,7 @@ def _link(page: str, name: str) -> str | None:
     return found[1].replace("&amp;", "&") if found else None
 
 
+@pytest.mark.slow
 def test_keyset_pages_show_each_row_once(client: httpx.Client, db_url: str, story: Story) -> None:
     bulk = many_dead(db_url, 130)
     everything = sorted({*bulk, *story.dead, story.held, story.rejected, story.withheld})
@@ -495,6 +501,7 @@ def test_keyset_pages_show_each_row_once(client: httpx.Client, db_url: str, stor
     assert sorted(back) == everything[1:] and len(back) == len(set(back))
 
 
+@pytest.mark.slow
 def test_filters_by_state_kind_ref_time_and_account(
     client: httpx.Client, db_url: str, story: Story
 ) -> None:
@@ -521,6 +528,7 @@ def test_filters_by_state_kind_ref_time_and_account(
 # -- secrets and settings --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_secret_on_any_page(db_url: str, sb: Sandbox, tmp_path: Path) -> None:
     seed(db_url, sb)
     url = with_password(db_url)
