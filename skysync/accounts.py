@@ -36,6 +36,7 @@ from pydantic import SecretStr
 
 from skysync.config import DEFAULT_SKYHUB_URL, ConfigError, Settings, is_placeholder
 from skysync.domain.kinds import DEFAULT_ACCOUNT
+from skysync.domain.reservation import Reserving
 from skysync.logs import add_secrets
 
 log = logging.getLogger("skysync.accounts")
@@ -75,6 +76,13 @@ class Account:
     def effective_stock_buffer(self, settings: Settings) -> int:
         """Units kept back from this account's quantities."""
         return settings.stock_buffer if self.stock_buffer is None else self.stock_buffer
+
+    def reserving(self, settings: Settings) -> Reserving | None:
+        """SKYSYNC_RESERVE_OPEN_ORDERS with this account's stock buffer (what `item show` and
+        the console explain a quantity with); None when it is off."""
+        if not settings.reserve_open_orders:
+            return None
+        return Reserving(stock_buffer=self.effective_stock_buffer(settings))
 
     def effective_price_drop_guard(self, settings: Settings) -> float | None:
         """This account's price drop guard in percent; None: the guard is off for it."""

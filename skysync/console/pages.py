@@ -13,9 +13,8 @@ from starlette.responses import Response
 from skysync.console import forms
 from skysync.console.actions import preview_repair
 from skysync.console.chart import figures, minute_chart
-from skysync.console.context import PAGE_SIZE, Console, console_of, render
+from skysync.console.context import PAGE_SIZE, console_of, render
 from skysync.domain.kinds import Kind
-from skysync.domain.reservation import Reserving
 from skysync.domain.selection import RELEASABLE, REQUEUEABLE, TROUBLE_STATES
 from skysync.reporting import reconcile as reconcile_view
 from skysync.reporting import reports
@@ -99,7 +98,9 @@ def doctor(
     item = drift = None
     if sku is not None:
         with console.db.for_account(account).scope(readonly=True) as session:
-            item = reports.item_report(session, sku, reserving=_reserving(console, account))
+            item = reports.item_report(
+                session, sku, reserving=console.accounts[account].reserving(console.settings)
+            )
             drift = reconcile_view.drift_of(reconcile_view.last_run(session, account), sku)
     return render(
         request,
@@ -111,14 +112,6 @@ def doctor(
         lookup=lookup,
         page="sku",
     )
-
-
-def _reserving(console: Console, account: str) -> Reserving | None:
-    """SKYSYNC_RESERVE_OPEN_ORDERS with the account's stock buffer (as `item show` has it)."""
-    if not console.settings.reserve_open_orders:
-        return None
-    buffer = console.accounts[account].effective_stock_buffer(console.settings)
-    return Reserving(stock_buffer=buffer)
 
 
 def orders_page(request: Request) -> Response:

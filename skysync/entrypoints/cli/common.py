@@ -78,12 +78,7 @@ class Context:
 
     def reserving_of(self, account: str) -> Reserving | None:
         """SKYSYNC_RESERVE_OPEN_ORDERS with ``account``'s stock buffer; None when it is off."""
-        if not self.settings.reserve_open_orders:
-            return None
-        from skysync.domain.reservation import Reserving
-
-        buffer = self.accounts[account].effective_stock_buffer(self.settings)
-        return Reserving(stock_buffer=buffer)
+        return self.accounts[account].reserving(self.settings)
 
     def relay_of(self, account: str) -> Relay:
         """A relay for ``account`` in this process, built as the workers build it (exit 2 when
