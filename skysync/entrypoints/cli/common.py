@@ -19,7 +19,6 @@ from skysync.domain.kinds import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from skysync.accounts import Accounts
-    from skysync.domain.reservation import Reserving
     from skysync.relay import Relay
     from skysync.store.db import Database
 
@@ -75,10 +74,6 @@ class Context:
     def db_of(self, account: str) -> Database:
         """The database as ``account``'s rows (its sessions' db.account_of)."""
         return self.db.for_account(account)
-
-    def reserving_of(self, account: str) -> Reserving | None:
-        """SKYSYNC_RESERVE_OPEN_ORDERS with ``account``'s stock buffer; None when it is off."""
-        return self.accounts[account].reserving(self.settings)
 
     def relay_of(self, account: str) -> Relay:
         """A relay for ``account`` in this process, built as the workers build it (exit 2 when

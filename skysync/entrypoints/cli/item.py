@@ -26,7 +26,7 @@ def item_show(ctx: Context, sku: str, as_json: bool, account: str) -> None:
     """Acknowledged values, linked/frozen state and the SKU's recent rows with their reasons."""
     from skysync.reporting import reports
 
-    reserving = ctx.reserving_of(account)
+    reserving = ctx.accounts[account].reserving(ctx.settings)
     with ctx.db_of(account).scope(readonly=True) as session:
         data = reports.item_report(session, sku, reserving=reserving)
     if as_json:
