@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -156,6 +156,17 @@ def unresolved_steps(session: Session, code: str, *, exclude: set[int]) -> list[
     return steps
 
 
+Columns = TypeVarTuple("Columns")
+
+
+def _of_orders_not_cancelled(query: sa.Select[*Columns]) -> sa.Select[*Columns]:
+    """``query`` over order lines, joined to their orders, kept to the orders that are not
+    cancelled (an order of unknown status counts): the lines a reservation may count."""
+    return query.join(
+        Order, sa.and_(Order.account == OrderLine.account, Order.code == OrderLine.code)
+    ).where(sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))))
+
+
 def open_lines(
     session: Session, skus: Iterable[str], *, since: datetime | None = None
 ) -> list[OpenLine]:
@@ -173,15 +184,9 @@ def open_lines(
         .where(OrderInbox.account == OrderLine.account, OrderInbox.code == OrderLine.code)
         .scalar_subquery()
     )
-    query = (
+    query = _of_orders_not_cancelled(
         sa.select(OrderLine.code, OrderLine.sku, OrderLine.qty, Order.status, consumed)
-        .join(Order, sa.and_(Order.account == OrderLine.account, Order.code == OrderLine.code))
-        .where(
-            OrderLine.account == account,
-            OrderLine.sku.in_(wanted),
-            sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))),
-        )
-    )
+    ).where(OrderLine.account == account, OrderLine.sku.in_(wanted))
     if since is not None:
         query = query.where(sa.or_(consumed.is_(None), consumed > since))
     # min() keeps its argument's type: the consumed time comes back aware, on both databases
@@ -220,16 +225,13 @@ def reserved_totals(session: Session, *, account: str) -> ReservedTotals:
         )
         .exists()
     )
-    query = (
+    query = _of_orders_not_cancelled(
         sa.select(
             sa.func.coalesce(sa.func.sum(OrderLine.qty), 0),
             sa.func.count(sa.distinct(OrderLine.sku)),
             sa.func.count(sa.distinct(OrderLine.code)),
         )
-        .join(Order, sa.and_(Order.account == OrderLine.account, Order.code == OrderLine.code))
-        .where(OrderLine.account == account, OrderLine.qty > 0, ~consumed)
-        .where(sa.or_(Order.status.is_(None), Order.status.not_in(sorted(CANCELLED))))
-    )
+    ).where(OrderLine.account == account, OrderLine.qty > 0, ~consumed)
     units, skus, orders = session.execute(query).one()
     return ReservedTotals(units=int(units), skus=int(skus), orders=int(orders))
 
