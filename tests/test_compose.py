@@ -469,17 +469,24 @@ class Stack:
         return [str(program) if program.is_file() else rest[0], *rest[1:]]
 
     # -- running
+    def run_once(
+        self, name: str, env: dict[str, str] | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """The service's command run to its end here (``env``: its environment, else the
+        compose file's), its output captured."""
+        return subprocess.run(
+            self.argv(name),
+            env=env if env is not None else self.env(name),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def migrate(self) -> subprocess.CompletedProcess[str]:
         if self._migrate is None:
-            self._migrate = subprocess.run(
-                self.argv("migrate"),
-                env=self.env("migrate"),
-                cwd=self.workdir,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            self._migrate = self.run_once("migrate", timeout=60)
         return self._migrate
 
     def require_migrated(self) -> None:
@@ -572,15 +579,7 @@ def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     compose_env = {k: v for k, v in COMPOSE_ENV.items() if k != "SKYSYNC_FLOWER_BASIC_AUTH"}
     env = stack.env("flower", compose_env)
     assert env["SKYSYNC_FLOWER_BASIC_AUTH"] == ""
-    done = subprocess.run(
-        stack.argv("flower"),
-        env=env,
-        cwd=stack.workdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = stack.run_once("flower", env)
     assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
     assert "SKYSYNC_FLOWER_BASIC_AUTH" in done.stderr
 
@@ -672,15 +671,7 @@ def test_console_refuses_to_start_without_users(stack: Stack) -> None:
     env = stack.env("console", compose_env)
     assert env["SKYSYNC_CONSOLE_OPERATORS"] == env["SKYSYNC_CONSOLE_VIEWERS"] == ""
     stack.require_migrated()
-    done = subprocess.run(
-        stack.argv("console"),
-        env=env,
-        cwd=stack.workdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = stack.run_once("console", env)
     assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
     assert "SKYSYNC_CONSOLE_OPERATORS" in done.stderr
 
